@@ -1,0 +1,26 @@
+/* controller.h: the tq-controller core, run by the daemon or inside a client (embedded). */
+#ifndef TQ_CONTROLLER_H
+#define TQ_CONTROLLER_H
+
+#include <stddef.h>
+
+typedef struct tq_controller tq_controller;
+
+typedef struct {
+    const char *listen;               /* "host:port"; port 0 picks a free one */
+    const char *token;                /* NULL or "": no authentication */
+    int         heartbeat_timeout_ms; /* a unit silent this long is dead; 0: 3000 */
+} tq_controller_config_t;
+
+/* Bind and listen. TQ_ERR_INVALID for a bad address, TQ_ERR_IO when binding fails. */
+int  tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl_p);
+/* The bound "host:port". */
+const char *tq__controller_address(const tq_controller *ctl);
+/* Serve until tq__controller_stop; returns TQ_OK or the error that ended it. */
+int  tq__controller_run(tq_controller *ctl);
+/* Ask run() to return; safe from any thread and from a signal handler. */
+void tq__controller_stop(tq_controller *ctl);
+/* After run() returned: close every connection and free everything. */
+void tq__controller_destroy(tq_controller *ctl);
+
+#endif

@@ -1,0 +1,97 @@
+/* main.c: the tq-controller daemon. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "controller/controller.h"
+#include "tq/tq.h"
+#include "util/config.h"
+
+static tq_controller *the_controller;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    tq__controller_stop(the_controller);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tq-controller [--listen HOST:PORT] [--port-file PATH] [--config FILE]\n"
+            "  --listen HOST:PORT  address to serve (default 127.0.0.1:7781; port 0 picks one)\n"
+            "  --port-file PATH    write the bound HOST:PORT there\n"
+            "  --config FILE       JSON object with keys listen, port_file, token\n"
+            "environment: TQ_TOKEN (shared secret), TQ_LOG (error|warn|info|debug)\n");
+}
+
+int main(int argc, char **argv)
+{
+    char *listen = NULL, *port_file = NULL, *token = NULL, *config = NULL;
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, 'l'}, {"port-file", required_argument, NULL, 'p'},
+        {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "l:p:c:hV", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'l': listen = strdup(optarg); break;
+        case 'p': port_file = strdup(optarg); break;
+        case 'c': config = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("tq-controller %s\n", TQ_VERSION_STRING); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tq-controller: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (config != NULL) {
+        /* flags win over the file: load the file into what flags left unset */
+        char *f_listen = NULL, *f_port_file = NULL, *f_token = NULL, err[512];
+        tq_config_key_t keys[] = {{"listen", &f_listen}, {"port_file", &f_port_file},
+                                  {"token", &f_token}};
+        if (tq__config_load(config, keys, 3, err, sizeof(err)) != 0) {
+            fprintf(stderr, "tq-controller: %s\n", err);
+            return 2;
+        }
+        listen = listen ? listen : f_listen;
+        port_file = port_file ? port_file : f_port_file;
+        token = f_token;
+    }
+    if (getenv("TQ_TOKEN") != NULL)
+        token = getenv("TQ_TOKEN");
+
+    tq_controller_config_t cfg = {.listen = listen ? listen : "127.0.0.1:7781", .token = token};
+    int rc = tq__controller_create(&cfg, &the_controller);
+    if (rc != TQ_OK) {
+        fprintf(stderr, "tq-controller: cannot start: %s\n", tq_status_string(rc));
+        return 1;
+    }
+    const char *address = tq__controller_address(the_controller);
+    if (port_file != NULL) {
+        /* write then rename, so a reader never sees half an address */
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", port_file);
+        FILE *f = fopen(tmp, "w");
+        if (f == NULL || fprintf(f, "%s\n", address) < 0 || fclose(f) != 0 ||
+            rename(tmp, port_file) != 0) {
+            fprintf(stderr, "tq-controller: cannot write port file %s\n", port_file);
+            return 1;
+        }
+    }
+    printf("%s\n", address);
+    fflush(stdout);
+
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    rc = tq__controller_run(the_controller);
+    tq__controller_destroy(the_controller);
+    return rc == TQ_OK ? 0 : 1;
+}

@@ -1,0 +1,309 @@
+/* partition.c: rows, fields, production and consumption of one partition. */
+#include "controller/partition.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void tq__extent_unref(tq_extent *ext)
+{
+    if (ext == NULL)
+        return;
+    tq_assert(ext->refs > 0);
+    if (--ext->refs > 0)
+        return;
+    tq_pool_free(ext->pool, ext->block);
+    free(ext);
+}
+
+tq_partition_t *tq__partition_create(const char *name)
+{
+    tq_partition_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->name = strdup(name);
+    if (p->name == NULL) {
+        free(p);
+        return NULL;
+    }
+    tq_list_init(&p->link);
+    tq_list_init(&p->tasks);
+    tq_list_init(&p->allocs);
+    return p;
+}
+
+static void task_destroy(tq_task_t *t)
+{
+    tq_list_remove(&t->link);
+    free(t->name);
+    free(t->consumed);
+    free(t);
+}
+
+void tq__partition_destroy(tq_partition_t *p)
+{
+    if (p == NULL)
+        return;
+    tq_assert(tq_list_empty(&p->allocs));
+    for (uint32_t i = 0; i < p->num_fields; i++) {
+        tq_field_t *f = &p->fields[i];
+        for (uint64_t r = 0; r < p->num_slots; r++)
+            tq__extent_unref(f->cells[r].ext);
+        free(f->cells);
+        free(f->name);
+    }
+    tq_list *pos, *tmp;
+    tq_list_for_each_safe(pos, tmp, &p->tasks)
+        task_destroy(tq_list_entry(pos, tq_task_t, link));
+    free(p->fields);
+    free(p->state);
+    free(p->name);
+    free(p);
+}
+
+/* Grow every per-row array to hold at least `slots` rows. New slots are free,
+ * unproduced and unconsumed (zero). */
+static int grow_slots(tq_partition_t *p, uint64_t slots)
+{
+    if (slots <= p->cap_slots)
+        return TQ_OK;
+    if (slots > (uint64_t)TQ_MAX_ROWS_PER_PARTITION)
+        return TQ_ERR_INVALID;
+    uint64_t cap = p->cap_slots ? p->cap_slots : 64;
+    while (cap < slots)
+        cap *= 2;
+    uint64_t old = p->cap_slots;
+
+#define GROW(ptr, elem)                                                        \
+    do {                                                                       \
+        void *np = realloc((ptr), cap * (elem));                               \
+        if (np == NULL)                                                        \
+            return TQ_ERR_NOMEM;                                               \
+        memset((char *)np + old * (elem), 0, (cap - old) * (elem));            \
+        (ptr) = np;                                                            \
+    } while (0)
+
+    GROW(p->state, 1);
+    for (uint32_t i = 0; i < p->num_fields; i++)
+        GROW(p->fields[i].cells, sizeof(tq_cell_t));
+    tq_list *pos;
+    for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next)
+        GROW(tq_list_entry(pos, tq_task_t, link)->consumed, 1);
+#undef GROW
+    p->cap_slots = cap; /* only now: a failure above leaves arrays at least `old` long */
+    return TQ_OK;
+}
+
+tq_field_t *tq__partition_field(tq_partition_t *p, const char *name)
+{
+    for (uint32_t i = 0; i < p->num_fields; i++)
+        if (strcmp(p->fields[i].name, name) == 0)
+            return &p->fields[i];
+    return NULL;
+}
+
+tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
+                                    tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape)
+{
+    if (p->num_fields == p->cap_fields) {
+        uint32_t cap = p->cap_fields ? p->cap_fields * 2 : 8;
+        tq_field_t *fields = realloc(p->fields, cap * sizeof(*fields));
+        if (fields == NULL)
+            return NULL;
+        p->fields = fields;
+        p->cap_fields = cap;
+    }
+    tq_field_t *f = &p->fields[p->num_fields];
+    memset(f, 0, sizeof(*f));
+    f->name = strdup(name);
+    f->cells = calloc(p->cap_slots ? p->cap_slots : 1, sizeof(tq_cell_t));
+    if (f->name == NULL || f->cells == NULL) {
+        free(f->name);
+        free(f->cells);
+        return NULL;
+    }
+    f->kind = kind;
+    f->dtype = dtype;
+    f->ndim = ndim;
+    if (kind == TQ_FIELD_TENSOR && ndim > 0)
+        memcpy(f->row_shape, row_shape, ndim * sizeof(int64_t));
+    p->num_fields++;
+    return f;
+}
+
+int tq__partition_reserve_new(tq_partition_t *p, uint32_t n, int64_t *out)
+{
+    /* Count what is free below the high-water mark, so the arrays can grow
+     * once, before anything is reserved. */
+    uint64_t free_below = 0;
+    for (uint64_t r = p->free_hint; r < p->num_slots && free_below < n; r++)
+        free_below += p->state[r] == TQ_ROW_FREE;
+    uint64_t extra = n - free_below;
+    int rc = grow_slots(p, p->num_slots + extra);
+    if (rc != TQ_OK)
+        return rc;
+    uint32_t got = 0;
+    uint64_t r = p->free_hint;
+    for (; got < n && r < p->num_slots; r++)
+        if (p->state[r] == TQ_ROW_FREE) {
+            p->state[r] = TQ_ROW_RESERVED;
+            out[got++] = (int64_t)r;
+        }
+    p->free_hint = r;
+    for (; got < n; got++) {
+        p->state[p->num_slots] = TQ_ROW_RESERVED;
+        out[got] = (int64_t)p->num_slots++;
+    }
+    if (p->free_hint > p->num_slots)
+        p->free_hint = p->num_slots;
+    return TQ_OK;
+}
+
+int tq__partition_reserve(tq_partition_t *p, uint32_t n, const int64_t *indexes)
+{
+    uint64_t top = p->num_slots;
+    for (uint32_t i = 0; i < n; i++) {
+        if (indexes[i] < 0 || indexes[i] >= TQ_MAX_ROWS_PER_PARTITION)
+            return TQ_ERR_INVALID;
+        if ((uint64_t)indexes[i] + 1 > top)
+            top = (uint64_t)indexes[i] + 1;
+    }
+    int rc = grow_slots(p, top);
+    if (rc != TQ_OK)
+        return rc;
+    /* A repeated index would be written twice by one put. Mark with a
+     * temporary bit to find repeats in O(n), then undo the marks. */
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        uint8_t *s = &p->state[indexes[i]];
+        if (*s & 0x80)
+            break;
+        *s |= 0x80;
+    }
+    bool repeated = i < n;
+    for (uint32_t j = 0; j < i; j++)
+        p->state[indexes[j]] &= 0x7f;
+    if (repeated)
+        return TQ_ERR_INVALID;
+    p->num_slots = top;
+    for (i = 0; i < n; i++)
+        if (p->state[indexes[i]] == TQ_ROW_FREE)
+            p->state[indexes[i]] = TQ_ROW_RESERVED;
+    return TQ_OK;
+}
+
+static void mark_free(tq_partition_t *p, uint64_t r)
+{
+    p->state[r] = TQ_ROW_FREE;
+    if (r < p->free_hint)
+        p->free_hint = r;
+}
+
+void tq__partition_unreserve(tq_partition_t *p, uint32_t n, const int64_t *indexes)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t r = (uint64_t)indexes[i];
+        if (r < p->num_slots && p->state[r] == TQ_ROW_RESERVED)
+            mark_free(p, r);
+    }
+}
+
+void tq__partition_set_cell(tq_partition_t *p, tq_field_t *f, int64_t row, const tq_cell_t *cell)
+{
+    tq_assert(row >= 0 && (uint64_t)row < p->num_slots);
+    tq_cell_t *c = &f->cells[row];
+    tq_extent *old = c->ext;
+    *c = *cell;
+    c->produced = true;
+    tq__extent_unref(old);
+    if (p->state[row] != TQ_ROW_LIVE) {
+        p->state[row] = TQ_ROW_LIVE;
+        p->live_rows++;
+    }
+}
+
+uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *indexes)
+{
+    uint32_t removed = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (indexes[i] < 0 || (uint64_t)indexes[i] >= p->num_slots)
+            continue;
+        uint64_t r = (uint64_t)indexes[i];
+        if (p->state[r] != TQ_ROW_LIVE)
+            continue;
+        for (uint32_t k = 0; k < p->num_fields; k++) {
+            tq_cell_t *c = &p->fields[k].cells[r];
+            tq__extent_unref(c->ext);
+            memset(c, 0, sizeof(*c));
+        }
+        tq_list *pos;
+        for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next)
+            tq_list_entry(pos, tq_task_t, link)->consumed[r] = 0;
+        mark_free(p, r);
+        p->live_rows--;
+        removed++;
+    }
+    return removed;
+}
+
+tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create)
+{
+    tq_list *pos;
+    for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next) {
+        tq_task_t *t = tq_list_entry(pos, tq_task_t, link);
+        if (strcmp(t->name, name) == 0)
+            return t;
+    }
+    if (!create)
+        return NULL;
+    tq_task_t *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->name = strdup(name);
+    t->consumed = calloc(p->cap_slots ? p->cap_slots : 1, 1);
+    if (t->name == NULL || t->consumed == NULL) {
+        free(t->name);
+        free(t->consumed);
+        free(t);
+        return NULL;
+    }
+    tq_list_insert_tail(&p->tasks, &t->link);
+    return t;
+}
+
+int tq__partition_reset(tq_partition_t *p, const char *task)
+{
+    tq_list *pos;
+    bool found = false;
+    for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next) {
+        tq_task_t *t = tq_list_entry(pos, tq_task_t, link);
+        if (task == NULL || strcmp(t->name, task) == 0) {
+            memset(t->consumed, 0, p->cap_slots);
+            found = true;
+        }
+    }
+    return found || task == NULL ? TQ_OK : TQ_ERR_NOT_FOUND;
+}
+
+bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
+                             const tq_task_t *task, uint64_t row)
+{
+    if (row >= p->num_slots || p->state[row] != TQ_ROW_LIVE)
+        return false;
+    if (task != NULL && task->consumed[row])
+        return false;
+    for (uint32_t k = 0; k < nf; k++)
+        if (!fields[k]->cells[row].produced)
+            return false;
+    return true;
+}
+
+uint32_t tq__partition_sample_sequential(const tq_partition_t *p, tq_field_t *const *fields,
+                                         uint32_t nf, const tq_task_t *task, uint32_t want,
+                                         int64_t *out)
+{
+    uint32_t got = 0;
+    for (uint64_t r = 0; r < p->num_slots && got < want; r++)
+        if (tq__partition_row_ready(p, fields, nf, task, r))
+            out[got++] = (int64_t)r;
+    return got;
+}

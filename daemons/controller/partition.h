@@ -1,0 +1,117 @@
+/* partition.h: rows, fields, production and consumption of one partition. */
+#ifndef TQ_PARTITION_H
+#define TQ_PARTITION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pool.h"
+#include "tq/tq.h"
+#include "util/list.h"
+
+/*
+ * The controller's model of the data, with no I/O: it is driven by the request
+ * handlers and tested on its own.
+ *
+ * An extent is one allocation in a storage unit's pool (a field's column for
+ * one put). Cells point into it; every cell, every pin and the pending put
+ * that made it hold a reference, and the range returns to the pool when the
+ * last one goes. So an overwrite or a clear never frees bytes a reader has
+ * pinned.
+ */
+struct tq_unit;
+
+typedef struct tq_extent {
+    struct tq_unit *unit;
+    tq_pool        *pool;
+    tq_pool_block  *block;
+    uint64_t        offset, length;
+    uint32_t        refs;
+} tq_extent;
+
+/* Takes the caller's reference; frees the range when it was the last. */
+void tq__extent_unref(tq_extent *ext);
+static inline void tq__extent_ref(tq_extent *ext) { ext->refs++; }
+
+/* One field of one row: length bytes at offset in ext's unit (ext NULL when empty). */
+typedef struct {
+    tq_extent *ext;
+    uint64_t   offset, length;
+    int64_t    shape[TQ_MAX_NDIM];
+    bool       produced;
+} tq_cell_t;
+
+typedef struct {
+    char           *name;
+    tq_field_kind_t kind;
+    tq_dtype_t      dtype;
+    uint32_t        ndim;
+    int64_t         row_shape[TQ_MAX_NDIM]; /* tensor */
+    tq_cell_t      *cells;                  /* one per row slot */
+} tq_field_t;
+
+typedef enum { TQ_ROW_FREE, TQ_ROW_RESERVED, TQ_ROW_LIVE } tq_row_state_t;
+
+typedef struct tq_task {
+    tq_list  link;
+    char    *name;
+    uint8_t *consumed; /* one byte per row slot */
+} tq_task_t;
+
+typedef struct tq_partition {
+    tq_list     link;        /* in the controller's list */
+    char       *name;
+    uint64_t    num_slots;   /* rows ever used: indexes are < num_slots */
+    uint64_t    cap_slots;   /* allocated length of every per-row array */
+    uint8_t    *state;       /* tq_row_state_t per slot */
+    uint64_t    free_hint;   /* no free slot below this */
+    uint64_t    live_rows;
+    tq_field_t *fields;
+    uint32_t    num_fields, cap_fields;
+    tq_list     tasks;
+    tq_list     allocs;      /* pending puts that reserved rows here */
+} tq_partition_t;
+
+/* Largest row index + 1 a partition accepts. */
+#define TQ_MAX_ROWS_PER_PARTITION (1LL << 31)
+
+tq_partition_t *tq__partition_create(const char *name);
+/* Frees every cell reference; pending allocs must be detached first. */
+void tq__partition_destroy(tq_partition_t *p);
+
+tq_field_t *tq__partition_field(tq_partition_t *p, const char *name);
+/* Add a field with that schema; NULL when out of memory. */
+tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
+                                    tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape);
+
+/* Reserve n new rows, lowest free index first, writing them to out. */
+int tq__partition_reserve_new(tq_partition_t *p, uint32_t n, int64_t *out);
+/* Reserve the given rows (live ones stay live: an overwrite). TQ_ERR_INVALID
+ * for an index out of range or repeated; nothing is reserved then. */
+int tq__partition_reserve(tq_partition_t *p, uint32_t n, const int64_t *indexes);
+/* Give back rows reserved but never committed. */
+void tq__partition_unreserve(tq_partition_t *p, uint32_t n, const int64_t *indexes);
+
+/* Put cell into field f at row (taking the cell's reference), drop the old
+ * one, and mark the row live. */
+void tq__partition_set_cell(tq_partition_t *p, tq_field_t *f, int64_t row, const tq_cell_t *cell);
+
+/* Remove live rows; returns how many were removed. Out-of-range ones are ignored. */
+uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *indexes);
+
+tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create);
+/* Forget consumption of one task (NULL: all). TQ_ERR_NOT_FOUND for an unknown task. */
+int tq__partition_reset(tq_partition_t *p, const char *task);
+
+/* A row is ready for a task when it is live, every field in fields is
+ * produced, and the task has not consumed it. */
+bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
+                             const tq_task_t *task, uint64_t row);
+
+/* The sequential sampler: the lowest `want` ready rows into out; returns how
+ * many it found (at most want). Consumes nothing. */
+uint32_t tq__partition_sample_sequential(const tq_partition_t *p, tq_field_t *const *fields,
+                                         uint32_t nf, const tq_task_t *task, uint32_t want,
+                                         int64_t *out);
+
+#endif

@@ -1,0 +1,102 @@
+/* main.c: the tq-storage daemon. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "storage/storage.h"
+#include "tq/tq.h"
+#include "util/common.h"
+#include "util/config.h"
+
+static tq_storage *the_unit;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    tq__storage_stop(the_unit);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tq-storage --controller HOST:PORT [--pool-size SIZE] [--transport NAME|all]\n"
+            "                  [--config FILE]\n"
+            "  --controller HOST:PORT  the controller to register with ($TQ_CONTROLLER)\n"
+            "  --pool-size SIZE        bytes of pinned pool, K/M/G suffixes (default 1G)\n"
+            "  --transport NAME|all    transports to serve the pool with (default all)\n"
+            "  --config FILE           JSON object with keys controller, pool_size, transport, token\n"
+            "environment: TQ_TOKEN (shared secret), TQ_LOG (error|warn|info|debug)\n");
+}
+
+int main(int argc, char **argv)
+{
+    char *controller = NULL, *pool = NULL, *transport = NULL, *token = NULL, *config = NULL;
+    static const struct option opts[] = {
+        {"controller", required_argument, NULL, 'c'}, {"pool-size", required_argument, NULL, 's'},
+        {"transport", required_argument, NULL, 't'},  {"config", required_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},             {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:s:t:f:hV", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': controller = strdup(optarg); break;
+        case 's': pool = strdup(optarg); break;
+        case 't': transport = strdup(optarg); break;
+        case 'f': config = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("tq-storage %s\n", TQ_VERSION_STRING); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tq-storage: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (config != NULL) {
+        char *f_controller = NULL, *f_pool = NULL, *f_transport = NULL, *f_token = NULL, err[512];
+        tq_config_key_t keys[] = {{"controller", &f_controller}, {"pool_size", &f_pool},
+                                  {"transport", &f_transport}, {"token", &f_token}};
+        if (tq__config_load(config, keys, 4, err, sizeof(err)) != 0) {
+            fprintf(stderr, "tq-storage: %s\n", err);
+            return 2;
+        }
+        controller = controller ? controller : f_controller;
+        pool = pool ? pool : f_pool;
+        transport = transport ? transport : f_transport;
+        token = f_token;
+    }
+    if (controller == NULL && getenv("TQ_CONTROLLER") != NULL)
+        controller = getenv("TQ_CONTROLLER");
+    if (getenv("TQ_TOKEN") != NULL)
+        token = getenv("TQ_TOKEN");
+    if (controller == NULL) {
+        fprintf(stderr, "tq-storage: --controller HOST:PORT is required\n");
+        usage(stderr);
+        return 2;
+    }
+    uint64_t pool_size = 1ULL << 30;
+    if (pool != NULL && tq__parse_size(pool, &pool_size) != 0) {
+        fprintf(stderr, "tq-storage: bad --pool-size '%s' (e.g. 512M, 4G)\n", pool);
+        return 2;
+    }
+
+    tq_storage_config_t cfg = {.controller = controller, .token = token,
+                               .pool_size = pool_size, .transport = transport};
+    int rc = tq__storage_create(&cfg, &the_unit);
+    if (rc != TQ_OK) {
+        fprintf(stderr, "tq-storage: cannot start: %s\n", tq_status_string(rc));
+        return 1;
+    }
+    printf("unit %u\n", tq__storage_unit_id(the_unit));
+    fflush(stdout);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    rc = tq__storage_run(the_unit);
+    tq__storage_destroy(the_unit);
+    return rc == TQ_OK ? 0 : 1;
+}

@@ -1,0 +1,250 @@
+/* storage.c: a passive storage unit: one pinned pool, registered for remote read and write. */
+#define TQ_LOG_COMPONENT "storage"
+#include "storage/storage.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ctrl_conn.h"
+#include "transport_registry.h"
+#include "tq/tq.h"
+#include "util/common.h"
+#include "util/log.h"
+
+#define HEARTBEAT_MS 1000
+#define PROGRESS_WAIT_MS 100
+
+/* One transport serving the pool, with the thread that progresses it: UCX
+ * over TCP emulates RMA in software, so the target's worker must turn. */
+typedef struct {
+    struct tq_storage      *owner;
+    const tq_transport_ops *ops;
+    tq_transport           *tr;
+    tq_transport_mem       *mem;
+    void                   *address, *region;
+    size_t                  address_len, region_len;
+    pthread_t               thread;
+    bool                    started;
+} served_t;
+
+struct tq_storage {
+    void        *pool;
+    uint64_t     pool_size;
+    bool         pool_from_transport; /* freed by mem_deregister */
+    served_t     served[TQ_WIRE_MAX_TRANSPORTS];
+    unsigned     num_served;
+    tq_ctrl_conn conn;
+    uint32_t     unit_id;
+    int          stop_fd;
+    atomic_bool  stopping;
+};
+
+static void *progress_thread(void *arg)
+{
+    served_t *sv = arg;
+    while (!atomic_load(&sv->owner->stopping))
+        sv->ops->progress(sv->tr, PROGRESS_WAIT_MS);
+    return NULL;
+}
+
+/* Our own pool memory: huge pages when the system has them, locked if allowed. */
+static void *pool_map(uint64_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    if (p != MAP_FAILED)
+        return p;
+    tq_info("no huge pages for the pool (%m): using normal pages");
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, size, MADV_HUGEPAGE);
+    return p;
+}
+
+static int serve(tq_storage *s, const tq_transport_ops *ops)
+{
+    served_t *sv = &s->served[s->num_served];
+    memset(sv, 0, sizeof(*sv));
+    sv->owner = s;
+    sv->ops = ops;
+    int rc = ops->init(&sv->tr);
+    if (rc != TQ_OK) {
+        tq_warn("transport %s unavailable: %s", ops->name, tq_status_string(rc));
+        return rc;
+    }
+    if (s->pool == NULL) { /* the first transport picks the memory peers reach best */
+        void *addr;
+        rc = ops->mem_alloc(sv->tr, s->pool_size, &addr, &sv->mem);
+        if (rc == TQ_OK) {
+            s->pool = addr;
+            s->pool_from_transport = true;
+        } else if ((s->pool = pool_map(s->pool_size)) == NULL) {
+            tq_error("cannot allocate a %llu-byte pool: %m", (unsigned long long)s->pool_size);
+            rc = TQ_ERR_NOMEM;
+            goto err;
+        }
+        if (mlock(s->pool, s->pool_size) != 0)
+            tq_info("pool not locked in memory (%m): it may be paged out");
+    }
+    if (sv->mem == NULL && (rc = ops->mem_register(sv->tr, s->pool, s->pool_size, &sv->mem)) != TQ_OK)
+        goto err;
+    rc = ops->address(sv->tr, &sv->address, &sv->address_len);
+    if (rc == TQ_OK)
+        rc = ops->mem_pack(sv->tr, sv->mem, &sv->region, &sv->region_len);
+    if (rc != TQ_OK)
+        goto err;
+    s->num_served++;
+    return TQ_OK;
+err:
+    free(sv->address);
+    free(sv->region);
+    if (sv->mem != NULL)
+        ops->mem_deregister(sv->tr, sv->mem);
+    ops->fini(sv->tr);
+    return rc;
+}
+
+static int register_unit(tq_storage *s, const tq_storage_config_t *cfg)
+{
+    char err[TQ_ERRMSG_MAX] = "";
+    int rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, 5000, err);
+    if (rc != TQ_OK) {
+        tq_error("cannot reach the controller %s: %s", cfg->controller, err);
+        return rc;
+    }
+    tq_msg_register_t m = {.capacity = s->pool_size, .num_transports = (uint8_t)s->num_served};
+    for (unsigned i = 0; i < s->num_served; i++) {
+        served_t *sv = &s->served[i];
+        m.transports[i] = (tq_wire_transport_t){
+            {sv->ops->name, (uint16_t)strlen(sv->ops->name)},
+            {sv->address, (uint32_t)sv->address_len},
+            {sv->region, (uint32_t)sv->region_len},
+        };
+    }
+    size_t off = tq__ctrl_begin(&s->conn, TQ_MSG_REGISTER_UNIT);
+    tq_wire_encode_register(&s->conn.out, &m);
+    tq_rbuf r;
+    tq_msg_register_reply_t reply;
+    rc = tq__ctrl_call(&s->conn, off, 5000, &r, err);
+    if (rc == TQ_OK)
+        rc = tq_wire_decode_register_reply(&r, &reply);
+    if (rc != TQ_OK) {
+        tq_error("the controller refused the unit: %s", err[0] ? err : tq_status_string(rc));
+        return rc;
+    }
+    s->unit_id = reply.unit_id;
+    tq_info("registered as unit %u (incarnation %u), pool %llu bytes", reply.unit_id,
+            reply.incarnation, (unsigned long long)s->pool_size);
+    return TQ_OK;
+}
+
+int tq__storage_create(const tq_storage_config_t *cfg, tq_storage **s_p)
+{
+    if (cfg->controller == NULL || cfg->pool_size < 4096)
+        return TQ_ERR_INVALID;
+    tq_storage *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return TQ_ERR_NOMEM;
+    s->conn.fd = -1;
+    s->pool_size = TQ_ALIGN_UP(cfg->pool_size, 4096);
+    s->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    int rc = s->stop_fd < 0 ? TQ_ERR_IO : TQ_OK;
+    bool all = cfg->transport == NULL || strcmp(cfg->transport, "all") == 0;
+    for (size_t i = 0; rc == TQ_OK && tq__transports[i] != NULL; i++)
+        if (all || strcmp(cfg->transport, tq__transports[i]->name) == 0)
+            serve(s, tq__transports[i]);
+    if (rc == TQ_OK && s->num_served == 0) {
+        tq_error("no usable transport (asked for '%s')", all ? "all" : cfg->transport);
+        rc = TQ_ERR_UNSUPPORTED;
+    }
+    for (unsigned i = 0; rc == TQ_OK && i < s->num_served; i++) {
+        if (pthread_create(&s->served[i].thread, NULL, progress_thread, &s->served[i]) != 0)
+            rc = TQ_ERR_NOMEM;
+        else
+            s->served[i].started = true;
+    }
+    if (rc == TQ_OK)
+        rc = register_unit(s, cfg);
+    if (rc != TQ_OK) {
+        tq__storage_destroy(s);
+        return rc;
+    }
+    *s_p = s;
+    return TQ_OK;
+}
+
+uint32_t tq__storage_unit_id(const tq_storage *s) { return s->unit_id; }
+
+void tq__storage_stop(tq_storage *s)
+{
+    uint64_t one = 1;
+    ssize_t n = write(s->stop_fd, &one, sizeof(one));
+    (void)n;
+}
+
+int tq__storage_run(tq_storage *s)
+{
+    uint64_t next_beat = 0;
+    for (;;) {
+        uint64_t now = tq__now_ms();
+        if (now >= next_beat) {
+            char err[TQ_ERRMSG_MAX] = "";
+            if (tq__ctrl_send(&s->conn, tq__ctrl_begin(&s->conn, TQ_MSG_HEARTBEAT), err) != TQ_OK) {
+                tq_error("lost the controller: %s", err);
+                return TQ_ERR_CONNECTION;
+            }
+            next_beat = now + HEARTBEAT_MS;
+        }
+        struct pollfd pfd[2] = {{.fd = s->stop_fd, .events = POLLIN},
+                                {.fd = s->conn.fd, .events = POLLIN}};
+        int n = poll(pfd, 2, (int)(next_beat - now));
+        if (n < 0 && errno != EINTR) {
+            tq_error("poll: %m");
+            return TQ_ERR_IO;
+        }
+        if (n > 0 && pfd[0].revents)
+            return TQ_OK;
+        if (n > 0 && pfd[1].revents) {
+            /* the controller sends nothing unasked: this is a close or an error */
+            char buf[256];
+            ssize_t got = recv(s->conn.fd, buf, sizeof(buf), MSG_DONTWAIT);
+            if (got <= 0 && !(got < 0 && (errno == EAGAIN || errno == EINTR))) {
+                tq_error("the controller closed the connection");
+                return TQ_ERR_CONNECTION;
+            }
+        }
+    }
+}
+
+void tq__storage_destroy(tq_storage *s)
+{
+    if (s == NULL)
+        return;
+    atomic_store(&s->stopping, true);
+    tq__ctrl_close(&s->conn);
+    for (unsigned i = 0; i < s->num_served; i++)
+        if (s->served[i].started)
+            pthread_join(s->served[i].thread, NULL);
+    /* deregister in reverse: the first transport may own the pool memory */
+    for (unsigned i = s->num_served; i-- > 0;) {
+        served_t *sv = &s->served[i];
+        free(sv->address);
+        free(sv->region);
+        sv->ops->mem_deregister(sv->tr, sv->mem);
+        sv->ops->fini(sv->tr);
+    }
+    if (s->pool != NULL && !s->pool_from_transport)
+        munmap(s->pool, s->pool_size);
+    if (s->stop_fd >= 0)
+        close(s->stop_fd);
+    free(s);
+}

@@ -1,0 +1,207 @@
+/* tq.h: the public API of libtqrdma, an RDMA-native store of training samples. */
+#ifndef TQ_TQ_H
+#define TQ_TQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(TQ_BUILDING_LIBRARY)
+#define TQ_EXPORT __attribute__((visibility("default")))
+#else
+#define TQ_EXPORT
+#endif
+
+#define TQ_VERSION_MAJOR 0
+#define TQ_VERSION_MINOR 1
+#define TQ_VERSION_PATCH 0
+#define TQ_VERSION_STRING "0.1.0"
+
+/** Most dimensions a field's row may have. */
+#define TQ_MAX_NDIM 8
+
+/* Status codes with their strings: one list, so the two never drift apart. */
+#define TQ_STATUS_MAP(X)                                                       \
+    X(TQ_OK,              0, "success")                                        \
+    X(TQ_ERR_INVALID,    -1, "invalid argument")                               \
+    X(TQ_ERR_NOT_FOUND,  -2, "not found")                                      \
+    X(TQ_ERR_EXISTS,     -3, "already exists")                                 \
+    X(TQ_ERR_TIMEOUT,    -4, "timed out")                                      \
+    X(TQ_ERR_NOSPACE,    -5, "no space left in the storage pools")             \
+    X(TQ_ERR_LOST,       -6, "data lost with a dead storage unit")             \
+    X(TQ_ERR_CONNECTION, -7, "connection failed")                              \
+    X(TQ_ERR_PROTOCOL,   -8, "protocol error")                                 \
+    X(TQ_ERR_AUTH,       -9, "authentication failed")                          \
+    X(TQ_ERR_NOMEM,     -10, "out of memory")                                  \
+    X(TQ_ERR_UNSUPPORTED, -11, "operation not supported")                      \
+    X(TQ_ERR_END,       -12, "end of stream")                                  \
+    X(TQ_ERR_IO,        -13, "input/output error")
+
+typedef enum {
+#define TQ_STATUS_ENUM(name, value, text) name = value,
+    TQ_STATUS_MAP(TQ_STATUS_ENUM)
+#undef TQ_STATUS_ENUM
+} tq_status_t;
+
+typedef enum {
+    TQ_DTYPE_BOOL, TQ_DTYPE_U8, TQ_DTYPE_I8, TQ_DTYPE_I16, TQ_DTYPE_I32,
+    TQ_DTYPE_I64, TQ_DTYPE_F16, TQ_DTYPE_BF16, TQ_DTYPE_F32, TQ_DTYPE_F64,
+    TQ_DTYPE_BYTES
+} tq_dtype_t;
+
+typedef enum { TQ_FIELD_TENSOR, TQ_FIELD_NESTED, TQ_FIELD_BYTES } tq_field_kind_t;
+
+typedef struct tq_client tq_client;
+typedef struct tq_batch tq_batch;
+typedef struct tq_meta tq_meta;
+
+/** What a batch knows of one field. */
+typedef struct {
+    tq_field_kind_t kind;
+    tq_dtype_t      dtype;
+    uint32_t        ndim;                   /**< dimensions of one row */
+    int64_t         row_shape[TQ_MAX_NDIM]; /**< tensor: the shape of every row */
+    const void     *data;                   /**< tensor: the contiguous column; else NULL */
+    size_t          bytes;                  /**< total bytes of the column */
+} tq_field_info_t;
+
+/** Arguments of tq_get_meta. Zero-initialise, then set what you need. */
+typedef struct {
+    const char         *partition;
+    const char         *task;         /**< consumer name: consumption is per task */
+    const char *const  *fields;
+    size_t              num_fields;
+    uint32_t            batch_size;
+    const char         *sampler;      /**< NULL or "sequential" */
+    const char         *sampler_args; /**< JSON object text, or NULL */
+    int                 timeout_ms;   /**< 0: answer now; -1: wait forever */
+} tq_fetch_args_t;
+
+/** @return a static string describing @p status. */
+TQ_EXPORT const char *tq_status_string(int status);
+
+/**
+ * @return the detail of this thread's last failure on @p c ("" if none).
+ * Valid until the thread's next call on @p c.
+ */
+TQ_EXPORT const char *tq_last_error(const tq_client *c);
+
+/** @return the size in bytes of one element of @p dtype (1 for bytes), 0 if unknown. */
+TQ_EXPORT size_t tq_dtype_size(tq_dtype_t dtype);
+
+/**
+ * Connect to a controller.
+ * @param [in]  target   "host:port", "tcp://host:port", a client config path ending
+ *                       in ".json", "embedded", or NULL ($TQ_CONTROLLER, else embedded).
+ * @param [out] client_p the new client, written only on success.
+ * @return TQ_OK; TQ_ERR_INVALID for a bad target; TQ_ERR_CONNECTION when the
+ *         controller cannot be reached; TQ_ERR_AUTH for a rejected token.
+ */
+TQ_EXPORT int  tq_open(const char *target, tq_client **client_p);
+/** Disconnect; releases every pin and uncommitted allocation of @p client. NULL is ignored. */
+TQ_EXPORT void tq_close(tq_client *client);
+
+/**
+ * Create an empty batch of @p rows rows.
+ * @return TQ_OK; TQ_ERR_INVALID when rows is 0 or batch_p is NULL; TQ_ERR_NOMEM.
+ */
+TQ_EXPORT int  tq_batch_create(uint32_t rows, tq_batch **batch_p);
+/** Free a batch (and the memory it owns, for a batch returned by a get). NULL is ignored. */
+TQ_EXPORT void tq_batch_destroy(tq_batch *batch);
+
+/**
+ * Add a tensor field: every row has shape @p row_shape; @p data is the column,
+ * rows x prod(row_shape) elements. The memory is borrowed until the batch is destroyed.
+ * @return TQ_OK; TQ_ERR_INVALID for a bad argument; TQ_ERR_EXISTS for a repeated name.
+ */
+TQ_EXPORT int  tq_batch_add_tensor(tq_batch *b, const char *field, tq_dtype_t dtype,
+                                   uint32_t ndim, const int64_t *row_shape, const void *data);
+/**
+ * Add a nested (ragged) field: row i has shape shapes[i*ndim .. i*ndim+ndim) and
+ * its data at row_data[i]. Memory is borrowed.
+ * @return TQ_OK; TQ_ERR_INVALID; TQ_ERR_EXISTS.
+ */
+TQ_EXPORT int  tq_batch_add_nested(tq_batch *b, const char *field, tq_dtype_t dtype,
+                                   uint32_t ndim, const int64_t *shapes,
+                                   const void *const *row_data);
+/**
+ * Add a bytes field: row i is lengths[i] bytes at values[i] (may be empty).
+ * Memory is borrowed.
+ * @return TQ_OK; TQ_ERR_INVALID; TQ_ERR_EXISTS.
+ */
+TQ_EXPORT int  tq_batch_add_bytes(tq_batch *b, const char *field,
+                                  const void *const *values, const size_t *lengths);
+TQ_EXPORT uint32_t    tq_batch_rows(const tq_batch *b);
+TQ_EXPORT uint32_t    tq_batch_num_fields(const tq_batch *b);
+/** @return the name of field @p i, or NULL when out of range. */
+TQ_EXPORT const char *tq_batch_field_name(const tq_batch *b, uint32_t i);
+/** @return TQ_OK and *info_p; TQ_ERR_NOT_FOUND for an absent field; TQ_ERR_INVALID. */
+TQ_EXPORT int  tq_batch_field(const tq_batch *b, const char *field, tq_field_info_t *info_p);
+/**
+ * @return a pointer to the bytes of one cell and, when the out-parameters are not
+ *         NULL, its size and shape (ndim from tq_batch_field); NULL for an absent
+ *         field or row.
+ */
+TQ_EXPORT const void *tq_batch_row(const tq_batch *b, const char *field, uint32_t row,
+                                   size_t *bytes_p, const int64_t **shape_p);
+
+/**
+ * Write the fields of @p b to rows of @p partition (created on first use), in two
+ * phases: allocate, write by one-sided RMA, commit. Readers see nothing before the
+ * commit; an overwrite swaps in fresh extents, so readers never see a torn value.
+ * @param [in]  indexes     existing or chosen row indexes (b's row count of them),
+ *                          or NULL for new rows (cleared indexes reused lowest first).
+ * @param [out] indexes_out the indexes written, or NULL.
+ * @return TQ_OK; TQ_ERR_INVALID (bad argument, dtype conflict); TQ_ERR_NOSPACE;
+ *         TQ_ERR_CONNECTION, TQ_ERR_TIMEOUT, TQ_ERR_LOST.
+ */
+TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
+                     const int64_t *indexes, int64_t *indexes_out);
+/**
+ * Pick batch_size ready rows (all requested fields produced, not yet consumed by
+ * args->task), mark them consumed by the task and pin their data until
+ * tq_meta_free. Waits up to args->timeout_ms for enough rows.
+ * @return TQ_OK; TQ_ERR_TIMEOUT when too few rows were ready (nothing consumed);
+ *         TQ_ERR_INVALID for missing fields, task or batch size.
+ */
+TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p);
+/**
+ * Read the rows of @p m by one-sided RMA into a new batch that owns its memory.
+ * @return TQ_OK; TQ_ERR_LOST when a unit holding the data is gone; TQ_ERR_CONNECTION.
+ */
+TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p);
+TQ_EXPORT uint32_t       tq_meta_rows(const tq_meta *m);
+TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m);
+/** Unpin the data of @p m and free it. NULL is ignored. */
+TQ_EXPORT void tq_meta_free(tq_meta *m);
+
+/** Remove rows; their indexes become free. @return how many rows were removed, or an error. */
+TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int64_t *indexes);
+/** Remove a partition and all its rows. @return TQ_OK; TQ_ERR_NOT_FOUND. */
+TQ_EXPORT int tq_clear_partition(tq_client *c, const char *partition);
+/** Forget what @p task (NULL: every task) consumed in @p partition. */
+TQ_EXPORT int tq_reset_consumption(tq_client *c, const char *partition, const char *task);
+
+/** Use of one storage unit, as the controller sees it. */
+typedef struct {
+    uint32_t id;
+    uint32_t incarnation;
+    uint64_t capacity;   /**< bytes in its pool */
+    uint64_t used;       /**< bytes allocated, committed or not */
+    int      alive;
+} tq_unit_info_t;
+
+/**
+ * List the storage units the controller knows.
+ * @param [out] units_p  an array to free with free(), written only on success.
+ * @return the number of units, or an error.
+ */
+TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TQ_TQ_H */

@@ -1,0 +1,914 @@
+/* client.c: libtqrdma's client: control calls to the controller, bytes by one-sided RMA. */
+#define TQ_LOG_COMPONENT "client"
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batch.h"
+#include "ctrl_conn.h"
+#include "embedded.h"
+#include "transport_registry.h"
+#include "tq/tq.h"
+#include "util/common.h"
+#include "util/config.h"
+#include "util/log.h"
+#include "wire.h"
+
+#define DEFAULT_TIMEOUT_MS 5000
+#define MAX_IDLE_CONNS     16
+#define COLUMN_ALIGN       64
+
+/* A storage unit as this client sees it: endpoint and region are made on
+ * first use and kept (the endpoint and unpacked-region caches). */
+typedef struct {
+    uint32_t             id;
+    bool                 alive;
+    void                *address, *region_blob;
+    uint32_t             address_len, region_len;
+    tq_transport_ep     *ep;
+    tq_transport_region *region;
+    bool                 used; /* posted to since the last flush */
+} client_unit_t;
+
+struct tq_client {
+    char                   *target;
+    char                   *token;
+    int                     timeout_ms;
+    tq__embedded           *embedded;
+    pthread_mutex_t         conn_lock; /* idle */
+    tq_ctrl_conn           *idle[MAX_IDLE_CONNS];
+    unsigned                num_idle;
+    pthread_mutex_t         data_lock; /* transport and units */
+    const tq_transport_ops *ops;
+    tq_transport           *tr;
+    client_unit_t          *units;
+    uint32_t                num_units;
+};
+
+typedef struct {
+    char              *name;
+    tq_field_kind_t    kind;
+    tq_dtype_t         dtype;
+    uint32_t           ndim;
+    int64_t            row_shape[TQ_MAX_NDIM];
+    int64_t           *shapes;    /* rows x ndim */
+    uint64_t          *row_bytes;
+    uint64_t           bytes;
+    tq_wire_extent_t  *runs;
+    uint32_t           num_runs;
+} meta_field_t;
+
+struct tq_meta {
+    tq_client    *client;
+    uint64_t      id;
+    uint32_t      rows;
+    int64_t      *indexes;
+    uint16_t      num_fields;
+    meta_field_t *fields;
+};
+
+/* ---- errors ---- */
+
+static __thread struct {
+    const tq_client *client;
+    char             msg[TQ_ERRMSG_MAX];
+} last_error;
+
+static int set_error(const tq_client *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int set_error(const tq_client *c, int status, const char *fmt, ...)
+{
+    last_error.client = c;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error.msg, sizeof(last_error.msg), fmt, ap);
+    va_end(ap);
+    tq_debug("%s: %s", tq_status_string(status), last_error.msg);
+    return status;
+}
+
+/* Record the detail a control call left in err. */
+static int call_error(const tq_client *c, int status, const char *err)
+{
+    return set_error(c, status, "%s", err[0] ? err : tq_status_string(status));
+}
+
+TQ_EXPORT const char *tq_last_error(const tq_client *c)
+{
+    return c != NULL && last_error.client == c ? last_error.msg : "";
+}
+
+/* ---- control connections ---- */
+
+/* A connection for this thread's call: an idle one, or a new one. */
+static int conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
+{
+    pthread_mutex_lock(&c->conn_lock);
+    tq_ctrl_conn *cc = c->num_idle ? c->idle[--c->num_idle] : NULL;
+    pthread_mutex_unlock(&c->conn_lock);
+    if (cc != NULL) {
+        *cc_p = cc;
+        return TQ_OK;
+    }
+    cc = malloc(sizeof(*cc));
+    if (cc == NULL)
+        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    char err[TQ_ERRMSG_MAX] = "";
+    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->timeout_ms, err);
+    if (rc != TQ_OK) {
+        free(cc);
+        return call_error(c, rc == TQ_ERR_TIMEOUT ? TQ_ERR_CONNECTION : rc, err);
+    }
+    *cc_p = cc;
+    return TQ_OK;
+}
+
+static void conn_release(tq_client *c, tq_ctrl_conn *cc)
+{
+    if (!cc->broken) {
+        pthread_mutex_lock(&c->conn_lock);
+        bool kept = c->num_idle < MAX_IDLE_CONNS;
+        if (kept)
+            c->idle[c->num_idle++] = cc;
+        pthread_mutex_unlock(&c->conn_lock);
+        if (kept)
+            return;
+    }
+    tq__ctrl_close(cc);
+    free(cc);
+}
+
+/* ---- storage units ---- */
+
+static void unit_drop_ep(tq_client *c, client_unit_t *u)
+{
+    if (u->region != NULL)
+        c->ops->region_release(c->tr, u->region);
+    if (u->ep != NULL)
+        c->ops->ep_close(c->tr, u->ep);
+    u->region = NULL;
+    u->ep = NULL;
+}
+
+static void unit_free(tq_client *c, client_unit_t *u)
+{
+    unit_drop_ep(c, u);
+    free(u->address);
+    free(u->region_blob);
+}
+
+static client_unit_t *unit_find(tq_client *c, uint32_t id)
+{
+    for (uint32_t i = 0; i < c->num_units; i++)
+        if (c->units[i].id == id)
+            return &c->units[i];
+    return NULL;
+}
+
+/* Ask the controller for its units; keep endpoints of units we already know.
+ * Called with data_lock held. */
+static int units_refresh(tq_client *c, tq_ctrl_conn *cc)
+{
+    char err[TQ_ERRMSG_MAX] = "";
+    tq_rbuf r;
+    int rc = tq__ctrl_call(cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r, err);
+    if (rc != TQ_OK)
+        return call_error(c, rc, err);
+    uint32_t n = tq_wire_get_u32(&r);
+    if (r.failed || n > (uint32_t)(r.end - r.p))
+        return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+    client_unit_t *units = calloc(n ? n : 1, sizeof(*units));
+    if (units == NULL)
+        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        tq_wire_unit_t w;
+        if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
+            for (uint32_t j = 0; j < i; j++)
+                unit_free(c, &units[j]);
+            free(units);
+            return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+        }
+        client_unit_t *u = &units[i];
+        u->id = w.id;
+        u->alive = w.alive;
+        for (uint8_t t = 0; t < w.num_transports; t++) {
+            if (!tq_str_eq(w.transports[t].name, c->ops->name))
+                continue;
+            u->address = malloc(w.transports[t].address.len + 1u);
+            u->region_blob = malloc(w.transports[t].region.len + 1u);
+            if (u->address != NULL && u->region_blob != NULL) {
+                memcpy(u->address, w.transports[t].address.ptr, w.transports[t].address.len);
+                memcpy(u->region_blob, w.transports[t].region.ptr, w.transports[t].region.len);
+                u->address_len = w.transports[t].address.len;
+                u->region_len = w.transports[t].region.len;
+            }
+        }
+        client_unit_t *old = unit_find(c, w.id);
+        if (old != NULL && u->alive) { /* same incarnation: keep its endpoint */
+            u->ep = old->ep;
+            u->region = old->region;
+            old->ep = NULL;
+            old->region = NULL;
+        }
+    }
+    for (uint32_t i = 0; i < c->num_units; i++)
+        unit_free(c, &c->units[i]);
+    free(c->units);
+    c->units = units;
+    c->num_units = n;
+    return TQ_OK;
+}
+
+/* The unit's endpoint and region, connecting on first use. Data lock held. */
+static int unit_connect(tq_client *c, uint32_t id, client_unit_t **u_p)
+{
+    client_unit_t *u = unit_find(c, id);
+    if (u == NULL)
+        return set_error(c, TQ_ERR_PROTOCOL, "the controller named an unknown unit %u", id);
+    if (!u->alive)
+        return set_error(c, TQ_ERR_LOST, "storage unit %u is dead", id);
+    if (u->address == NULL)
+        return set_error(c, TQ_ERR_UNSUPPORTED, "storage unit %u does not serve transport %s", id,
+                         c->ops->name);
+    if (u->ep == NULL) {
+        int rc = c->ops->ep_connect(c->tr, u->address, u->address_len, &u->ep);
+        if (rc == TQ_OK)
+            rc = c->ops->region_unpack(c->tr, u->ep, u->region_blob, u->region_len, &u->region);
+        if (rc != TQ_OK) {
+            unit_drop_ep(c, u);
+            return set_error(c, rc, "cannot reach storage unit %u over %s: %s", id, c->ops->name,
+                             tq_status_string(rc));
+        }
+    }
+    *u_p = u;
+    return TQ_OK;
+}
+
+/* Make sure every unit named by extents is known, asking the controller once
+ * if not (a unit registered after our last look). Data lock held. */
+static int units_cover(tq_client *c, const tq_wire_extent_t *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i].length > 0 && unit_find(c, x[i].unit) == NULL) {
+            tq_ctrl_conn *cc;
+            int rc = conn_acquire(c, &cc);
+            if (rc == TQ_OK) {
+                rc = units_refresh(c, cc);
+                conn_release(c, cc);
+            }
+            return rc;
+        }
+    return TQ_OK;
+}
+
+/* Wait for every unit posted to; an endpoint that failed is dropped, so the
+ * next use reconnects. Data lock held. */
+static int units_flush(tq_client *c)
+{
+    int first = TQ_OK;
+    for (uint32_t i = 0; i < c->num_units; i++) {
+        client_unit_t *u = &c->units[i];
+        if (!u->used)
+            continue;
+        u->used = false;
+        int rc = c->ops->flush(c->tr, u->ep, c->timeout_ms);
+        if (rc != TQ_OK) {
+            unit_drop_ep(c, u);
+            if (first == TQ_OK)
+                first = set_error(c, rc, "transfer with storage unit %u failed: %s", u->id,
+                                  tq_status_string(rc));
+        }
+    }
+    return first;
+}
+
+/* Post transfers of one column between local rows and its runs of remote
+ * extents: the column's bytes, in row order, are the runs' bytes in order. */
+static int post_column(tq_client *c, tq_rma_dir_t dir, const tq_wire_extent_t *runs,
+                       uint32_t num_runs, void *const *rows, const uint64_t *row_bytes,
+                       uint32_t num_rows)
+{
+    uint32_t row = 0;
+    uint64_t in_row = 0;
+    size_t cap = (size_t)num_rows + num_runs, n = 0;
+    tq_rma_iov_t *iov = malloc((cap ? cap : 1) * sizeof(*iov));
+    if (iov == NULL)
+        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    int rc = TQ_OK;
+    for (uint32_t k = 0; k < num_runs && rc == TQ_OK; k++) {
+        client_unit_t *u = NULL;
+        rc = unit_connect(c, runs[k].unit, &u);
+        uint64_t done = 0;
+        n = 0;
+        while (rc == TQ_OK && done < runs[k].length) {
+            while (row < num_rows && in_row == row_bytes[row])
+                row++, in_row = 0;
+            if (row == num_rows) {
+                rc = set_error(c, TQ_ERR_PROTOCOL, "extents longer than the rows");
+                break;
+            }
+            uint64_t len = TQ_MIN(row_bytes[row] - in_row, runs[k].length - done);
+            iov[n++] = (tq_rma_iov_t){(char *)rows[row] + in_row, runs[k].offset + done, len};
+            in_row += len;
+            done += len;
+        }
+        if (rc == TQ_OK && n > 0) {
+            rc = c->ops->post(c->tr, u->ep, u->region, dir, iov, n);
+            u->used = true;
+            if (rc != TQ_OK)
+                set_error(c, rc, "cannot post to storage unit %u: %s", u->id, tq_status_string(rc));
+        }
+    }
+    free(iov);
+    return rc;
+}
+
+/* ---- open and close ---- */
+
+static int open_config(tq_client *c, const char *path, char **target_p)
+{
+    char *controller = NULL, *token = NULL, *timeout = NULL, err[512];
+    tq_config_key_t keys[] = {{"controller", &controller}, {"token", &token},
+                              {"timeout_ms", &timeout}};
+    if (tq__config_load(path, keys, ARRAY_SIZE(keys), err, sizeof(err)) != 0) {
+        free(controller), free(token), free(timeout);
+        return set_error(c, TQ_ERR_INVALID, "%s", err);
+    }
+    if (token != NULL) {
+        free(c->token);
+        c->token = token;
+    }
+    if (timeout != NULL)
+        c->timeout_ms = atoi(timeout);
+    free(timeout);
+    *target_p = controller; /* NULL: embedded */
+    return TQ_OK;
+}
+
+static void client_free(tq_client *c)
+{
+    for (unsigned i = 0; i < c->num_idle; i++) {
+        tq__ctrl_close(c->idle[i]);
+        free(c->idle[i]);
+    }
+    if (c->tr != NULL) {
+        for (uint32_t i = 0; i < c->num_units; i++)
+            unit_free(c, &c->units[i]);
+        c->ops->fini(c->tr);
+    }
+    free(c->units);
+    tq__embedded_stop(c->embedded);
+    pthread_mutex_destroy(&c->conn_lock);
+    pthread_mutex_destroy(&c->data_lock);
+    free(c->target);
+    free(c->token);
+    free(c);
+}
+
+TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
+{
+    if (client_p == NULL)
+        return set_error(NULL, TQ_ERR_INVALID, "client_p is NULL");
+    tq_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return TQ_ERR_NOMEM;
+    pthread_mutex_init(&c->conn_lock, NULL);
+    pthread_mutex_init(&c->data_lock, NULL);
+    c->timeout_ms = DEFAULT_TIMEOUT_MS;
+    const char *env_token = getenv("TQ_TOKEN");
+    c->token = env_token ? strdup(env_token) : NULL;
+    if (target == NULL)
+        target = getenv("TQ_CONTROLLER");
+
+    int rc = TQ_OK;
+    char *config_target = NULL;
+    size_t len = target ? strlen(target) : 0;
+    if (len > 5 && strcmp(target + len - 5, ".json") == 0) {
+        if ((rc = open_config(c, target, &config_target)) != TQ_OK)
+            goto err;
+        target = config_target;
+    }
+    char err[TQ_ERRMSG_MAX] = "", address[128];
+    if (target == NULL || target[0] == '\0' || strcmp(target, "embedded") == 0) {
+        rc = tq__embedded_start(c->token, address, sizeof(address), err, &c->embedded);
+        if (rc != TQ_OK) {
+            call_error(c, rc, err);
+            goto err;
+        }
+        target = address;
+    } else {
+        char host[256];
+        uint16_t port;
+        if (tq__parse_hostport(target, host, sizeof(host), &port) != 0 || port == 0) {
+            rc = set_error(c, TQ_ERR_INVALID, "bad target '%s': want HOST:PORT, tcp://HOST:PORT, "
+                           "a .json config, or \"embedded\"", target);
+            goto err;
+        }
+    }
+    c->target = strdup(target);
+    const char *transport = getenv("TQ_TRANSPORT");
+    c->ops = tq__transport_find(transport);
+    if (c->target == NULL) {
+        rc = TQ_ERR_NOMEM;
+        goto err;
+    }
+    if (c->ops == NULL) {
+        rc = set_error(c, TQ_ERR_INVALID, "unknown TQ_TRANSPORT '%s'", transport);
+        goto err;
+    }
+    if ((rc = c->ops->init(&c->tr)) != TQ_OK) {
+        c->tr = NULL;
+        set_error(c, rc, "transport %s unavailable: %s", c->ops->name, tq_status_string(rc));
+        goto err;
+    }
+    tq_ctrl_conn *cc;
+    if ((rc = conn_acquire(c, &cc)) != TQ_OK)
+        goto err;
+    rc = units_refresh(c, cc);
+    conn_release(c, cc);
+    if (rc != TQ_OK)
+        goto err;
+    free(config_target);
+    *client_p = c;
+    return TQ_OK;
+err:
+    free(config_target);
+    /* keep the detail readable after the client is gone: tie it to no client */
+    last_error.client = NULL;
+    client_free(c);
+    return rc;
+}
+
+TQ_EXPORT void tq_close(tq_client *c)
+{
+    if (c != NULL)
+        client_free(c);
+}
+
+/* ---- put ---- */
+
+static int put_abort(tq_client *c, tq_ctrl_conn *cc, uint64_t alloc_id)
+{
+    char err[TQ_ERRMSG_MAX];
+    tq_rbuf r;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_ABORT);
+    tq_wire_encode_id(&cc->out, &(tq_msg_id_t){alloc_id});
+    return tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
+}
+
+/* Encode one batch field as an ALLOC field. */
+static int encode_field(tq_wbuf *w, const tq_batch *b, const tq__batch_field_t *f)
+{
+    tq_wire_field_t wf = {.name = {f->name, (uint16_t)strlen(f->name)},
+                          .kind = (uint8_t)f->kind, .dtype = (uint8_t)f->dtype,
+                          .ndim = (uint8_t)f->ndim};
+    switch (f->kind) {
+    case TQ_FIELD_TENSOR: wf.dims = tq_array_of(f->row_shape, f->ndim); break;
+    case TQ_FIELD_NESTED: wf.dims = tq_array_of(f->shapes, b->rows * f->ndim); break;
+    case TQ_FIELD_BYTES:  wf.dims = tq_array_of(f->row_bytes, b->rows); break;
+    }
+    tq_wire_encode_field(w, &wf);
+    return TQ_OK;
+}
+
+TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
+                     const int64_t *indexes, int64_t *indexes_out)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (!tq__valid_name(partition))
+        return set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
+                         TQ_WIRE_NAME_MAX);
+    if (b == NULL || b->num_fields == 0)
+        return set_error(c, TQ_ERR_INVALID, "the batch is NULL or has no field");
+    for (uint32_t i = 0; indexes != NULL && i < b->rows; i++)
+        if (indexes[i] < 0)
+            return set_error(c, TQ_ERR_INVALID, "index %lld is negative", (long long)indexes[i]);
+
+    tq_ctrl_conn *cc;
+    int rc = conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_ALLOC);
+    tq_msg_alloc_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                        .rows = b->rows, .has_indexes = indexes != NULL,
+                        .indexes = tq_array_of(indexes, b->rows),
+                        .num_fields = (uint16_t)b->num_fields};
+    tq_wire_encode_alloc(&cc->out, &m);
+    for (uint32_t i = 0; i < b->num_fields; i++)
+        encode_field(&cc->out, b, &b->fields[i]);
+    char err[TQ_ERRMSG_MAX] = "";
+    tq_rbuf r;
+    rc = tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
+    if (rc != TQ_OK) {
+        call_error(c, rc, err);
+        goto out;
+    }
+    tq_msg_alloc_reply_t a;
+    tq_wire_extent_t ext[TQ_WIRE_MAX_FIELDS];
+    rc = tq_wire_decode_alloc_reply(&r, &a);
+    for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
+        rc = tq_wire_decode_extent(&r, &ext[i]);
+    if (rc != TQ_OK || !tq_rbuf_done(&r) || a.rows != b->rows || a.num_fields != b->num_fields) {
+        rc = set_error(c, TQ_ERR_PROTOCOL, "malformed alloc reply");
+        cc->broken = true;
+        goto out;
+    }
+    for (uint16_t i = 0; i < a.num_fields; i++)
+        if (ext[i].length != b->fields[i].bytes) {
+            rc = set_error(c, TQ_ERR_PROTOCOL, "the controller sized field %s wrongly",
+                           b->fields[i].name);
+            goto abort;
+        }
+
+    pthread_mutex_lock(&c->data_lock);
+    rc = units_cover(c, ext, a.num_fields);
+    for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
+        if (ext[i].length > 0)
+            rc = post_column(c, TQ_RMA_PUT, &ext[i], 1, (void *const *)b->fields[i].rows,
+                             (const uint64_t *)b->fields[i].row_bytes, b->rows);
+    int frc = units_flush(c); /* also after a failed post: nothing may stay in flight */
+    rc = rc != TQ_OK ? rc : frc;
+    pthread_mutex_unlock(&c->data_lock);
+    if (rc != TQ_OK)
+        goto abort;
+
+    off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
+    tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
+    rc = tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
+    if (rc != TQ_OK) {
+        call_error(c, rc, err);
+        goto out;
+    }
+    if (indexes_out != NULL)
+        for (uint32_t i = 0; i < a.rows; i++)
+            indexes_out[i] = tq_array_i64(a.indexes, i);
+    goto out;
+abort:
+    put_abort(c, cc, a.alloc_id);
+out:
+    conn_release(c, cc);
+    return rc;
+}
+
+/* ---- get ---- */
+
+static void meta_destroy(tq_meta *m)
+{
+    for (uint16_t i = 0; m->fields != NULL && i < m->num_fields; i++) {
+        free(m->fields[i].name);
+        free(m->fields[i].shapes);
+        free(m->fields[i].row_bytes);
+        free(m->fields[i].runs);
+    }
+    free(m->fields);
+    free(m->indexes);
+    free(m);
+}
+
+/* Copy a GET_META reply into a tq_meta, checking that it adds up. */
+static int meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
+{
+    tq_msg_get_meta_reply_t h;
+    if (tq_wire_decode_get_meta_reply(r, &h) != TQ_OK)
+        return set_error(c, TQ_ERR_PROTOCOL, "malformed get_meta reply");
+    tq_meta *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    m->client = c;
+    m->id = h.meta_id;
+    m->rows = h.rows;
+    m->num_fields = h.num_fields;
+    m->indexes = malloc((size_t)h.rows * 8 + 1);
+    m->fields = calloc(h.num_fields ? h.num_fields : 1, sizeof(*m->fields));
+    if (m->indexes == NULL || m->fields == NULL)
+        goto err_nomem;
+    for (uint32_t i = 0; i < h.rows; i++)
+        m->indexes[i] = tq_array_i64(h.indexes, i);
+    for (uint16_t k = 0; k < h.num_fields; k++) {
+        tq_wire_meta_field_t w;
+        meta_field_t *f = &m->fields[k];
+        if (tq_wire_decode_meta_field(r, h.rows, &w) != TQ_OK)
+            goto err_protocol;
+        f->name = tq_str_dup(w.name);
+        f->kind = w.kind;
+        f->dtype = w.dtype;
+        f->ndim = w.ndim;
+        f->shapes = calloc((size_t)h.rows * (w.ndim ? w.ndim : 1) + 1, sizeof(int64_t));
+        f->row_bytes = malloc((size_t)h.rows * 8 + 1);
+        f->runs = malloc((size_t)w.num_runs * sizeof(*f->runs) + 1);
+        if (f->name == NULL || f->shapes == NULL || f->row_bytes == NULL || f->runs == NULL)
+            goto err_nomem;
+        for (uint32_t d = 0; f->kind == TQ_FIELD_TENSOR && d < f->ndim; d++)
+            f->row_shape[d] = tq_array_i64(w.row_shape, d);
+        for (uint32_t i = 0; i < h.rows; i++) {
+            f->row_bytes[i] = tq_array_u64(w.row_bytes, i);
+            for (uint32_t d = 0; d < f->ndim; d++)
+                f->shapes[(size_t)i * f->ndim + d] = f->kind == TQ_FIELD_NESTED
+                    ? tq_array_i64(w.shapes, i * f->ndim + d) : f->row_shape[d];
+            if (f->bytes + f->row_bytes[i] < f->bytes)
+                goto err_protocol;
+            f->bytes += f->row_bytes[i];
+        }
+        uint64_t in_runs = 0;
+        f->num_runs = w.num_runs;
+        for (uint32_t i = 0; i < w.num_runs; i++) {
+            if (tq_wire_decode_extent(r, &f->runs[i]) != TQ_OK)
+                goto err_protocol;
+            in_runs += f->runs[i].length;
+        }
+        if (in_runs != f->bytes)
+            goto err_protocol;
+    }
+    if (!tq_rbuf_done(r))
+        goto err_protocol;
+    *meta_p = m;
+    return TQ_OK;
+err_protocol:
+    meta_destroy(m);
+    return set_error(c, TQ_ERR_PROTOCOL, "malformed get_meta reply");
+err_nomem:
+    meta_destroy(m);
+    return set_error(c, TQ_ERR_NOMEM, "out of memory");
+}
+
+TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (args == NULL || meta_p == NULL)
+        return set_error(c, TQ_ERR_INVALID, "args or meta_p is NULL");
+    if (!tq__valid_name(args->partition) || !tq__valid_name(args->task))
+        return set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
+                         TQ_WIRE_NAME_MAX);
+    if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
+        return set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
+                         TQ_WIRE_MAX_FIELDS);
+    for (size_t i = 0; i < args->num_fields; i++)
+        if (!tq__valid_name(args->fields[i]))
+            return set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+    if (args->batch_size == 0 || args->batch_size > TQ_WIRE_MAX_ROWS)
+        return set_error(c, TQ_ERR_INVALID, "batch_size must be 1 to %u", TQ_WIRE_MAX_ROWS);
+    if (args->timeout_ms < -1)
+        return set_error(c, TQ_ERR_INVALID, "timeout_ms must be -1, 0 or positive");
+    if (args->sampler != NULL && strlen(args->sampler) > TQ_WIRE_NAME_MAX)
+        return set_error(c, TQ_ERR_INVALID, "sampler name too long");
+    size_t args_len = args->sampler_args ? strlen(args->sampler_args) : 0;
+
+    tq_msg_get_meta_t m = {
+        .partition = {args->partition, (uint16_t)strlen(args->partition)},
+        .task = {args->task, (uint16_t)strlen(args->task)},
+        .num_fields = (uint16_t)args->num_fields,
+        .batch_size = args->batch_size,
+        .sampler = {args->sampler ? args->sampler : "",
+                    (uint16_t)(args->sampler ? strlen(args->sampler) : 0)},
+        .sampler_args = {(const uint8_t *)args->sampler_args, (uint32_t)args_len},
+        .timeout_ms = args->timeout_ms,
+    };
+    for (size_t i = 0; i < args->num_fields; i++)
+        m.fields[i] = (tq_str_t){args->fields[i], (uint16_t)strlen(args->fields[i])};
+
+    tq_ctrl_conn *cc;
+    int rc = conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META);
+    tq_wire_encode_get_meta(&cc->out, &m);
+    /* the controller answers by its own deadline; ours only guards against its death */
+    int wait = args->timeout_ms < 0 ? -1 : args->timeout_ms + c->timeout_ms;
+    char err[TQ_ERRMSG_MAX] = "";
+    tq_rbuf r;
+    rc = tq__ctrl_call(cc, off, wait, &r, err);
+    if (rc == TQ_OK)
+        rc = meta_parse(c, &r, meta_p);
+    else
+        call_error(c, rc, err);
+    conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
+TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
+
+TQ_EXPORT void tq_meta_free(tq_meta *m)
+{
+    if (m == NULL)
+        return;
+    tq_ctrl_conn *cc;
+    if (conn_acquire(m->client, &cc) == TQ_OK) {
+        char err[TQ_ERRMSG_MAX];
+        size_t off = tq__ctrl_begin(cc, TQ_MSG_RELEASE);
+        tq_wire_encode_id(&cc->out, &(tq_msg_id_t){m->id});
+        tq__ctrl_send(cc, off, err); /* if it fails, closing the client unpins */
+        conn_release(m->client, cc);
+    }
+    meta_destroy(m);
+}
+
+/* A batch field over a freshly read column of meta field f. */
+static int field_from_meta(const tq_meta *m, const meta_field_t *f, void *column,
+                           tq__batch_field_t *bf)
+{
+    memset(bf, 0, sizeof(*bf));
+    bf->name = strdup(f->name);
+    bf->rows = calloc(m->rows, sizeof(*bf->rows));
+    bf->row_bytes = calloc(m->rows, sizeof(*bf->row_bytes));
+    bf->shapes = calloc((size_t)m->rows * (f->ndim ? f->ndim : 1), sizeof(int64_t));
+    bf->owned = column;
+    if (bf->name == NULL || bf->rows == NULL || bf->row_bytes == NULL || bf->shapes == NULL)
+        return TQ_ERR_NOMEM;
+    bf->kind = f->kind;
+    bf->dtype = f->dtype;
+    bf->ndim = f->ndim;
+    memcpy(bf->row_shape, f->row_shape, sizeof(bf->row_shape));
+    memcpy(bf->shapes, f->shapes, (size_t)m->rows * f->ndim * sizeof(int64_t));
+    bf->data = column;
+    bf->bytes = f->bytes;
+    size_t at = 0;
+    for (uint32_t i = 0; i < m->rows; i++) {
+        bf->rows[i] = (char *)column + at;
+        bf->row_bytes[i] = f->row_bytes[i];
+        at += f->row_bytes[i];
+    }
+    return TQ_OK;
+}
+
+TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (m == NULL || batch_p == NULL || m->client != c)
+        return set_error(c, TQ_ERR_INVALID, "meta is NULL, of another client, or batch_p is NULL");
+    if (m->rows == 0)
+        return set_error(c, TQ_ERR_INVALID, "the meta has no rows");
+    tq_batch *b;
+    int rc = tq_batch_create(m->rows, &b);
+    if (rc != TQ_OK)
+        return set_error(c, rc, "cannot create a batch");
+    void **columns = calloc(m->num_fields, sizeof(void *));
+    void ***row_ptrs = calloc(m->num_fields, sizeof(void **));
+    if (columns == NULL || row_ptrs == NULL) {
+        rc = set_error(c, TQ_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (uint16_t k = 0; k < m->num_fields; k++) {
+        const meta_field_t *f = &m->fields[k];
+        columns[k] = aligned_alloc(COLUMN_ALIGN, TQ_ALIGN_UP(f->bytes ? f->bytes : 1, COLUMN_ALIGN));
+        row_ptrs[k] = malloc(m->rows * sizeof(void *));
+        if (columns[k] == NULL || row_ptrs[k] == NULL) {
+            rc = set_error(c, TQ_ERR_NOMEM, "out of memory for %llu bytes of field %s",
+                           (unsigned long long)f->bytes, f->name);
+            goto out;
+        }
+        size_t at = 0;
+        for (uint32_t i = 0; i < m->rows; i++) {
+            row_ptrs[k][i] = (char *)columns[k] + at;
+            at += f->row_bytes[i];
+        }
+    }
+
+    pthread_mutex_lock(&c->data_lock);
+    for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
+        rc = units_cover(c, m->fields[k].runs, m->fields[k].num_runs);
+    for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
+        rc = post_column(c, TQ_RMA_GET, m->fields[k].runs, m->fields[k].num_runs, row_ptrs[k],
+                         m->fields[k].row_bytes, m->rows);
+    int frc = units_flush(c);
+    rc = rc != TQ_OK ? rc : frc;
+    pthread_mutex_unlock(&c->data_lock);
+
+    for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++) {
+        tq__batch_field_t bf;
+        rc = field_from_meta(m, &m->fields[k], columns[k], &bf);
+        columns[k] = NULL; /* owned by bf now, freed with it */
+        if (rc == TQ_OK)
+            rc = tq__batch_adopt_field(b, &bf);
+        else
+            free(bf.name), free(bf.rows), free(bf.row_bytes), free(bf.shapes), free(bf.owned);
+        if (rc != TQ_OK)
+            set_error(c, rc, "cannot build the batch");
+    }
+out:
+    for (uint16_t k = 0; k < m->num_fields; k++) {
+        if (columns != NULL)
+            free(columns[k]);
+        if (row_ptrs != NULL)
+            free(row_ptrs[k]);
+    }
+    free(columns);
+    free(row_ptrs);
+    if (rc != TQ_OK) {
+        tq_batch_destroy(b);
+        return rc;
+    }
+    *batch_p = b;
+    return TQ_OK;
+}
+
+/* ---- administration ---- */
+
+/* One control call whose request is a partition (and task) and whose answer
+ * is empty or one u32. */
+static int simple_call(tq_client *c, uint16_t type, tq_wbuf *body, uint32_t *answer_p)
+{
+    tq_ctrl_conn *cc;
+    int rc = conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, type);
+    tq_wire_put_bytes(&cc->out, body->data, body->len);
+    char err[TQ_ERRMSG_MAX] = "";
+    tq_rbuf r;
+    rc = tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
+    if (rc != TQ_OK) {
+        call_error(c, rc, err);
+    } else if (answer_p != NULL) {
+        *answer_p = tq_wire_get_u32(&r);
+        if (!tq_rbuf_done(&r))
+            rc = set_error(c, TQ_ERR_PROTOCOL, "malformed reply");
+    }
+    conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int64_t *indexes)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (!tq__valid_name(partition) || (n > 0 && indexes == NULL) || n > TQ_WIRE_MAX_ROWS)
+        return set_error(c, TQ_ERR_INVALID, "bad partition, or indexes NULL or too many");
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_wire_encode_clear(&body, &(tq_msg_clear_t){{partition, (uint16_t)strlen(partition)},
+                                                  (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
+    uint32_t removed = 0;
+    int rc = body.failed ? set_error(c, TQ_ERR_NOMEM, "out of memory")
+                         : simple_call(c, TQ_MSG_CLEAR, &body, &removed);
+    tq_wbuf_free(&body);
+    return rc == TQ_OK ? (int)removed : rc;
+}
+
+static int partition_call(tq_client *c, uint16_t type, const char *partition, const char *task)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (!tq__valid_name(partition) || (task != NULL && !tq__valid_name(task)))
+        return set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
+                         TQ_WIRE_NAME_MAX);
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_wire_encode_partition(&body, &(tq_msg_partition_t){
+        {partition, (uint16_t)strlen(partition)},
+        {task ? task : "", (uint16_t)(task ? strlen(task) : 0)}});
+    int rc = body.failed ? set_error(c, TQ_ERR_NOMEM, "out of memory")
+                         : simple_call(c, type, &body, NULL);
+    tq_wbuf_free(&body);
+    return rc;
+}
+
+TQ_EXPORT int tq_clear_partition(tq_client *c, const char *partition)
+{
+    return partition_call(c, TQ_MSG_CLEAR_PARTITION, partition, NULL);
+}
+
+TQ_EXPORT int tq_reset_consumption(tq_client *c, const char *partition, const char *task)
+{
+    return partition_call(c, TQ_MSG_RESET_CONSUMPTION, partition, task);
+}
+
+TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (units_p == NULL)
+        return set_error(c, TQ_ERR_INVALID, "units_p is NULL");
+    tq_ctrl_conn *cc;
+    int rc = conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    char err[TQ_ERRMSG_MAX] = "";
+    tq_rbuf r;
+    rc = tq__ctrl_call(cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r, err);
+    conn_release(c, cc);
+    if (rc != TQ_OK)
+        return call_error(c, rc, err);
+    uint32_t n = tq_wire_get_u32(&r);
+    if (r.failed || n > (uint32_t)(r.end - r.p))
+        return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+    tq_unit_info_t *units = calloc(n ? n : 1, sizeof(*units));
+    if (units == NULL)
+        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        tq_wire_unit_t w;
+        if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
+            free(units);
+            return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+        }
+        units[i] = (tq_unit_info_t){w.id, w.incarnation, w.capacity, w.used, w.alive};
+    }
+    *units_p = units;
+    return (int)n;
+}

@@ -1,0 +1,260 @@
+/* ctrl_conn.c: a blocking request/reply connection to the controller. */
+#define TQ_LOG_COMPONENT "conn"
+#include "ctrl_conn.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tq/tq.h"
+#include "util/common.h"
+#include "util/log.h"
+
+static int fail(char *err, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, int status, const char *fmt, ...)
+{
+    if (err != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, TQ_ERRMSG_MAX, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+/* Milliseconds left before deadline (UINT64_MAX: none), as a poll timeout. */
+static int ms_left(uint64_t deadline)
+{
+    if (deadline == UINT64_MAX)
+        return -1;
+    uint64_t now = tq__now_ms();
+    return now >= deadline ? 0 : (int)TQ_MIN(deadline - now, (uint64_t)INT32_MAX);
+}
+
+static uint64_t deadline_after(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout_ms;
+}
+
+/* Wait until fd is ready for `events` or the deadline passes. */
+static int wait_fd(int fd, short events, uint64_t deadline)
+{
+    struct pollfd pfd = {.fd = fd, .events = events};
+    for (;;) {
+        int n = poll(&pfd, 1, ms_left(deadline));
+        if (n > 0)
+            return TQ_OK;
+        if (n == 0)
+            return TQ_ERR_TIMEOUT;
+        if (errno != EINTR)
+            return TQ_ERR_IO;
+    }
+}
+
+static int connect_tcp(const char *target, uint64_t deadline, int *fd_p, char *err)
+{
+    char host[256];
+    uint16_t port;
+    if (tq__parse_hostport(target, host, sizeof(host), &port) != 0)
+        return fail(err, TQ_ERR_INVALID, "bad controller address '%s' (want HOST:PORT)", target);
+    /* "[::1]:port" names an IPv6 host */
+    char *h = host;
+    size_t hl = strlen(h);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h[hl - 1] = '\0';
+        h++;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%u", port);
+    int rc = getaddrinfo(h, portstr, &hints, &res);
+    if (rc != 0)
+        return fail(err, TQ_ERR_CONNECTION, "cannot resolve '%s': %s", h, gai_strerror(rc));
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(res);
+        return fail(err, TQ_ERR_CONNECTION, "socket: %s", strerror(errno));
+    }
+    rc = connect(fd, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (rc != 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        return fail(err, TQ_ERR_CONNECTION, "cannot connect to controller %s: %s", target,
+                    strerror(e));
+    }
+    if (rc != 0) {
+        int soerr = 0;
+        socklen_t len = sizeof(soerr);
+        if (wait_fd(fd, POLLOUT, deadline) != TQ_OK) {
+            close(fd);
+            return fail(err, TQ_ERR_TIMEOUT, "timed out connecting to controller %s", target);
+        }
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+        if (soerr != 0) {
+            close(fd);
+            return fail(err, TQ_ERR_CONNECTION, "cannot connect to controller %s: %s", target,
+                        strerror(soerr));
+        }
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    *fd_p = fd;
+    return TQ_OK;
+}
+
+int tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, uint8_t role,
+                     int timeout_ms, char *err)
+{
+    memset(cc, 0, sizeof(*cc));
+    cc->fd = -1;
+    tq_wbuf_init(&cc->out);
+    int rc = connect_tcp(target, deadline_after(timeout_ms), &cc->fd, err);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_HELLO);
+    tq_msg_hello_t hello = {role, {token ? token : "", (uint16_t)(token ? strlen(token) : 0)}};
+    tq_wire_encode_hello(&cc->out, &hello);
+    tq_rbuf reply;
+    rc = tq__ctrl_call(cc, off, timeout_ms, &reply, err);
+    if (rc != TQ_OK)
+        tq__ctrl_close(cc);
+    return rc;
+}
+
+void tq__ctrl_close(tq_ctrl_conn *cc)
+{
+    if (cc->fd >= 0)
+        close(cc->fd);
+    cc->fd = -1;
+    tq_wbuf_free(&cc->out);
+    free(cc->in);
+    cc->in = NULL;
+    cc->in_cap = 0;
+}
+
+size_t tq__ctrl_begin(tq_ctrl_conn *cc, uint16_t type)
+{
+    tq_wbuf_reset(&cc->out);
+    return tq_wire_begin(&cc->out, type, 0, ++cc->next_id);
+}
+
+static int send_all(tq_ctrl_conn *cc, uint64_t deadline, char *err)
+{
+    size_t sent = 0;
+    while (sent < cc->out.len) {
+        ssize_t n = send(cc->fd, cc->out.data + sent, cc->out.len - sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += (size_t)n;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_fd(cc->fd, POLLOUT, deadline) != TQ_OK)
+                return fail(err, TQ_ERR_TIMEOUT, "timed out sending to the controller");
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            return fail(err, TQ_ERR_CONNECTION, "lost the controller: %s", strerror(errno));
+        }
+    }
+    return TQ_OK;
+}
+
+static int recv_exact(tq_ctrl_conn *cc, void *buf, size_t len, uint64_t deadline, char *err)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv(cc->fd, (char *)buf + got, len - got, 0);
+        if (n > 0) {
+            got += (size_t)n;
+        } else if (n == 0) {
+            return fail(err, TQ_ERR_CONNECTION, "the controller closed the connection");
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (wait_fd(cc->fd, POLLIN, deadline) != TQ_OK)
+                return fail(err, TQ_ERR_TIMEOUT, "timed out waiting for the controller");
+        } else if (errno != EINTR) {
+            return fail(err, TQ_ERR_CONNECTION, "lost the controller: %s", strerror(errno));
+        }
+    }
+    return TQ_OK;
+}
+
+static int finish_frame(tq_ctrl_conn *cc, size_t offset, char *err)
+{
+    tq_wire_end(&cc->out, offset);
+    if (cc->out.failed)
+        return fail(err, TQ_ERR_INVALID, "request too large for one frame (limit %u bytes)",
+                    TQ_WIRE_MAX_BODY);
+    if (cc->broken || cc->fd < 0)
+        return fail(err, TQ_ERR_CONNECTION, "connection to the controller is broken");
+    return TQ_OK;
+}
+
+int tq__ctrl_send(tq_ctrl_conn *cc, size_t offset, char *err)
+{
+    int rc = finish_frame(cc, offset, err);
+    if (rc == TQ_OK)
+        rc = send_all(cc, deadline_after(5000), err);
+    if (rc != TQ_OK && rc != TQ_ERR_INVALID)
+        cc->broken = true;
+    return rc;
+}
+
+int tq__ctrl_call(tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p, char *err)
+{
+    int rc = finish_frame(cc, offset, err);
+    if (rc != TQ_OK)
+        return rc;
+    uint64_t id = cc->next_id;
+    uint16_t type = (uint16_t)(cc->out.data[offset + 6] | cc->out.data[offset + 7] << 8);
+    uint64_t deadline = deadline_after(timeout_ms);
+    rc = send_all(cc, deadline, err);
+    while (rc == TQ_OK) {
+        uint8_t hdr[TQ_WIRE_HEADER_SIZE];
+        tq_wire_header_t h;
+        rc = recv_exact(cc, hdr, sizeof(hdr), deadline, err);
+        if (rc != TQ_OK)
+            break;
+        if (tq_wire_parse_header(hdr, &h) != TQ_OK || !(h.flags & TQ_WIRE_FLAG_REPLY)) {
+            rc = fail(err, TQ_ERR_PROTOCOL, "bad frame from the controller");
+            break;
+        }
+        if (h.body_len > cc->in_cap) {
+            uint8_t *in = realloc(cc->in, h.body_len);
+            if (in == NULL) {
+                rc = fail(err, TQ_ERR_NOMEM, "out of memory for a %u-byte reply", h.body_len);
+                break;
+            }
+            cc->in = in;
+            cc->in_cap = h.body_len;
+        }
+        rc = recv_exact(cc, cc->in, h.body_len, deadline, err);
+        if (rc != TQ_OK)
+            break;
+        if (h.request_id != id || h.type != type)
+            continue; /* a reply to an earlier one-way message's error: skip it */
+        tq_rbuf r = tq_rbuf_make(cc->in, h.body_len);
+        int status = (int32_t)tq_wire_get_u32(&r);
+        if (r.failed || status > 0 || status < TQ_ERR_IO) {
+            rc = fail(err, TQ_ERR_PROTOCOL, "bad reply status from the controller");
+            break;
+        }
+        if (status != TQ_OK) {
+            tq_str_t msg = tq_wire_get_str(&r);
+            return fail(err, status, "%.*s", msg.len, msg.ptr);
+        }
+        *reply_p = r;
+        return TQ_OK;
+    }
+    cc->broken = true;
+    return rc;
+}

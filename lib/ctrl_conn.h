@@ -1,0 +1,39 @@
+/* ctrl_conn.h: a blocking request/reply connection to the controller. */
+#ifndef TQ_CTRL_CONN_H
+#define TQ_CTRL_CONN_H
+
+#include <stdint.h>
+
+#include "wire.h"
+
+/*
+ * Used by one thread at a time. A call that times out or breaks leaves the
+ * connection unusable (a late reply could be taken for the next one): the
+ * caller closes it. Error details go to err (may be NULL), NUL-terminated.
+ */
+typedef struct {
+    int      fd;
+    uint64_t next_id;
+    tq_wbuf  out;
+    uint8_t *in;        /* the last reply's body */
+    size_t   in_cap;
+    bool     broken;
+} tq_ctrl_conn;
+
+#define TQ_ERRMSG_MAX 512
+
+/* Connect to "host:port" (or "tcp://host:port"), say HELLO with token and role. */
+int  tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, uint8_t role,
+                      int timeout_ms, char *err);
+void tq__ctrl_close(tq_ctrl_conn *cc);
+
+/* Start a request of `type`; the caller encodes the body into cc->out. */
+size_t tq__ctrl_begin(tq_ctrl_conn *cc, uint16_t type);
+/* Send the request begun at offset and wait for its reply, at most timeout_ms
+ * (-1: no limit). On TQ_OK, *reply_p reads the answer's body (valid until the
+ * next call). Otherwise the status the controller (or the connection) gave. */
+int  tq__ctrl_call(tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p, char *err);
+/* Send a one-way message (no reply). */
+int  tq__ctrl_send(tq_ctrl_conn *cc, size_t offset, char *err);
+
+#endif

@@ -1,0 +1,22 @@
+/* status.c: status strings and dtype sizes. */
+#include "tq/tq.h"
+
+const char *tq_status_string(int status)
+{
+    switch (status) {
+#define TQ_STATUS_CASE(name, value, text) case value: return text;
+        TQ_STATUS_MAP(TQ_STATUS_CASE)
+#undef TQ_STATUS_CASE
+    }
+    return "unknown status";
+}
+
+size_t tq_dtype_size(tq_dtype_t dtype)
+{
+    static const unsigned char sizes[] = {
+        [TQ_DTYPE_BOOL] = 1, [TQ_DTYPE_U8] = 1,  [TQ_DTYPE_I8] = 1,   [TQ_DTYPE_I16] = 2,
+        [TQ_DTYPE_I32] = 4,  [TQ_DTYPE_I64] = 8, [TQ_DTYPE_F16] = 2,  [TQ_DTYPE_BF16] = 2,
+        [TQ_DTYPE_F32] = 4,  [TQ_DTYPE_F64] = 8, [TQ_DTYPE_BYTES] = 1,
+    };
+    return (unsigned)dtype < sizeof(sizes) ? sizes[dtype] : 0;
+}

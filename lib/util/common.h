@@ -1,0 +1,50 @@
+/* common.h: small helpers every module shares. */
+#ifndef TQ_UTIL_COMMON_H
+#define TQ_UTIL_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define TQ_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define TQ_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define TQ_ALIGN_UP(x, a) (((x) + ((a) - 1)) & ~((uint64_t)(a) - 1))
+#define tq_likely(x)   __builtin_expect(!!(x), 1)
+#define tq_unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Internal symbols shared across modules but not exported. */
+#define TQ_INTERNAL __attribute__((visibility("hidden")))
+
+/* tq_fatal always aborts; tq_assert compiles out with NDEBUG. */
+#define tq_fatal(...)                                                          \
+    do {                                                                       \
+        fprintf(stderr, "tqrdma fatal %s:%d: ", __FILE__, __LINE__);           \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fputc('\n', stderr);                                                   \
+        abort();                                                               \
+    } while (0)
+
+#ifdef NDEBUG
+#define tq_assert(cond) ((void)0)
+#else
+#define tq_assert(cond)                                                        \
+    do {                                                                       \
+        if (tq_unlikely(!(cond)))                                              \
+            tq_fatal("assertion failed: %s", #cond);                           \
+    } while (0)
+#endif
+
+/* Monotonic clock in nanoseconds and milliseconds. */
+uint64_t tq__now_ns(void);
+static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
+
+/* Parse "123", "64K", "256M", "2G" into bytes; -1 on a malformed size. */
+int tq__parse_size(const char *text, uint64_t *bytes_p);
+
+/* Split "host:port" (or "tcp://host:port"); host is copied into host (size cap). */
+int tq__parse_hostport(const char *text, char *host, size_t cap, uint16_t *port_p);
+
+#endif

@@ -1,0 +1,47 @@
+/* log.c: one log line per event on stderr. */
+#include "util/log.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static tq_log_level_t log_level = TQ_LOG_WARN;
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+static const char *const log_names[] = {"error", "warn", "info", "debug"};
+
+static void log_init(void)
+{
+    const char *env = getenv("TQ_LOG");
+    if (env == NULL)
+        return;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(env, log_names[i]) == 0)
+            log_level = (tq_log_level_t)i;
+}
+
+tq_log_level_t tq__log_level(void)
+{
+    pthread_once(&log_once, log_init);
+    return log_level;
+}
+
+void tq__log(tq_log_level_t level, const char *component, const char *fmt, ...)
+{
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ %-5s %s: ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000, log_names[level], component);
+    va_list ap;
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof(line))
+        vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line); /* one write per line, so lines do not interleave */
+}

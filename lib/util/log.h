@@ -1,0 +1,26 @@
+/* log.h: level-checked log lines with time, level and component. */
+#ifndef TQ_UTIL_LOG_H
+#define TQ_UTIL_LOG_H
+
+typedef enum { TQ_LOG_ERROR, TQ_LOG_WARN, TQ_LOG_INFO, TQ_LOG_DEBUG } tq_log_level_t;
+
+/* The level comes from $TQ_LOG on first use (default warn). */
+tq_log_level_t tq__log_level(void);
+void tq__log(tq_log_level_t level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#ifndef TQ_LOG_COMPONENT
+#define TQ_LOG_COMPONENT "tq"
+#endif
+
+#define tq_log_at(level, ...)                                                  \
+    do {                                                                       \
+        if ((level) <= tq__log_level())                                        \
+            tq__log((level), TQ_LOG_COMPONENT, __VA_ARGS__);                   \
+    } while (0)
+#define tq_error(...) tq_log_at(TQ_LOG_ERROR, __VA_ARGS__)
+#define tq_warn(...)  tq_log_at(TQ_LOG_WARN, __VA_ARGS__)
+#define tq_info(...)  tq_log_at(TQ_LOG_INFO, __VA_ARGS__)
+#define tq_debug(...) tq_log_at(TQ_LOG_DEBUG, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,845 @@
+/* test_transport.c: a conformance suite run against every transport in the registry. */
+#include <criterion/criterion.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tq/transport.h"
+#include "transport_registry.h"
+
+#define MiB (1024u * 1024u)
+#define POOL_LEN (48u * MiB)
+#define TEST_TIMEOUT_S 60
+#define THREAD_CAP_MS 30000 /* the target's progress thread never outlives this */
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static const char *status_name(int rc)
+{
+    switch (rc) {
+#define TQ_STATUS_CASE(name, value, text) case value: return #name;
+        TQ_STATUS_MAP(TQ_STATUS_CASE)
+#undef TQ_STATUS_CASE
+    }
+    return "?";
+}
+
+/* Both operands, by value and by name. */
+#define EXPECT_RC(expr, want)                                                           \
+    do {                                                                                \
+        int rc_ = (expr);                                                               \
+        int want_ = (want);                                                             \
+        cr_assert_eq(rc_, want_, "%s: got %d (%s), expected %d (%s)", #expr, rc_,       \
+                     status_name(rc_), want_, status_name(want_));                      \
+    } while (0)
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint8_t pattern_byte(size_t i, unsigned seed)
+{
+    return (uint8_t)((i * 131u) ^ (i >> 9) ^ (seed * 0x9Du + 1u));
+}
+
+static void fill(void *p, size_t len, unsigned seed)
+{
+    uint8_t *b = p;
+    for (size_t i = 0; i < len; i++)
+        b[i] = pattern_byte(i, seed);
+}
+
+/* Index of the first byte where a and b differ, or -1. */
+static long first_diff(const void *a, const void *b, size_t len)
+{
+    if (memcmp(a, b, len) == 0)
+        return -1;
+    const uint8_t *x = a, *y = b;
+    for (size_t i = 0; i < len; i++)
+        if (x[i] != y[i])
+            return (long)i;
+    return -1;
+}
+
+#define EXPECT_SAME(got, want, len, what)                                              \
+    do {                                                                               \
+        long d_ = first_diff((got), (want), (len));                                    \
+        cr_assert_eq(d_, -1L, "%s: %zu bytes differ first at %ld: got 0x%02x, want 0x%02x", \
+                     (what), (size_t)(len), d_,                                        \
+                     d_ < 0 ? 0 : ((const uint8_t *)(got))[d_],                       \
+                     d_ < 0 ? 0 : ((const uint8_t *)(want))[d_]);                     \
+    } while (0)
+
+static bool all_zero(const void *p, size_t len)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < len; i++)
+        if (b[i] != 0)
+            return false;
+    return true;
+}
+
+/* ---- target and initiators -------------------------------------------- */
+
+typedef struct {
+    const tq_transport_ops *ops;
+    tq_transport *tr;
+    uint8_t *pool;
+    size_t pool_len;
+    tq_transport_mem *mem;
+    bool pool_malloced;
+    void *addr_blob, *region_blob;
+    size_t addr_len, region_len;
+    pthread_t thread;
+    atomic_bool stop;
+    bool running;
+} target_t;
+
+typedef struct {
+    const tq_transport_ops *ops;
+    tq_transport *tr;
+    tq_transport_ep *ep;
+    tq_transport_region *region;
+} initiator_t;
+
+/* Transports emulating RMA in software need the target to progress. */
+static void *target_loop(void *arg)
+{
+    target_t *t = arg;
+    uint64_t end = now_ms() + THREAD_CAP_MS;
+    while (!atomic_load(&t->stop) && now_ms() < end)
+        t->ops->progress(t->tr, 10);
+    return NULL;
+}
+
+/* false: the transport has no usable device here; skip it. */
+static bool target_start(const tq_transport_ops *ops, target_t *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->ops = ops;
+    int rc = ops->init(&t->tr);
+    if (rc == TQ_ERR_UNSUPPORTED) {
+        cr_log_warn("transport %s: unsupported here, skipped", ops->name);
+        return false;
+    }
+    EXPECT_RC(rc, TQ_OK);
+    t->pool_len = POOL_LEN;
+    void *pool = NULL;
+    rc = ops->mem_alloc(t->tr, t->pool_len, &pool, &t->mem);
+    if (rc == TQ_ERR_UNSUPPORTED) {
+        pool = malloc(t->pool_len);
+        cr_assert_not_null(pool);
+        t->pool_malloced = true;
+        rc = ops->mem_register(t->tr, pool, t->pool_len, &t->mem);
+    }
+    EXPECT_RC(rc, TQ_OK);
+    t->pool = pool;
+    memset(t->pool, 0, t->pool_len);
+    EXPECT_RC(ops->mem_pack(t->tr, t->mem, &t->region_blob, &t->region_len), TQ_OK);
+    EXPECT_RC(ops->address(t->tr, &t->addr_blob, &t->addr_len), TQ_OK);
+    cr_assert_gt(t->region_len, (size_t)0, "region blob length %zu", t->region_len);
+    cr_assert_gt(t->addr_len, (size_t)0, "address blob length %zu", t->addr_len);
+    atomic_store(&t->stop, false);
+    cr_assert_eq(pthread_create(&t->thread, NULL, target_loop, t), 0);
+    t->running = true;
+    return true;
+}
+
+static void target_stop(target_t *t)
+{
+    if (t->running) {
+        atomic_store(&t->stop, true);
+        pthread_join(t->thread, NULL);
+        t->running = false;
+    }
+}
+
+static void target_destroy(target_t *t)
+{
+    target_stop(t);
+    t->ops->mem_deregister(t->tr, t->mem);
+    if (t->pool_malloced)
+        free(t->pool);
+    free(t->addr_blob);
+    free(t->region_blob);
+    t->ops->fini(t->tr);
+}
+
+static void initiator_connect(target_t *t, initiator_t *in)
+{
+    memset(in, 0, sizeof(*in));
+    in->ops = t->ops;
+    EXPECT_RC(in->ops->init(&in->tr), TQ_OK);
+    EXPECT_RC(in->ops->ep_connect(in->tr, t->addr_blob, t->addr_len, &in->ep), TQ_OK);
+    EXPECT_RC(in->ops->region_unpack(in->tr, in->ep, t->region_blob, t->region_len, &in->region),
+              TQ_OK);
+}
+
+static void initiator_close(initiator_t *in)
+{
+    in->ops->region_release(in->tr, in->region);
+    in->ops->ep_close(in->tr, in->ep);
+    in->ops->fini(in->tr);
+}
+
+static int xfer(initiator_t *in, tq_rma_dir_t dir, void *local, uint64_t off, size_t len)
+{
+    tq_rma_iov_t iov = {.local = local, .remote_offset = off, .length = len};
+    int rc = in->ops->post(in->tr, in->ep, in->region, dir, &iov, 1);
+    if (rc != TQ_OK)
+        return rc;
+    return in->ops->flush(in->tr, in->ep, 10000);
+}
+
+/* Put a pattern, check it landed in the pool, get it back into a clean buffer. */
+static void round_trip(target_t *t, initiator_t *in, uint8_t *src, uint8_t *dst, uint64_t off,
+                       size_t len, unsigned seed)
+{
+    fill(src, len, seed);
+    EXPECT_RC(xfer(in, TQ_RMA_PUT, src, off, len), TQ_OK);
+    EXPECT_SAME(t->pool + off, src, len, "pool after put");
+    memset(dst, 0, len);
+    EXPECT_RC(xfer(in, TQ_RMA_GET, dst, off, len), TQ_OK);
+    EXPECT_SAME(dst, src, len, "buffer after get");
+}
+
+/* ---- the checks ----------------------------------------------------------- */
+
+typedef void check_fn(const tq_transport_ops *ops);
+
+static void check_round_trip(const tq_transport_ops *ops)
+{
+    static const size_t sizes[] = {1, 4096, MiB, 16 * MiB};
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    uint8_t *src = malloc(16 * MiB), *dst = malloc(16 * MiB);
+    cr_assert(src != NULL && dst != NULL);
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        round_trip(&t, &in, src, dst, 0, sizes[i], (unsigned)i + 1);
+    /* Again at the far end of the pool. */
+    round_trip(&t, &in, src, dst, POOL_LEN - 16 * MiB, 16 * MiB, 9);
+    free(src);
+    free(dst);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+static void check_unaligned(const tq_transport_ops *ops)
+{
+    static const size_t lens[] = {1, 3, 17, 4095, 4097, 65537, 300007};
+    static const uint64_t offs[] = {1, 7, 4093, 65539, 3 * MiB + 5};
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    uint8_t *src = malloc(MiB), *dst = malloc(MiB);
+    cr_assert(src != NULL && dst != NULL);
+    unsigned seed = 1;
+    for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++)
+        for (size_t o = 0; o < sizeof(offs) / sizeof(offs[0]); o++) {
+            size_t mis = (l + o) % 8;
+            round_trip(&t, &in, src + mis, dst + (7 - mis), offs[o], lens[l], seed++);
+        }
+    free(src);
+    free(dst);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+/* 4096 small operations in one post: runs contiguous on both sides (which a
+ * transport may coalesce), gaps on the remote side, gaps on the local side. */
+static void check_many_small(const tq_transport_ops *ops)
+{
+    enum { N = 4096 };
+    const uint64_t base = 5 * MiB + 3;
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    tq_rma_iov_t *iov = calloc(N, sizeof(*iov));
+    uint8_t *src = malloc(N * 64), *dst = calloc(N, 64);
+    cr_assert(iov != NULL && src != NULL && dst != NULL);
+    fill(src, N * 64, 77);
+
+    uint64_t roff = base;
+    size_t loff = 0;
+    for (size_t i = 0; i < N; i++) {
+        size_t len = 1 + (i * 7) % 23;
+        if (i % 2 == 1)
+            roff += 1 + i % 5; /* remote gap: not coalescible */
+        if (i % 16 == 15)
+            loff += 3;         /* local gap with the remote side contiguous */
+        if (i % 64 == 63)
+            len = 0;           /* skipped */
+        iov[i] = (tq_rma_iov_t){.local = src + loff, .remote_offset = roff, .length = len};
+        roff += len;
+        loff += len;
+    }
+    cr_assert_lt(loff, (size_t)N * 64);
+    uint64_t span = roff - base;
+
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, iov, N), TQ_OK);
+    EXPECT_RC(ops->flush(in.tr, in.ep, 10000), TQ_OK);
+
+    /* Build the expected pool image: pattern where written, zero in gaps. */
+    uint8_t *want = calloc(1, span);
+    cr_assert_not_null(want);
+    for (size_t i = 0; i < N; i++)
+        memcpy(want + (iov[i].remote_offset - base), iov[i].local, iov[i].length);
+    EXPECT_SAME(t.pool + base, want, span, "pool after 4096 puts");
+    cr_assert(all_zero(t.pool + base - 3, 3), "bytes before the first op were written");
+    cr_assert(all_zero(t.pool + roff, 64), "bytes after the last op were written");
+
+    /* Read them back through the same iovs into a clean buffer. */
+    for (size_t i = 0; i < N; i++)
+        iov[i].local = dst + ((uint8_t *)iov[i].local - src);
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_GET, iov, N), TQ_OK);
+    EXPECT_RC(ops->flush(in.tr, in.ep, 10000), TQ_OK);
+    for (size_t i = 0; i < N; i++) {
+        size_t at = (size_t)((uint8_t *)iov[i].local - dst);
+        EXPECT_SAME(iov[i].local, src + at, iov[i].length, "buffer after 4096 gets");
+    }
+    free(want);
+    free(iov);
+    free(src);
+    free(dst);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+static void check_out_of_range(const tq_transport_ops *ops)
+{
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    uint8_t *buf = malloc(8192);
+    cr_assert_not_null(buf);
+    fill(buf, 8192, 3);
+    const uint64_t L = t.pool_len;
+    const struct { uint64_t off; size_t len; } bad[] = {
+        {L, 1},              /* starts at the end */
+        {L - 1, 2},          /* crosses the end */
+        {L + 4096, 16},      /* beyond */
+        {UINT64_MAX, 2},     /* offset + length overflows */
+        {UINT64_MAX - 1, 8},
+        {1, SIZE_MAX},       /* huge length */
+        {0, L + 1},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        /* The length never reaches buf's end: the transport must refuse first. */
+        tq_rma_iov_t iov[2] = {
+            {.local = buf, .remote_offset = 4096, .length = 4096}, /* valid */
+            {.local = buf, .remote_offset = bad[i].off, .length = bad[i].len},
+        };
+        for (int dir = 0; dir < 2; dir++) {
+            int rc = ops->post(in.tr, in.ep, in.region, dir ? TQ_RMA_GET : TQ_RMA_PUT, iov, 2);
+            cr_assert_eq(rc, TQ_ERR_INVALID,
+                         "case %zu (offset %llu, length %zu, %s): got %d (%s), expected %d", i,
+                         (unsigned long long)bad[i].off, bad[i].len, dir ? "get" : "put", rc,
+                         status_name(rc), TQ_ERR_INVALID);
+        }
+    }
+    /* A NULL local buffer with a length. */
+    tq_rma_iov_t nul = {.local = NULL, .remote_offset = 0, .length = 8};
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, &nul, 1), TQ_ERR_INVALID);
+    EXPECT_RC(ops->flush(in.tr, in.ep, 10000), TQ_OK);
+    cr_assert(all_zero(t.pool + 4096, 4096), "a refused post wrote to the pool");
+
+    /* Edges that are in range still work, and zero-length iovs anywhere are no-ops. */
+    tq_rma_iov_t edge[2] = {
+        {.local = buf, .remote_offset = L - 5, .length = 5},
+        {.local = buf, .remote_offset = L, .length = 0},
+    };
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, edge, 2), TQ_OK);
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, edge, 0), TQ_OK);
+    EXPECT_RC(ops->flush(in.tr, in.ep, 10000), TQ_OK);
+    EXPECT_SAME(t.pool + L - 5, buf, 5, "pool tail");
+    free(buf);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+static void check_bad_blobs(const tq_transport_ops *ops)
+{
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    size_t n = t.region_len;
+    uint8_t *blob = malloc(n + 64);
+    cr_assert_not_null(blob);
+    tq_transport_region *r = NULL;
+
+    EXPECT_RC(ops->region_unpack(in.tr, in.ep, NULL, n, &r), TQ_ERR_INVALID);
+    /* Every truncation, and the blob with extra bytes. */
+    for (size_t len = 0; len < n; len++) {
+        memcpy(blob, t.region_blob, len);
+        int rc = ops->region_unpack(in.tr, in.ep, blob, len, &r);
+        cr_assert_eq(rc, TQ_ERR_INVALID, "region blob cut to %zu of %zu bytes: got %d (%s)", len,
+                     n, rc, status_name(rc));
+    }
+    memcpy(blob, t.region_blob, n);
+    blob[n] = 0;
+    EXPECT_RC(ops->region_unpack(in.tr, in.ep, blob, n + 1, &r), TQ_ERR_INVALID);
+    /* Every single flipped byte. */
+    for (size_t i = 0; i < n; i++) {
+        memcpy(blob, t.region_blob, n);
+        blob[i] ^= 0x5A;
+        int rc = ops->region_unpack(in.tr, in.ep, blob, n, &r);
+        cr_assert_eq(rc, TQ_ERR_INVALID, "region blob with byte %zu of %zu flipped: got %d (%s)",
+                     i, n, rc, status_name(rc));
+    }
+    /* Noise of the right length. */
+    srand(12345);
+    for (int k = 0; k < 64; k++) {
+        for (size_t i = 0; i < n; i++)
+            blob[i] = (uint8_t)rand();
+        EXPECT_RC(ops->region_unpack(in.tr, in.ep, blob, n, &r), TQ_ERR_INVALID);
+    }
+    memset(blob, 0xFF, n);
+    EXPECT_RC(ops->region_unpack(in.tr, in.ep, blob, n, &r), TQ_ERR_INVALID);
+    cr_assert_null(r, "region_p written on failure");
+    free(blob);
+
+    /* The address blob is checked the same way. */
+    size_t an = t.addr_len;
+    uint8_t *ab = malloc(an + 1);
+    cr_assert_not_null(ab);
+    tq_transport_ep *ep = NULL;
+    for (size_t len = 0; len < an; len += (len < 64 ? 1 : 37)) {
+        memcpy(ab, t.addr_blob, len);
+        int rc = ops->ep_connect(in.tr, ab, len, &ep);
+        cr_assert_eq(rc, TQ_ERR_INVALID, "address blob cut to %zu of %zu bytes: got %d (%s)",
+                     len, an, rc, status_name(rc));
+    }
+    for (size_t i = 0; i < an; i += (i < 64 ? 1 : 29)) {
+        memcpy(ab, t.addr_blob, an);
+        ab[i] ^= 0xA5;
+        int rc = ops->ep_connect(in.tr, ab, an, &ep);
+        cr_assert_eq(rc, TQ_ERR_INVALID, "address blob with byte %zu of %zu flipped: got %d (%s)",
+                     i, an, rc, status_name(rc));
+    }
+    cr_assert_null(ep, "ep_p written on failure");
+    free(ab);
+
+    /* The genuine blob still works after all that. */
+    uint8_t src[100], dst[100];
+    round_trip(&t, &in, src, dst, 12345, sizeof(src), 4);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+typedef struct {
+    target_t *t;
+    uint64_t base;
+    unsigned seed;
+    int rounds;
+    int failed_round;  /* -1: all good */
+    char what[160];
+} worker_arg_t;
+
+/* Criterion asserts belong to the main thread: record, do not assert. */
+static void *initiator_thread(void *arg)
+{
+    worker_arg_t *w = arg;
+    const tq_transport_ops *ops = w->t->ops;
+    initiator_t in = {.ops = ops};
+    const size_t len = 256 * 1024 + 13;
+    uint8_t *src = malloc(len), *dst = malloc(len);
+    uint64_t end = now_ms() + 20000;
+    int rc;
+
+    w->failed_round = -1;
+    if (src == NULL || dst == NULL) {
+        w->failed_round = 0;
+        snprintf(w->what, sizeof(w->what), "malloc");
+        goto out;
+    }
+    if ((rc = ops->init(&in.tr)) != TQ_OK ||
+        (rc = ops->ep_connect(in.tr, w->t->addr_blob, w->t->addr_len, &in.ep)) != TQ_OK ||
+        (rc = ops->region_unpack(in.tr, in.ep, w->t->region_blob, w->t->region_len,
+                                 &in.region)) != TQ_OK) {
+        w->failed_round = 0;
+        snprintf(w->what, sizeof(w->what), "setup: %d (%s)", rc, status_name(rc));
+        goto out_tr;
+    }
+    for (int r = 0; r < w->rounds && now_ms() < end; r++) {
+        size_t n = 1 + (size_t)r * 9973 % len;
+        fill(src, n, w->seed + (unsigned)r);
+        if ((rc = xfer(&in, TQ_RMA_PUT, src, w->base, n)) != TQ_OK ||
+            (memset(dst, 0, n), rc = xfer(&in, TQ_RMA_GET, dst, w->base, n)) != TQ_OK) {
+            w->failed_round = r;
+            snprintf(w->what, sizeof(w->what), "transfer of %zu bytes: %d (%s)", n, rc,
+                     status_name(rc));
+            break;
+        }
+        long d = first_diff(dst, src, n);
+        if (d >= 0 || first_diff(w->t->pool + w->base, src, n) >= 0) {
+            w->failed_round = r;
+            snprintf(w->what, sizeof(w->what), "%zu bytes differ at %ld", n, d);
+            break;
+        }
+    }
+out_tr:
+    if (in.region != NULL)
+        ops->region_release(in.tr, in.region);
+    if (in.ep != NULL)
+        ops->ep_close(in.tr, in.ep);
+    if (in.tr != NULL)
+        ops->fini(in.tr);
+out:
+    free(src);
+    free(dst);
+    return NULL;
+}
+
+static void check_two_initiators(const tq_transport_ops *ops)
+{
+    target_t t;
+    if (!target_start(ops, &t))
+        return;
+    worker_arg_t w[2] = {
+        {.t = &t, .base = 1 * MiB + 1, .seed = 100, .rounds = 40},
+        {.t = &t, .base = 9 * MiB + 2, .seed = 200, .rounds = 40},
+    };
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, initiator_thread, &w[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(w[i].failed_round, -1, "initiator %d failed in round %d: %s", i,
+                     w[i].failed_round, w[i].what);
+    target_destroy(&t);
+}
+
+/* Buffers above the registration threshold posted again (a cache hit), and
+ * again after the memory behind them was unmapped and mapped anew. */
+static void check_reg_cache(const tq_transport_ops *ops)
+{
+    const size_t big = 40 * MiB; /* above glibc's largest mmap threshold: mmap'd */
+    const size_t len = MiB + 4321;
+    const size_t at = 12345;
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    uint8_t *check = malloc(len);
+    cr_assert_not_null(check);
+
+    uint8_t *buf = malloc(big);
+    cr_assert_not_null(buf);
+    for (unsigned k = 0; k < 2; k++) { /* second time: the cached registration */
+        fill(buf + at, len, 10 + k);
+        EXPECT_RC(xfer(&in, TQ_RMA_PUT, buf + at, 7 * MiB, len), TQ_OK);
+        EXPECT_SAME(t.pool + 7 * MiB, buf + at, len, "pool after put of a large buffer");
+        memset(buf + at, 0, len);
+        EXPECT_RC(xfer(&in, TQ_RMA_GET, buf + at, 7 * MiB, len), TQ_OK);
+        EXPECT_SAME(buf + at, t.pool + 7 * MiB, len, "large buffer after get");
+    }
+    free(buf);
+    buf = malloc(big); /* often the same address */
+    cr_assert_not_null(buf);
+    fill(buf + at, len, 20);
+    EXPECT_RC(xfer(&in, TQ_RMA_PUT, buf + at, 7 * MiB, len), TQ_OK);
+    EXPECT_SAME(t.pool + 7 * MiB, buf + at, len, "pool after put from a re-malloc'd buffer");
+    fill(t.pool + 7 * MiB, len, 21);
+    EXPECT_RC(xfer(&in, TQ_RMA_GET, buf + at, 7 * MiB, len), TQ_OK);
+    EXPECT_SAME(buf + at, t.pool + 7 * MiB, len, "re-malloc'd buffer after get");
+    free(buf);
+
+    /* The same with mmap directly, asking for the old address back. */
+    const size_t mlen = 4 * MiB;
+    uint8_t *m = mmap(NULL, mlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(m, MAP_FAILED);
+    fill(m + at, len, 30);
+    EXPECT_RC(xfer(&in, TQ_RMA_PUT, m + at, 11 * MiB, len), TQ_OK);
+    EXPECT_SAME(t.pool + 11 * MiB, m + at, len, "pool after put from mmap");
+    cr_assert_eq(munmap(m, mlen), 0);
+    uint8_t *m2 = mmap(m, mlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(m2, MAP_FAILED);
+    for (unsigned k = 0; k < 2; k++) {
+        fill(m2 + at, len, 31 + k);
+        EXPECT_RC(xfer(&in, TQ_RMA_PUT, m2 + at, 11 * MiB, len), TQ_OK);
+        EXPECT_SAME(t.pool + 11 * MiB, m2 + at, len, "pool after put from re-mmap'd memory");
+        fill(t.pool + 11 * MiB, len, 40 + k);
+        memcpy(check, t.pool + 11 * MiB, len);
+        EXPECT_RC(xfer(&in, TQ_RMA_GET, m2 + at, 11 * MiB, len), TQ_OK);
+        EXPECT_SAME(m2 + at, check, len, "re-mmap'd memory after get");
+    }
+    cr_assert_eq(munmap(m2, mlen), 0);
+
+    /* Memory the initiator registered itself is usable as the local side too. */
+    uint8_t *reg = malloc(2 * MiB);
+    tq_transport_mem *mem = NULL;
+    cr_assert_not_null(reg);
+    EXPECT_RC(ops->mem_register(in.tr, reg, 2 * MiB, &mem), TQ_OK);
+    round_trip(&t, &in, reg + 1, reg + MiB + 3, 13 * MiB, 100000, 50);
+    ops->mem_deregister(in.tr, mem);
+    free(reg);
+    free(check);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+static void bandwidth(const char *name, initiator_t *in, tq_rma_dir_t dir, uint8_t *buf,
+                      size_t len)
+{
+    uint64_t start = now_ms(), bytes = 0;
+    int iters = 0;
+    /* Bounded by time and count. */
+    while (iters < 2000 && now_ms() - start < 300) {
+        EXPECT_RC(xfer(in, dir, buf, 0, len), TQ_OK);
+        bytes += len;
+        iters++;
+    }
+    double s = (double)(now_ms() - start) / 1e3;
+    fprintf(stderr, "bandwidth %s %s %4zu KiB x %4d: %7.2f GB/s\n", name,
+            dir == TQ_RMA_PUT ? "put" : "get", len / 1024, iters,
+            s > 0 ? (double)bytes / s / 1e9 : 0.0);
+}
+
+static void check_bandwidth(const tq_transport_ops *ops)
+{
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    uint8_t *buf = malloc(16 * MiB);
+    cr_assert_not_null(buf);
+    fill(buf, 16 * MiB, 5);
+    const char *tls = getenv("UCX_TLS");
+    char name[64];
+    snprintf(name, sizeof(name), "%s[%s]", ops->name, tls ? tls : "default");
+    bandwidth(name, &in, TQ_RMA_PUT, buf, MiB);
+    bandwidth(name, &in, TQ_RMA_GET, buf, MiB);
+    bandwidth(name, &in, TQ_RMA_PUT, buf, 16 * MiB);
+    bandwidth(name, &in, TQ_RMA_GET, buf, 16 * MiB);
+    free(buf);
+    initiator_close(&in);
+    target_destroy(&t);
+}
+
+/* A target that goes away: operations fail, nothing hangs. */
+static void check_peer_gone(const tq_transport_ops *ops)
+{
+    target_t t;
+    initiator_t in;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &in);
+    uint8_t buf[4096], back[4096];
+    round_trip(&t, &in, buf, back, 0, 1000, 6); /* connected for real */
+    target_destroy(&t);
+
+    uint64_t start = now_ms();
+    int rc = TQ_OK;
+    /* The loss may show on a post or a flush; allow a few attempts for it to be noticed. */
+    for (int i = 0; i < 50 && rc == TQ_OK && now_ms() - start < 8000; i++)
+        rc = xfer(&in, TQ_RMA_PUT, buf, 0, sizeof(buf));
+    cr_assert(rc == TQ_ERR_CONNECTION || rc == TQ_ERR_TIMEOUT,
+              "after the peer went away: got %d (%s), expected %d or %d", rc, status_name(rc),
+              TQ_ERR_CONNECTION, TQ_ERR_TIMEOUT);
+    /* Failed stays failed. */
+    tq_rma_iov_t iov = {.local = buf, .remote_offset = 0, .length = 8};
+    EXPECT_RC(in.ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, &iov, 1), TQ_ERR_CONNECTION);
+    cr_assert_lt(now_ms() - start, (uint64_t)10000, "noticing the loss took %llu ms",
+                 (unsigned long long)(now_ms() - start));
+    initiator_close(&in);
+}
+
+/* A target in a child process, handing its blobs over a pipe: u32 status,
+ * then length-prefixed address and region blobs. It progresses until killed. */
+static bool write_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t k = write(fd, b, n);
+        if (k <= 0)
+            return false;
+        b += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+static bool read_all(int fd, void *p, size_t n, uint64_t deadline)
+{
+    uint8_t *b = p;
+    while (n > 0) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        uint64_t now = now_ms();
+        if (now >= deadline || poll(&pfd, 1, (int)(deadline - now)) <= 0)
+            return false;
+        ssize_t k = read(fd, b, n);
+        if (k <= 0)
+            return false;
+        b += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+static void child_target(const tq_transport_ops *ops, int fd)
+{
+    tq_transport *tr = NULL;
+    tq_transport_mem *mem = NULL;
+    void *pool = NULL, *ab = NULL, *rb = NULL;
+    size_t al = 0, rl = 0;
+    uint32_t status = (uint32_t)ops->init(&tr);
+    if (status == TQ_OK) {
+        status = (uint32_t)ops->mem_alloc(tr, MiB, &pool, &mem);
+        if ((int)status == TQ_ERR_UNSUPPORTED && (pool = malloc(MiB)) != NULL)
+            status = (uint32_t)ops->mem_register(tr, pool, MiB, &mem);
+    }
+    if (status == TQ_OK)
+        status = (uint32_t)ops->mem_pack(tr, mem, &rb, &rl);
+    if (status == TQ_OK)
+        status = (uint32_t)ops->address(tr, &ab, &al);
+    uint64_t a64 = al, r64 = rl;
+    if (!write_all(fd, &status, sizeof(status)) || status != TQ_OK ||
+        !write_all(fd, &a64, 8) || !write_all(fd, ab, al) || !write_all(fd, &r64, 8) ||
+        !write_all(fd, rb, rl))
+        _exit(1);
+    uint64_t end = now_ms() + 20000; /* the parent kills us long before */
+    while (now_ms() < end)
+        ops->progress(tr, 10);
+    _exit(0);
+}
+
+/* A target process that dies: the initiator's operations fail, nothing hangs. */
+static void check_peer_process_dies(const tq_transport_ops *ops)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) {
+        close(fds[0]);
+        child_target(ops, fds[1]);
+    }
+    close(fds[1]);
+    uint64_t deadline = now_ms() + 10000;
+    uint32_t status = 0;
+    uint64_t al = 0, rl = 0;
+    cr_assert(read_all(fds[0], &status, sizeof(status), deadline), "no word from the child");
+    if ((int)status == TQ_ERR_UNSUPPORTED) {
+        waitpid(child, NULL, 0);
+        close(fds[0]);
+        return;
+    }
+    EXPECT_RC((int)status, TQ_OK);
+    cr_assert(read_all(fds[0], &al, 8, deadline) && al > 0 && al < 65536, "address length %llu",
+              (unsigned long long)al);
+    uint8_t *ab = malloc(al);
+    cr_assert(ab != NULL && read_all(fds[0], ab, al, deadline));
+    cr_assert(read_all(fds[0], &rl, 8, deadline) && rl > 0 && rl < 65536, "region length %llu",
+              (unsigned long long)rl);
+    uint8_t *rb = malloc(rl);
+    cr_assert(rb != NULL && read_all(fds[0], rb, rl, deadline));
+    close(fds[0]);
+
+    initiator_t in = {.ops = ops};
+    EXPECT_RC(ops->init(&in.tr), TQ_OK);
+    EXPECT_RC(ops->ep_connect(in.tr, ab, al, &in.ep), TQ_OK);
+    EXPECT_RC(ops->region_unpack(in.tr, in.ep, rb, rl, &in.region), TQ_OK);
+    uint8_t src[4096], dst[4096];
+    fill(src, sizeof(src), 8);
+    EXPECT_RC(xfer(&in, TQ_RMA_PUT, src, 100, sizeof(src)), TQ_OK);
+    memset(dst, 0, sizeof(dst));
+    EXPECT_RC(xfer(&in, TQ_RMA_GET, dst, 100, sizeof(dst)), TQ_OK);
+    EXPECT_SAME(dst, src, sizeof(src), "buffer read back from the child");
+
+    cr_assert_eq(kill(child, SIGKILL), 0);
+    cr_assert_eq(waitpid(child, NULL, 0), child);
+    uint64_t start = now_ms();
+    int rc = TQ_OK;
+    for (int i = 0; i < 50 && rc == TQ_OK && now_ms() - start < 8000; i++)
+        rc = xfer(&in, i % 2 ? TQ_RMA_GET : TQ_RMA_PUT, dst, 100, sizeof(dst));
+    cr_assert(rc == TQ_ERR_CONNECTION || rc == TQ_ERR_TIMEOUT,
+              "after the peer process died: got %d (%s), expected %d or %d", rc,
+              status_name(rc), TQ_ERR_CONNECTION, TQ_ERR_TIMEOUT);
+    tq_rma_iov_t iov = {.local = dst, .remote_offset = 0, .length = 8};
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_GET, &iov, 1), TQ_ERR_CONNECTION);
+    cr_assert_lt(now_ms() - start, (uint64_t)10000, "noticing the death took %llu ms",
+                 (unsigned long long)(now_ms() - start));
+    initiator_close(&in);
+    free(ab);
+    free(rb);
+}
+
+/* ---- running them --------------------------------------------------------- */
+
+static void for_each_transport(check_fn *check)
+{
+    size_t n = 0;
+    for (size_t i = 0; tq__transports[i] != NULL; i++, n++) {
+        cr_log_info("transport %s", tq__transports[i]->name);
+        check(tq__transports[i]);
+    }
+    if (n == 0)
+        cr_log_warn("no transport built in: nothing to check");
+}
+
+static void keep_to_loopback(void)
+{
+    setenv("UCX_NET_DEVICES", "lo", 0);
+}
+
+/* Each test runs in its own process, so the variable sticks to this test only. */
+static void force_tcp(void)
+{
+    keep_to_loopback();
+    setenv("UCX_TLS", "tcp", 1);
+}
+
+#define CONFORMANCE(check)                                                          \
+    Test(transport, check, .init = keep_to_loopback, .timeout = TEST_TIMEOUT_S)     \
+    {                                                                               \
+        for_each_transport(check_##check);                                          \
+    }                                                                               \
+    Test(transport_tcp, check, .init = force_tcp, .timeout = TEST_TIMEOUT_S)        \
+    {                                                                               \
+        for_each_transport(check_##check);                                          \
+    }
+
+CONFORMANCE(round_trip)
+CONFORMANCE(unaligned)
+CONFORMANCE(many_small)
+CONFORMANCE(out_of_range)
+CONFORMANCE(bad_blobs)
+CONFORMANCE(two_initiators)
+CONFORMANCE(reg_cache)
+CONFORMANCE(bandwidth)
+CONFORMANCE(peer_process_dies)
+
+/* In one process a peer's shared memory outlives it, so only a network path
+ * can see it go away. */
+Test(transport_tcp, peer_gone, .init = force_tcp, .timeout = TEST_TIMEOUT_S)
+{
+    for_each_transport(check_peer_gone);
+}

@@ -1,0 +1,1222 @@
+/* ucx.c: the tq_transport ops over UCX's UCP one-sided RMA (put/get). */
+#define TQ_LOG_COMPONENT "ucx"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <ucm/api/ucm.h>
+#include <ucp/api/ucp.h>
+
+#include "tq/transport.h"
+#include "util/common.h"
+#include "util/list.h"
+#include "util/log.h"
+
+/* Local buffers at least this long get a cached registration; smaller ones are
+ * cheaper to let UCX copy. */
+#define TQ_UCX_CACHE_MIN_LEN   (64u * 1024u)
+#define TQ_UCX_CACHE_SLOTS     64
+/* Bounds on waits the caller did not ask for (close, draining a failed ep). */
+#define TQ_UCX_CLOSE_MS        3000
+#define TQ_UCX_DRAIN_MS        2000
+/* Longest single sleep on the event fd, so a missed wakeup costs little. */
+#define TQ_UCX_WAIT_SLICE_MS   100
+
+/* Blob layouts (little endian). Address: magic, version, 3 zero bytes,
+ * payload length u32, checksum u32, boot id [16], pid u32, zero u32, process
+ * start time u64, then the UCX worker address. Region: magic, version, 3 zero
+ * bytes, base u64, length u64, rkey length u32, checksum u32, rkey. The
+ * checksum covers everything but itself, so a garbled blob is refused before
+ * UCX parses it. */
+#define TQ_UCX_ADDR_MAGIC      0x41555154u /* "TQUA" */
+#define TQ_UCX_REGION_MAGIC    0x52555154u /* "TQUR" */
+#define TQ_UCX_BLOB_VERSION    1u
+#define TQ_UCX_ADDR_HDR        48u
+#define TQ_UCX_REGION_HDR      32u
+#define TQ_UCX_BLOB_MAX        (1u << 20) /* far above any real address or rkey */
+
+enum { TQ_UCX_SLOT_FREE, TQ_UCX_SLOT_PENDING, TQ_UCX_SLOT_VALID, TQ_UCX_SLOT_INVALID };
+
+/* One cached registration of a page-aligned range [start, end). */
+typedef struct {
+    uintptr_t start, end;
+    ucp_mem_h memh;
+    uint64_t  last_use;
+    int       state;
+} tq_ucx_slot;
+
+struct tq_transport {
+    ucp_context_h ctx;
+    ucp_worker_h  worker;
+    int           efd;
+    /* This process, as a peer on the same node recognises it (zero: unknown). */
+    uint8_t       boot_id[16];
+    uint32_t      pid;
+    uint64_t      start_time;
+    tq_list       eps, mems, zombies;
+    uint64_t      inflight; /* requests not yet completed, over all eps */
+    size_t        page;
+
+    /* Registration cache. The lock is taken by the munmap hook from any
+     * thread, so nothing that may allocate or unmap runs under it. */
+    bool               cache_on;
+    pthread_spinlock_t cache_lock;
+    uint64_t           cache_clock;
+    tq_ucx_slot        cache[TQ_UCX_CACHE_SLOTS];
+};
+
+struct tq_transport_ep {
+    tq_list       link;
+    tq_transport *tr;
+    ucp_ep_h      ep;
+    tq_list       regions;
+    size_t        outstanding;
+    bool          failed;       /* peer died or a flush timed out: close it */
+    int           first_error;  /* first operation error since the last flush */
+    /* Same-node peer over shared memory: UCX has no peer failure detection
+     * there, so we watch the peer process instead. -1 otherwise. */
+    int           pidfd;
+};
+
+struct tq_transport_mem {
+    tq_list   link;
+    ucp_mem_h memh;
+    void     *addr;
+    size_t    len;
+};
+
+struct tq_transport_region {
+    tq_list          link;
+    tq_transport_ep *ep;   /* NULL once the ep was closed */
+    ucp_rkey_h       rkey;
+    bool             released; /* by the caller, while requests still used it */
+    uint64_t         base, len;
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static int tq_ucx_status(ucs_status_t st)
+{
+    if (UCS_IS_LINK_ERROR(st) || UCS_IS_ENDPOINT_ERROR(st))
+        return TQ_ERR_CONNECTION;
+    switch (st) {
+    case UCS_OK:
+        return TQ_OK;
+    case UCS_ERR_NO_MEMORY:
+    case UCS_ERR_EXCEEDS_LIMIT:
+        return TQ_ERR_NOMEM;
+    case UCS_ERR_INVALID_PARAM:
+    case UCS_ERR_INVALID_ADDR:
+    case UCS_ERR_BUFFER_TOO_SMALL:
+    case UCS_ERR_OUT_OF_RANGE:
+        return TQ_ERR_INVALID;
+    case UCS_ERR_UNSUPPORTED:
+    case UCS_ERR_NOT_IMPLEMENTED:
+    case UCS_ERR_NO_DEVICE:
+        return TQ_ERR_UNSUPPORTED;
+    case UCS_ERR_TIMED_OUT:
+        return TQ_ERR_TIMEOUT;
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_CANCELED:
+    case UCS_ERR_REJECTED:
+    case UCS_ERR_NOT_CONNECTED:
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_SOME_CONNECTS_FAILED:
+        return TQ_ERR_CONNECTION;
+    case UCS_ERR_NO_ELEM:
+        return TQ_ERR_NOT_FOUND;
+    case UCS_ERR_ALREADY_EXISTS:
+        return TQ_ERR_EXISTS;
+    default:
+        return TQ_ERR_IO;
+    }
+}
+
+static void tq_ucx_put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void tq_ucx_put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t tq_ucx_get_le32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t tq_ucx_get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* FNV-1a: any single changed byte changes the sum. */
+static uint32_t tq_ucx_fnv(uint32_t h, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+#define TQ_UCX_FNV_SEED 2166136261u
+
+static bool tq_ucx_is_conn_error(int rc)
+{
+    return rc == TQ_ERR_CONNECTION || rc == TQ_ERR_TIMEOUT;
+}
+
+
+/* ---- same-node peers ------------------------------------------------------ */
+
+/*
+ * UCX 1.13 selects shared memory transports only for endpoints without peer
+ * error handling, and over tcp a dead peer must be detected (else requests
+ * hang). So: a peer that is provably a live process on this node gets an
+ * endpoint without UCX error handling, kept only if all its lanes are shared
+ * memory (operations are then local copies that cannot hang), and we detect
+ * the peer's death ourselves through a pidfd. Everything else uses
+ * UCP_ERR_HANDLING_MODE_PEER.
+ */
+
+/* Start time of a process in clock ticks since boot; 0 if unknown. */
+static uint64_t tq_ucx_proc_start(uint32_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* The command name may hold spaces and parentheses: count from the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return 0;
+    p++;
+    for (int field = 2; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL)
+            return 0;
+        p++;
+    }
+    return strtoull(p, NULL, 10);
+}
+
+static int tq_ucx_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Fill tr's identity; left zero (no same-node fast path) on any doubt. */
+static void tq_ucx_self_identity(tq_transport *tr)
+{
+    char text[64];
+    uint8_t id[16];
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    int nib = 0;
+    for (ssize_t i = 0; i < n && nib < 32; i++) {
+        int v = tq_ucx_hexval(text[i]);
+        if (v < 0)
+            continue; /* dashes, newline */
+        if (nib % 2 == 0)
+            id[nib / 2] = (uint8_t)(v << 4);
+        else
+            id[nib / 2] |= (uint8_t)v;
+        nib++;
+    }
+    uint64_t start = tq_ucx_proc_start((uint32_t)getpid());
+    if (nib != 32 || start == 0)
+        return;
+    memcpy(tr->boot_id, id, sizeof(id));
+    tr->pid = (uint32_t)getpid();
+    tr->start_time = start;
+}
+
+/* A pidfd for the peer if it is a live process on this node, else -1. */
+static int tq_ucx_local_peer(tq_transport *tr, const uint8_t *hdr)
+{
+#ifdef SYS_pidfd_open
+    static const uint8_t zero[16];
+    uint32_t pid = tq_ucx_get_le32(hdr + 32);
+    uint64_t start = tq_ucx_get_le64(hdr + 40);
+    if (tr->start_time == 0 || memcmp(tr->boot_id, zero, 16) == 0 ||
+        memcmp(hdr + 16, tr->boot_id, 16) != 0 || pid == 0 || pid > INT32_MAX || start == 0)
+        return -1;
+    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (pidfd < 0)
+        return -1;
+    /* Checked after opening: the pidfd then pins this very process. */
+    if (tq_ucx_proc_start(pid) != start) {
+        close(pidfd);
+        return -1;
+    }
+    return pidfd;
+#else
+    (void)tr;
+    (void)hdr;
+    return -1;
+#endif
+}
+
+/* True when every lane of uep is a shared memory transport. UCX 1.13 has no
+ * query for this, so read ucp_ep_print_info; any doubt answers false. */
+static bool tq_ucx_lanes_all_shm(ucp_ep_h uep)
+{
+    static const char *const shm[] = {"sysv", "posix", "xpmem", "knem", "cma", "self"};
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    if (f == NULL)
+        return false;
+    ucp_ep_print_info(uep, f);
+    if (fclose(f) != 0 || text == NULL) {
+        free(text);
+        return false;
+    }
+    int lanes = 0;
+    bool ok = true;
+    for (char *line = strstr(text, "lane["); line != NULL && ok;
+         line = strstr(line + 1, "lane[")) {
+        /* "lane[0]:  3:sysv/memory.0 md[2] ..." */
+        char *p = strstr(line, "]:");
+        char *colon = p != NULL ? strchr(p + 2, ':') : NULL;
+        char *slash = colon != NULL ? strchr(colon, '/') : NULL;
+        char *eol = strchr(line, '\n');
+        if (slash == NULL || (eol != NULL && slash > eol)) {
+            ok = false;
+            break;
+        }
+        size_t len = (size_t)(slash - colon - 1);
+        bool known = false;
+        for (size_t i = 0; i < sizeof(shm) / sizeof(shm[0]); i++)
+            if (strlen(shm[i]) == len && strncmp(colon + 1, shm[i], len) == 0)
+                known = true;
+        ok = known;
+        lanes++;
+    }
+    free(text);
+    return ok && lanes > 0;
+}
+
+/* Has the peer process of a same-node endpoint exited? */
+static bool tq_ucx_peer_exited(tq_transport_ep *ep)
+{
+    if (ep->pidfd < 0)
+        return false;
+    struct pollfd pfd = {.fd = ep->pidfd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) <= 0)
+        return false;
+    if (!ep->failed)
+        tq_warn("peer process exited");
+    ep->failed = true;
+    return true;
+}
+
+/* ---- progress and waiting ---------------------------------------------- */
+
+/* Sleep on the worker's event fd for at most timeout_ms (-1: no limit).
+ * Returns false without sleeping when events are already pending. */
+static bool tq_ucx_wait(tq_transport *tr, int timeout_ms)
+{
+    ucs_status_t st = ucp_worker_arm(tr->worker);
+    if (st == UCS_ERR_BUSY)
+        return false;
+    if (st != UCS_OK) {
+        /* No wakeup to arm: nap briefly rather than spin. */
+        (void)poll(NULL, 0, timeout_ms < 0 ? 1 : TQ_MIN(timeout_ms, 1));
+        return true;
+    }
+    struct pollfd pfd = {.fd = tr->efd, .events = POLLIN};
+    (void)poll(&pfd, 1, timeout_ms); /* EINTR is just an early wakeup */
+    return true;
+}
+
+static void tq_ucx_cache_reap(tq_transport *tr);
+
+static int tq_ucx_progress(tq_transport *tr, int timeout_ms)
+{
+    if (tr == NULL)
+        return TQ_ERR_INVALID;
+    if (ucp_worker_progress(tr->worker) == 0 && timeout_ms != 0) {
+        uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout_ms;
+        for (;;) {
+            uint64_t now = tq__now_ms();
+            int left = timeout_ms < 0 ? -1 : now >= deadline ? 0 : (int)(deadline - now);
+            bool slept = tq_ucx_wait(tr, left);
+            /* Busy means queued events: progress them and re-arm. */
+            if (ucp_worker_progress(tr->worker) != 0 || slept || left == 0)
+                break;
+        }
+    }
+    if (tr->inflight == 0)
+        tq_ucx_cache_reap(tr);
+    return TQ_OK;
+}
+
+/* ---- registration cache ------------------------------------------------ */
+
+/* Runs inside munmap/mremap/shmdt/... of any thread: no allocation, no UCX
+ * calls, just mark overlapping entries; the transport's own thread
+ * deregisters them later. */
+static void tq_ucx_vm_unmapped(ucm_event_type_t type, ucm_event_t *ev, void *arg)
+{
+    tq_transport *tr = arg;
+    if (type != UCM_EVENT_VM_UNMAPPED)
+        return;
+    uintptr_t s = (uintptr_t)ev->vm_unmapped.address;
+    uintptr_t e = s + ev->vm_unmapped.size;
+    if (e < s)
+        e = UINTPTR_MAX;
+    pthread_spin_lock(&tr->cache_lock);
+    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++) {
+        tq_ucx_slot *sl = &tr->cache[i];
+        if ((sl->state == TQ_UCX_SLOT_VALID || sl->state == TQ_UCX_SLOT_PENDING) &&
+            sl->start < e && s < sl->end)
+            sl->state = TQ_UCX_SLOT_INVALID;
+    }
+    pthread_spin_unlock(&tr->cache_lock);
+}
+
+/* Deregister invalidated entries. Only when nothing is in flight, since an
+ * in-flight operation may still use a memh. */
+static void tq_ucx_cache_reap(tq_transport *tr)
+{
+    ucp_mem_h dead[TQ_UCX_CACHE_SLOTS];
+    int n = 0;
+    if (!tr->cache_on)
+        return;
+    pthread_spin_lock(&tr->cache_lock);
+    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++) {
+        tq_ucx_slot *sl = &tr->cache[i];
+        if (sl->state == TQ_UCX_SLOT_INVALID) {
+            if (sl->memh != NULL)
+                dead[n++] = sl->memh;
+            sl->memh = NULL;
+            sl->state = TQ_UCX_SLOT_FREE;
+        }
+    }
+    pthread_spin_unlock(&tr->cache_lock);
+    for (int i = 0; i < n; i++)
+        ucp_mem_unmap(tr->ctx, dead[i]);
+    if (n > 0)
+        tq_debug("registration cache: dropped %d unmapped entries", n);
+}
+
+/* A registration covering [buf, buf+len), or NULL: UCX then copies or
+ * registers internally, which is always correct, just slower. */
+static ucp_mem_h tq_ucx_cache_get(tq_transport *tr, const void *buf, size_t len)
+{
+    uintptr_t s = (uintptr_t)buf & ~(uintptr_t)(tr->page - 1);
+    uintptr_t e = (uintptr_t)TQ_ALIGN_UP((uintptr_t)buf + len, tr->page);
+    ucp_mem_h memh = NULL, victim = NULL;
+    int slot = -1;
+
+    pthread_spin_lock(&tr->cache_lock);
+    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++) {
+        tq_ucx_slot *sl = &tr->cache[i];
+        if (sl->state == TQ_UCX_SLOT_VALID && sl->start <= s && e <= sl->end) {
+            sl->last_use = ++tr->cache_clock;
+            memh = sl->memh;
+            break;
+        }
+    }
+    if (memh == NULL) {
+        for (int i = 0; i < TQ_UCX_CACHE_SLOTS && slot < 0; i++)
+            if (tr->cache[i].state == TQ_UCX_SLOT_FREE)
+                slot = i;
+        /* Evicting means deregistering, only safe with nothing in flight. */
+        if (slot < 0 && tr->inflight == 0) {
+            for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++)
+                if (tr->cache[i].state == TQ_UCX_SLOT_VALID &&
+                    (slot < 0 || tr->cache[i].last_use < tr->cache[slot].last_use))
+                    slot = i;
+            if (slot >= 0)
+                victim = tr->cache[slot].memh;
+        }
+        if (slot >= 0) {
+            tr->cache[slot].state = TQ_UCX_SLOT_PENDING;
+            tr->cache[slot].start = s;
+            tr->cache[slot].end = e;
+            tr->cache[slot].memh = NULL;
+        }
+    }
+    pthread_spin_unlock(&tr->cache_lock);
+    if (memh != NULL || slot < 0)
+        return memh;
+    if (victim != NULL)
+        ucp_mem_unmap(tr->ctx, victim);
+
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+        .address = (void *)s,
+        .length = e - s,
+    };
+    ucp_mem_h fresh = NULL;
+    ucs_status_t st = ucp_mem_map(tr->ctx, &mp, &fresh);
+
+    pthread_spin_lock(&tr->cache_lock);
+    tq_ucx_slot *sl = &tr->cache[slot];
+    if (st != UCS_OK) {
+        sl->state = TQ_UCX_SLOT_FREE;
+    } else if (sl->state == TQ_UCX_SLOT_PENDING) {
+        sl->state = TQ_UCX_SLOT_VALID;
+        sl->memh = fresh;
+        sl->last_use = ++tr->cache_clock;
+        memh = fresh;
+    } else {
+        /* Unmapped while we registered it: never use it, reap it later. */
+        sl->memh = fresh;
+    }
+    pthread_spin_unlock(&tr->cache_lock);
+    if (st != UCS_OK)
+        tq_debug("registration cache: ucp_mem_map failed: %s", ucs_status_string(st));
+    return memh;
+}
+
+/* The memh to pass with a local buffer: the transport's own registration
+ * when the buffer lies in one, else the cache for large buffers. */
+static ucp_mem_h tq_ucx_local_memh(tq_transport *tr, const void *buf, size_t len)
+{
+    uintptr_t b = (uintptr_t)buf;
+    for (tq_list *it = tr->mems.next; it != &tr->mems; it = it->next) {
+        tq_transport_mem *m = tq_list_entry(it, tq_transport_mem, link);
+        uintptr_t mb = (uintptr_t)m->addr;
+        if (b >= mb && len <= m->len && b - mb <= m->len - len)
+            return m->memh;
+    }
+    if (!tr->cache_on || len < TQ_UCX_CACHE_MIN_LEN)
+        return NULL;
+    return tq_ucx_cache_get(tr, buf, len);
+}
+
+/* ---- init / fini -------------------------------------------------------- */
+
+static void tq_ucx_ep_close(tq_transport *tr, tq_transport_ep *ep);
+static void tq_ucx_ep_free(tq_transport_ep *ep);
+static void tq_ucx_mem_deregister(tq_transport *tr, tq_transport_mem *mem);
+
+static int tq_ucx_init(tq_transport **tr_p)
+{
+    ucp_config_t *config = NULL;
+    ucs_status_t st;
+    int rc;
+
+    if (tr_p == NULL)
+        return TQ_ERR_INVALID;
+    tq_transport *tr = calloc(1, sizeof(*tr));
+    if (tr == NULL)
+        return TQ_ERR_NOMEM;
+    tq_list_init(&tr->eps);
+    tq_list_init(&tr->mems);
+    tq_list_init(&tr->zombies);
+    long page = sysconf(_SC_PAGESIZE);
+    tr->page = page > 0 ? (size_t)page : 4096u;
+    tq_ucx_self_identity(tr);
+    if (pthread_spin_init(&tr->cache_lock, PTHREAD_PROCESS_PRIVATE) != 0) {
+        rc = TQ_ERR_NOMEM;
+        goto err_free;
+    }
+
+    st = ucp_config_read(NULL, NULL, &config);
+    if (st != UCS_OK) {
+        tq_error("ucp_config_read: %s", ucs_status_string(st));
+        rc = tq_ucx_status(st);
+        goto err_lock;
+    }
+    ucp_params_t params = {
+        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
+        .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
+        .name = "tqrdma",
+    };
+    st = ucp_init(&params, config, &tr->ctx);
+    ucp_config_release(config);
+    if (st != UCS_OK) {
+        tq_warn("ucp_init: %s", ucs_status_string(st));
+        rc = st == UCS_ERR_NO_DEVICE || st == UCS_ERR_UNSUPPORTED || st == UCS_ERR_NO_ELEM
+                 ? TQ_ERR_UNSUPPORTED : tq_ucx_status(st);
+        goto err_lock;
+    }
+
+    /* Callers serialise, possibly from different threads. */
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        .thread_mode = UCS_THREAD_MODE_SERIALIZED,
+    };
+    st = ucp_worker_create(tr->ctx, &wp, &tr->worker);
+    if (st != UCS_OK) {
+        tq_warn("ucp_worker_create: %s", ucs_status_string(st));
+        rc = st == UCS_ERR_NO_DEVICE ? TQ_ERR_UNSUPPORTED : tq_ucx_status(st);
+        goto err_ctx;
+    }
+    st = ucp_worker_get_efd(tr->worker, &tr->efd);
+    if (st != UCS_OK) {
+        tq_warn("ucp_worker_get_efd: %s", ucs_status_string(st));
+        rc = tq_ucx_status(st);
+        goto err_worker;
+    }
+
+    /* Cached registrations are only safe if we hear of every unmap. */
+    st = ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 1000, tq_ucx_vm_unmapped, tr);
+    if (st == UCS_OK)
+        tr->cache_on = true;
+    else
+        tq_info("memory events unavailable (%s): no registration cache",
+                ucs_status_string(st));
+
+    *tr_p = tr;
+    return TQ_OK;
+
+err_worker:
+    ucp_worker_destroy(tr->worker);
+err_ctx:
+    ucp_cleanup(tr->ctx);
+err_lock:
+    pthread_spin_destroy(&tr->cache_lock);
+err_free:
+    free(tr);
+    return rc;
+}
+
+static void tq_ucx_fini(tq_transport *tr)
+{
+    if (tr == NULL)
+        return;
+    /* Unset first: afterwards the hook never runs on tr again. */
+    if (tr->cache_on)
+        ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, tq_ucx_vm_unmapped, tr);
+    while (!tq_list_empty(&tr->eps)) {
+        tq_warn("fini: closing an endpoint left open");
+        tq_ucx_ep_close(tr, tq_list_entry(tr->eps.next, tq_transport_ep, link));
+    }
+    while (!tq_list_empty(&tr->mems)) {
+        tq_warn("fini: deregistering memory left registered");
+        tq_ucx_mem_deregister(tr, tq_list_entry(tr->mems.next, tq_transport_mem, link));
+    }
+    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++)
+        if (tr->cache[i].memh != NULL)
+            ucp_mem_unmap(tr->ctx, tr->cache[i].memh);
+    ucp_worker_destroy(tr->worker);
+    ucp_cleanup(tr->ctx);
+    /* Endpoints whose requests never completed: the worker is gone, so
+     * nothing can call back into them now. */
+    while (!tq_list_empty(&tr->zombies)) {
+        tq_list *it = tr->zombies.next;
+        tq_list_remove(it);
+        tq_ucx_ep_free(tq_list_entry(it, tq_transport_ep, link));
+    }
+    pthread_spin_destroy(&tr->cache_lock);
+    free(tr);
+}
+
+/* ---- address ------------------------------------------------------------ */
+
+static int tq_ucx_address(tq_transport *tr, void **blob_p, size_t *len_p)
+{
+    ucp_address_t *addr = NULL;
+    size_t alen = 0;
+    int rc;
+
+    if (tr == NULL || blob_p == NULL || len_p == NULL)
+        return TQ_ERR_INVALID;
+    ucs_status_t st = ucp_worker_get_address(tr->worker, &addr, &alen);
+    if (st != UCS_OK) {
+        tq_error("ucp_worker_get_address: %s", ucs_status_string(st));
+        return tq_ucx_status(st);
+    }
+    if (alen == 0 || alen > TQ_UCX_BLOB_MAX) {
+        rc = TQ_ERR_IO;
+        goto err_addr;
+    }
+    uint8_t *blob = malloc(TQ_UCX_ADDR_HDR + alen);
+    if (blob == NULL) {
+        rc = TQ_ERR_NOMEM;
+        goto err_addr;
+    }
+    tq_ucx_put_le32(blob, TQ_UCX_ADDR_MAGIC);
+    blob[4] = TQ_UCX_BLOB_VERSION;
+    blob[5] = blob[6] = blob[7] = 0;
+    tq_ucx_put_le32(blob + 8, (uint32_t)alen);
+    memcpy(blob + 16, tr->boot_id, 16);
+    tq_ucx_put_le32(blob + 32, tr->pid);
+    tq_ucx_put_le32(blob + 36, 0);
+    tq_ucx_put_le64(blob + 40, tr->start_time);
+    memcpy(blob + TQ_UCX_ADDR_HDR, addr, alen);
+    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, blob, 12);
+    sum = tq_ucx_fnv(sum, blob + 16, TQ_UCX_ADDR_HDR - 16 + alen);
+    tq_ucx_put_le32(blob + 12, sum);
+    ucp_worker_release_address(tr->worker, addr);
+    *blob_p = blob;
+    *len_p = TQ_UCX_ADDR_HDR + alen;
+    return TQ_OK;
+
+err_addr:
+    ucp_worker_release_address(tr->worker, addr);
+    return rc;
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+static int tq_ucx_map(tq_transport *tr, void *addr, size_t len, bool allocate,
+                      tq_transport_mem **mem_p)
+{
+    int rc;
+    tq_transport_mem *mem = calloc(1, sizeof(*mem));
+    if (mem == NULL)
+        return TQ_ERR_NOMEM;
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+        .address = allocate ? NULL : addr,
+        .length = len,
+        .flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0,
+    };
+    ucs_status_t st = ucp_mem_map(tr->ctx, &mp, &mem->memh);
+    if (st != UCS_OK) {
+        tq_error("ucp_mem_map(%zu bytes%s): %s", len, allocate ? ", allocate" : "",
+                 ucs_status_string(st));
+        rc = tq_ucx_status(st);
+        goto err_free;
+    }
+    mem->addr = addr;
+    mem->len = len;
+    if (allocate) {
+        ucp_mem_attr_t attr = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS |
+                                             UCP_MEM_ATTR_FIELD_LENGTH};
+        st = ucp_mem_query(mem->memh, &attr);
+        if (st != UCS_OK || attr.address == NULL || attr.length < len) {
+            tq_error("ucp_mem_query: %s", ucs_status_string(st));
+            rc = st != UCS_OK ? tq_ucx_status(st) : TQ_ERR_IO;
+            goto err_unmap;
+        }
+        mem->addr = attr.address;
+    }
+    tq_list_insert_tail(&tr->mems, &mem->link);
+    *mem_p = mem;
+    return TQ_OK;
+
+err_unmap:
+    ucp_mem_unmap(tr->ctx, mem->memh);
+err_free:
+    free(mem);
+    return rc;
+}
+
+static int tq_ucx_mem_alloc(tq_transport *tr, size_t len, void **addr_p, tq_transport_mem **mem_p)
+{
+    if (tr == NULL || len == 0 || addr_p == NULL || mem_p == NULL)
+        return TQ_ERR_INVALID;
+    tq_transport_mem *mem;
+    int rc = tq_ucx_map(tr, NULL, len, true, &mem);
+    if (rc != TQ_OK)
+        return rc;
+    tq_debug("allocated %zu bytes at %p", len, mem->addr);
+    *addr_p = mem->addr;
+    *mem_p = mem;
+    return TQ_OK;
+}
+
+static int tq_ucx_mem_register(tq_transport *tr, void *addr, size_t len, tq_transport_mem **mem_p)
+{
+    if (tr == NULL || addr == NULL || len == 0 || mem_p == NULL ||
+        (uintptr_t)addr + len < (uintptr_t)addr)
+        return TQ_ERR_INVALID;
+    return tq_ucx_map(tr, addr, len, false, mem_p);
+}
+
+static int tq_ucx_mem_pack(tq_transport *tr, tq_transport_mem *mem, void **blob_p, size_t *len_p)
+{
+    void *rkey = NULL;
+    size_t rlen = 0;
+    int rc;
+
+    if (tr == NULL || mem == NULL || blob_p == NULL || len_p == NULL)
+        return TQ_ERR_INVALID;
+    ucs_status_t st = ucp_rkey_pack(tr->ctx, mem->memh, &rkey, &rlen);
+    if (st != UCS_OK) {
+        tq_error("ucp_rkey_pack: %s", ucs_status_string(st));
+        return tq_ucx_status(st);
+    }
+    if (rlen == 0 || rlen > TQ_UCX_BLOB_MAX) {
+        rc = TQ_ERR_IO;
+        goto err_rkey;
+    }
+    uint8_t *blob = malloc(TQ_UCX_REGION_HDR + rlen);
+    if (blob == NULL) {
+        rc = TQ_ERR_NOMEM;
+        goto err_rkey;
+    }
+    tq_ucx_put_le32(blob, TQ_UCX_REGION_MAGIC);
+    blob[4] = TQ_UCX_BLOB_VERSION;
+    blob[5] = blob[6] = blob[7] = 0;
+    tq_ucx_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
+    tq_ucx_put_le64(blob + 16, (uint64_t)mem->len);
+    tq_ucx_put_le32(blob + 24, (uint32_t)rlen);
+    memcpy(blob + TQ_UCX_REGION_HDR, rkey, rlen);
+    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, blob, 28);
+    sum = tq_ucx_fnv(sum, blob + TQ_UCX_REGION_HDR, rlen);
+    tq_ucx_put_le32(blob + 28, sum);
+    ucp_rkey_buffer_release(rkey);
+    *blob_p = blob;
+    *len_p = TQ_UCX_REGION_HDR + rlen;
+    return TQ_OK;
+
+err_rkey:
+    ucp_rkey_buffer_release(rkey);
+    return rc;
+}
+
+static void tq_ucx_mem_deregister(tq_transport *tr, tq_transport_mem *mem)
+{
+    if (tr == NULL || mem == NULL)
+        return;
+    tq_list_remove(&mem->link);
+    ucs_status_t st = ucp_mem_unmap(tr->ctx, mem->memh); /* frees what mem_alloc allocated */
+    if (st != UCS_OK)
+        tq_warn("ucp_mem_unmap: %s", ucs_status_string(st));
+    free(mem);
+}
+
+/* ---- endpoints ------------------------------------------------------------ */
+
+static void tq_ucx_ep_error(void *arg, ucp_ep_h uep, ucs_status_t status)
+{
+    tq_transport_ep *ep = arg;
+    (void)uep;
+    tq_warn("peer failed: %s", ucs_status_string(status));
+    ep->failed = true;
+}
+
+/* Completion of a put, get or flush request. */
+static void tq_ucx_op_done(void *request, ucs_status_t status, void *user_data)
+{
+    tq_transport_ep *ep = user_data;
+    if (status != UCS_OK) {
+        int rc = tq_ucx_status(status);
+        if (ep->first_error == TQ_OK)
+            ep->first_error = rc;
+        if (tq_ucx_is_conn_error(rc))
+            ep->failed = true;
+    }
+    ep->outstanding--;
+    ep->tr->inflight--;
+    ucp_request_free(request);
+}
+
+/* Close a UCP endpoint, progressing for a bounded time. Returns whether the
+ * close completed. */
+static bool tq_ucx_close_uep(tq_transport *tr, ucp_ep_h uep, bool force)
+{
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+        .flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0,
+    };
+    void *req = ucp_ep_close_nbx(uep, &prm);
+    if (UCS_PTR_IS_ERR(req))
+        tq_debug("ucp_ep_close_nbx: %s", ucs_status_string(UCS_PTR_STATUS(req)));
+    if (!UCS_PTR_IS_PTR(req))
+        return true;
+    bool closed = true;
+    uint64_t deadline = tq__now_ms() + TQ_UCX_CLOSE_MS;
+    while (ucp_request_check_status(req) == UCS_INPROGRESS) {
+        if (tq__now_ms() >= deadline) {
+            tq_warn("ep_close: not confirmed within %d ms", TQ_UCX_CLOSE_MS);
+            closed = false;
+            break;
+        }
+        if (ucp_worker_progress(tr->worker) == 0)
+            (void)tq_ucx_wait(tr, 10);
+    }
+    ucp_request_free(req); /* released by UCX on completion if still running */
+    return closed;
+}
+
+static void tq_ucx_ep_free(tq_transport_ep *ep)
+{
+    if (ep->pidfd >= 0)
+        close(ep->pidfd);
+    free(ep);
+}
+
+static int tq_ucx_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_transport_ep **ep_p)
+{
+    const uint8_t *b = addr;
+    int rc;
+
+    if (tr == NULL || addr == NULL || ep_p == NULL || len <= TQ_UCX_ADDR_HDR ||
+        len > TQ_UCX_ADDR_HDR + TQ_UCX_BLOB_MAX)
+        return TQ_ERR_INVALID;
+    if (tq_ucx_get_le32(b) != TQ_UCX_ADDR_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
+        b[5] != 0 || b[6] != 0 || b[7] != 0 || tq_ucx_get_le32(b + 36) != 0 ||
+        tq_ucx_get_le32(b + 8) != len - TQ_UCX_ADDR_HDR)
+        return TQ_ERR_INVALID;
+    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, b, 12);
+    sum = tq_ucx_fnv(sum, b + 16, len - 16);
+    if (sum != tq_ucx_get_le32(b + 12))
+        return TQ_ERR_INVALID;
+
+    tq_transport_ep *ep = calloc(1, sizeof(*ep));
+    if (ep == NULL)
+        return TQ_ERR_NOMEM;
+    ep->tr = tr;
+    ep->pidfd = -1;
+    tq_list_init(&ep->regions);
+
+    /* A live process on this node: try shared memory, watching the process. */
+    ucp_ep_params_t ep_params = {
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
+        .address = (const ucp_address_t *)(b + TQ_UCX_ADDR_HDR),
+        .err_mode = UCP_ERR_HANDLING_MODE_NONE,
+    };
+    ucs_status_t st = UCS_ERR_UNREACHABLE;
+    int pidfd = tq_ucx_local_peer(tr, b);
+    if (pidfd >= 0) {
+        st = ucp_ep_create(tr->worker, &ep_params, &ep->ep);
+        if (st == UCS_OK && !tq_ucx_lanes_all_shm(ep->ep)) {
+            tq_info("same-node peer not reachable by shared memory alone: "
+                    "using peer error handling");
+            (void)tq_ucx_close_uep(tr, ep->ep, false);
+            st = UCS_ERR_UNREACHABLE;
+        }
+        if (st == UCS_OK)
+            ep->pidfd = pidfd;
+        else
+            close(pidfd);
+    }
+    if (st != UCS_OK) {
+        /* Peer error handling, so a dead peer fails requests instead of hanging them. */
+        ep_params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        ep_params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+        ep_params.err_handler = (ucp_err_handler_t){.cb = tq_ucx_ep_error, .arg = ep};
+        st = ucp_ep_create(tr->worker, &ep_params, &ep->ep);
+    }
+    if (st != UCS_OK) {
+        tq_warn("ucp_ep_create: %s", ucs_status_string(st));
+        rc = tq_ucx_status(st);
+        if (rc == TQ_ERR_IO || rc == TQ_ERR_UNSUPPORTED)
+            rc = TQ_ERR_CONNECTION;
+        goto err_free;
+    }
+    tq_debug("connected %s", ep->pidfd >= 0 ? "by shared memory" : "with peer error handling");
+    tq_list_insert_tail(&tr->eps, &ep->link);
+    *ep_p = ep;
+    return TQ_OK;
+
+err_free:
+    free(ep);
+    return rc;
+}
+
+/* Progress until ep has nothing outstanding or the deadline passes; a failed
+ * ep gets a bounded grace for UCX to complete its requests with errors.
+ * Returns TQ_OK or TQ_ERR_TIMEOUT. */
+static int tq_ucx_drain(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)
+{
+    uint64_t start = tq__now_ms();
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : start + (uint64_t)timeout_ms;
+    uint64_t fail_deadline = 0;
+
+    while (ep->outstanding > 0) {
+        unsigned n = ucp_worker_progress(tr->worker);
+        if (ep->outstanding == 0)
+            break;
+        if (n == 0)
+            (void)tq_ucx_peer_exited(ep);
+        /* Without UCX error handling nothing will complete them: stop now. */
+        if (ep->failed && ep->pidfd >= 0)
+            return TQ_OK;
+        uint64_t now = tq__now_ms();
+        if (ep->failed) {
+            if (fail_deadline == 0)
+                fail_deadline = now + TQ_UCX_DRAIN_MS;
+            if (now >= fail_deadline)
+                return TQ_OK; /* the caller reports the failure */
+        }
+        if (now >= deadline)
+            return TQ_ERR_TIMEOUT;
+        if (n == 0) {
+            uint64_t until = TQ_MIN(deadline, fail_deadline ? fail_deadline : UINT64_MAX);
+            (void)tq_ucx_wait(tr, (int)TQ_MIN(until - now, (uint64_t)TQ_UCX_WAIT_SLICE_MS));
+        }
+    }
+    return TQ_OK;
+}
+
+/* Destroy the rkeys of regions still unpacked on ep: UCX wants them gone
+ * before their ep. The region structs stay for region_release. */
+static void tq_ucx_orphan_regions(tq_transport_ep *ep, bool destroy)
+{
+    while (!tq_list_empty(&ep->regions)) {
+        tq_list *it = ep->regions.next;
+        tq_transport_region *r = tq_list_entry(it, tq_transport_region, link);
+        tq_list_remove(it);
+        if (destroy && r->rkey != NULL)
+            ucp_rkey_destroy(r->rkey);
+        r->rkey = NULL;
+        r->ep = NULL;
+        if (r->released)
+            free(r);
+    }
+}
+
+static void tq_ucx_ep_close(tq_transport *tr, tq_transport_ep *ep)
+{
+    if (tr == NULL || ep == NULL)
+        return;
+    (void)tq_ucx_peer_exited(ep);
+    /* Rkeys must outlive the operations that use them. */
+    if (!ep->failed && ep->outstanding > 0 &&
+        tq_ucx_drain(tr, ep, TQ_UCX_CLOSE_MS) != TQ_OK)
+        ep->failed = true;
+    if (!ep->failed)
+        tq_ucx_orphan_regions(ep, true);
+
+    /* A failed ep cannot be closed gracefully: its peer will not answer. */
+    bool closed = tq_ucx_close_uep(tr, ep->ep, ep->failed);
+    tq_list_remove(&ep->link);
+    tq_ucx_orphan_regions(ep, ep->outstanding == 0);
+    if (closed && ep->outstanding == 0) {
+        tq_ucx_ep_free(ep);
+    } else {
+        /* UCX may still call back into ep (requests, error handler): keep it
+         * (and the rkeys its requests use) until fini destroys the worker. */
+        tq_warn("ep_close: %zu requests still pending", ep->outstanding);
+        tq_list_insert_tail(&tr->zombies, &ep->link);
+    }
+}
+
+/* ---- regions -------------------------------------------------------------- */
+
+static int tq_ucx_region_unpack(tq_transport *tr, tq_transport_ep *ep, const void *blob,
+                                size_t len, tq_transport_region **region_p)
+{
+    const uint8_t *b = blob;
+
+    if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL ||
+        len <= TQ_UCX_REGION_HDR || len > TQ_UCX_REGION_HDR + TQ_UCX_BLOB_MAX)
+        return TQ_ERR_INVALID;
+    if (tq_ucx_get_le32(b) != TQ_UCX_REGION_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
+        b[5] != 0 || b[6] != 0 || b[7] != 0 ||
+        tq_ucx_get_le32(b + 24) != len - TQ_UCX_REGION_HDR)
+        return TQ_ERR_INVALID;
+    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, b, 28);
+    sum = tq_ucx_fnv(sum, b + TQ_UCX_REGION_HDR, len - TQ_UCX_REGION_HDR);
+    if (sum != tq_ucx_get_le32(b + 28))
+        return TQ_ERR_INVALID;
+    uint64_t base = tq_ucx_get_le64(b + 8);
+    uint64_t rlen = tq_ucx_get_le64(b + 16);
+    if (rlen == 0 || base + rlen < base)
+        return TQ_ERR_INVALID;
+    if (ep->failed)
+        return TQ_ERR_CONNECTION;
+
+    tq_transport_region *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return TQ_ERR_NOMEM;
+    ucs_status_t st = ucp_ep_rkey_unpack(ep->ep, b + TQ_UCX_REGION_HDR, &r->rkey);
+    if (st != UCS_OK) {
+        tq_warn("ucp_ep_rkey_unpack: %s", ucs_status_string(st));
+        free(r);
+        return st == UCS_ERR_NO_MEMORY ? TQ_ERR_NOMEM : TQ_ERR_INVALID;
+    }
+    r->ep = ep;
+    r->base = base;
+    r->len = rlen;
+    tq_list_insert_tail(&ep->regions, &r->link);
+    *region_p = r;
+    return TQ_OK;
+}
+
+static void tq_ucx_region_release(tq_transport *tr, tq_transport_region *region)
+{
+    if (tr == NULL || region == NULL)
+        return;
+    if (region->ep != NULL) {
+        /* Operations in flight still use the rkey. */
+        tq_transport_ep *ep = region->ep;
+        if (ep->outstanding > 0 && tq_ucx_drain(tr, ep, TQ_UCX_CLOSE_MS) != TQ_OK)
+            ep->failed = true;
+        if (ep->outstanding > 0) {
+            tq_warn("region_release: requests still pending, keeping the rkey until close");
+            region->released = true; /* ep_close frees it */
+            return;
+        }
+        tq_list_remove(&region->link);
+        ucp_rkey_destroy(region->rkey);
+    }
+    free(region);
+}
+
+/* ---- data movement ---------------------------------------------------------- */
+
+static int tq_ucx_issue(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
+                        tq_rma_dir_t dir, void *local, uint64_t off, size_t len)
+{
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.send = tq_ucx_op_done,
+        .user_data = ep,
+    };
+    ucp_mem_h memh = tq_ucx_local_memh(tr, local, len);
+    if (memh != NULL) {
+        prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        prm.memh = memh;
+    }
+    uint64_t raddr = region->base + off;
+    void *req = dir == TQ_RMA_PUT
+                    ? ucp_put_nbx(ep->ep, local, len, raddr, region->rkey, &prm)
+                    : ucp_get_nbx(ep->ep, local, len, raddr, region->rkey, &prm);
+    if (req == NULL)
+        return TQ_OK; /* completed in place */
+    if (UCS_PTR_IS_ERR(req)) {
+        ucs_status_t st = UCS_PTR_STATUS(req);
+        int rc = tq_ucx_status(st);
+        tq_warn("ucp_%s_nbx(%zu bytes): %s", dir == TQ_RMA_PUT ? "put" : "get", len,
+                ucs_status_string(st));
+        if (tq_ucx_is_conn_error(rc)) {
+            ep->failed = true;
+            rc = TQ_ERR_CONNECTION;
+        }
+        if (ep->first_error == TQ_OK)
+            ep->first_error = rc;
+        return rc;
+    }
+    ep->outstanding++;
+    tr->inflight++;
+    return TQ_OK;
+}
+
+static int tq_ucx_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
+                       tq_rma_dir_t dir, const tq_rma_iov_t *iov, size_t n)
+{
+    if (tr == NULL || ep == NULL || region == NULL || (iov == NULL && n > 0) ||
+        (dir != TQ_RMA_PUT && dir != TQ_RMA_GET))
+        return TQ_ERR_INVALID;
+    if (region->ep != ep || region->rkey == NULL)
+        return TQ_ERR_INVALID;
+    /* Validate everything first, so a bad iov means nothing was posted. */
+    for (size_t i = 0; i < n; i++) {
+        if (iov[i].length == 0)
+            continue;
+        if (iov[i].local == NULL ||
+            (uintptr_t)iov[i].local + iov[i].length < (uintptr_t)iov[i].local ||
+            iov[i].remote_offset > region->len ||
+            (uint64_t)iov[i].length > region->len - iov[i].remote_offset)
+            return TQ_ERR_INVALID;
+    }
+    if (ep->failed || tq_ucx_peer_exited(ep))
+        return TQ_ERR_CONNECTION;
+    if (tr->inflight == 0)
+        tq_ucx_cache_reap(tr);
+
+    /* Coalesce runs contiguous on both sides into one operation. */
+    char *run = NULL;
+    uint64_t run_off = 0;
+    size_t run_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (iov[i].length == 0)
+            continue;
+        char *p = iov[i].local;
+        if (run != NULL && p == run + run_len && iov[i].remote_offset == run_off + run_len) {
+            run_len += iov[i].length;
+            continue;
+        }
+        if (run != NULL) {
+            int rc = tq_ucx_issue(tr, ep, region, dir, run, run_off, run_len);
+            if (rc != TQ_OK)
+                return rc;
+        }
+        run = p;
+        run_off = iov[i].remote_offset;
+        run_len = iov[i].length;
+    }
+    if (run != NULL)
+        return tq_ucx_issue(tr, ep, region, dir, run, run_off, run_len);
+    return TQ_OK;
+}
+
+static int tq_ucx_flush(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)
+{
+    if (tr == NULL || ep == NULL)
+        return TQ_ERR_INVALID;
+    if (!tq_ucx_peer_exited(ep) && !ep->failed) {
+        ucp_request_param_t prm = {
+            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+            .cb.send = tq_ucx_op_done,
+            .user_data = ep,
+        };
+        void *req = ucp_ep_flush_nbx(ep->ep, &prm);
+        if (UCS_PTR_IS_PTR(req)) {
+            ep->outstanding++;
+            tr->inflight++;
+        } else if (UCS_PTR_IS_ERR(req)) {
+            int rc = tq_ucx_status(UCS_PTR_STATUS(req));
+            if (ep->first_error == TQ_OK)
+                ep->first_error = rc;
+            if (tq_ucx_is_conn_error(rc))
+                ep->failed = true;
+        }
+    }
+    int rc = tq_ucx_drain(tr, ep, timeout_ms);
+    if (rc == TQ_ERR_TIMEOUT) {
+        ep->failed = true;
+        return TQ_ERR_TIMEOUT;
+    }
+    if (tr->inflight == 0)
+        tq_ucx_cache_reap(tr);
+    if (ep->failed)
+        return TQ_ERR_CONNECTION;
+    rc = ep->first_error;
+    ep->first_error = TQ_OK;
+    return rc;
+}
+
+const tq_transport_ops tq_ucx_ops = {
+    .name = "ucx",
+    .init = tq_ucx_init,
+    .fini = tq_ucx_fini,
+    .address = tq_ucx_address,
+    .mem_alloc = tq_ucx_mem_alloc,
+    .mem_register = tq_ucx_mem_register,
+    .mem_pack = tq_ucx_mem_pack,
+    .mem_deregister = tq_ucx_mem_deregister,
+    .ep_connect = tq_ucx_ep_connect,
+    .ep_close = tq_ucx_ep_close,
+    .region_unpack = tq_ucx_region_unpack,
+    .region_release = tq_ucx_region_release,
+    .post = tq_ucx_post,
+    .flush = tq_ucx_flush,
+    .progress = tq_ucx_progress,
+};
