@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bufpool.h"
 #include "util/common.h"
 #include "wire.h"
 
@@ -24,13 +25,16 @@ TQ_EXPORT int tq_batch_create(uint32_t rows, tq_batch **batch_p)
     return TQ_OK;
 }
 
-static void field_free(tq__batch_field_t *f)
+void tq__batch_field_free(tq__batch_field_t *f)
 {
     free(f->name);
     free(f->rows);
     free(f->row_bytes);
     free(f->shapes);
-    free(f->owned);
+    if (f->owned_pool != NULL)
+        tq__bufpool_put(f->owned_pool, f->owned, f->owned_cap);
+    else
+        free(f->owned);
 }
 
 TQ_EXPORT void tq_batch_destroy(tq_batch *b)
@@ -38,7 +42,7 @@ TQ_EXPORT void tq_batch_destroy(tq_batch *b)
     if (b == NULL)
         return;
     for (uint32_t i = 0; i < b->num_fields; i++)
-        field_free(&b->fields[i]);
+        tq__batch_field_free(&b->fields[i]);
     free(b->fields);
     free(b);
 }
@@ -73,7 +77,7 @@ int tq__batch_adopt_field(tq_batch *b, tq__batch_field_t *f)
     b->fields[b->num_fields++] = *f;
     return TQ_OK;
 err:
-    field_free(f);
+    tq__batch_field_free(f);
     return rc;
 }
 
@@ -108,7 +112,7 @@ static int field_begin(const tq_batch *b, const char *name, tq_field_kind_t kind
     f->row_bytes = calloc(b->rows, sizeof(*f->row_bytes));
     f->shapes = calloc((size_t)b->rows * (ndim ? ndim : 1), sizeof(*f->shapes));
     if (f->name == NULL || f->rows == NULL || f->row_bytes == NULL || f->shapes == NULL) {
-        field_free(f);
+        tq__batch_field_free(f);
         return TQ_ERR_NOMEM;
     }
     return TQ_OK;
@@ -116,7 +120,7 @@ static int field_begin(const tq_batch *b, const char *name, tq_field_kind_t kind
 
 static int field_fail(tq__batch_field_t *f)
 {
-    field_free(f);
+    tq__batch_field_free(f);
     return TQ_ERR_INVALID;
 }
 

@@ -20,6 +20,8 @@ typedef struct {
     int64_t        *shapes;                 /* rows x ndim */
     size_t          bytes;                  /* total */
     void           *owned;                  /* memory this batch frees, or NULL */
+    size_t          owned_cap;
+    struct tq__bufpool *owned_pool;         /* owned goes back there, else free() */
 } tq__batch_field_t;
 
 struct tq_batch {
@@ -30,6 +32,9 @@ struct tq_batch {
 
 /* Check a field name: 1..255 bytes. */
 bool tq__valid_name(const char *name);
+
+/* Free what a field owns. */
+void tq__batch_field_free(tq__batch_field_t *f);
 
 /* Append a field whose arrays (rows, row_bytes, shapes, owned) the batch now
  * owns. On error they are freed. */

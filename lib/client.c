@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "batch.h"
+#include "bufpool.h"
 #include "ctrl_conn.h"
 #include "embedded.h"
 #include "transport_registry.h"
@@ -18,7 +19,7 @@
 
 #define DEFAULT_TIMEOUT_MS 5000
 #define MAX_IDLE_CONNS     16
-#define COLUMN_ALIGN       64
+#define RECV_CACHE_BYTES   (1ULL << 30) /* receive buffers kept for reuse */
 
 /* A storage unit as this client sees it: endpoint and region are made on
  * first use and kept (the endpoint and unpacked-region caches). */
@@ -45,6 +46,7 @@ struct tq_client {
     tq_transport           *tr;
     client_unit_t          *units;
     uint32_t                num_units;
+    tq__bufpool            *recv;      /* columns that gets read into */
 };
 
 typedef struct {
@@ -360,6 +362,7 @@ static void client_free(tq_client *c)
         c->ops->fini(c->tr);
     }
     free(c->units);
+    tq__bufpool_unref(c->recv);
     tq__embedded_stop(c->embedded);
     pthread_mutex_destroy(&c->conn_lock);
     pthread_mutex_destroy(&c->data_lock);
@@ -378,6 +381,11 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
     pthread_mutex_init(&c->conn_lock, NULL);
     pthread_mutex_init(&c->data_lock, NULL);
     c->timeout_ms = DEFAULT_TIMEOUT_MS;
+    c->recv = tq__bufpool_create(RECV_CACHE_BYTES);
+    if (c->recv == NULL) {
+        client_free(c);
+        return TQ_ERR_NOMEM;
+    }
     const char *env_token = getenv("TQ_TOKEN");
     c->token = env_token ? strdup(env_token) : NULL;
     if (target == NULL)
@@ -709,10 +717,12 @@ TQ_EXPORT void tq_meta_free(tq_meta *m)
 }
 
 /* A batch field over a freshly read column of meta field f. */
-static int field_from_meta(const tq_meta *m, const meta_field_t *f, void *column,
-                           tq__batch_field_t *bf)
+static int field_from_meta(tq_client *c, const tq_meta *m, const meta_field_t *f, void *column,
+                           size_t cap, tq__batch_field_t *bf)
 {
     memset(bf, 0, sizeof(*bf));
+    bf->owned_cap = cap;
+    bf->owned_pool = c->recv;
     bf->name = strdup(f->name);
     bf->rows = calloc(m->rows, sizeof(*bf->rows));
     bf->row_bytes = calloc(m->rows, sizeof(*bf->row_bytes));
@@ -749,14 +759,15 @@ TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
     if (rc != TQ_OK)
         return set_error(c, rc, "cannot create a batch");
     void **columns = calloc(m->num_fields, sizeof(void *));
+    size_t *caps = calloc(m->num_fields, sizeof(size_t));
     void ***row_ptrs = calloc(m->num_fields, sizeof(void **));
-    if (columns == NULL || row_ptrs == NULL) {
+    if (columns == NULL || caps == NULL || row_ptrs == NULL) {
         rc = set_error(c, TQ_ERR_NOMEM, "out of memory");
         goto out;
     }
     for (uint16_t k = 0; k < m->num_fields; k++) {
         const meta_field_t *f = &m->fields[k];
-        columns[k] = aligned_alloc(COLUMN_ALIGN, TQ_ALIGN_UP(f->bytes ? f->bytes : 1, COLUMN_ALIGN));
+        columns[k] = tq__bufpool_get(c->recv, f->bytes, &caps[k]);
         row_ptrs[k] = malloc(m->rows * sizeof(void *));
         if (columns[k] == NULL || row_ptrs[k] == NULL) {
             rc = set_error(c, TQ_ERR_NOMEM, "out of memory for %llu bytes of field %s",
@@ -782,23 +793,24 @@ TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
 
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++) {
         tq__batch_field_t bf;
-        rc = field_from_meta(m, &m->fields[k], columns[k], &bf);
-        columns[k] = NULL; /* owned by bf now, freed with it */
+        rc = field_from_meta(c, m, &m->fields[k], columns[k], caps[k], &bf);
+        columns[k] = NULL; /* bf owns it now, and gives it back when freed */
         if (rc == TQ_OK)
-            rc = tq__batch_adopt_field(b, &bf);
+            rc = tq__batch_adopt_field(b, &bf); /* frees bf on failure */
         else
-            free(bf.name), free(bf.rows), free(bf.row_bytes), free(bf.shapes), free(bf.owned);
+            tq__batch_field_free(&bf);
         if (rc != TQ_OK)
             set_error(c, rc, "cannot build the batch");
     }
 out:
     for (uint16_t k = 0; k < m->num_fields; k++) {
-        if (columns != NULL)
-            free(columns[k]);
+        if (columns != NULL && columns[k] != NULL)
+            tq__bufpool_put(c->recv, columns[k], caps[k]);
         if (row_ptrs != NULL)
             free(row_ptrs[k]);
     }
     free(columns);
+    free(caps);
     free(row_ptrs);
     if (rc != TQ_OK) {
         tq_batch_destroy(b);

@@ -31,7 +31,7 @@
 /* Longest single sleep on the event fd, so a missed wakeup costs little. */
 #define TQ_UCX_WAIT_SLICE_MS   100
 
-/* Blob layouts (little endian). Address: magic, version, 3 zero bytes,
+/* Blob layouts (little endian). Address: magic, version, flags, 2 zero bytes,
  * payload length u32, checksum u32, boot id [16], pid u32, zero u32, process
  * start time u64, then the UCX worker address. Region: magic, version, 3 zero
  * bytes, base u64, length u64, rkey length u32, checksum u32, rkey. The
@@ -41,6 +41,7 @@
 #define TQ_UCX_REGION_MAGIC    0x52555154u /* "TQUR" */
 #define TQ_UCX_BLOB_VERSION    1u
 #define TQ_UCX_ADDR_HDR        48u
+#define TQ_UCX_ADDR_F_SHM      0x01u /* address flags: has shared memory transports */
 #define TQ_UCX_REGION_HDR      32u
 #define TQ_UCX_BLOB_MAX        (1u << 20) /* far above any real address or rkey */
 
@@ -62,6 +63,7 @@ struct tq_transport {
     uint8_t       boot_id[16];
     uint32_t      pid;
     uint64_t      start_time;
+    bool          has_shm;     /* the context has a transport mapping peers' memory */
     tq_list       eps, mems, zombies;
     uint64_t      inflight; /* requests not yet completed, over all eps */
     size_t        page;
@@ -272,7 +274,8 @@ static int tq_ucx_local_peer(tq_transport *tr, const uint8_t *hdr)
     static const uint8_t zero[16];
     uint32_t pid = tq_ucx_get_le32(hdr + 32);
     uint64_t start = tq_ucx_get_le64(hdr + 40);
-    if (tr->start_time == 0 || memcmp(tr->boot_id, zero, 16) == 0 ||
+    if (!tr->has_shm || !(hdr[5] & TQ_UCX_ADDR_F_SHM) ||
+        tr->start_time == 0 || memcmp(tr->boot_id, zero, 16) == 0 ||
         memcmp(hdr + 16, tr->boot_id, 16) != 0 || pid == 0 || pid > INT32_MAX || start == 0)
         return -1;
     int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
@@ -291,44 +294,99 @@ static int tq_ucx_local_peer(tq_transport *tr, const uint8_t *hdr)
 #endif
 }
 
-/* True when every lane of uep is a shared memory transport. UCX 1.13 has no
- * query for this, so read ucp_ep_print_info; any doubt answers false. */
-static bool tq_ucx_lanes_all_shm(ucp_ep_h uep)
+/* Is name[0..len) a transport that moves data through shared memory? The
+ * first four map the peer's memory; cma and self are local copies too. */
+static bool tq_ucx_is_shm_tl(const char *name, size_t len, bool mapping_only)
 {
     static const char *const shm[] = {"sysv", "posix", "xpmem", "knem", "cma", "self"};
+    size_t n = mapping_only ? 4 : sizeof(shm) / sizeof(shm[0]);
+    for (size_t i = 0; i < n; i++)
+        if (strlen(shm[i]) == len && strncmp(name, shm[i], len) == 0)
+            return true;
+    return false;
+}
+
+/* UCX 1.13 has no query for an endpoint's or a context's transports, so read
+ * what ucp_{ep,context}_print_info print. The result is NULL on failure. */
+static char *tq_ucx_info_text(ucp_context_h ctx, ucp_ep_h uep)
+{
     char *text = NULL;
     size_t size = 0;
     FILE *f = open_memstream(&text, &size);
     if (f == NULL)
-        return false;
-    ucp_ep_print_info(uep, f);
-    if (fclose(f) != 0 || text == NULL) {
+        return NULL;
+    if (uep != NULL)
+        ucp_ep_print_info(uep, f);
+    else
+        ucp_context_print_info(ctx, f);
+    if (fclose(f) != 0) {
         free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* Transport names in the info text: after `key` and then `sep` on the same
+ * line, up to '/'. Calls back per name; false from the callback or a line it
+ * cannot parse stops with false. Counts lines in *n. */
+static bool tq_ucx_each_tl(const char *text, const char *key, const char *sep,
+                           bool (*fn)(const char *name, size_t len, void *arg), void *arg,
+                           int *n)
+{
+    *n = 0;
+    for (const char *line = strstr(text, key); line != NULL; line = strstr(line + 1, key)) {
+        const char *eol = strchr(line, '\n');
+        const char *p = strstr(line, sep);
+        const char *slash = p != NULL ? strchr(p, '/') : NULL;
+        if (slash == NULL || (eol != NULL && slash > eol))
+            return false;
+        p += strlen(sep);
+        while (*p == ' ')
+            p++;
+        if (!fn(p, (size_t)(slash - p), arg))
+            return false;
+        (*n)++;
+    }
+    return true;
+}
+
+static bool tq_ucx_lane_is_shm(const char *name, size_t len, void *arg)
+{
+    (void)arg;
+    /* "lane[0]:  3:sysv/memory.0": skip the resource index. */
+    const char *colon = memchr(name, ':', len);
+    if (colon == NULL)
         return false;
-    }
+    return tq_ucx_is_shm_tl(colon + 1, len - (size_t)(colon + 1 - name), false);
+}
+
+static bool tq_ucx_note_shm(const char *name, size_t len, void *arg)
+{
+    if (tq_ucx_is_shm_tl(name, len, true))
+        *(bool *)arg = true;
+    return true;
+}
+
+/* True when every lane of uep is a shared memory transport; any doubt: false. */
+static bool tq_ucx_lanes_all_shm(ucp_ep_h uep)
+{
+    char *text = tq_ucx_info_text(NULL, uep);
     int lanes = 0;
-    bool ok = true;
-    for (char *line = strstr(text, "lane["); line != NULL && ok;
-         line = strstr(line + 1, "lane[")) {
-        /* "lane[0]:  3:sysv/memory.0 md[2] ..." */
-        char *p = strstr(line, "]:");
-        char *colon = p != NULL ? strchr(p + 2, ':') : NULL;
-        char *slash = colon != NULL ? strchr(colon, '/') : NULL;
-        char *eol = strchr(line, '\n');
-        if (slash == NULL || (eol != NULL && slash > eol)) {
-            ok = false;
-            break;
-        }
-        size_t len = (size_t)(slash - colon - 1);
-        bool known = false;
-        for (size_t i = 0; i < sizeof(shm) / sizeof(shm[0]); i++)
-            if (strlen(shm[i]) == len && strncmp(colon + 1, shm[i], len) == 0)
-                known = true;
-        ok = known;
-        lanes++;
-    }
+    bool ok = text != NULL && tq_ucx_each_tl(text, "lane[", "]:", tq_ucx_lane_is_shm, NULL, &lanes);
     free(text);
     return ok && lanes > 0;
+}
+
+/* Can this context map a peer's memory (sysv, posix, ...)? */
+static bool tq_ucx_ctx_has_shm(ucp_context_h ctx)
+{
+    char *text = tq_ucx_info_text(ctx, NULL);
+    bool shm = false;
+    int n = 0;
+    if (text != NULL && !tq_ucx_each_tl(text, "resource", "--", tq_ucx_note_shm, &shm, &n))
+        shm = false;
+    free(text);
+    return shm;
 }
 
 /* Has the peer process of a same-node endpoint exited? */
@@ -503,6 +561,9 @@ static ucp_mem_h tq_ucx_cache_get(tq_transport *tr, const void *buf, size_t len)
     pthread_spin_unlock(&tr->cache_lock);
     if (st != UCS_OK)
         tq_debug("registration cache: ucp_mem_map failed: %s", ucs_status_string(st));
+    else
+        tq_debug("registration cache: registered %#lx..%#lx%s", (unsigned long)s,
+                 (unsigned long)e, memh == NULL ? " (unmapped meanwhile)" : "");
     return memh;
 }
 
@@ -581,6 +642,7 @@ static int tq_ucx_init(tq_transport **tr_p)
         rc = st == UCS_ERR_NO_DEVICE ? TQ_ERR_UNSUPPORTED : tq_ucx_status(st);
         goto err_ctx;
     }
+    tr->has_shm = tq_ucx_ctx_has_shm(tr->ctx);
     st = ucp_worker_get_efd(tr->worker, &tr->efd);
     if (st != UCS_OK) {
         tq_warn("ucp_worker_get_efd: %s", ucs_status_string(st));
@@ -667,7 +729,8 @@ static int tq_ucx_address(tq_transport *tr, void **blob_p, size_t *len_p)
     }
     tq_ucx_put_le32(blob, TQ_UCX_ADDR_MAGIC);
     blob[4] = TQ_UCX_BLOB_VERSION;
-    blob[5] = blob[6] = blob[7] = 0;
+    blob[5] = tr->has_shm ? TQ_UCX_ADDR_F_SHM : 0;
+    blob[6] = blob[7] = 0;
     tq_ucx_put_le32(blob + 8, (uint32_t)alen);
     memcpy(blob + 16, tr->boot_id, 16);
     tq_ucx_put_le32(blob + 32, tr->pid);
@@ -879,7 +942,8 @@ static int tq_ucx_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_
         len > TQ_UCX_ADDR_HDR + TQ_UCX_BLOB_MAX)
         return TQ_ERR_INVALID;
     if (tq_ucx_get_le32(b) != TQ_UCX_ADDR_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
-        b[5] != 0 || b[6] != 0 || b[7] != 0 || tq_ucx_get_le32(b + 36) != 0 ||
+        (b[5] & ~TQ_UCX_ADDR_F_SHM) != 0 || b[6] != 0 || b[7] != 0 ||
+        tq_ucx_get_le32(b + 36) != 0 ||
         tq_ucx_get_le32(b + 8) != len - TQ_UCX_ADDR_HDR)
         return TQ_ERR_INVALID;
     uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, b, 12);
@@ -1003,8 +1067,9 @@ static void tq_ucx_ep_close(tq_transport *tr, tq_transport_ep *ep)
     if (!ep->failed)
         tq_ucx_orphan_regions(ep, true);
 
-    /* A failed ep cannot be closed gracefully: its peer will not answer. */
-    bool closed = tq_ucx_close_uep(tr, ep->ep, ep->failed);
+    /* A failed ep cannot be closed gracefully: its peer will not answer.
+     * UCX allows forcing only with peer error handling (not shared memory). */
+    bool closed = tq_ucx_close_uep(tr, ep->ep, ep->failed && ep->pidfd < 0);
     tq_list_remove(&ep->link);
     tq_ucx_orphan_regions(ep, ep->outstanding == 0);
     if (closed && ep->outstanding == 0) {
