@@ -148,13 +148,12 @@ int tq__partition_reserve_new(tq_partition_t *p, uint32_t n, int64_t *out)
             p->state[r] = TQ_ROW_RESERVED;
             out[got++] = (int64_t)r;
         }
-    p->free_hint = r;
+    bool scanned_all = r >= p->num_slots;
     for (; got < n; got++) {
         p->state[p->num_slots] = TQ_ROW_RESERVED;
         out[got] = (int64_t)p->num_slots++;
     }
-    if (p->free_hint > p->num_slots)
-        p->free_hint = p->num_slots;
+    p->free_hint = scanned_all ? p->num_slots : r; /* nothing free below it */
     return TQ_OK;
 }
 

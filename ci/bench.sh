@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install dependencies, build an optimised tqrdma, and run tq-rdma-bench on the
+# embedded default (a controller and a storage unit inside the bench process).
+# Extra arguments go to tq-rdma-bench, e.g. --rows 64 --field-bytes 1M --iters 50.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ci/install-deps.sh
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=OFF >/dev/null
+cmake --build build-release -j"$(nproc)" >/dev/null
+build-release/tools/tq-rdma-bench "$@"

@@ -1,0 +1,602 @@
+/* helpers.c: shared test helpers: real daemon clusters, helper processes, clocks, raw sockets. */
+#include "helpers.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "wire.h"
+
+extern char **environ;
+
+#define HELPER_ENV "TQ_TEST_HELPER"
+
+/* ---- time ---- */
+
+uint64_t tq_test_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void tq_test_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+int64_t tq_test_first_diff(const void *a, const void *b, size_t n)
+{
+    const uint8_t *x = a, *y = b;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != y[i])
+            return (int64_t)i;
+    return -1;
+}
+
+const char *tq_test_unique(const char *prefix)
+{
+    static char ring[16][128];
+    static unsigned next, counter;
+    char *s = ring[next++ % 16];
+    snprintf(s, sizeof(ring[0]), "%s_%ld_%u", prefix, (long)getpid(), counter++);
+    return s;
+}
+
+/* ---- processes ---- */
+
+static int fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 65536)
+        return 65536;
+    return (int)rl.rlim_cur;
+}
+
+/*
+ * fork + exec path with argv and envp, stdout and stderr to log (or inherited
+ * when log is NULL). Between fork and exec only async-signal-safe calls: the
+ * test process has threads. The child gets SIGKILL when the forking thread
+ * dies, so a crashed or killed test leaves no daemon behind.
+ */
+static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log)
+{
+    pid_t parent = getpid();
+    int max_fd = fd_limit();
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "helpers: fork: %s\n", strerror(errno));
+        return -1;
+    }
+    if (pid > 0)
+        return pid;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(126);
+    for (int fd = 3; fd < max_fd; fd++)
+        close(fd);
+    if (log != NULL) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd < 0)
+            _exit(126);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        if (fd > STDERR_FILENO)
+            close(fd);
+    }
+    /* undo what a test runner may have blocked or ignored */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    execve(path, argv, envp);
+    _exit(127);
+}
+
+int tq_test_reap(pid_t pid, int timeout_ms)
+{
+    if (pid <= 0)
+        return -1;
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (tq_test_now_ms() >= deadline) {
+            kill(pid, SIGKILL);
+            while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+            }
+            if (r != pid)
+                return -1;
+            break;
+        }
+        tq_test_sleep_ms(5);
+    }
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return -1;
+}
+
+/* SIGTERM, reap within the stop timeout, SIGKILL after. */
+static void stop_child(pid_t *pid_p, const char *what)
+{
+    if (*pid_p <= 0)
+        return;
+    kill(*pid_p, SIGTERM);
+    uint64_t t0 = tq_test_now_ms();
+    int rc = tq_test_reap(*pid_p, TQ_TEST_STOP_TIMEOUT_MS);
+    if (rc != 0 && rc != 128 + SIGTERM)
+        fprintf(stderr, "helpers: %s (pid %ld) ended with status %d after %llu ms\n", what,
+                (long)*pid_p, rc, (unsigned long long)(tq_test_now_ms() - t0));
+    *pid_p = 0;
+}
+
+/* Print the end of a log file to stderr. */
+static void dump_log(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    char buf[4096];
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    if (size > (long)sizeof(buf) - 1)
+        fseek(f, size - (long)sizeof(buf) + 1, SEEK_SET);
+    else
+        fseek(f, 0, SEEK_SET);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    fprintf(stderr, "---- %s ----\n%s%s---- end ----\n", path, buf,
+            n > 0 && buf[n - 1] != '\n' ? "\n" : "");
+}
+
+static void cluster_logs(const tq_test_cluster *cl, bool dump, bool remove_them)
+{
+    if (cl->dir[0] == '\0')
+        return;
+    char path[256];
+    snprintf(path, sizeof(path), "%s/controller.log", cl->dir);
+    if (dump)
+        dump_log(path);
+    if (remove_them)
+        unlink(path);
+    for (unsigned i = 0; i < TQ_TEST_MAX_UNITS; i++) {
+        snprintf(path, sizeof(path), "%s/unit%u.log", cl->dir, i);
+        if (dump && access(path, R_OK) == 0)
+            dump_log(path);
+        if (remove_them)
+            unlink(path);
+    }
+    if (remove_them) {
+        snprintf(path, sizeof(path), "%s/port", cl->dir);
+        unlink(path);
+        snprintf(path, sizeof(path), "%s/port.tmp", cl->dir);
+        unlink(path);
+        rmdir(cl->dir);
+    }
+}
+
+int tq_test_wait_units(const char *address, unsigned n, int timeout_ms)
+{
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)timeout_ms;
+    tq_client *c = NULL;
+    int last = -1, open_rc = TQ_OK;
+    while (tq_test_now_ms() < deadline) {
+        if (c == NULL && (open_rc = tq_open(address, &c)) != TQ_OK) {
+            c = NULL;
+            tq_test_sleep_ms(20);
+            continue;
+        }
+        tq_unit_info_t *units = NULL;
+        int count = tq_units(c, &units);
+        if (count >= 0) {
+            unsigned alive = 0;
+            for (int i = 0; i < count; i++)
+                alive += units[i].alive != 0;
+            free(units);
+            last = (int)alive;
+            if (alive == n) {
+                tq_close(c);
+                return 0;
+            }
+        }
+        tq_test_sleep_ms(20);
+    }
+    tq_close(c);
+    fprintf(stderr, "helpers: %s: %d live units after %d ms, want %u (last open: %s)\n", address,
+            last, timeout_ms, n, tq_status_string(open_rc));
+    return -1;
+}
+
+/* Read the controller's address from its port file, within the start timeout. */
+static int wait_port_file(tq_test_cluster *cl, const char *path)
+{
+    uint64_t deadline = tq_test_now_ms() + TQ_TEST_START_TIMEOUT_MS;
+    while (tq_test_now_ms() < deadline) {
+        FILE *f = fopen(path, "r");
+        if (f != NULL) {
+            char line[128] = "";
+            bool ok = fgets(line, sizeof(line), f) != NULL;
+            fclose(f);
+            line[strcspn(line, "\r\n")] = '\0';
+            if (ok && strchr(line, ':') != NULL) {
+                snprintf(cl->address, sizeof(cl->address), "%s", line);
+                return 0;
+            }
+        }
+        int status;
+        if (waitpid(cl->controller, &status, WNOHANG) == cl->controller) {
+            fprintf(stderr, "helpers: tq-controller exited (status 0x%x) before writing %s\n",
+                    status, path);
+            cl->controller = 0;
+            return -1;
+        }
+        tq_test_sleep_ms(10);
+    }
+    fprintf(stderr, "helpers: no port file %s after %d ms\n", path, TQ_TEST_START_TIMEOUT_MS);
+    return -1;
+}
+
+int tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *pool_size)
+{
+    memset(cl, 0, sizeof(*cl));
+    if (num_units > TQ_TEST_MAX_UNITS) {
+        fprintf(stderr, "helpers: at most %d units\n", TQ_TEST_MAX_UNITS);
+        return -1;
+    }
+    snprintf(cl->dir, sizeof(cl->dir), "/tmp/tq-test-XXXXXX");
+    if (mkdtemp(cl->dir) == NULL) {
+        fprintf(stderr, "helpers: mkdtemp: %s\n", strerror(errno));
+        cl->dir[0] = '\0';
+        return -1;
+    }
+    char port_file[128], log[128];
+    snprintf(port_file, sizeof(port_file), "%s/port", cl->dir);
+    snprintf(log, sizeof(log), "%s/controller.log", cl->dir);
+    const char *controller_bin = TQ_BIN_DIR "/controller/tq-controller";
+    const char *storage_bin = TQ_BIN_DIR "/storage/tq-storage";
+
+    char *cargv[] = {(char *)controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                     NULL};
+    cl->controller = spawn(controller_bin, cargv, environ, log);
+    if (cl->controller < 0) {
+        cl->controller = 0;
+        goto err;
+    }
+    if (wait_port_file(cl, port_file) != 0)
+        goto err;
+
+    for (unsigned i = 0; i < num_units; i++) {
+        snprintf(log, sizeof(log), "%s/unit%u.log", cl->dir, i);
+        char *sargv[] = {(char *)storage_bin, "--controller", cl->address, "--pool-size",
+                         (char *)pool_size, NULL};
+        pid_t pid = spawn(storage_bin, sargv, environ, log);
+        if (pid < 0)
+            goto err;
+        cl->units[cl->num_units++] = pid;
+    }
+    if (tq_test_wait_units(cl->address, num_units, TQ_TEST_START_TIMEOUT_MS) != 0)
+        goto err;
+    return 0;
+err:
+    fprintf(stderr, "helpers: cannot start a cluster of %u units of %s\n", num_units, pool_size);
+    for (unsigned i = 0; i < cl->num_units; i++)
+        stop_child(&cl->units[i], "tq-storage");
+    stop_child(&cl->controller, "tq-controller");
+    cluster_logs(cl, true, getenv("TQ_TEST_KEEP_LOGS") == NULL);
+    cl->dir[0] = '\0';
+    return -1;
+}
+
+void tq_test_cluster_stop(tq_test_cluster *cl)
+{
+    for (unsigned i = 0; i < cl->num_units; i++)
+        stop_child(&cl->units[i], "tq-storage");
+    stop_child(&cl->controller, "tq-controller");
+    bool keep = getenv("TQ_TEST_KEEP_LOGS") != NULL;
+    cluster_logs(cl, keep, !keep);
+    cl->dir[0] = '\0';
+    cl->num_units = 0;
+}
+
+int tq_test_cluster_kill_unit(tq_test_cluster *cl, unsigned i)
+{
+    if (i >= cl->num_units || cl->units[i] <= 0)
+        return -1;
+    kill(cl->units[i], SIGKILL);
+    tq_test_reap(cl->units[i], TQ_TEST_STOP_TIMEOUT_MS);
+    cl->units[i] = 0;
+    return 0;
+}
+
+bool tq_test_cluster_controller_alive(tq_test_cluster *cl)
+{
+    if (cl->controller <= 0)
+        return false;
+    int status;
+    pid_t r = waitpid(cl->controller, &status, WNOHANG);
+    if (r == cl->controller) {
+        fprintf(stderr, "helpers: tq-controller died (status 0x%x)\n", status);
+        cl->controller = 0;
+        return false;
+    }
+    return true;
+}
+
+uint16_t tq_test_cluster_port(const tq_test_cluster *cl)
+{
+    const char *colon = strrchr(cl->address, ':');
+    return colon ? (uint16_t)atoi(colon + 1) : 0;
+}
+
+/* ---- helper processes ---- */
+
+pid_t tq_test_spawn_put_range(const char *address, const char *partition, const char *field,
+                              int64_t first, uint32_t count, int delay_ms)
+{
+    char s_first[32], s_count[32], s_delay[32];
+    snprintf(s_first, sizeof(s_first), "%lld", (long long)first);
+    snprintf(s_count, sizeof(s_count), "%u", count);
+    snprintf(s_delay, sizeof(s_delay), "%d", delay_ms);
+    char *argv[] = {"tq-test-helper", "put_range", (char *)address, (char *)partition,
+                    (char *)field, s_first, s_count, s_delay, NULL};
+    /* environ plus the marker that makes the constructor below take over */
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **envp = calloc(n + 2, sizeof(char *));
+    if (envp == NULL)
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], HELPER_ENV "=", sizeof(HELPER_ENV)) != 0)
+            envp[k++] = environ[i];
+    envp[k++] = HELPER_ENV "=1";
+    envp[k] = NULL;
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (len <= 0) {
+        free(envp);
+        return -1;
+    }
+    self[len] = '\0';
+    pid_t pid = spawn(self, argv, envp, NULL);
+    free(envp);
+    return pid;
+}
+
+static int helper_put_range(int argc, char **argv)
+{
+    if (argc != 8)
+        return 2;
+    const char *address = argv[2], *partition = argv[3], *field = argv[4];
+    int64_t first = atoll(argv[5]);
+    uint32_t count = (uint32_t)atoi(argv[6]);
+    int delay_ms = atoi(argv[7]);
+    tq_client *c;
+    int rc = tq_open(address, &c);
+    if (rc != TQ_OK) {
+        fprintf(stderr, "helper put_range: tq_open(%s): %s\n", address, tq_status_string(rc));
+        return 3;
+    }
+    int64_t *indexes = calloc(count, sizeof(int64_t)), *values = calloc(count, sizeof(int64_t));
+    tq_batch *b = NULL;
+    rc = indexes && values ? TQ_OK : TQ_ERR_NOMEM;
+    for (uint32_t i = 0; rc == TQ_OK && i < count; i++) {
+        indexes[i] = first + i;
+        values[i] = tq_test_row_value(first + i);
+    }
+    if (rc == TQ_OK)
+        rc = tq_batch_create(count, &b);
+    if (rc == TQ_OK)
+        rc = tq_batch_add_tensor(b, field, TQ_DTYPE_I64, 0, NULL, values);
+    tq_test_sleep_ms(delay_ms);
+    if (rc == TQ_OK)
+        rc = tq_put(c, partition, b, indexes, NULL);
+    if (rc != TQ_OK)
+        fprintf(stderr, "helper put_range: %s (%s)\n", tq_status_string(rc), tq_last_error(c));
+    tq_batch_destroy(b);
+    free(indexes);
+    free(values);
+    tq_close(c);
+    return rc == TQ_OK ? 0 : 4;
+}
+
+/* Runs before Criterion's main: a re-executed test binary marked as a helper
+ * does its job and exits without ever starting the test runner. */
+__attribute__((constructor)) static void helper_dispatch(int argc, char **argv, char **envp)
+{
+    (void)envp;
+    const char *mark = getenv(HELPER_ENV);
+    if (mark == NULL || argc < 2)
+        return;
+    unsetenv(HELPER_ENV);
+    int rc = 2;
+    if (strcmp(argv[1], "put_range") == 0)
+        rc = helper_put_range(argc, argv);
+    else
+        fprintf(stderr, "helper: unknown job %s\n", argv[1]);
+    fflush(NULL);
+    _exit(rc);
+}
+
+/* ---- raw control connections ---- */
+
+int tq_test_connect(uint16_t port, int timeout_ms)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        if (errno != EINPROGRESS)
+            goto err;
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, timeout_ms) != 1)
+            goto err;
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0)
+            goto err;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* blocking writes from here, bounded by a send timeout */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    return fd;
+err:
+    close(fd);
+    return -1;
+}
+
+int tq_test_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+ssize_t tq_test_read_exact(int fd, void *buf, size_t len, uint64_t deadline_ms)
+{
+    size_t got = 0;
+    while (got < len) {
+        uint64_t now = tq_test_now_ms();
+        if (now >= deadline_ms)
+            return -1;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)(deadline_ms - now));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        ssize_t n = recv(fd, (char *)buf + got, len - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
+            return 0;
+        if (n < 0)
+            return -1;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+int tq_test_read_answer(int fd, int timeout_ms, tq_test_answer_t *a)
+{
+    memset(a, 0, sizeof(*a));
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)timeout_ms;
+    uint8_t hdr[TQ_WIRE_HEADER_SIZE];
+    ssize_t n = tq_test_read_exact(fd, hdr, sizeof(hdr), deadline);
+    if (n == 0) {
+        a->closed = true;
+        return 0;
+    }
+    if (n < 0) {
+        fprintf(stderr, "helpers: neither a reply nor a close within %d ms\n", timeout_ms);
+        return -1;
+    }
+    tq_wire_header_t h;
+    if (tq_wire_parse_header(hdr, &h) != TQ_OK) {
+        fprintf(stderr, "helpers: the controller sent a malformed header\n");
+        return -1;
+    }
+    a->replied = true;
+    a->type = h.type;
+    a->flags = h.flags;
+    a->request_id = h.request_id;
+    a->body_len = h.body_len;
+    a->body = malloc(h.body_len ? h.body_len : 1);
+    if (a->body == NULL)
+        return -1;
+    if (h.body_len > 0 && tq_test_read_exact(fd, a->body, h.body_len, deadline) != h.body_len) {
+        fprintf(stderr, "helpers: a reply body was cut short\n");
+        tq_test_answer_free(a);
+        return -1;
+    }
+    tq_rbuf r = tq_rbuf_make(a->body, h.body_len);
+    a->status = (int32_t)tq_wire_get_u32(&r);
+    if (r.failed) {
+        fprintf(stderr, "helpers: a reply without a status\n");
+        tq_test_answer_free(a);
+        return -1;
+    }
+    if (a->status != TQ_OK) {
+        tq_str_t msg = tq_wire_get_str(&r);
+        if (!r.failed)
+            snprintf(a->message, sizeof(a->message), "%.*s", (int)msg.len, msg.ptr);
+    }
+    return 0;
+}
+
+void tq_test_answer_free(tq_test_answer_t *a)
+{
+    free(a->body);
+    a->body = NULL;
+}
+
+uint8_t *tq_test_frame(uint16_t type, uint8_t flags, uint64_t request_id, const void *body,
+                       uint32_t body_len, size_t *len_p)
+{
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    size_t off = tq_wire_begin(&w, type, flags, request_id);
+    if (body_len > 0)
+        tq_wire_put_bytes(&w, body, body_len);
+    tq_wire_end(&w, off);
+    if (w.failed) {
+        tq_wbuf_free(&w);
+        return NULL;
+    }
+    *len_p = w.len;
+    return w.data; /* the wbuf's buffer is plain malloc'd memory */
+}
+
+uint8_t *tq_test_hello_frame(uint64_t request_id, size_t *len_p)
+{
+    const char *token = getenv("TQ_TOKEN");
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_msg_hello_t m = {.role = TQ_ROLE_CLIENT,
+                        .token = {token ? token : "", (uint16_t)(token ? strlen(token) : 0)}};
+    tq_wire_encode_hello(&body, &m);
+    uint8_t *frame = body.failed ? NULL
+                                 : tq_test_frame(TQ_MSG_HELLO, 0, request_id, body.data,
+                                                 (uint32_t)body.len, len_p);
+    tq_wbuf_free(&body);
+    return frame;
+}

@@ -1,0 +1,131 @@
+/* helpers.h: shared test helpers: real daemon clusters, helper processes, clocks, raw sockets. */
+#ifndef TQ_TESTS_HELPERS_H
+#define TQ_TESTS_HELPERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "tq/tq.h"
+
+#define TQ_TEST_MAX_UNITS 8
+
+/* Bounds on every wait the helpers do. */
+#define TQ_TEST_START_TIMEOUT_MS 10000 /* port file, units registered */
+#define TQ_TEST_STOP_TIMEOUT_MS  5000  /* SIGTERM to exit, then SIGKILL */
+
+/*
+ * One tq-controller and its tq-storage units, each a child process that dies
+ * with the test (PR_SET_PDEATHSIG). Daemon output goes to log files in a
+ * private temporary directory, shown on stderr when a start fails or when
+ * TQ_TEST_KEEP_LOGS is set (the directory is then kept).
+ */
+typedef struct {
+    pid_t    controller;
+    pid_t    units[TQ_TEST_MAX_UNITS];
+    unsigned num_units;
+    char     address[128]; /* "127.0.0.1:PORT" of the controller */
+    char     dir[64];      /* port file and logs */
+} tq_test_cluster;
+
+/*
+ * Start a controller on 127.0.0.1:0 and num_units storage units of pool_size
+ * ("64M") each; return once a client sees num_units live units.
+ * @return 0, or -1 after printing why (everything started is stopped again).
+ */
+int  tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *pool_size);
+/* SIGTERM every daemon (units first), reap each within a bounded time, SIGKILL
+ * the stubborn ones, remove the directory. Safe on a zeroed or stopped cluster. */
+void tq_test_cluster_stop(tq_test_cluster *cl);
+/* kill -9 unit i and reap it. @return 0, or -1 if there is no such unit. */
+int  tq_test_cluster_kill_unit(tq_test_cluster *cl, unsigned i);
+/* True while the controller process has not exited. */
+bool tq_test_cluster_controller_alive(tq_test_cluster *cl);
+/* The controller's port. */
+uint16_t tq_test_cluster_port(const tq_test_cluster *cl);
+
+/* Wait until a client of `address` sees exactly n live units.
+ * @return 0, or -1 on timeout (with the last count on stderr). */
+int tq_test_wait_units(const char *address, unsigned n, int timeout_ms);
+
+/*
+ * Helper processes: this test binary re-executed (so the child is a fresh
+ * process, not a fork of one with threads and transport state), running one
+ * of the helper mains below before Criterion's main ever starts.
+ *
+ * "put_range": open a client to `address`, sleep delay_ms, then tq_put rows
+ * [first, first + count) of `partition` at those explicit indexes, with one
+ * I64 scalar field `field` whose value is tq_test_row_value(index). Exits 0
+ * on success, else the negated status.
+ */
+pid_t tq_test_spawn_put_range(const char *address, const char *partition, const char *field,
+                              int64_t first, uint32_t count, int delay_ms);
+static inline int64_t tq_test_row_value(int64_t index) { return index * 7 + 3; }
+
+/* Reap child pid within timeout_ms (SIGKILL after that). @return its exit status
+ * (0..255), 128 + signal when killed, or -1 if it could not be reaped. */
+int tq_test_reap(pid_t pid, int timeout_ms);
+
+/* ---- assertions ---- */
+
+/* Index of the first byte where a and b differ over n bytes, or -1. */
+int64_t tq_test_first_diff(const void *a, const void *b, size_t n);
+
+/* Bit-exact comparison of (got, got_len) with (want, want_len) that prints the
+ * lengths, or the first differing offset and both bytes there. Needs
+ * <criterion/criterion.h> and <criterion/new/assert.h> before this header. */
+#define tq_assert_bytes_eq(got, got_len, want, want_len, what)                                \
+    do {                                                                                      \
+        const uint8_t *g_ = (const uint8_t *)(got), *w_ = (const uint8_t *)(want);            \
+        size_t gl_ = (got_len), wl_ = (want_len);                                             \
+        cr_assert(eq(sz, gl_, wl_), "%s: length", (what));                                    \
+        cr_assert(wl_ == 0 || g_ != NULL, "%s: no data", (what));                             \
+        int64_t d_ = wl_ ? tq_test_first_diff(g_, w_, wl_) : -1;                              \
+        cr_assert(eq(i64, d_, -1), "%s: first difference at byte %lld: got 0x%02x, want 0x%02x", \
+                  (what), (long long)d_, d_ >= 0 ? g_[d_] : 0, d_ >= 0 ? w_[d_] : 0);         \
+    } while (0)
+
+/* Monotonic milliseconds. */
+uint64_t tq_test_now_ms(void);
+void     tq_test_sleep_ms(int ms);
+
+/* A name unique in this test run: "<prefix>_<pid>_<counter>", in a static
+ * ring of buffers (valid for the next 16 calls). */
+const char *tq_test_unique(const char *prefix);
+
+/* ---- raw control connections, for protocol abuse ---- */
+
+/* Connect to 127.0.0.1:port with TCP_NODELAY. @return the fd, or -1. */
+int tq_test_connect(uint16_t port, int timeout_ms);
+/* Write all of buf (MSG_NOSIGNAL). @return 0, or -1 (e.g. the peer closed). */
+int tq_test_write_all(int fd, const void *buf, size_t len);
+/* Read exactly len bytes before the deadline. @return len, 0 when the peer
+ * closed (or reset) first, -1 on timeout or error. */
+ssize_t tq_test_read_exact(int fd, void *buf, size_t len, uint64_t deadline_ms);
+
+/* What came back for a bad frame. */
+typedef struct {
+    bool     closed;     /* the peer closed the connection */
+    bool     replied;    /* a frame came back */
+    uint16_t type;       /* of that frame */
+    uint8_t  flags;
+    uint64_t request_id;
+    int32_t  status;     /* its status */
+    char     message[256];
+    uint8_t *body;       /* malloc'd body (status included), for the caller to free */
+    uint32_t body_len;
+} tq_test_answer_t;
+
+/* Wait up to timeout_ms for a reply frame or a close.
+ * @return 0 with *a filled, -1 on timeout or on a malformed reply. */
+int  tq_test_read_answer(int fd, int timeout_ms, tq_test_answer_t *a);
+void tq_test_answer_free(tq_test_answer_t *a);
+
+/* Build a whole frame (header + body) into a malloc'd buffer. */
+uint8_t *tq_test_frame(uint16_t type, uint8_t flags, uint64_t request_id, const void *body,
+                       uint32_t body_len, size_t *len_p);
+/* A HELLO frame of a client with the $TQ_TOKEN (or no) token. */
+uint8_t *tq_test_hello_frame(uint64_t request_id, size_t *len_p);
+
+#endif
