@@ -140,18 +140,21 @@ int tq_test_reap(pid_t pid, int timeout_ms)
     return -1;
 }
 
-/* SIGTERM, reap within the stop timeout, SIGKILL after. */
-static void stop_child(pid_t *pid_p, const char *what)
+/* SIGTERM, reap within the stop timeout, SIGKILL after. @return 0 for a
+ * clean exit (status 0), -1 otherwise. */
+static int stop_child(pid_t *pid_p, const char *what)
 {
     if (*pid_p <= 0)
-        return;
+        return 0;
     kill(*pid_p, SIGTERM);
     uint64_t t0 = tq_test_now_ms();
     int rc = tq_test_reap(*pid_p, TQ_TEST_STOP_TIMEOUT_MS);
-    if (rc != 0 && rc != 128 + SIGTERM)
-        fprintf(stderr, "helpers: %s (pid %ld) ended with status %d after %llu ms\n", what,
-                (long)*pid_p, rc, (unsigned long long)(tq_test_now_ms() - t0));
+    if (rc != 0)
+        fprintf(stderr, "helpers: %s (pid %ld) ended with status %d after %llu ms on SIGTERM%s\n",
+                what, (long)*pid_p, rc, (unsigned long long)(tq_test_now_ms() - t0),
+                rc == 128 + SIGKILL ? " (killed: it did not exit in time)" : "");
     *pid_p = 0;
+    return rc == 0 ? 0 : -1;
 }
 
 /* Print the end of a log file to stderr. */
@@ -208,6 +211,8 @@ int tq_test_wait_units(const char *address, unsigned n, int timeout_ms)
     while (tq_test_now_ms() < deadline) {
         if (c == NULL && (open_rc = tq_open(address, &c)) != TQ_OK) {
             c = NULL;
+            if (open_rc != TQ_ERR_CONNECTION && open_rc != TQ_ERR_TIMEOUT)
+                break; /* not something waiting cures */
             tq_test_sleep_ms(20);
             continue;
         }
@@ -227,8 +232,8 @@ int tq_test_wait_units(const char *address, unsigned n, int timeout_ms)
         tq_test_sleep_ms(20);
     }
     tq_close(c);
-    fprintf(stderr, "helpers: %s: %d live units after %d ms, want %u (last open: %s)\n", address,
-            last, timeout_ms, n, tq_status_string(open_rc));
+    fprintf(stderr, "helpers: %s: %d live units, want %u (last open: %s)\n", address, last, n,
+            tq_status_string(open_rc));
     return -1;
 }
 
@@ -312,15 +317,17 @@ err:
     return -1;
 }
 
-void tq_test_cluster_stop(tq_test_cluster *cl)
+int tq_test_cluster_stop(tq_test_cluster *cl)
 {
+    int unclean = 0;
     for (unsigned i = 0; i < cl->num_units; i++)
-        stop_child(&cl->units[i], "tq-storage");
-    stop_child(&cl->controller, "tq-controller");
+        unclean += stop_child(&cl->units[i], "tq-storage") != 0;
+    unclean += stop_child(&cl->controller, "tq-controller") != 0;
     bool keep = getenv("TQ_TEST_KEEP_LOGS") != NULL;
-    cluster_logs(cl, keep, !keep);
+    cluster_logs(cl, keep || unclean > 0, !keep);
     cl->dir[0] = '\0';
     cl->num_units = 0;
+    return unclean;
 }
 
 int tq_test_cluster_kill_unit(tq_test_cluster *cl, unsigned i)

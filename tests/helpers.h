@@ -36,8 +36,9 @@ typedef struct {
  */
 int  tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *pool_size);
 /* SIGTERM every daemon (units first), reap each within a bounded time, SIGKILL
- * the stubborn ones, remove the directory. Safe on a zeroed or stopped cluster. */
-void tq_test_cluster_stop(tq_test_cluster *cl);
+ * the stubborn ones, remove the directory. Safe on a zeroed or stopped cluster.
+ * @return how many daemons did not exit with status 0 (each named on stderr). */
+int  tq_test_cluster_stop(tq_test_cluster *cl);
 /* kill -9 unit i and reap it. @return 0, or -1 if there is no such unit. */
 int  tq_test_cluster_kill_unit(tq_test_cluster *cl, unsigned i);
 /* True while the controller process has not exited. */

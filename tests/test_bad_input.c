@@ -2,6 +2,7 @@
  * malformed frames on a raw socket to a real tq-controller. */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -21,12 +22,32 @@ static void setup(void)
     cr_assert(eq(int, rc, TQ_OK), "tq_open(%s): %s", cluster.address, tq_status_string(rc));
 }
 
+/* After a test that passed: the daemons must exit cleanly on SIGTERM. */
+static void finish_cluster(void)
+{
+    tq_close(client);
+    client = NULL;
+    cr_assert(eq(int, tq_test_cluster_stop(&cluster), 0),
+              "a daemon did not exit cleanly on SIGTERM (see stderr)");
+}
+
+/* Whatever a failed test left behind (Criterion ignores asserts here). */
 static void teardown(void)
 {
     tq_close(client);
     client = NULL;
     tq_test_cluster_stop(&cluster);
 }
+
+/* A test against a cluster of one controller and one storage unit. */
+#define CLUSTER_TEST(suite, name)                                                        \
+    static void suite##_##name##_body(void);                                             \
+    Test(suite, name, .init = setup, .fini = teardown, .timeout = 60)                   \
+    {                                                                                    \
+        suite##_##name##_body();                                                         \
+        finish_cluster();                                                                \
+    }                                                                                    \
+    static void suite##_##name##_body(void)
 
 #define SENTINEL(type) ((type *)(uintptr_t)0x5e5e)
 
@@ -85,7 +106,7 @@ static void assert_controller_serves(void)
 
 /* ---- arguments ---- */
 
-Test(bad_args, status_strings)
+Test(bad_args, status_strings, .timeout = 60)
 {
     for (int s = 0; s >= TQ_ERR_IO; s--) {
         const char *t = tq_status_string(s);
@@ -139,7 +160,7 @@ Test(bad_args, open_garbage_targets, .timeout = 60)
     tq_close(NULL);
 }
 
-Test(bad_args, batch)
+Test(bad_args, batch, .timeout = 60)
 {
     tq_batch *b = SENTINEL(tq_batch);
     cr_expect(eq(int, tq_batch_create(0, &b), TQ_ERR_INVALID));
@@ -219,7 +240,7 @@ Test(bad_args, batch)
     cr_expect(eq(ptr, (void *)tq_batch_row(NULL, name255, 0, &bytes, &sh), NULL));
     cr_expect(eq(ptr, (void *)tq_batch_row(b, NULL, 0, &bytes, &sh), NULL));
     cr_expect(eq(sz, bytes, 99), "tq_batch_row wrote bytes_p for an absent cell");
-    cr_expect(eq(ptr, (void *)sh, SENTINEL(const int64_t)));
+    cr_expect(eq(ptr, (void *)sh, (void *)SENTINEL(const int64_t)));
     cr_expect(eq(ptr, (void *)tq_batch_field_name(b, 1), NULL));
     cr_expect(eq(ptr, (void *)tq_batch_field_name(b, UINT32_MAX), NULL));
     cr_expect(eq(ptr, (void *)tq_batch_field_name(NULL, 0), NULL));
@@ -228,7 +249,7 @@ Test(bad_args, batch)
     tq_batch_destroy(b);
 }
 
-Test(bad_args, put, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_args, put)
 {
     tq_client *c = client;
     const char *part = tq_test_unique("put");
@@ -279,7 +300,7 @@ Test(bad_args, put, .init = setup, .fini = teardown, .timeout = 60)
     tq_batch_destroy(empty);
 }
 
-Test(bad_args, get_meta, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_args, get_meta)
 {
     tq_client *c = client;
     const char *part = tq_test_unique("get");
@@ -357,7 +378,7 @@ Test(bad_args, get_meta, .init = setup, .fini = teardown, .timeout = 60)
     tq_meta_free(NULL);
 }
 
-Test(bad_args, admin_calls, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_args, admin_calls)
 {
     tq_client *c = client;
     const char *part = tq_test_unique("admin");
@@ -460,7 +481,7 @@ static void raw_hello(int fd)
     tq_test_answer_free(&a);
 }
 
-Test(bad_frames, garbage_bytes, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, garbage_bytes)
 {
     int fd = raw_connect();
     static const char junk[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\x01\x02\x03\xff\xfe";
@@ -480,7 +501,7 @@ Test(bad_frames, garbage_bytes, .init = setup, .fini = teardown, .timeout = 60)
     assert_controller_serves();
 }
 
-Test(bad_frames, bad_header_fields, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, bad_header_fields)
 {
     struct {
         const char *what;
@@ -517,7 +538,7 @@ Test(bad_frames, bad_header_fields, .init = setup, .fini = teardown, .timeout = 
     assert_controller_serves();
 }
 
-Test(bad_frames, request_before_hello, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, request_before_hello)
 {
     static const uint16_t types[] = {TQ_MSG_UNITS, TQ_MSG_ALLOC, TQ_MSG_GET_META,
                                      TQ_MSG_CLEAR_PARTITION, TQ_MSG_REGISTER_UNIT, TQ_MSG_COMMIT};
@@ -565,7 +586,7 @@ static void alloc_body(tq_wbuf *w)
     tq_wire_encode_field(w, &fld);
 }
 
-Test(bad_frames, truncated_bodies, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, truncated_bodies)
 {
     tq_wbuf w;
     tq_wbuf_init(&w);
@@ -621,7 +642,7 @@ Test(bad_frames, truncated_bodies, .init = setup, .fini = teardown, .timeout = 6
     assert_controller_serves();
 }
 
-Test(bad_frames, out_of_range_alloc, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, out_of_range_alloc)
 {
     /* well-formed frames whose numbers are out of range: rows, shapes, sizes */
     struct {
@@ -683,7 +704,7 @@ Test(bad_frames, out_of_range_alloc, .init = setup, .fini = teardown, .timeout =
     assert_controller_serves();
 }
 
-Test(bad_frames, one_byte_writes, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, one_byte_writes)
 {
     /* a frame split into 1-byte writes is still one frame: good requests get good replies */
     int fd = raw_connect();
@@ -716,7 +737,8 @@ Test(bad_frames, one_byte_writes, .init = setup, .fini = teardown, .timeout = 60
     tq_test_answer_free(&a);
 
     /* a bad frame split the same way is still refused */
-    f = tq_test_frame(TQ_MSG_ALLOC, 0, 3, "\x05\x00ab", 4, &n);
+    static const uint8_t cut_alloc[4] = {0x05, 0x00, 'a', 'b'}; /* a 5-byte name, 2 given */
+    f = tq_test_frame(TQ_MSG_ALLOC, 0, 3, cut_alloc, sizeof(cut_alloc), &n);
     for (size_t i = 0; i < n; i++) {
         if (tq_test_write_all(fd, f + i, 1) != 0)
             break;
@@ -746,7 +768,7 @@ Test(bad_frames, one_byte_writes, .init = setup, .fini = teardown, .timeout = 60
     assert_controller_serves();
 }
 
-Test(bad_frames, disconnect_mid_frame, .init = setup, .fini = teardown, .timeout = 60)
+CLUSTER_TEST(bad_frames, disconnect_mid_frame)
 {
     size_t n;
     uint8_t *hello = tq_test_hello_frame(1, &n);

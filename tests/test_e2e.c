@@ -4,6 +4,7 @@
 #include <criterion/new/assert.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,16 @@ static void setup_embedded(void)
     env = (e2e_env_t){c, NULL};
 }
 
+/* After a scenario that passed: the daemons must exit cleanly on SIGTERM. */
+static void finish_cluster(void)
+{
+    tq_close(env.c);
+    env.c = NULL;
+    cr_assert(eq(int, tq_test_cluster_stop(&cluster), 0),
+              "a daemon did not exit cleanly on SIGTERM (see stderr)");
+}
+
+/* Whatever a failed scenario left behind (Criterion ignores asserts here). */
 static void teardown(void)
 {
     tq_close(env.c);
@@ -51,6 +62,7 @@ static void teardown(void)
     Test(e2e_cluster, name, .init = setup_cluster, .fini = teardown, .timeout = 60)     \
     {                                                                                    \
         scenario_##name(&env);                                                           \
+        finish_cluster();                                                                \
     }                                                                                    \
     Test(e2e_embedded, name, .init = setup_embedded, .fini = teardown, .timeout = 60)   \
     {                                                                                    \
@@ -235,6 +247,16 @@ E2E_TEST(s10_index_allocation)
     tq_batch_destroy(b);
     tq_meta_free(m);
     fetch_timeout(c, part, "check", fields, 1, 1);
+
+    /* scattered holes are filled lowest first, then the end grows */
+    static const int64_t holes[3] = {70, 5, 41};
+    cr_assert(eq(int, tq_clear(c, part, 3, holes), 3), "%s", tq_last_error(c));
+    for (int i = 0; i < 5; i++)
+        vals[i] = 4000 + i;
+    put_i64(c, part, "x", 5, NULL, vals, out);
+    static const int64_t want[5] = {5, 41, 70, 80, 81};
+    for (int i = 0; i < 5; i++)
+        cr_assert(eq(i64, out[i], want[i]), "after scattered clears, row %d", i);
 }
 
 /* ---- 11: independent consumption per task ---- */
@@ -328,6 +350,45 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* Start a writer of rows [first, first + count) of part in 200 ms: another
+ * process when the controller is reachable from one, else a thread. A get of
+ * batch rows (all of [0, batch)) must be woken by its commit well before its
+ * 5 s timeout. */
+static void wait_for_writer(const e2e_env_t *e, const char *part, int64_t first, uint32_t count,
+                            uint32_t batch)
+{
+    static const char *const fields[] = {"v"};
+    const int timeout_ms = 5000;
+    pid_t child = -1;
+    pthread_t thread;
+    writer_t w = {e->c, part, first, count, 200, TQ_ERR_INVALID};
+    if (e->address != NULL) {
+        /* another process: this test binary re-executed as a fresh client */
+        child = tq_test_spawn_put_range(e->address, part, "v", first, count, 200);
+        cr_assert(gt(int, child, 0), "cannot spawn the writer process");
+    } else {
+        /* the embedded controller is reachable only from this process: a thread */
+        cr_assert(eq(int, pthread_create(&thread, NULL, writer_main, &w), 0));
+    }
+    uint64_t t0 = tq_test_now_ms();
+    tq_meta *m = NULL;
+    int rc = fetch(e->c, part, "waiter", fields, 1, batch, timeout_ms, &m);
+    uint64_t elapsed = tq_test_now_ms() - t0;
+    if (child > 0) {
+        cr_assert(eq(int, tq_test_reap(child, 10000), 0), "the writer process failed");
+    } else {
+        pthread_join(thread, NULL);
+        cr_assert(eq(int, w.rc, TQ_OK), "the writer thread's put failed");
+    }
+    cr_assert(eq(int, rc, TQ_OK), "waiting get_meta: %s (%s)", tq_status_string(rc),
+              tq_last_error(e->c));
+    cr_assert(lt(u64, elapsed, (uint64_t)timeout_ms - 1000),
+              "the commit woke the reader only after %llu ms", (unsigned long long)elapsed);
+    assert_index_set(m, 0, batch);
+    assert_row_values(e->c, m, "v");
+    tq_meta_free(m);
+}
+
 E2E_TEST(s12_wait_for_rows)
 {
     tq_client *c = e->c;
@@ -358,35 +419,12 @@ E2E_TEST(s12_wait_for_rows)
     tq_meta_free(m);
 
     /* a commit from another writer wakes a waiting get well before its timeout */
-    const int timeout_ms = 5000;
-    pid_t child = -1;
-    pthread_t thread;
-    writer_t w = {c, part, 10, 6, 200, TQ_ERR_INVALID};
-    if (e->address != NULL) {
-        /* another process: this test binary re-executed as a fresh client */
-        child = tq_test_spawn_put_range(e->address, part, "v", 10, 6, 200);
-        cr_assert(gt(int, child, 0), "cannot spawn the writer process");
-    } else {
-        /* the embedded controller is reachable only from this process: a thread */
-        cr_assert(eq(int, pthread_create(&thread, NULL, writer_main, &w), 0));
-    }
-    t0 = tq_test_now_ms();
-    m = NULL;
-    rc = fetch(c, part, "waiter", fields, 1, 16, timeout_ms, &m);
-    elapsed = tq_test_now_ms() - t0;
-    if (child > 0)
-        cr_assert(eq(int, tq_test_reap(child, 10000), 0), "the writer process failed");
-    else {
-        pthread_join(thread, NULL);
-        cr_assert(eq(int, w.rc, TQ_OK), "the writer thread's put failed");
-    }
-    cr_assert(eq(int, rc, TQ_OK), "waiting get_meta: %s (%s)", tq_status_string(rc),
-              tq_last_error(c));
-    cr_assert(lt(u64, elapsed, (uint64_t)timeout_ms - 1000),
-              "the commit woke the reader only after %llu ms", (unsigned long long)elapsed);
-    assert_index_set(m, 0, 16);
-    assert_row_values(c, m, "v");
-    tq_meta_free(m);
+    wait_for_writer(e, part, 10, 6, 16);
+
+    /* a partition that does not exist yet is waited for like an empty one */
+    const char *later = tq_test_unique("s12_later");
+    fetch_timeout(c, later, "waiter", fields, 1, 1);
+    wait_for_writer(e, later, 0, 4, 4);
 }
 
 /* ---- 13: every kind of data round-trips bit-exact ---- */
@@ -536,7 +574,7 @@ E2E_TEST(s13_roundtrip_every_kind)
             size_t bytes = 0;
             const int64_t *shape = NULL;
             const void *p = tq_batch_row(got, d->name, i, &bytes, &shape);
-            cr_assert(ne(ptr, shape, NULL));
+            cr_assert(ne(ptr, (void *)shape, NULL));
             cr_assert(eq(i64, shape[0], 2), "%s row %u", d->name, i);
             cr_assert(eq(i64, shape[1], 3), "%s row %u", d->name, i);
             tq_assert_bytes_eq(p, bytes, tensor[k] + idx[i] * row_bytes, row_bytes, d->name);
@@ -574,7 +612,7 @@ E2E_TEST(s13_roundtrip_every_kind)
             size_t bytes = 0;
             const int64_t *shape = NULL;
             const void *p = tq_batch_row(got, nested[k].name, i, &bytes, &shape);
-            cr_assert(ne(ptr, shape, NULL));
+            cr_assert(ne(ptr, (void *)shape, NULL));
             for (uint32_t d = 0; d < nested[k].ndim; d++)
                 cr_assert(eq(i64, shape[d], nested[k].shapes[r * nested[k].ndim + d]),
                           "%s row %lld dim %u", nested[k].name, (long long)r, d);
@@ -656,7 +694,7 @@ static void assert_x(const tq_batch *b, uint32_t row, int64_t index, bool fresh)
     size_t bytes = 0;
     const int64_t *shape = NULL;
     const void *p = tq_batch_row(b, "x", row, &bytes, &shape);
-    cr_assert(ne(ptr, shape, NULL));
+    cr_assert(ne(ptr, (void *)shape, NULL));
     cr_assert(eq(i64, shape[0], 2));
     char what[64];
     snprintf(what, sizeof(what), "x of row %lld (%s value)", (long long)index,
@@ -718,6 +756,13 @@ E2E_TEST(s14_overwrite)
     tq_batch_destroy(b);
     tq_meta_free(m);
 
+    /* other puts of the same sizes, to land on any space the overwrite freed too early */
+    const char *scribble = tq_test_unique("s14_scribble");
+    for (int round = 0; round < 4; round++) {
+        put_x_range(c, scribble, 0, 20, true);
+        put_x_range(c, scribble, 20, 20, true);
+    }
+
     /* the meta taken before the overwrite still reads the old values */
     b = data_ok(c, held);
     for (uint32_t i = 0; i < 20; i++)
@@ -768,7 +813,7 @@ E2E_TEST(tensor_becomes_nested)
         size_t bytes = 0;
         const int64_t *shape = NULL;
         const void *p = tq_batch_row(b, "t", i, &bytes, &shape);
-        cr_assert(ne(ptr, shape, NULL));
+        cr_assert(ne(ptr, (void *)shape, NULL));
         cr_assert(eq(i64, shape[0], ix < 4 ? 2 : 3), "row %lld", (long long)ix);
         if (ix < 4)
             tq_assert_bytes_eq(p, bytes, a[ix], sizeof(a[0]), "old-shape row");
@@ -828,4 +873,83 @@ E2E_TEST(dtype_conflict_changes_nothing)
     int64_t v4 = tq_test_row_value(4);
     put_i64(c, part, "t", 1, NULL, &v4, out);
     cr_assert(eq(i64, out[0], 4), "the refused put of new rows reserved indexes");
+}
+
+/* The same promise for clears: a held meta keeps reading what it was given. */
+E2E_TEST(clear_while_held)
+{
+    tq_client *c = e->c;
+    const char *part = tq_test_unique("held");
+    static const char *const fx[] = {"x"};
+    put_x_range(c, part, 0, 20, false);
+    tq_meta *held = fetch_ok(c, part, "holder", fx, 1, 20, 0);
+    assert_index_set(held, 0, 20);
+
+    int64_t idx[10];
+    for (int i = 0; i < 10; i++)
+        idx[i] = i;
+    cr_assert(eq(int, tq_clear(c, part, 10, idx), 10), "%s", tq_last_error(c));
+    /* clearing a row twice removes nothing */
+    cr_assert(eq(int, tq_clear(c, part, 10, idx), 0), "%s", tq_last_error(c));
+    fetch_timeout(c, part, "reader", fx, 1, 11);
+    tq_meta *m = fetch_ok(c, part, "reader", fx, 1, 10, 0);
+    assert_index_set(m, 10, 20);
+    tq_meta_free(m);
+
+    cr_assert(eq(int, tq_clear_partition(c, part), TQ_OK), "%s", tq_last_error(c));
+    fetch_timeout(c, part, "reader2", fx, 1, 1);
+    const char *scribble = tq_test_unique("held_scribble");
+    for (int round = 0; round < 4; round++)
+        put_x_range(c, scribble, 0, 20, true);
+
+    tq_batch *b = data_ok(c, held);
+    for (uint32_t i = 0; i < 20; i++)
+        assert_x(b, i, tq_meta_indexes(held)[i], false);
+    tq_batch_destroy(b);
+    tq_meta_free(held);
+
+    /* the partition starts over from index 0 */
+    int64_t v = 5, out = -1;
+    put_i64(c, part, "x2", 1, NULL, &v, &out);
+    cr_assert(eq(i64, out, 0));
+}
+
+/* ---- the default target ---- */
+
+static int live_units(tq_client *c)
+{
+    tq_unit_info_t *units = NULL;
+    int n = tq_units(c, &units);
+    cr_assert(ge(int, n, 0), "tq_units: %s", tq_last_error(c));
+    int alive = 0;
+    for (int i = 0; i < n; i++)
+        alive += units[i].alive != 0;
+    free(units);
+    return alive;
+}
+
+/* NULL means $TQ_CONTROLLER when set, else embedded (one unit in process). */
+Test(e2e_open, null_target, .init = setup_cluster, .fini = teardown, .timeout = 60)
+{
+    cr_assert(eq(int, live_units(env.c), 2));
+    unsetenv("TQ_CONTROLLER");
+    tq_client *c = NULL;
+    cr_assert(eq(int, tq_open(NULL, &c), TQ_OK), "tq_open(NULL) without TQ_CONTROLLER");
+    cr_assert(eq(int, live_units(c), 1), "the embedded default has one storage unit");
+    tq_close(c);
+    setenv("TQ_CONTROLLER", cluster.address, 1);
+    c = NULL;
+    cr_assert(eq(int, tq_open(NULL, &c), TQ_OK), "tq_open(NULL) with TQ_CONTROLLER=%s",
+              cluster.address);
+    cr_assert(eq(int, live_units(c), 2), "TQ_CONTROLLER names the cluster");
+    /* and the two see the same data */
+    const char *part = tq_test_unique("env");
+    put_range(env.c, part, "v", 0, 3);
+    static const char *const fields[] = {"v"};
+    tq_meta *m = fetch_ok(c, part, "t", fields, 1, 3, 0);
+    assert_row_values(c, m, "v");
+    tq_meta_free(m);
+    tq_close(c);
+    unsetenv("TQ_CONTROLLER");
+    finish_cluster();
 }

@@ -1489,17 +1489,8 @@ Test(wire, hostile_field_kinds)
     tq_wbuf_free(&w);
 }
 
-/*
- * DISABLED until wire.c is fixed: tq_wire_decode_meta_field (wire.c, the check after
- * reading ndim) validates kind <= TQ_FIELD_BYTES, dtype <= TQ_DTYPE_BYTES and
- * ndim <= TQ_MAX_NDIM, but not that kind and dtype agree nor that a bytes field has
- * ndim 0, so a GET_META reply can hand the client a bytes-kind field with a float
- * dtype (or a tensor with the bytes dtype) that tq_wire_decode_field would reject.
- * Fix: add the same two conditions tq_wire_decode_field has:
- *   (m->kind == TQ_FIELD_BYTES) != (m->dtype == TQ_DTYPE_BYTES) ||
- *   (m->kind == TQ_FIELD_BYTES && m->ndim != 0)
- */
-Test(wire, hostile_meta_field_kind_dtype_disagree, )
+/* A meta field must agree on kind and dtype, as an ALLOC field must. */
+Test(wire, hostile_meta_field_kind_dtype_disagree)
 {
     tq_wbuf w;
     tq_wbuf_init(&w);

@@ -44,6 +44,8 @@ int tq__parse_hostport(const char *text, char *host, size_t cap, uint16_t *port_
         return -1;
     if (strncmp(text, "tcp://", 6) == 0)
         text += 6;
+    else if (strstr(text, "://") != NULL)
+        return -1; /* a scheme we do not speak */
     const char *colon = strrchr(text, ':');
     if (colon == NULL || colon == text || (size_t)(colon - text) >= cap)
         return -1;

@@ -1,7 +1,6 @@
 /* ucx.c: the tq_transport ops over UCX's UCP one-sided RMA (put/get). */
 #define TQ_LOG_COMPONENT "ucx"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -30,6 +29,9 @@
 #define TQ_UCX_DRAIN_MS        2000
 /* Longest single sleep on the event fd, so a missed wakeup costs little. */
 #define TQ_UCX_WAIT_SLICE_MS   100
+/* Wakeups in a row with nothing to progress before napping instead, and the nap. */
+#define TQ_UCX_FRUITLESS_MAX   8
+#define TQ_UCX_NAP_MS          2
 
 /* Blob layouts (little endian). Address: magic, version, flags, 2 zero bytes,
  * payload length u32, checksum u32, boot id [16], pid u32, zero u32, process
@@ -66,6 +68,8 @@ struct tq_transport {
     bool          has_shm;     /* the context has a transport mapping peers' memory */
     tq_list       eps, mems, zombies;
     uint64_t      inflight; /* requests not yet completed, over all eps */
+    bool          woke;      /* the last wait saw the event fd ready */
+    uint32_t      fruitless; /* wakeups in a row that found nothing to progress */
     size_t        page;
 
     /* Registration cache. The lock is taken by the munmap hook from any
@@ -405,6 +409,18 @@ static bool tq_ucx_peer_exited(tq_transport_ep *ep)
 
 /* ---- progress and waiting ---------------------------------------------- */
 
+/* ucp_worker_progress, noting wakeups that found nothing to do. */
+static unsigned tq_ucx_worker_progress(tq_transport *tr)
+{
+    unsigned n = ucp_worker_progress(tr->worker);
+    if (n > 0)
+        tr->fruitless = 0;
+    else if (tr->woke && tr->fruitless < UINT32_MAX)
+        tr->fruitless++;
+    tr->woke = false;
+    return n;
+}
+
 /* Sleep on the worker's event fd for at most timeout_ms (-1: no limit).
  * Returns false without sleeping when events are already pending. */
 static bool tq_ucx_wait(tq_transport *tr, int timeout_ms)
@@ -412,13 +428,19 @@ static bool tq_ucx_wait(tq_transport *tr, int timeout_ms)
     ucs_status_t st = ucp_worker_arm(tr->worker);
     if (st == UCS_ERR_BUSY)
         return false;
-    if (st != UCS_OK) {
-        /* No wakeup to arm: nap briefly rather than spin. */
-        (void)poll(NULL, 0, timeout_ms < 0 ? 1 : TQ_MIN(timeout_ms, 1));
+    struct pollfd pfd = {.fd = tr->efd, .events = POLLIN};
+    /* UCX can leave its fd ready with nothing to progress (seen over tcp: a
+     * socket polled for writing while a peer's connection is half set up).
+     * After a few such wakeups nap instead of polling, so an idle target does
+     * not spin; look again after each nap. */
+    if (st != UCS_OK || tr->fruitless >= TQ_UCX_FRUITLESS_MAX) {
+        (void)poll(NULL, 0, timeout_ms < 0 ? TQ_UCX_NAP_MS : TQ_MIN(timeout_ms, TQ_UCX_NAP_MS));
+        if (st == UCS_OK && poll(&pfd, 1, 0) == 0)
+            tr->fruitless = 0;
+        tr->woke = st == UCS_OK;
         return true;
     }
-    struct pollfd pfd = {.fd = tr->efd, .events = POLLIN};
-    (void)poll(&pfd, 1, timeout_ms); /* EINTR is just an early wakeup */
+    tr->woke = poll(&pfd, 1, timeout_ms) > 0; /* EINTR is just an early wakeup */
     return true;
 }
 
@@ -428,14 +450,14 @@ static int tq_ucx_progress(tq_transport *tr, int timeout_ms)
 {
     if (tr == NULL)
         return TQ_ERR_INVALID;
-    if (ucp_worker_progress(tr->worker) == 0 && timeout_ms != 0) {
+    if (tq_ucx_worker_progress(tr) == 0 && timeout_ms != 0) {
         uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout_ms;
         for (;;) {
             uint64_t now = tq__now_ms();
             int left = timeout_ms < 0 ? -1 : now >= deadline ? 0 : (int)(deadline - now);
             bool slept = tq_ucx_wait(tr, left);
             /* Busy means queued events: progress them and re-arm. */
-            if (ucp_worker_progress(tr->worker) != 0 || slept || left == 0)
+            if (tq_ucx_worker_progress(tr) != 0 || slept || left == 0)
                 break;
         }
     }
@@ -919,7 +941,7 @@ static bool tq_ucx_close_uep(tq_transport *tr, ucp_ep_h uep, bool force)
             closed = false;
             break;
         }
-        if (ucp_worker_progress(tr->worker) == 0)
+        if (tq_ucx_worker_progress(tr) == 0)
             (void)tq_ucx_wait(tr, 10);
     }
     ucp_request_free(req); /* released by UCX on completion if still running */
@@ -1013,7 +1035,7 @@ static int tq_ucx_drain(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)
     uint64_t fail_deadline = 0;
 
     while (ep->outstanding > 0) {
-        unsigned n = ucp_worker_progress(tr->worker);
+        unsigned n = tq_ucx_worker_progress(tr);
         if (ep->outstanding == 0)
             break;
         if (n == 0)
