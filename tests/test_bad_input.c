@@ -574,11 +574,11 @@ CLUSTER_TEST(bad_frames, request_before_hello)
     assert_controller_serves();
 }
 
-/* An ALLOC body: partition "p", 4 rows at explicit indexes, one I32 scalar field. */
-static void alloc_body(tq_wbuf *w)
+/* An ALLOC body: 4 rows of part at explicit indexes 0..3, one I32 scalar field "f". */
+static void alloc_body(tq_wbuf *w, const char *part)
 {
     static const int64_t idx[4] = {0, 1, 2, 3};
-    tq_msg_alloc_t m = {.partition = {"p", 1}, .rows = 4, .has_indexes = 1,
+    tq_msg_alloc_t m = {.partition = {part, (uint16_t)strlen(part)}, .rows = 4, .has_indexes = 1,
                         .indexes = tq_array_of(idx, 4), .num_fields = 1};
     tq_wire_encode_alloc(w, &m);
     tq_wire_field_t fld = {.name = {"f", 1}, .kind = TQ_FIELD_TENSOR, .dtype = TQ_DTYPE_I32,
@@ -590,7 +590,7 @@ CLUSTER_TEST(bad_frames, truncated_bodies)
 {
     tq_wbuf w;
     tq_wbuf_init(&w);
-    alloc_body(&w);
+    alloc_body(&w, tq_test_unique("cut"));
     cr_assert(eq(int, w.failed, 0));
     /* the whole body is good on its own: the controller answers it */
     {
@@ -664,7 +664,8 @@ CLUSTER_TEST(bad_frames, out_of_range_alloc)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         tq_wbuf w;
         tq_wbuf_init(&w);
-        tq_msg_alloc_t m = {.partition = {"oor", 3}, .rows = cases[i].rows, .has_indexes = 0,
+        const char *part = tq_test_unique("oor");
+        tq_msg_alloc_t m = {.partition = {part, (uint16_t)strlen(part)}, .rows = cases[i].rows, .has_indexes = 0,
                             .num_fields = 1};
         tq_wire_encode_alloc(&w, &m);
         tq_wire_put_str(&w, "f", 1);
@@ -799,7 +800,8 @@ CLUSTER_TEST(bad_frames, disconnect_mid_frame)
     raw_hello(fd);
     tq_wbuf w;
     tq_wbuf_init(&w);
-    alloc_body(&w);
+    const char *part = tq_test_unique("abandoned");
+    alloc_body(&w, part);
     tq_test_answer_t a = call_ok(fd, TQ_MSG_ALLOC, 3, w.data, (uint32_t)w.len);
     tq_test_answer_free(&a);
     f = tq_test_frame(TQ_MSG_ALLOC, 0, 4, w.data, (uint32_t)w.len, &hn);
@@ -814,7 +816,7 @@ CLUSTER_TEST(bad_frames, disconnect_mid_frame)
         close(fd);
     }
     free(hello);
-    /* the abandoned allocation of rows 0..3 of "p" was reclaimed: they can be put again */
+    /* the abandoned allocation of rows 0..3 of part was reclaimed: they can be put again */
     tq_client *c = client;
     int32_t v[4] = {1, 2, 3, 4};
     static const int64_t idx[4] = {0, 1, 2, 3};
@@ -823,7 +825,7 @@ CLUSTER_TEST(bad_frames, disconnect_mid_frame)
     cr_assert(eq(int, tq_batch_add_tensor(b, "f", TQ_DTYPE_I32, 0, NULL, v), TQ_OK));
     int rc = TQ_ERR_TIMEOUT;
     uint64_t deadline = tq_test_now_ms() + 5000;
-    while ((rc = tq_put(c, "p", b, idx, NULL)) != TQ_OK && tq_test_now_ms() < deadline)
+    while ((rc = tq_put(c, part, b, idx, NULL)) != TQ_OK && tq_test_now_ms() < deadline)
         tq_test_sleep_ms(50); /* the controller sees the close asynchronously */
     cr_assert(eq(int, rc, TQ_OK), "rows of an abandoned allocation stay reserved: %s",
               tq_last_error(c));

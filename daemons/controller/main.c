@@ -29,17 +29,18 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    char *listen = NULL, *port_file = NULL, *token = NULL, *config = NULL;
+    const char *listen = NULL, *port_file = NULL, *token = NULL, *config = NULL;
+    char *f_listen = NULL, *f_port_file = NULL, *f_token = NULL; /* from --config */
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'}, {"port-file", required_argument, NULL, 'p'},
         {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
-    int opt;
+    int opt, rc = TQ_OK;
     while ((opt = getopt_long(argc, argv, "l:p:c:hV", opts, NULL)) != -1) {
         switch (opt) {
-        case 'l': listen = strdup(optarg); break;
-        case 'p': port_file = strdup(optarg); break;
+        case 'l': listen = optarg; break;
+        case 'p': port_file = optarg; break;
         case 'c': config = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("tq-controller %s\n", TQ_VERSION_STRING); return 0;
@@ -52,12 +53,13 @@ int main(int argc, char **argv)
     }
     if (config != NULL) {
         /* flags win over the file: load the file into what flags left unset */
-        char *f_listen = NULL, *f_port_file = NULL, *f_token = NULL, err[512];
+        char err[512];
         tq_config_key_t keys[] = {{"listen", &f_listen}, {"port_file", &f_port_file},
                                   {"token", &f_token}};
         if (tq__config_load(config, keys, 3, err, sizeof(err)) != 0) {
             fprintf(stderr, "tq-controller: %s\n", err);
-            return 2;
+            rc = TQ_ERR_INVALID;
+            goto out;
         }
         listen = listen ? listen : f_listen;
         port_file = port_file ? port_file : f_port_file;
@@ -67,10 +69,10 @@ int main(int argc, char **argv)
         token = getenv("TQ_TOKEN");
 
     tq_controller_config_t cfg = {.listen = listen ? listen : "127.0.0.1:7781", .token = token};
-    int rc = tq__controller_create(&cfg, &the_controller);
+    rc = tq__controller_create(&cfg, &the_controller);
     if (rc != TQ_OK) {
         fprintf(stderr, "tq-controller: cannot start: %s\n", tq_status_string(rc));
-        return 1;
+        goto out;
     }
     const char *address = tq__controller_address(the_controller);
     if (port_file != NULL) {
@@ -81,7 +83,9 @@ int main(int argc, char **argv)
         if (f == NULL || fprintf(f, "%s\n", address) < 0 || fclose(f) != 0 ||
             rename(tmp, port_file) != 0) {
             fprintf(stderr, "tq-controller: cannot write port file %s\n", port_file);
-            return 1;
+            tq__controller_destroy(the_controller);
+            rc = TQ_ERR_IO;
+            goto out;
         }
     }
     printf("%s\n", address);
@@ -93,5 +97,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     rc = tq__controller_run(the_controller);
     tq__controller_destroy(the_controller);
-    return rc == TQ_OK ? 0 : 1;
+out:
+    free(f_listen);
+    free(f_port_file);
+    free(f_token);
+    return rc == TQ_OK ? 0 : rc == TQ_ERR_INVALID ? 2 : 1;
 }

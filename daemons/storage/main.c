@@ -32,19 +32,20 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    char *controller = NULL, *pool = NULL, *transport = NULL, *token = NULL, *config = NULL;
+    const char *controller = NULL, *pool = NULL, *transport = NULL, *token = NULL, *config = NULL;
+    char *f_controller = NULL, *f_pool = NULL, *f_transport = NULL, *f_token = NULL;
     static const struct option opts[] = {
         {"controller", required_argument, NULL, 'c'}, {"pool-size", required_argument, NULL, 's'},
         {"transport", required_argument, NULL, 't'},  {"config", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},             {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    int opt;
+    int opt, rc = TQ_ERR_INVALID;
     while ((opt = getopt_long(argc, argv, "c:s:t:f:hV", opts, NULL)) != -1) {
         switch (opt) {
-        case 'c': controller = strdup(optarg); break;
-        case 's': pool = strdup(optarg); break;
-        case 't': transport = strdup(optarg); break;
+        case 'c': controller = optarg; break;
+        case 's': pool = optarg; break;
+        case 't': transport = optarg; break;
         case 'f': config = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("tq-storage %s\n", TQ_VERSION_STRING); return 0;
@@ -56,12 +57,13 @@ int main(int argc, char **argv)
         return 2;
     }
     if (config != NULL) {
-        char *f_controller = NULL, *f_pool = NULL, *f_transport = NULL, *f_token = NULL, err[512];
+        char err[512];
         tq_config_key_t keys[] = {{"controller", &f_controller}, {"pool_size", &f_pool},
                                   {"transport", &f_transport}, {"token", &f_token}};
         if (tq__config_load(config, keys, 4, err, sizeof(err)) != 0) {
             fprintf(stderr, "tq-storage: %s\n", err);
-            return 2;
+            rc = TQ_ERR_INVALID;
+            goto out;
         }
         controller = controller ? controller : f_controller;
         pool = pool ? pool : f_pool;
@@ -72,23 +74,23 @@ int main(int argc, char **argv)
         controller = getenv("TQ_CONTROLLER");
     if (getenv("TQ_TOKEN") != NULL)
         token = getenv("TQ_TOKEN");
+    uint64_t pool_size = 1ULL << 30;
     if (controller == NULL) {
         fprintf(stderr, "tq-storage: --controller HOST:PORT is required\n");
         usage(stderr);
-        return 2;
+        goto out;
     }
-    uint64_t pool_size = 1ULL << 30;
     if (pool != NULL && tq__parse_size(pool, &pool_size) != 0) {
         fprintf(stderr, "tq-storage: bad --pool-size '%s' (e.g. 512M, 4G)\n", pool);
-        return 2;
+        goto out;
     }
 
     tq_storage_config_t cfg = {.controller = controller, .token = token,
                                .pool_size = pool_size, .transport = transport};
-    int rc = tq__storage_create(&cfg, &the_unit);
+    rc = tq__storage_create(&cfg, &the_unit);
     if (rc != TQ_OK) {
         fprintf(stderr, "tq-storage: cannot start: %s\n", tq_status_string(rc));
-        return 1;
+        goto out;
     }
     printf("unit %u\n", tq__storage_unit_id(the_unit));
     fflush(stdout);
@@ -98,5 +100,10 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     rc = tq__storage_run(the_unit);
     tq__storage_destroy(the_unit);
-    return rc == TQ_OK ? 0 : 1;
+out:
+    free(f_controller);
+    free(f_pool);
+    free(f_transport);
+    free(f_token);
+    return rc == TQ_OK ? 0 : rc == TQ_ERR_INVALID ? 2 : 1;
 }
