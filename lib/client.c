@@ -904,22 +904,35 @@ TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
     char err[TQ_ERRMSG_MAX] = "";
     tq_rbuf r;
     rc = tq__ctrl_call(cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r, err);
-    conn_release(c, cc);
-    if (rc != TQ_OK)
-        return call_error(c, rc, err);
-    uint32_t n = tq_wire_get_u32(&r);
-    if (r.failed || n > (uint32_t)(r.end - r.p))
-        return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
-    tq_unit_info_t *units = calloc(n ? n : 1, sizeof(*units));
-    if (units == NULL)
-        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    tq_unit_info_t *units = NULL;
+    uint32_t n = 0;
+    if (rc != TQ_OK) {
+        call_error(c, rc, err);
+        goto out;
+    }
+    /* decode before the connection (and the reply in its buffer) goes back */
+    n = tq_wire_get_u32(&r);
+    if (r.failed || n > (uint32_t)(r.end - r.p)) {
+        rc = set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+        goto out;
+    }
+    if ((units = calloc(n ? n : 1, sizeof(*units))) == NULL) {
+        rc = set_error(c, TQ_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     for (uint32_t i = 0; i < n; i++) {
         tq_wire_unit_t w;
         if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
-            free(units);
-            return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+            rc = set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+            goto out;
         }
         units[i] = (tq_unit_info_t){w.id, w.incarnation, w.capacity, w.used, w.alive};
+    }
+out:
+    conn_release(c, cc);
+    if (rc != TQ_OK) {
+        free(units);
+        return rc;
     }
     *units_p = units;
     return (int)n;

@@ -74,6 +74,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "tq-controller: cannot start: %s\n", tq_status_string(rc));
         goto out;
     }
+    /* before anyone learns the address, so a SIGTERM always exits cleanly */
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
     const char *address = tq__controller_address(the_controller);
     if (port_file != NULL) {
         /* write then rename, so a reader never sees half an address */
@@ -91,10 +96,6 @@ int main(int argc, char **argv)
     printf("%s\n", address);
     fflush(stdout);
 
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
     rc = tq__controller_run(the_controller);
     tq__controller_destroy(the_controller);
 out:

@@ -1,5 +1,6 @@
 /* main.c: the tq-storage daemon. */
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,15 @@ int main(int argc, char **argv)
 
     tq_storage_config_t cfg = {.controller = controller, .token = token,
                                .pool_size = pool_size, .transport = transport};
+    /* The unit is known to the controller as soon as create returns: hold
+     * SIGTERM until the handler can stop it, so a stop then is still clean.
+     * Threads started by create inherit the mask, so signals come here. */
+    sigset_t stop_signals, old_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
+    signal(SIGPIPE, SIG_IGN);
     rc = tq__storage_create(&cfg, &the_unit);
     if (rc != TQ_OK) {
         fprintf(stderr, "tq-storage: cannot start: %s\n", tq_status_string(rc));
@@ -97,7 +107,7 @@ int main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL); /* a SIGTERM held since start lands now */
     rc = tq__storage_run(the_unit);
     tq__storage_destroy(the_unit);
 out:
