@@ -7,9 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "tq/tq.h"
+#include "wire.h"
 
 /* What a scenario runs against. */
 typedef struct {
@@ -951,5 +953,159 @@ Test(e2e_open, null_target, .init = setup_cluster, .fini = teardown, .timeout = 
     tq_meta_free(m);
     tq_close(c);
     unsetenv("TQ_CONTROLLER");
+    finish_cluster();
+}
+
+/* ---- one client shared by threads ---- */
+
+#define SHARE_THREADS 4
+#define SHARE_ITERS   40
+#define SHARE_ROWS    8
+
+typedef struct {
+    tq_client *c;
+    int        id;
+    int        failed_rc;   /* first failure, or 0 */
+    char       what[128];
+} share_arg_t;
+
+static void *share_worker(void *arg)
+{
+    share_arg_t *a = arg;
+    char part[32];
+    snprintf(part, sizeof(part), "share-%d", a->id);
+    const char *fields[] = {"v"};
+    tq_fetch_args_t args = {.partition = part, .task = "t", .fields = fields, .num_fields = 1,
+                            .batch_size = SHARE_ROWS, .timeout_ms = 0};
+    for (int it = 0; it < SHARE_ITERS && a->failed_rc == 0; it++) {
+        int64_t values[SHARE_ROWS], idx[SHARE_ROWS];
+        for (int i = 0; i < SHARE_ROWS; i++)
+            values[i] = (int64_t)a->id << 32 | (int64_t)it << 8 | i;
+        tq_batch *b = NULL, *got = NULL;
+        tq_meta *m = NULL;
+        int rc = tq_batch_create(SHARE_ROWS, &b);
+        if (rc == TQ_OK)
+            rc = tq_batch_add_tensor(b, "v", TQ_DTYPE_I64, 0, NULL, values);
+        if (rc == TQ_OK)
+            rc = tq_put(a->c, part, b, NULL, idx);
+        if (rc == TQ_OK)
+            rc = tq_get_meta(a->c, &args, &m);
+        if (rc == TQ_OK)
+            rc = tq_get_data(a->c, m, &got);
+        tq_field_info_t info;
+        if (rc == TQ_OK && (tq_batch_field(got, "v", &info) != TQ_OK ||
+                            memcmp(info.data, values, sizeof(values)) != 0)) {
+            rc = TQ_ERR_IO;
+            snprintf(a->what, sizeof(a->what), "thread %d iteration %d read other bytes", a->id, it);
+        }
+        if (rc == TQ_OK && tq_clear(a->c, part, SHARE_ROWS, idx) != SHARE_ROWS)
+            rc = TQ_ERR_IO;
+        if (rc != TQ_OK && a->what[0] == '\0')
+            snprintf(a->what, sizeof(a->what), "thread %d iteration %d: %s (%s)", a->id, it,
+                     tq_status_string(rc), tq_last_error(a->c));
+        a->failed_rc = rc;
+        tq_batch_destroy(got);
+        tq_meta_free(m);
+        tq_batch_destroy(b);
+    }
+    return NULL;
+}
+
+static void *share_waiter(void *arg)
+{
+    share_arg_t *a = arg;
+    const char *fields[] = {"v"};
+    tq_fetch_args_t args = {.partition = "share-wait", .task = "t", .fields = fields,
+                            .num_fields = 1, .batch_size = 1, .timeout_ms = 20000};
+    tq_meta *m = NULL;
+    a->failed_rc = tq_get_meta(a->c, &args, &m);
+    if (a->failed_rc != TQ_OK)
+        snprintf(a->what, sizeof(a->what), "waiter: %s (%s)", tq_status_string(a->failed_rc),
+                 tq_last_error(a->c));
+    tq_meta_free(m);
+    return NULL;
+}
+
+/* Threads share one client: each one's puts and gets read back its own bytes,
+ * and a get_meta blocked on one partition holds up no other thread. */
+E2E_TEST(threads_share_one_client)
+{
+    share_arg_t args[SHARE_THREADS + 1];
+    pthread_t threads[SHARE_THREADS + 1];
+    memset(args, 0, sizeof(args));
+    for (int i = 0; i <= SHARE_THREADS; i++) {
+        args[i].c = e->c;
+        args[i].id = i;
+        void *(*fn)(void *) = i == SHARE_THREADS ? share_waiter : share_worker;
+        cr_assert(eq(int, pthread_create(&threads[i], NULL, fn, &args[i]), 0));
+    }
+    for (int i = 0; i < SHARE_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        cr_expect(eq(int, args[i].failed_rc, 0), "%s", args[i].what);
+    }
+    /* the workers finished while the waiter was parked; now wake it */
+    put_range(e->c, "share-wait", "v", 0, 1);
+    pthread_join(threads[SHARE_THREADS], NULL);
+    cr_assert(eq(int, args[SHARE_THREADS].failed_rc, 0), "%s", args[SHARE_THREADS].what);
+}
+
+/* ---- a client's pins die with it ---- */
+
+static uint64_t pool_used(tq_client *c)
+{
+    tq_unit_info_t *units = NULL;
+    int n = tq_units(c, &units);
+    cr_assert(ge(int, n, 1), "tq_units: %s", tq_status_string(n));
+    uint64_t used = 0;
+    for (int i = 0; i < n; i++)
+        used += units[i].used;
+    free(units);
+    return used;
+}
+
+/* Rows cleared while another connection holds them stay allocated until that
+ * connection closes without releasing them; then every byte returns. */
+Test(e2e_cluster, pins_released_when_client_disconnects, .init = setup_cluster,
+     .fini = teardown, .timeout = 60)
+{
+    tq_client *c = env.c;
+    uint64_t before = pool_used(c);
+    put_range(c, "pins", "v", 0, 16);
+
+    /* a raw client: HELLO, then GET_META, then it vanishes */
+    uint16_t port = (uint16_t)atoi(strrchr(cluster.address, ':') + 1);
+    int fd = tq_test_connect(port, 5000);
+    cr_assert(ge(int, fd, 0), "cannot connect to %s", cluster.address);
+    size_t len;
+    uint8_t *frame = tq_test_hello_frame(1, &len);
+    cr_assert(eq(int, tq_test_write_all(fd, frame, len), 0));
+    free(frame);
+    tq_test_answer_t ans;
+    cr_assert(eq(int, tq_test_read_answer(fd, 5000, &ans), 0));
+    cr_assert(eq(i32, ans.status, TQ_OK));
+    tq_test_answer_free(&ans);
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_msg_get_meta_t m = {.partition = {"pins", 4}, .task = {"t", 1}, .num_fields = 1,
+                           .fields = {{"v", 1}}, .batch_size = 16, .timeout_ms = 0};
+    tq_wire_encode_get_meta(&w, &m);
+    frame = tq_test_frame(TQ_MSG_GET_META, 0, 2, w.data, (uint32_t)w.len, &len);
+    tq_wbuf_free(&w);
+    cr_assert(eq(int, tq_test_write_all(fd, frame, len), 0));
+    free(frame);
+    cr_assert(eq(int, tq_test_read_answer(fd, 5000, &ans), 0));
+    cr_assert(eq(i32, ans.status, TQ_OK), "get_meta: %s", ans.message);
+    tq_test_answer_free(&ans);
+
+    int64_t rows[16];
+    for (int i = 0; i < 16; i++)
+        rows[i] = i;
+    cr_assert(eq(int, tq_clear(c, "pins", 16, rows), 16));
+    cr_assert(gt(u64, pool_used(c), before), "cleared rows still pinned must stay allocated");
+    close(fd);
+    uint64_t deadline = tq_test_now_ms() + 5000, used;
+    while ((used = pool_used(c)) != before && tq_test_now_ms() < deadline)
+        tq_test_sleep_ms(10);
+    cr_assert(eq(u64, used, before), "pool use must return to where it was");
     finish_cluster();
 }
