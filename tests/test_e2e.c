@@ -858,6 +858,12 @@ E2E_TEST(dtype_conflict_changes_nothing)
     cr_assert(eq(int, tq_batch_add_bytes(b, "t", v, l), TQ_OK));
     cr_assert(eq(int, tq_put(c, part, b, idx, NULL), TQ_ERR_INVALID), "bytes over an I64 field");
     tq_batch_destroy(b);
+    /* and so is another number of dimensions (t holds scalars) */
+    int64_t vec[2] = {1, 2};
+    b = batch_new(1);
+    cr_assert(eq(int, tq_batch_add_tensor(b, "t", TQ_DTYPE_I64, 1, (int64_t[]){2}, vec), TQ_OK));
+    cr_assert(eq(int, tq_put(c, part, b, idx, NULL), TQ_ERR_INVALID), "a vector over a scalar field");
+    tq_batch_destroy(b);
 
     /* nothing changed: same rows, same values, no w, no row reserved */
     fetch_timeout(c, part, "reader", fw, 1, 1);

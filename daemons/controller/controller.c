@@ -437,15 +437,18 @@ static const char *alloc_field_prepare(alloc_field_t *af, const tq_wire_field_t 
     return NULL;
 }
 
-/* A field that exists must keep its dtype, and bytes stay bytes. */
-static const char *schema_conflict(const tq_field_t *f, tq_field_kind_t kind, tq_dtype_t dtype)
+/* A field that exists keeps its dtype and number of dimensions, and bytes
+ * stay bytes; only the shape of a row may change (tensor becomes nested). */
+static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af)
 {
     if (f == NULL)
         return NULL;
-    if (f->dtype != dtype)
+    if (f->dtype != af->dtype)
         return "dtype conflicts with the field's";
-    if ((f->kind == TQ_FIELD_BYTES) != (kind == TQ_FIELD_BYTES))
+    if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
         return "kind conflicts with the field's";
+    if (f->ndim != af->ndim)
+        return "number of dimensions conflicts with the field's";
     return NULL;
 }
 
@@ -498,7 +501,7 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
             status = af->cells ? TQ_ERR_INVALID : TQ_ERR_NOMEM;
             goto err;
         }
-        why = p ? schema_conflict(tq__partition_field(p, af->name), af->kind, af->dtype) : NULL;
+        why = p ? schema_conflict(tq__partition_field(p, af->name), af) : NULL;
         if (why != NULL) {
             status = TQ_ERR_INVALID;
             goto err;
@@ -601,7 +604,7 @@ static void handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
             return reply_error(c, h, TQ_ERR_LOST, "a storage unit died during the put");
         }
         /* a concurrent put may have created the field since the ALLOC */
-        const char *why = schema_conflict(tq__partition_field(p, af->name), af->kind, af->dtype);
+        const char *why = schema_conflict(tq__partition_field(p, af->name), af);
         if (why != NULL) {
             alloc_abort(a);
             return reply_error(c, h, TQ_ERR_INVALID, "field %s: %s", af->name, why);
@@ -617,10 +620,9 @@ static void handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
                 return reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
             }
         } else if (f->kind == TQ_FIELD_TENSOR &&
-                   (af->kind != TQ_FIELD_TENSOR || af->ndim != f->ndim ||
+                   (af->kind != TQ_FIELD_TENSOR ||
                     memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0)) {
             f->kind = TQ_FIELD_NESTED; /* rows of another shape make a tensor ragged */
-            f->ndim = TQ_MAX(f->ndim, af->ndim);
         }
         for (uint32_t k = 0; k < a->rows; k++) {
             tq_cell_t cell = af->cells[k];
