@@ -87,6 +87,8 @@ static int serve(tq_storage *s, const tq_transport_ops *ops)
         if (rc == TQ_OK) {
             s->pool = addr;
             s->pool_from_transport = true;
+            tq_info("pool: %llu bytes allocated by %s, mappable by peers on this node",
+                    (unsigned long long)s->pool_size, ops->name);
         } else if ((s->pool = pool_map(s->pool_size)) == NULL) {
             tq_error("cannot allocate a %llu-byte pool: %m", (unsigned long long)s->pool_size);
             rc = TQ_ERR_NOMEM;
