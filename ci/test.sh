@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# Install dependencies, build, and run the whole test suite twice: a plain
-# -Werror build, then one under AddressSanitizer and UndefinedBehaviorSanitizer.
+# Install dependencies, build, and run the whole test suite twice: an optimised
+# -Werror build, then a debug one under AddressSanitizer and UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
 
 jobs=$(nproc)
-run_suite() { # build-dir, extra cmake args...
-  local dir=$1; shift
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+run_suite() { # build-dir, build type, extra cmake args...
+  local dir=$1 type=$2; shift 2
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
   cmake --build "$dir" -j"$jobs" >/dev/null
   (cd "$dir" && ctest --output-on-failure --timeout 600)
 }
 
-echo "== build and test =="
-run_suite build
+echo "== build (optimised, as benchmarked) and test =="
+run_suite build Release
 echo "== build and test with address,undefined sanitizers =="
 # Daemons and forked test workers report to files: a report from a process
 # whose exit status nobody checks must still fail the run.
 reports=$(mktemp -d)
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$reports/asan \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
-  run_suite build-asan -DTQ_SANITIZER=address,undefined
+  run_suite build-asan Debug -DTQ_SANITIZER=address,undefined # Debug keeps tq_assert
 if compgen -G "$reports/*" >/dev/null; then
   echo "sanitizer reports:"
   cat "$reports"/*

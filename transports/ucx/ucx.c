@@ -823,7 +823,7 @@ static int tq_ucx_mem_alloc(tq_transport *tr, size_t len, void **addr_p, tq_tran
 {
     if (tr == NULL || len == 0 || addr_p == NULL || mem_p == NULL)
         return TQ_ERR_INVALID;
-    tq_transport_mem *mem;
+    tq_transport_mem *mem = NULL;
     int rc = tq_ucx_map(tr, NULL, len, true, &mem);
     if (rc != TQ_OK)
         return rc;
