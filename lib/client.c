@@ -1,75 +1,20 @@
-/* client.c: libtqrdma's client: control calls to the controller, bytes by one-sided RMA. */
+/* client.c: libtqrdma's client: control connections, lanes, and the low-level API. */
 #define TQ_LOG_COMPONENT "client"
-#include <pthread.h>
+#include "client.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "batch.h"
-#include "bufpool.h"
-#include "ctrl_conn.h"
-#include "embedded.h"
 #include "transport_registry.h"
-#include "tq/tq.h"
 #include "util/common.h"
 #include "util/config.h"
 #include "util/log.h"
-#include "wire.h"
 
 #define DEFAULT_TIMEOUT_MS 5000
-#define MAX_IDLE_CONNS     16
+#define DEFAULT_LANES      4
 #define RECV_CACHE_BYTES   (1ULL << 30) /* receive buffers kept for reuse */
-
-/* A storage unit as this client sees it: endpoint and region are made on
- * first use and kept (the endpoint and unpacked-region caches). */
-typedef struct {
-    uint32_t             id;
-    bool                 alive;
-    void                *address, *region_blob;
-    uint32_t             address_len, region_len;
-    tq_transport_ep     *ep;
-    tq_transport_region *region;
-    bool                 used; /* posted to since the last flush */
-} client_unit_t;
-
-struct tq_client {
-    char                   *target;
-    char                   *token;
-    int                     timeout_ms;
-    tq__embedded           *embedded;
-    pthread_mutex_t         conn_lock; /* idle */
-    tq_ctrl_conn           *idle[MAX_IDLE_CONNS];
-    unsigned                num_idle;
-    pthread_mutex_t         data_lock; /* transport and units */
-    const tq_transport_ops *ops;
-    tq_transport           *tr;
-    client_unit_t          *units;
-    uint32_t                num_units;
-    tq__bufpool            *recv;      /* columns that gets read into */
-};
-
-typedef struct {
-    char              *name;
-    tq_field_kind_t    kind;
-    tq_dtype_t         dtype;
-    uint32_t           ndim;
-    int64_t            row_shape[TQ_MAX_NDIM];
-    int64_t           *shapes;    /* rows x ndim */
-    uint64_t          *row_bytes;
-    uint64_t           bytes;
-    tq_wire_extent_t  *runs;
-    uint32_t           num_runs;
-} meta_field_t;
-
-struct tq_meta {
-    tq_client    *client;
-    uint64_t      id;
-    uint32_t      rows;
-    int64_t      *indexes;
-    uint16_t      num_fields;
-    meta_field_t *fields;
-};
 
 /* ---- errors ---- */
 
@@ -78,10 +23,7 @@ static __thread struct {
     char             msg[TQ_ERRMSG_MAX];
 } last_error;
 
-static int set_error(const tq_client *c, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int set_error(const tq_client *c, int status, const char *fmt, ...)
+int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
 {
     last_error.client = c;
     va_list ap;
@@ -95,7 +37,7 @@ static int set_error(const tq_client *c, int status, const char *fmt, ...)
 /* Record the detail a control call left in err. */
 static int call_error(const tq_client *c, int status, const char *err)
 {
-    return set_error(c, status, "%s", err[0] ? err : tq_status_string(status));
+    return tq__set_error(c, status, "%s", err[0] ? err : tq_status_string(status));
 }
 
 TQ_EXPORT const char *tq_last_error(const tq_client *c)
@@ -105,19 +47,18 @@ TQ_EXPORT const char *tq_last_error(const tq_client *c)
 
 /* ---- control connections ---- */
 
-/* A connection for this thread's call: an idle one, or a new one. */
-static int conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
+int tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
 {
-    pthread_mutex_lock(&c->conn_lock);
+    pthread_mutex_lock(&c->lock);
     tq_ctrl_conn *cc = c->num_idle ? c->idle[--c->num_idle] : NULL;
-    pthread_mutex_unlock(&c->conn_lock);
+    pthread_mutex_unlock(&c->lock);
     if (cc != NULL) {
         *cc_p = cc;
         return TQ_OK;
     }
     cc = malloc(sizeof(*cc));
     if (cc == NULL)
-        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     char err[TQ_ERRMSG_MAX] = "";
     int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->timeout_ms, err);
     if (rc != TQ_OK) {
@@ -128,14 +69,14 @@ static int conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
     return TQ_OK;
 }
 
-static void conn_release(tq_client *c, tq_ctrl_conn *cc)
+void tq__conn_release(tq_client *c, tq_ctrl_conn *cc)
 {
     if (!cc->broken) {
-        pthread_mutex_lock(&c->conn_lock);
-        bool kept = c->num_idle < MAX_IDLE_CONNS;
+        pthread_mutex_lock(&c->lock);
+        bool kept = c->num_idle < TQ_MAX_IDLE_CONNS;
         if (kept)
             c->idle[c->num_idle++] = cc;
-        pthread_mutex_unlock(&c->conn_lock);
+        pthread_mutex_unlock(&c->lock);
         if (kept)
             return;
     }
@@ -143,145 +84,162 @@ static void conn_release(tq_client *c, tq_ctrl_conn *cc)
     free(cc);
 }
 
-/* ---- storage units ---- */
+int tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p)
+{
+    char err[TQ_ERRMSG_MAX] = "";
+    int rc = tq__ctrl_call(cc, offset, timeout_ms, reply_p, err);
+    return rc == TQ_OK ? TQ_OK : call_error(c, rc, err);
+}
 
-static void unit_drop_ep(tq_client *c, client_unit_t *u)
+/* ---- storage units, per lane ---- */
+
+static void unit_drop_ep(tq_client *c, tq__lane_t *l, tq__unit_t *u)
 {
     if (u->region != NULL)
-        c->ops->region_release(c->tr, u->region);
+        c->ops->region_release(l->tr, u->region);
     if (u->ep != NULL)
-        c->ops->ep_close(c->tr, u->ep);
+        c->ops->ep_close(l->tr, u->ep);
     u->region = NULL;
     u->ep = NULL;
 }
 
-static void unit_free(tq_client *c, client_unit_t *u)
+static void unit_free(tq_client *c, tq__lane_t *l, tq__unit_t *u)
 {
-    unit_drop_ep(c, u);
+    unit_drop_ep(c, l, u);
     free(u->address);
     free(u->region_blob);
 }
 
-static client_unit_t *unit_find(tq_client *c, uint32_t id)
+static tq__unit_t *unit_find(tq__lane_t *l, uint32_t id)
 {
-    for (uint32_t i = 0; i < c->num_units; i++)
-        if (c->units[i].id == id)
-            return &c->units[i];
+    for (uint32_t i = 0; i < l->num_units; i++)
+        if (l->units[i].id == id)
+            return &l->units[i];
     return NULL;
 }
 
-/* Ask the controller for its units; keep endpoints of units we already know.
- * Called with data_lock held. */
-static int units_refresh(tq_client *c, tq_ctrl_conn *cc)
+/* Ask the controller for its units; keep the endpoints of units the lane
+ * already knows. */
+static int units_refresh(tq_client *c, tq__lane_t *l)
 {
-    char err[TQ_ERRMSG_MAX] = "";
-    tq_rbuf r;
-    int rc = tq__ctrl_call(cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r, err);
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
-        return call_error(c, rc, err);
-    uint32_t n = tq_wire_get_u32(&r);
-    if (r.failed || n > (uint32_t)(r.end - r.p))
-        return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
-    client_unit_t *units = calloc(n ? n : 1, sizeof(*units));
-    if (units == NULL)
-        return set_error(c, TQ_ERR_NOMEM, "out of memory");
-    for (uint32_t i = 0; i < n; i++) {
+        return rc;
+    tq_rbuf r;
+    tq__unit_t *units = NULL;
+    uint32_t n = 0, done = 0;
+    if ((rc = tq__call(c, cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r)) != TQ_OK)
+        goto out;
+    n = tq_wire_get_u32(&r);
+    if (r.failed || n > (uint32_t)(r.end - r.p)) {
+        rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+        goto out;
+    }
+    if ((units = calloc(n ? n : 1, sizeof(*units))) == NULL) {
+        rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (; done < n; done++) {
         tq_wire_unit_t w;
         if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
-            for (uint32_t j = 0; j < i; j++)
-                unit_free(c, &units[j]);
-            free(units);
-            return set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+            goto out;
         }
-        client_unit_t *u = &units[i];
+        tq__unit_t *u = &units[done];
         u->id = w.id;
         u->alive = w.alive;
         for (uint8_t t = 0; t < w.num_transports; t++) {
-            if (!tq_str_eq(w.transports[t].name, c->ops->name))
+            const tq_wire_transport_t *wt = &w.transports[t];
+            if (!tq_str_eq(wt->name, c->ops->name))
                 continue;
-            u->address = malloc(w.transports[t].address.len + 1u);
-            u->region_blob = malloc(w.transports[t].region.len + 1u);
-            if (u->address != NULL && u->region_blob != NULL) {
-                memcpy(u->address, w.transports[t].address.ptr, w.transports[t].address.len);
-                memcpy(u->region_blob, w.transports[t].region.ptr, w.transports[t].region.len);
-                u->address_len = w.transports[t].address.len;
-                u->region_len = w.transports[t].region.len;
+            u->address = malloc(wt->address.len + 1u);
+            u->region_blob = malloc(wt->region.len + 1u);
+            if (u->address == NULL || u->region_blob == NULL) {
+                rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+                done++;
+                goto out;
             }
+            memcpy(u->address, wt->address.ptr, wt->address.len);
+            memcpy(u->region_blob, wt->region.ptr, wt->region.len);
+            u->address_len = wt->address.len;
+            u->region_len = wt->region.len;
         }
-        client_unit_t *old = unit_find(c, w.id);
-        if (old != NULL && u->alive) { /* same incarnation: keep its endpoint */
+        tq__unit_t *old = unit_find(l, w.id);
+        if (old != NULL && u->alive) { /* the same incarnation: keep its endpoint */
             u->ep = old->ep;
             u->region = old->region;
             old->ep = NULL;
             old->region = NULL;
         }
     }
-    for (uint32_t i = 0; i < c->num_units; i++)
-        unit_free(c, &c->units[i]);
-    free(c->units);
-    c->units = units;
-    c->num_units = n;
+out:
+    tq__conn_release(c, cc);
+    if (rc != TQ_OK) {
+        for (uint32_t i = 0; i < done; i++)
+            unit_free(c, l, &units[i]);
+        free(units);
+        return rc;
+    }
+    for (uint32_t i = 0; i < l->num_units; i++)
+        unit_free(c, l, &l->units[i]);
+    free(l->units);
+    l->units = units;
+    l->num_units = n;
     return TQ_OK;
 }
 
-/* The unit's endpoint and region, connecting on first use. Data lock held. */
-static int unit_connect(tq_client *c, uint32_t id, client_unit_t **u_p)
+/* The unit's endpoint and region, connecting on first use. */
+static int unit_connect(tq_client *c, tq__lane_t *l, uint32_t id, tq__unit_t **u_p)
 {
-    client_unit_t *u = unit_find(c, id);
+    tq__unit_t *u = unit_find(l, id);
     if (u == NULL)
-        return set_error(c, TQ_ERR_PROTOCOL, "the controller named an unknown unit %u", id);
+        return tq__set_error(c, TQ_ERR_PROTOCOL, "the controller named an unknown unit %u", id);
     if (!u->alive)
-        return set_error(c, TQ_ERR_LOST, "storage unit %u is dead", id);
+        return tq__set_error(c, TQ_ERR_LOST, "storage unit %u is dead", id);
     if (u->address == NULL)
-        return set_error(c, TQ_ERR_UNSUPPORTED, "storage unit %u does not serve transport %s", id,
-                         c->ops->name);
+        return tq__set_error(c, TQ_ERR_UNSUPPORTED, "storage unit %u does not serve transport %s",
+                             id, c->ops->name);
     if (u->ep == NULL) {
-        int rc = c->ops->ep_connect(c->tr, u->address, u->address_len, &u->ep);
+        int rc = c->ops->ep_connect(l->tr, u->address, u->address_len, &u->ep);
         if (rc == TQ_OK)
-            rc = c->ops->region_unpack(c->tr, u->ep, u->region_blob, u->region_len, &u->region);
+            rc = c->ops->region_unpack(l->tr, u->ep, u->region_blob, u->region_len, &u->region);
         if (rc != TQ_OK) {
-            unit_drop_ep(c, u);
-            return set_error(c, rc, "cannot reach storage unit %u over %s: %s", id, c->ops->name,
-                             tq_status_string(rc));
+            unit_drop_ep(c, l, u);
+            return tq__set_error(c, rc, "cannot reach storage unit %u over %s: %s", id,
+                                 c->ops->name, tq_status_string(rc));
         }
     }
     *u_p = u;
     return TQ_OK;
 }
 
-/* Make sure every unit named by extents is known, asking the controller once
- * if not (a unit registered after our last look). Data lock held. */
-static int units_cover(tq_client *c, const tq_wire_extent_t *x, size_t n)
+/* Make sure the lane knows every unit the extents name, asking once if not
+ * (a unit registered after the lane's last look). */
+static int units_cover(tq_client *c, tq__lane_t *l, const tq_wire_extent_t *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (x[i].length > 0 && unit_find(c, x[i].unit) == NULL) {
-            tq_ctrl_conn *cc;
-            int rc = conn_acquire(c, &cc);
-            if (rc == TQ_OK) {
-                rc = units_refresh(c, cc);
-                conn_release(c, cc);
-            }
-            return rc;
-        }
+        if (x[i].length > 0 && unit_find(l, x[i].unit) == NULL)
+            return units_refresh(c, l);
     return TQ_OK;
 }
 
 /* Wait for every unit posted to; an endpoint that failed is dropped, so the
- * next use reconnects. Data lock held. */
-static int units_flush(tq_client *c)
+ * next use reconnects. */
+static int units_flush(tq_client *c, tq__lane_t *l)
 {
     int first = TQ_OK;
-    for (uint32_t i = 0; i < c->num_units; i++) {
-        client_unit_t *u = &c->units[i];
+    for (uint32_t i = 0; i < l->num_units; i++) {
+        tq__unit_t *u = &l->units[i];
         if (!u->used)
             continue;
         u->used = false;
-        int rc = c->ops->flush(c->tr, u->ep, c->timeout_ms);
+        int rc = c->ops->flush(l->tr, u->ep, c->timeout_ms);
         if (rc != TQ_OK) {
-            unit_drop_ep(c, u);
+            unit_drop_ep(c, l, u);
             if (first == TQ_OK)
-                first = set_error(c, rc, "transfer with storage unit %u failed: %s", u->id,
-                                  tq_status_string(rc));
+                first = tq__set_error(c, rc, "transfer with storage unit %u failed: %s", u->id,
+                                      tq_status_string(rc));
         }
     }
     return first;
@@ -289,7 +247,7 @@ static int units_flush(tq_client *c)
 
 /* Post transfers of one column between local rows and its runs of remote
  * extents: the column's bytes, in row order, are the runs' bytes in order. */
-static int post_column(tq_client *c, tq_rma_dir_t dir, const tq_wire_extent_t *runs,
+static int post_column(tq_client *c, tq__lane_t *l, tq_rma_dir_t dir, const tq_wire_extent_t *runs,
                        uint32_t num_runs, void *const *rows, const uint64_t *row_bytes,
                        uint32_t num_rows)
 {
@@ -298,18 +256,18 @@ static int post_column(tq_client *c, tq_rma_dir_t dir, const tq_wire_extent_t *r
     size_t cap = (size_t)num_rows + num_runs, n = 0;
     tq_rma_iov_t *iov = malloc((cap ? cap : 1) * sizeof(*iov));
     if (iov == NULL)
-        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     int rc = TQ_OK;
     for (uint32_t k = 0; k < num_runs && rc == TQ_OK; k++) {
-        client_unit_t *u = NULL;
-        rc = unit_connect(c, runs[k].unit, &u);
+        tq__unit_t *u = NULL;
+        rc = unit_connect(c, l, runs[k].unit, &u);
         uint64_t done = 0;
         n = 0;
         while (rc == TQ_OK && done < runs[k].length) {
             while (row < num_rows && in_row == row_bytes[row])
                 row++, in_row = 0;
             if (row == num_rows) {
-                rc = set_error(c, TQ_ERR_PROTOCOL, "extents longer than the rows");
+                rc = tq__set_error(c, TQ_ERR_PROTOCOL, "extents longer than the rows");
                 break;
             }
             uint64_t len = TQ_MIN(row_bytes[row] - in_row, runs[k].length - done);
@@ -318,54 +276,128 @@ static int post_column(tq_client *c, tq_rma_dir_t dir, const tq_wire_extent_t *r
             done += len;
         }
         if (rc == TQ_OK && n > 0) {
-            rc = c->ops->post(c->tr, u->ep, u->region, dir, iov, n);
+            rc = c->ops->post(l->tr, u->ep, u->region, dir, iov, n);
             u->used = true;
             if (rc != TQ_OK)
-                set_error(c, rc, "cannot post to storage unit %u: %s", u->id, tq_status_string(rc));
+                tq__set_error(c, rc, "cannot post to storage unit %u: %s", u->id,
+                              tq_status_string(rc));
         }
     }
     free(iov);
     return rc;
 }
 
+/* ---- lanes ---- */
+
+static void lane_free(tq_client *c, tq__lane_t *l)
+{
+    for (uint32_t i = 0; i < l->num_units; i++)
+        unit_free(c, l, &l->units[i]);
+    free(l->units);
+    c->ops->fini(l->tr);
+    free(l);
+}
+
+static int lane_new(tq_client *c, tq__lane_t **l_p)
+{
+    tq__lane_t *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    int rc = c->ops->init(&l->tr);
+    if (rc != TQ_OK) {
+        free(l);
+        return tq__set_error(c, rc, "transport %s unavailable: %s", c->ops->name,
+                             tq_status_string(rc));
+    }
+    if ((rc = units_refresh(c, l)) != TQ_OK) {
+        lane_free(c, l);
+        return rc;
+    }
+    *l_p = l;
+    return TQ_OK;
+}
+
+/* A lane for one transfer: a free one, a new one while under the limit, or
+ * the next one given back. */
+static int lane_acquire(tq_client *c, tq__lane_t **l_p)
+{
+    pthread_mutex_lock(&c->lock);
+    while (c->num_free_lanes == 0 && c->num_lanes + c->building >= c->max_lanes)
+        pthread_cond_wait(&c->lane_freed, &c->lock);
+    if (c->num_free_lanes > 0) {
+        *l_p = c->free_lanes[--c->num_free_lanes];
+        pthread_mutex_unlock(&c->lock);
+        return TQ_OK;
+    }
+    c->building++; /* build it unlocked: a transport takes a while to start */
+    pthread_mutex_unlock(&c->lock);
+    tq__lane_t *l;
+    int rc = lane_new(c, &l);
+    pthread_mutex_lock(&c->lock);
+    c->building--;
+    if (rc == TQ_OK)
+        c->lanes[c->num_lanes++] = l;
+    else
+        pthread_cond_signal(&c->lane_freed); /* a waiter may build one instead */
+    pthread_mutex_unlock(&c->lock);
+    if (rc == TQ_OK)
+        *l_p = l;
+    return rc;
+}
+
+static void lane_release(tq_client *c, tq__lane_t *l)
+{
+    pthread_mutex_lock(&c->lock);
+    c->free_lanes[c->num_free_lanes++] = l;
+    pthread_cond_signal(&c->lane_freed);
+    pthread_mutex_unlock(&c->lock);
+}
+
 /* ---- open and close ---- */
 
 static int open_config(tq_client *c, const char *path, char **target_p)
 {
-    char *controller = NULL, *token = NULL, *timeout = NULL, err[512];
+    char *controller = NULL, *token = NULL, *timeout = NULL, *lanes = NULL, err[512];
     tq_config_key_t keys[] = {{"controller", &controller}, {"token", &token},
-                              {"timeout_ms", &timeout}};
+                              {"timeout_ms", &timeout}, {"lanes", &lanes}};
+    int rc = TQ_OK;
     if (tq__config_load(path, keys, ARRAY_SIZE(keys), err, sizeof(err)) != 0) {
-        free(controller), free(token), free(timeout);
-        return set_error(c, TQ_ERR_INVALID, "%s", err);
+        rc = tq__set_error(c, TQ_ERR_INVALID, "%s", err);
+        goto out;
     }
     if (token != NULL) {
         free(c->token);
         c->token = token;
+        token = NULL;
     }
-    if (timeout != NULL)
-        c->timeout_ms = atoi(timeout);
-    free(timeout);
+    if (timeout != NULL && (c->timeout_ms = atoi(timeout)) <= 0) {
+        rc = tq__set_error(c, TQ_ERR_INVALID, "config %s: timeout_ms must be positive", path);
+        goto out;
+    }
+    if (lanes != NULL && ((c->max_lanes = (unsigned)atoi(lanes)) < 1 || c->max_lanes > TQ_MAX_LANES)) {
+        rc = tq__set_error(c, TQ_ERR_INVALID, "config %s: lanes must be 1 to %d", path, TQ_MAX_LANES);
+        goto out;
+    }
     *target_p = controller; /* NULL: embedded */
-    return TQ_OK;
+    controller = NULL;
+out:
+    free(controller), free(token), free(timeout), free(lanes);
+    return rc;
 }
 
 static void client_free(tq_client *c)
 {
+    tq__workers_stop(c->workers);
     for (unsigned i = 0; i < c->num_idle; i++) {
         tq__ctrl_close(c->idle[i]);
         free(c->idle[i]);
     }
-    if (c->tr != NULL) {
-        for (uint32_t i = 0; i < c->num_units; i++)
-            unit_free(c, &c->units[i]);
-        c->ops->fini(c->tr);
-    }
-    free(c->units);
+    for (unsigned i = 0; i < c->num_lanes; i++)
+        lane_free(c, c->lanes[i]);
     tq__bufpool_unref(c->recv);
     tq__embedded_stop(c->embedded);
-    pthread_mutex_destroy(&c->conn_lock);
-    pthread_mutex_destroy(&c->data_lock);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->lane_freed);
     free(c->target);
     free(c->token);
     free(c);
@@ -374,25 +406,24 @@ static void client_free(tq_client *c)
 TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
 {
     if (client_p == NULL)
-        return set_error(NULL, TQ_ERR_INVALID, "client_p is NULL");
+        return tq__set_error(NULL, TQ_ERR_INVALID, "client_p is NULL");
     tq_client *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return TQ_ERR_NOMEM;
-    pthread_mutex_init(&c->conn_lock, NULL);
-    pthread_mutex_init(&c->data_lock, NULL);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->lane_freed, NULL);
     c->timeout_ms = DEFAULT_TIMEOUT_MS;
-    c->recv = tq__bufpool_create(RECV_CACHE_BYTES);
-    if (c->recv == NULL) {
-        client_free(c);
-        return TQ_ERR_NOMEM;
-    }
+    c->max_lanes = DEFAULT_LANES;
+    int rc = TQ_ERR_NOMEM;
+    char *config_target = NULL;
+    if ((c->recv = tq__bufpool_create(RECV_CACHE_BYTES)) == NULL)
+        goto err;
     const char *env_token = getenv("TQ_TOKEN");
-    c->token = env_token ? strdup(env_token) : NULL;
+    if (env_token != NULL && (c->token = strdup(env_token)) == NULL)
+        goto err;
     if (target == NULL)
         target = getenv("TQ_CONTROLLER");
 
-    int rc = TQ_OK;
-    char *config_target = NULL;
     size_t len = target ? strlen(target) : 0;
     if (len > 5 && strcmp(target + len - 5, ".json") == 0) {
         if ((rc = open_config(c, target, &config_target)) != TQ_OK)
@@ -411,34 +442,24 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
         char host[256];
         uint16_t port;
         if (tq__parse_hostport(target, host, sizeof(host), &port) != 0 || port == 0) {
-            rc = set_error(c, TQ_ERR_INVALID, "bad target '%s': want HOST:PORT, tcp://HOST:PORT, "
-                           "a .json config, or \"embedded\"", target);
+            rc = tq__set_error(c, TQ_ERR_INVALID, "bad target '%s': want HOST:PORT, "
+                               "tcp://HOST:PORT, a .json config, or \"embedded\"", target);
             goto err;
         }
     }
-    c->target = strdup(target);
+    rc = TQ_ERR_NOMEM;
+    if ((c->target = strdup(target)) == NULL)
+        goto err;
     const char *transport = getenv("TQ_TRANSPORT");
-    c->ops = tq__transport_find(transport);
-    if (c->target == NULL) {
-        rc = TQ_ERR_NOMEM;
+    if ((c->ops = tq__transport_find(transport)) == NULL) {
+        rc = tq__set_error(c, TQ_ERR_INVALID, "unknown TQ_TRANSPORT '%s'", transport);
         goto err;
     }
-    if (c->ops == NULL) {
-        rc = set_error(c, TQ_ERR_INVALID, "unknown TQ_TRANSPORT '%s'", transport);
+    /* one lane now: the controller and a transport are reachable, or we fail here */
+    tq__lane_t *lane;
+    if ((rc = lane_acquire(c, &lane)) != TQ_OK)
         goto err;
-    }
-    if ((rc = c->ops->init(&c->tr)) != TQ_OK) {
-        c->tr = NULL;
-        set_error(c, rc, "transport %s unavailable: %s", c->ops->name, tq_status_string(rc));
-        goto err;
-    }
-    tq_ctrl_conn *cc;
-    if ((rc = conn_acquire(c, &cc)) != TQ_OK)
-        goto err;
-    rc = units_refresh(c, cc);
-    conn_release(c, cc);
-    if (rc != TQ_OK)
-        goto err;
+    lane_release(c, lane);
     free(config_target);
     *client_p = c;
     return TQ_OK;
@@ -458,28 +479,102 @@ TQ_EXPORT void tq_close(tq_client *c)
 
 /* ---- put ---- */
 
-static int put_abort(tq_client *c, tq_ctrl_conn *cc, uint64_t alloc_id)
+static void put_abort(tq_client *c, tq_ctrl_conn *cc, uint64_t alloc_id)
 {
     char err[TQ_ERRMSG_MAX];
     tq_rbuf r;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_ABORT);
     tq_wire_encode_id(&cc->out, &(tq_msg_id_t){alloc_id});
-    return tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
+    tq__ctrl_call(cc, off, c->timeout_ms, &r, err); /* failing, the disconnect aborts it */
 }
 
-/* Encode one batch field as an ALLOC field. */
-static int encode_field(tq_wbuf *w, const tq_batch *b, const tq__batch_field_t *f)
+static void encode_field(tq_wbuf *w, uint32_t rows, const tq__batch_field_t *f)
 {
     tq_wire_field_t wf = {.name = {f->name, (uint16_t)strlen(f->name)},
                           .kind = (uint8_t)f->kind, .dtype = (uint8_t)f->dtype,
                           .ndim = (uint8_t)f->ndim};
     switch (f->kind) {
     case TQ_FIELD_TENSOR: wf.dims = tq_array_of(f->row_shape, f->ndim); break;
-    case TQ_FIELD_NESTED: wf.dims = tq_array_of(f->shapes, b->rows * f->ndim); break;
-    case TQ_FIELD_BYTES:  wf.dims = tq_array_of(f->row_bytes, b->rows); break;
+    case TQ_FIELD_NESTED: wf.dims = tq_array_of(f->shapes, rows * f->ndim); break;
+    case TQ_FIELD_BYTES:  wf.dims = tq_array_of(f->row_bytes, rows); break;
     }
     tq_wire_encode_field(w, &wf);
-    return TQ_OK;
+}
+
+/* Write every column of b into its extent, over one lane. */
+static int put_columns(tq_client *c, const tq_batch *b, const tq_wire_extent_t *ext)
+{
+    tq__lane_t *l;
+    int rc = lane_acquire(c, &l);
+    if (rc != TQ_OK)
+        return rc;
+    rc = units_cover(c, l, ext, b->num_fields);
+    for (uint32_t i = 0; rc == TQ_OK && i < b->num_fields; i++)
+        if (ext[i].length > 0)
+            rc = post_column(c, l, TQ_RMA_PUT, &ext[i], 1, (void *const *)b->fields[i].rows,
+                             (const uint64_t *)b->fields[i].row_bytes, b->rows);
+    int frc = units_flush(c, l); /* also after a failed post: nothing may stay in flight */
+    lane_release(c, l);
+    return rc != TQ_OK ? rc : frc;
+}
+
+int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
+            const tq__rows_t *spec, int64_t *indexes_out)
+{
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    uint16_t num_fields = b ? (uint16_t)b->num_fields : 0;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_ALLOC);
+    tq_msg_alloc_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                        .rows = rows, .row_mode = spec->mode,
+                        .indexes = tq_array_of(spec->indexes, rows), .num_fields = num_fields};
+    tq_wire_encode_alloc(&cc->out, &m);
+    for (uint32_t i = 0; spec->mode == TQ_ROWS_KEYS && i < rows; i++)
+        tq_wire_encode_key(&cc->out, spec->keys[i], spec->tags ? spec->tags[i] : NULL);
+    for (uint32_t i = 0; i < num_fields; i++)
+        encode_field(&cc->out, rows, &b->fields[i]);
+    tq_rbuf r;
+    tq_msg_alloc_reply_t a;
+    tq_wire_extent_t ext[TQ_WIRE_MAX_FIELDS];
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)
+        goto out;
+    rc = tq_wire_decode_alloc_reply(&r, &a);
+    for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
+        rc = tq_wire_decode_extent(&r, &ext[i]);
+    if (num_fields == 0) { /* tags only: the controller committed at once */
+        if (rc != TQ_OK || !tq_rbuf_done(&r))
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed alloc reply");
+        goto out;
+    }
+    if (rc != TQ_OK || !tq_rbuf_done(&r) || a.rows != rows || a.num_fields != num_fields) {
+        rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed alloc reply");
+        cc->broken = true;
+        goto out;
+    }
+    for (uint16_t i = 0; i < num_fields; i++)
+        if (ext[i].length != b->fields[i].bytes) {
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "the controller sized field %s wrongly",
+                               b->fields[i].name);
+            goto abort;
+        }
+    if ((rc = put_columns(c, b, ext)) != TQ_OK)
+        goto abort;
+    off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
+    tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
+    tq_rbuf cr;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &cr)) != TQ_OK)
+        goto out;
+    if (indexes_out != NULL)
+        for (uint32_t i = 0; i < a.rows; i++)
+            indexes_out[i] = tq_array_i64(a.indexes, i);
+    goto out;
+abort:
+    put_abort(c, cc, a.alloc_id);
+out:
+    tq__conn_release(c, cc);
+    return rc;
 }
 
 TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
@@ -488,78 +583,16 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
     if (c == NULL)
         return TQ_ERR_INVALID;
     if (!tq__valid_name(partition))
-        return set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
-                         TQ_WIRE_NAME_MAX);
+        return tq__set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
+                             TQ_WIRE_NAME_MAX);
     if (b == NULL || b->num_fields == 0)
-        return set_error(c, TQ_ERR_INVALID, "the batch is NULL or has no field");
+        return tq__set_error(c, TQ_ERR_INVALID, "the batch is NULL or has no field");
     for (uint32_t i = 0; indexes != NULL && i < b->rows; i++)
         if (indexes[i] < 0)
-            return set_error(c, TQ_ERR_INVALID, "index %lld is negative", (long long)indexes[i]);
-
-    tq_ctrl_conn *cc;
-    int rc = conn_acquire(c, &cc);
-    if (rc != TQ_OK)
-        return rc;
-    size_t off = tq__ctrl_begin(cc, TQ_MSG_ALLOC);
-    tq_msg_alloc_t m = {.partition = {partition, (uint16_t)strlen(partition)},
-                        .rows = b->rows, .has_indexes = indexes != NULL,
-                        .indexes = tq_array_of(indexes, b->rows),
-                        .num_fields = (uint16_t)b->num_fields};
-    tq_wire_encode_alloc(&cc->out, &m);
-    for (uint32_t i = 0; i < b->num_fields; i++)
-        encode_field(&cc->out, b, &b->fields[i]);
-    char err[TQ_ERRMSG_MAX] = "";
-    tq_rbuf r;
-    rc = tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
-    if (rc != TQ_OK) {
-        call_error(c, rc, err);
-        goto out;
-    }
-    tq_msg_alloc_reply_t a;
-    tq_wire_extent_t ext[TQ_WIRE_MAX_FIELDS];
-    rc = tq_wire_decode_alloc_reply(&r, &a);
-    for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
-        rc = tq_wire_decode_extent(&r, &ext[i]);
-    if (rc != TQ_OK || !tq_rbuf_done(&r) || a.rows != b->rows || a.num_fields != b->num_fields) {
-        rc = set_error(c, TQ_ERR_PROTOCOL, "malformed alloc reply");
-        cc->broken = true;
-        goto out;
-    }
-    for (uint16_t i = 0; i < a.num_fields; i++)
-        if (ext[i].length != b->fields[i].bytes) {
-            rc = set_error(c, TQ_ERR_PROTOCOL, "the controller sized field %s wrongly",
-                           b->fields[i].name);
-            goto abort;
-        }
-
-    pthread_mutex_lock(&c->data_lock);
-    rc = units_cover(c, ext, a.num_fields);
-    for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
-        if (ext[i].length > 0)
-            rc = post_column(c, TQ_RMA_PUT, &ext[i], 1, (void *const *)b->fields[i].rows,
-                             (const uint64_t *)b->fields[i].row_bytes, b->rows);
-    int frc = units_flush(c); /* also after a failed post: nothing may stay in flight */
-    rc = rc != TQ_OK ? rc : frc;
-    pthread_mutex_unlock(&c->data_lock);
-    if (rc != TQ_OK)
-        goto abort;
-
-    off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
-    tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
-    rc = tq__ctrl_call(cc, off, c->timeout_ms, &r, err);
-    if (rc != TQ_OK) {
-        call_error(c, rc, err);
-        goto out;
-    }
-    if (indexes_out != NULL)
-        for (uint32_t i = 0; i < a.rows; i++)
-            indexes_out[i] = tq_array_i64(a.indexes, i);
-    goto out;
-abort:
-    put_abort(c, cc, a.alloc_id);
-out:
-    conn_release(c, cc);
-    return rc;
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+    tq__rows_t spec = {indexes ? TQ_ROWS_INDEXES : TQ_ROWS_NEW, indexes, NULL, NULL};
+    return tq__put(c, partition, b->rows, b, &spec, indexes_out);
 }
 
 /* ---- get ---- */
@@ -578,14 +611,14 @@ static void meta_destroy(tq_meta *m)
 }
 
 /* Copy a GET_META reply into a tq_meta, checking that it adds up. */
-static int meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
+int tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
 {
     tq_msg_get_meta_reply_t h;
     if (tq_wire_decode_get_meta_reply(r, &h) != TQ_OK)
-        return set_error(c, TQ_ERR_PROTOCOL, "malformed get_meta reply");
+        return tq__set_error(c, TQ_ERR_PROTOCOL, "malformed get_meta reply");
     tq_meta *m = calloc(1, sizeof(*m));
     if (m == NULL)
-        return set_error(c, TQ_ERR_NOMEM, "out of memory");
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     m->client = c;
     m->id = h.meta_id;
     m->rows = h.rows;
@@ -598,7 +631,7 @@ static int meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
         m->indexes[i] = tq_array_i64(h.indexes, i);
     for (uint16_t k = 0; k < h.num_fields; k++) {
         tq_wire_meta_field_t w;
-        meta_field_t *f = &m->fields[k];
+        tq__meta_field_t *f = &m->fields[k];
         if (tq_wire_decode_meta_field(r, h.rows, &w) != TQ_OK)
             goto err_protocol;
         f->name = tq_str_dup(w.name);
@@ -637,10 +670,10 @@ static int meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
     return TQ_OK;
 err_protocol:
     meta_destroy(m);
-    return set_error(c, TQ_ERR_PROTOCOL, "malformed get_meta reply");
+    return tq__set_error(c, TQ_ERR_PROTOCOL, "malformed get_meta reply");
 err_nomem:
     meta_destroy(m);
-    return set_error(c, TQ_ERR_NOMEM, "out of memory");
+    return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
 }
 
 TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
@@ -648,22 +681,22 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
     if (c == NULL)
         return TQ_ERR_INVALID;
     if (args == NULL || meta_p == NULL)
-        return set_error(c, TQ_ERR_INVALID, "args or meta_p is NULL");
+        return tq__set_error(c, TQ_ERR_INVALID, "args or meta_p is NULL");
     if (!tq__valid_name(args->partition) || !tq__valid_name(args->task))
-        return set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
+        return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
                          TQ_WIRE_NAME_MAX);
     if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
-        return set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
+        return tq__set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
                          TQ_WIRE_MAX_FIELDS);
     for (size_t i = 0; i < args->num_fields; i++)
         if (!tq__valid_name(args->fields[i]))
-            return set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
     if (args->batch_size == 0 || args->batch_size > TQ_WIRE_MAX_ROWS)
-        return set_error(c, TQ_ERR_INVALID, "batch_size must be 1 to %u", TQ_WIRE_MAX_ROWS);
+        return tq__set_error(c, TQ_ERR_INVALID, "batch_size must be 1 to %u", TQ_WIRE_MAX_ROWS);
     if (args->timeout_ms < -1)
-        return set_error(c, TQ_ERR_INVALID, "timeout_ms must be -1, 0 or positive");
+        return tq__set_error(c, TQ_ERR_INVALID, "timeout_ms must be -1, 0 or positive");
     if (args->sampler != NULL && strlen(args->sampler) > TQ_WIRE_NAME_MAX)
-        return set_error(c, TQ_ERR_INVALID, "sampler name too long");
+        return tq__set_error(c, TQ_ERR_INVALID, "sampler name too long");
     size_t args_len = args->sampler_args ? strlen(args->sampler_args) : 0;
 
     tq_msg_get_meta_t m = {
@@ -680,7 +713,7 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
         m.fields[i] = (tq_str_t){args->fields[i], (uint16_t)strlen(args->fields[i])};
 
     tq_ctrl_conn *cc;
-    int rc = conn_acquire(c, &cc);
+    int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
         return rc;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META);
@@ -691,33 +724,37 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
     tq_rbuf r;
     rc = tq__ctrl_call(cc, off, wait, &r, err);
     if (rc == TQ_OK)
-        rc = meta_parse(c, &r, meta_p);
+        rc = tq__meta_parse(c, &r, meta_p);
     else
         call_error(c, rc, err);
-    conn_release(c, cc);
+    tq__conn_release(c, cc);
     return rc;
 }
 
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
 
-TQ_EXPORT void tq_meta_free(tq_meta *m)
+void tq__meta_release(tq_meta *m)
 {
-    if (m == NULL)
-        return;
     tq_ctrl_conn *cc;
-    if (conn_acquire(m->client, &cc) == TQ_OK) {
+    if (tq__conn_acquire(m->client, &cc) == TQ_OK) {
         char err[TQ_ERRMSG_MAX];
         size_t off = tq__ctrl_begin(cc, TQ_MSG_RELEASE);
         tq_wire_encode_id(&cc->out, &(tq_msg_id_t){m->id});
         tq__ctrl_send(cc, off, err); /* if it fails, closing the client unpins */
-        conn_release(m->client, cc);
+        tq__conn_release(m->client, cc);
     }
     meta_destroy(m);
 }
 
+TQ_EXPORT void tq_meta_free(tq_meta *m)
+{
+    if (m != NULL)
+        tq__meta_release(m);
+}
+
 /* A batch field over a freshly read column of meta field f. */
-static int field_from_meta(tq_client *c, const tq_meta *m, const meta_field_t *f, void *column,
+static int field_from_meta(tq_client *c, const tq_meta *m, const tq__meta_field_t *f, void *column,
                            size_t cap, tq__batch_field_t *bf)
 {
     memset(bf, 0, sizeof(*bf));
@@ -746,32 +783,26 @@ static int field_from_meta(tq_client *c, const tq_meta *m, const meta_field_t *f
     return TQ_OK;
 }
 
-TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
+int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
 {
-    if (c == NULL)
-        return TQ_ERR_INVALID;
-    if (m == NULL || batch_p == NULL || m->client != c)
-        return set_error(c, TQ_ERR_INVALID, "meta is NULL, of another client, or batch_p is NULL");
-    if (m->rows == 0)
-        return set_error(c, TQ_ERR_INVALID, "the meta has no rows");
     tq_batch *b;
     int rc = tq_batch_create(m->rows, &b);
     if (rc != TQ_OK)
-        return set_error(c, rc, "cannot create a batch");
+        return tq__set_error(c, rc, "cannot create a batch");
     void **columns = calloc(m->num_fields, sizeof(void *));
     size_t *caps = calloc(m->num_fields, sizeof(size_t));
     void ***row_ptrs = calloc(m->num_fields, sizeof(void **));
     if (columns == NULL || caps == NULL || row_ptrs == NULL) {
-        rc = set_error(c, TQ_ERR_NOMEM, "out of memory");
+        rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
         goto out;
     }
     for (uint16_t k = 0; k < m->num_fields; k++) {
-        const meta_field_t *f = &m->fields[k];
+        const tq__meta_field_t *f = &m->fields[k];
         columns[k] = tq__bufpool_get(c->recv, f->bytes, &caps[k]);
         row_ptrs[k] = malloc(m->rows * sizeof(void *));
         if (columns[k] == NULL || row_ptrs[k] == NULL) {
-            rc = set_error(c, TQ_ERR_NOMEM, "out of memory for %llu bytes of field %s",
-                           (unsigned long long)f->bytes, f->name);
+            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory for %llu bytes of field %s",
+                               (unsigned long long)f->bytes, f->name);
             goto out;
         }
         size_t at = 0;
@@ -781,15 +812,17 @@ TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
         }
     }
 
-    pthread_mutex_lock(&c->data_lock);
+    tq__lane_t *l;
+    if ((rc = lane_acquire(c, &l)) != TQ_OK)
+        goto out;
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
-        rc = units_cover(c, m->fields[k].runs, m->fields[k].num_runs);
+        rc = units_cover(c, l, m->fields[k].runs, m->fields[k].num_runs);
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
-        rc = post_column(c, TQ_RMA_GET, m->fields[k].runs, m->fields[k].num_runs, row_ptrs[k],
+        rc = post_column(c, l, TQ_RMA_GET, m->fields[k].runs, m->fields[k].num_runs, row_ptrs[k],
                          m->fields[k].row_bytes, m->rows);
-    int frc = units_flush(c);
+    int frc = units_flush(c, l);
+    lane_release(c, l);
     rc = rc != TQ_OK ? rc : frc;
-    pthread_mutex_unlock(&c->data_lock);
 
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++) {
         tq__batch_field_t bf;
@@ -800,7 +833,7 @@ TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
         else
             tq__batch_field_free(&bf);
         if (rc != TQ_OK)
-            set_error(c, rc, "cannot build the batch");
+            tq__set_error(c, rc, "cannot build the batch");
     }
 out:
     for (uint16_t k = 0; k < m->num_fields; k++) {
@@ -820,14 +853,24 @@ out:
     return TQ_OK;
 }
 
+TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (m == NULL || batch_p == NULL || m->client != c)
+        return tq__set_error(c, TQ_ERR_INVALID,
+                             "meta is NULL, of another client, or batch_p is NULL");
+    if (m->rows == 0)
+        return tq__set_error(c, TQ_ERR_INVALID, "the meta has no rows");
+    return tq__meta_read(c, m, batch_p);
+}
+
 /* ---- administration ---- */
 
-/* One control call whose request is a partition (and task) and whose answer
- * is empty or one u32. */
-static int simple_call(tq_client *c, uint16_t type, tq_wbuf *body, uint32_t *answer_p)
+int tq__simple_call(tq_client *c, uint16_t type, const tq_wbuf *body, uint32_t *answer_p)
 {
     tq_ctrl_conn *cc;
-    int rc = conn_acquire(c, &cc);
+    int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
         return rc;
     size_t off = tq__ctrl_begin(cc, type);
@@ -840,9 +883,9 @@ static int simple_call(tq_client *c, uint16_t type, tq_wbuf *body, uint32_t *ans
     } else if (answer_p != NULL) {
         *answer_p = tq_wire_get_u32(&r);
         if (!tq_rbuf_done(&r))
-            rc = set_error(c, TQ_ERR_PROTOCOL, "malformed reply");
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed reply");
     }
-    conn_release(c, cc);
+    tq__conn_release(c, cc);
     return rc;
 }
 
@@ -851,14 +894,14 @@ TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int6
     if (c == NULL)
         return TQ_ERR_INVALID;
     if (!tq__valid_name(partition) || (n > 0 && indexes == NULL) || n > TQ_WIRE_MAX_ROWS)
-        return set_error(c, TQ_ERR_INVALID, "bad partition, or indexes NULL or too many");
+        return tq__set_error(c, TQ_ERR_INVALID, "bad partition, or indexes NULL or too many");
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_clear(&body, &(tq_msg_clear_t){{partition, (uint16_t)strlen(partition)},
                                                   (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
     uint32_t removed = 0;
-    int rc = body.failed ? set_error(c, TQ_ERR_NOMEM, "out of memory")
-                         : simple_call(c, TQ_MSG_CLEAR, &body, &removed);
+    int rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                         : tq__simple_call(c, TQ_MSG_CLEAR, &body, &removed);
     tq_wbuf_free(&body);
     return rc == TQ_OK ? (int)removed : rc;
 }
@@ -868,15 +911,15 @@ static int partition_call(tq_client *c, uint16_t type, const char *partition, co
     if (c == NULL)
         return TQ_ERR_INVALID;
     if (!tq__valid_name(partition) || (task != NULL && !tq__valid_name(task)))
-        return set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
+        return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
                          TQ_WIRE_NAME_MAX);
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_partition(&body, &(tq_msg_partition_t){
         {partition, (uint16_t)strlen(partition)},
         {task ? task : "", (uint16_t)(task ? strlen(task) : 0)}});
-    int rc = body.failed ? set_error(c, TQ_ERR_NOMEM, "out of memory")
-                         : simple_call(c, type, &body, NULL);
+    int rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                         : tq__simple_call(c, type, &body, NULL);
     tq_wbuf_free(&body);
     return rc;
 }
@@ -896,9 +939,9 @@ TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
     if (c == NULL)
         return TQ_ERR_INVALID;
     if (units_p == NULL)
-        return set_error(c, TQ_ERR_INVALID, "units_p is NULL");
+        return tq__set_error(c, TQ_ERR_INVALID, "units_p is NULL");
     tq_ctrl_conn *cc;
-    int rc = conn_acquire(c, &cc);
+    int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
         return rc;
     char err[TQ_ERRMSG_MAX] = "";
@@ -913,23 +956,23 @@ TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
     /* decode before the connection (and the reply in its buffer) goes back */
     n = tq_wire_get_u32(&r);
     if (r.failed || n > (uint32_t)(r.end - r.p)) {
-        rc = set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+        rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
         goto out;
     }
     if ((units = calloc(n ? n : 1, sizeof(*units))) == NULL) {
-        rc = set_error(c, TQ_ERR_NOMEM, "out of memory");
+        rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
         goto out;
     }
     for (uint32_t i = 0; i < n; i++) {
         tq_wire_unit_t w;
         if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
-            rc = set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
             goto out;
         }
         units[i] = (tq_unit_info_t){w.id, w.incarnation, w.capacity, w.used, w.alive};
     }
 out:
-    conn_release(c, cc);
+    tq__conn_release(c, cc);
     if (rc != TQ_OK) {
         free(units);
         return rc;

@@ -337,8 +337,8 @@ void tq_wire_encode_alloc(tq_wbuf *w, const tq_msg_alloc_t *m)
 {
     tq_wire_put_str(w, m->partition.ptr, m->partition.len);
     tq_wire_put_u32(w, m->rows);
-    tq_wire_put_u8(w, m->has_indexes);
-    if (m->has_indexes)
+    tq_wire_put_u8(w, m->row_mode);
+    if (m->row_mode == TQ_ROWS_INDEXES)
         tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->rows * 8);
     tq_wire_put_u16(w, m->num_fields);
 }
@@ -347,13 +347,14 @@ int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
 {
     m->partition = tq_wire_get_str(r);
     m->rows = tq_wire_get_u32(r);
-    m->has_indexes = tq_wire_get_u8(r);
+    m->row_mode = tq_wire_get_u8(r);
     if (r->failed || !tq_str_is_name(m->partition) || m->rows == 0 ||
-        m->rows > TQ_WIRE_MAX_ROWS || m->has_indexes > 1)
+        m->rows > TQ_WIRE_MAX_ROWS || m->row_mode > TQ_ROWS_KEYS)
         return TQ_ERR_PROTOCOL;
-    m->indexes = m->has_indexes ? tq_wire_get_array(r, m->rows) : (tq_array_t){NULL, 0};
+    m->indexes = m->row_mode == TQ_ROWS_INDEXES ? tq_wire_get_array(r, m->rows)
+                                                : (tq_array_t){NULL, 0};
     m->num_fields = tq_wire_get_u16(r);
-    if (m->num_fields == 0 || m->num_fields > TQ_WIRE_MAX_FIELDS)
+    if ((m->num_fields == 0 && m->row_mode != TQ_ROWS_KEYS) || m->num_fields > TQ_WIRE_MAX_FIELDS)
         return TQ_ERR_PROTOCOL;
     return decoded(r);
 }
@@ -561,5 +562,90 @@ int tq_wire_decode_partition(tq_rbuf *r, tq_msg_partition_t *m)
     if (r->failed || !tq_str_is_name(m->partition) ||
         (m->task.len > 0 && !tq_str_is_name(m->task)))
         return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_name(tq_wbuf *w, const char *name) { tq_wire_put_cstr(w, name); }
+
+int tq_wire_decode_name(tq_rbuf *r, tq_str_t *name)
+{
+    *name = tq_wire_get_str(r);
+    return !r->failed && tq_str_is_name(*name) ? TQ_OK : TQ_ERR_PROTOCOL;
+}
+
+void tq_wire_encode_key(tq_wbuf *w, const char *key, const char *tag_json)
+{
+    tq_wire_put_cstr(w, key);
+    tq_wire_put_blob(w, tag_json, tag_json ? (uint32_t)strlen(tag_json) : 0);
+}
+
+int tq_wire_decode_key(tq_rbuf *r, tq_str_t *key, tq_blob_t *tag)
+{
+    if (tq_wire_decode_name(r, key) != TQ_OK)
+        return TQ_ERR_PROTOCOL;
+    *tag = tq_wire_get_blob(r);
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_get(tq_wbuf *w, const tq_msg_kv_get_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u32(w, m->count);
+    tq_wire_put_u16(w, m->num_fields);
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        tq_wire_put_str(w, m->fields[i].ptr, m->fields[i].len);
+}
+
+int tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->count = tq_wire_get_u32(r);
+    m->num_fields = tq_wire_get_u16(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
+        m->count > TQ_WIRE_MAX_ROWS || m->num_fields > TQ_WIRE_MAX_FIELDS)
+        return TQ_ERR_PROTOCOL;
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        if (tq_wire_decode_name(r, &m->fields[i]) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_keys(tq_wbuf *w, const tq_msg_kv_keys_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u32(w, m->count);
+}
+
+int tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->count = tq_wire_get_u32(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->count > TQ_WIRE_MAX_ROWS)
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_list(tq_wbuf *w, const char *partition) { tq_wire_put_cstr(w, partition); }
+
+int tq_wire_decode_kv_list(tq_rbuf *r, tq_str_t *partition)
+{
+    *partition = tq_wire_get_str(r);
+    if (!r->failed && partition->len > 0 && !tq_str_is_name(*partition))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_entry(tq_wbuf *w, const tq_wire_kv_entry_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_str(w, m->key.ptr, m->key.len);
+    tq_wire_put_blob(w, m->tag.ptr, m->tag.len);
+}
+
+int tq_wire_decode_kv_entry(tq_rbuf *r, tq_wire_kv_entry_t *m)
+{
+    if (tq_wire_decode_name(r, &m->partition) != TQ_OK || tq_wire_decode_name(r, &m->key) != TQ_OK)
+        return TQ_ERR_PROTOCOL;
+    m->tag = tq_wire_get_blob(r);
     return decoded(r);
 }

@@ -42,6 +42,9 @@ typedef enum {
     TQ_MSG_CLEAR,
     TQ_MSG_CLEAR_PARTITION,
     TQ_MSG_RESET_CONSUMPTION,
+    TQ_MSG_KV_GET,            /* pin the rows of keys (no consumption) */
+    TQ_MSG_KV_LIST,           /* keys and tags */
+    TQ_MSG_KV_CLEAR,          /* remove keys */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -183,12 +186,21 @@ typedef struct {
     tq_array_t dims; /* row_shape, shapes or lengths as above */
 } tq_wire_field_t;
 
-/* ALLOC request: the fixed part, then num_fields tq_wire_field_t. */
+/* How an ALLOC names its rows. */
+typedef enum {
+    TQ_ROWS_NEW = 0,     /* new rows, lowest free indexes first */
+    TQ_ROWS_INDEXES = 1, /* the given indexes */
+    TQ_ROWS_KEYS = 2,    /* keys: rows * (key string, tag blob) follow */
+} tq_wire_rows_t;
+
+/* ALLOC request: the fixed part, then (TQ_ROWS_KEYS) rows keys with their
+ * tags (tq_wire_decode_key), then num_fields tq_wire_field_t. Only a keyed
+ * ALLOC may have no field (it writes tags only, and commits at once). */
 typedef struct {
     tq_str_t   partition;
     uint32_t   rows;
-    uint8_t    has_indexes;
-    tq_array_t indexes; /* rows entries when has_indexes */
+    uint8_t    row_mode;
+    tq_array_t indexes; /* rows entries for TQ_ROWS_INDEXES */
     uint16_t   num_fields;
 } tq_msg_alloc_t;
 
@@ -255,6 +267,28 @@ typedef struct {
     tq_str_t task;
 } tq_msg_partition_t;
 
+/* KV_GET request: the fixed part, then count keys (tq_wire_decode_name).
+ * num_fields 0 asks for every field the keys share. Reply: as GET_META. */
+typedef struct {
+    tq_str_t partition;
+    uint32_t count;
+    uint16_t num_fields;
+    tq_str_t fields[TQ_WIRE_MAX_FIELDS];
+} tq_msg_kv_get_t;
+
+/* KV_CLEAR request: partition, u32 count, then count keys. Reply: u32 removed.
+ * KV_LIST request: partition ("" for every partition). Reply: u32 count, then
+ * count tq_wire_kv_entry_t. */
+typedef struct {
+    tq_str_t partition;
+    uint32_t count;
+} tq_msg_kv_keys_t;
+
+typedef struct {
+    tq_str_t  partition, key;
+    tq_blob_t tag; /* JSON object text */
+} tq_wire_kv_entry_t;
+
 /* Encoders append to w (inside a frame begun by the caller); decoders read from
  * r and return TQ_OK or TQ_ERR_PROTOCOL, checking every length and name. */
 void tq_wire_encode_hello(tq_wbuf *w, const tq_msg_hello_t *m);
@@ -285,5 +319,19 @@ void tq_wire_encode_clear(tq_wbuf *w, const tq_msg_clear_t *m);
 int  tq_wire_decode_clear(tq_rbuf *r, tq_msg_clear_t *m);
 void tq_wire_encode_partition(tq_wbuf *w, const tq_msg_partition_t *m);
 int  tq_wire_decode_partition(tq_rbuf *r, tq_msg_partition_t *m);
+/* A name (partition, field, key): 1..TQ_WIRE_NAME_MAX bytes, no NUL. */
+void tq_wire_encode_name(tq_wbuf *w, const char *name);
+int  tq_wire_decode_name(tq_rbuf *r, tq_str_t *name);
+/* A key of a keyed ALLOC and its tag (empty: none). */
+void tq_wire_encode_key(tq_wbuf *w, const char *key, const char *tag_json);
+int  tq_wire_decode_key(tq_rbuf *r, tq_str_t *key, tq_blob_t *tag);
+void tq_wire_encode_kv_get(tq_wbuf *w, const tq_msg_kv_get_t *m);
+int  tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m);
+void tq_wire_encode_kv_keys(tq_wbuf *w, const tq_msg_kv_keys_t *m);
+int  tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m);
+void tq_wire_encode_kv_list(tq_wbuf *w, const char *partition /* NULL: all */);
+int  tq_wire_decode_kv_list(tq_rbuf *r, tq_str_t *partition);
+void tq_wire_encode_kv_entry(tq_wbuf *w, const tq_wire_kv_entry_t *m);
+int  tq_wire_decode_kv_entry(tq_rbuf *r, tq_wire_kv_entry_t *m);
 
 #endif

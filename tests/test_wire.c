@@ -186,7 +186,7 @@ static tq_msg_alloc_t fx_alloc(bool with_indexes, tq_wire_field_t f[4])
     return (tq_msg_alloc_t){
         .partition = with_indexes ? STR("train") : STR("eval/with spaces"),
         .rows = rows,
-        .has_indexes = with_indexes,
+        .row_mode = with_indexes ? TQ_ROWS_INDEXES : TQ_ROWS_NEW,
         .indexes = with_indexes ? ARR(idx4) : NO_ARR,
         .num_fields = 4,
     };
@@ -711,7 +711,7 @@ static void check_alloc_roundtrip(bool with_indexes)
     cr_assert(eq(int, tq_wire_decode_alloc(&t.r, &got), TQ_OK));
     expect_str(got.partition, want.partition, "partition");
     cr_expect(eq(u32, got.rows, want.rows));
-    cr_expect(eq(u8, got.has_indexes, want.has_indexes));
+    cr_expect(eq(u8, got.row_mode, want.row_mode));
     if (with_indexes) {
         expect_array(got.indexes, want.indexes, "indexes");
         cr_expect(eq(i64, tq_array_i64(got.indexes, 3), -2));
@@ -1270,8 +1270,8 @@ Test(wire, hostile_alloc_rows_and_fields)
     EXPECT_RC(&w, dec_alloc, TQ_ERR_PROTOCOL, "rows TQ_WIRE_MAX_ROWS, 3 indexes");
     put_alloc_raw(&w, "p", 1, 3, 1, 3, 1);
     EXPECT_RC(&w, dec_alloc, TQ_OK, "3 rows with indexes");
-    put_alloc_raw(&w, "p", 1, 3, 2, 3, 1);
-    EXPECT_RC(&w, dec_alloc, TQ_ERR_PROTOCOL, "has_indexes 2");
+    put_alloc_raw(&w, "p", 1, 3, 3, 3, 1);
+    EXPECT_RC(&w, dec_alloc, TQ_ERR_PROTOCOL, "row mode 3");
     put_alloc_raw(&w, "p", 1, 3, 0, 0, 0);
     EXPECT_RC(&w, dec_alloc, TQ_ERR_PROTOCOL, "num_fields 0");
     put_alloc_raw(&w, "p", 1, 3, 0, 0, TQ_WIRE_MAX_FIELDS + 1);

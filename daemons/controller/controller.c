@@ -3,6 +3,7 @@
 #include "controller/controller.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -22,6 +23,7 @@
 #include "pool.h"
 #include "tq/tq.h"
 #include "util/common.h"
+#include "util/hashmap.h"
 #include "util/list.h"
 #include "util/log.h"
 #include "wire.h"
@@ -83,7 +85,9 @@ typedef struct {
     uint64_t        id;
     tq_partition_t *part;        /* NULL once the partition was cleared */
     uint32_t        rows;
-    int64_t        *indexes;
+    int64_t        *indexes;     /* rows reserved for this put */
+    char          **keys;        /* keyed put: rows keys, else NULL */
+    cJSON         **tags;        /* keyed put: a tag object or NULL per key */
     uint16_t        num_fields;
     alloc_field_t  *fields;
 } alloc_t;
@@ -123,6 +127,7 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_COMMIT] = "commit", [TQ_MSG_ABORT] = "abort", [TQ_MSG_GET_META] = "get_meta",
     [TQ_MSG_RELEASE] = "release", [TQ_MSG_CLEAR] = "clear",
     [TQ_MSG_CLEAR_PARTITION] = "clear_partition", [TQ_MSG_RESET_CONSUMPTION] = "reset_consumption",
+    [TQ_MSG_KV_GET] = "kv_get", [TQ_MSG_KV_LIST] = "kv_list", [TQ_MSG_KV_CLEAR] = "kv_clear",
 };
 
 /* ---- replies ---- */
@@ -226,6 +231,12 @@ static void alloc_free(alloc_t *a)
         free(a->fields[i].name);
         free(a->fields[i].cells);
     }
+    for (uint32_t i = 0; a->keys != NULL && i < a->rows; i++) {
+        free(a->keys[i]);
+        cJSON_Delete(a->tags[i]);
+    }
+    free(a->keys);
+    free(a->tags);
     free(a->fields);
     free(a->indexes);
     free(a);
@@ -452,6 +463,52 @@ static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af)
     return NULL;
 }
 
+static void wake_parked(tq_controller *ctl, const char *partition);
+static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why);
+
+/* Read the keys and tags of a keyed ALLOC into a. Returns a message on bad input. */
+static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
+{
+    a->keys = calloc(a->rows, sizeof(char *));
+    a->tags = calloc(a->rows, sizeof(cJSON *));
+    tq_hashmap *seen = tq_hashmap_create();
+    const char *why = NULL;
+    *status_p = TQ_ERR_NOMEM;
+    if (a->keys == NULL || a->tags == NULL || seen == NULL) {
+        why = "out of memory";
+        goto out;
+    }
+    for (uint32_t i = 0; i < a->rows && why == NULL; i++) {
+        tq_str_t key;
+        tq_blob_t tag;
+        if (tq_wire_decode_key(r, &key, &tag) != TQ_OK) {
+            *status_p = TQ_ERR_PROTOCOL, why = "malformed key";
+        } else if ((a->keys[i] = tq_str_dup(key)) == NULL) {
+            why = "out of memory";
+        } else if (tq_hashmap_get(seen, a->keys[i]) != NULL) {
+            *status_p = TQ_ERR_INVALID, why = "a key is given twice";
+        } else if (tq_hashmap_put(seen, a->keys[i], a->keys[i]) != 0) {
+            why = "out of memory";
+        } else if (tag.len > 0) {
+            /* cJSON rejects trailing bytes only in NUL-terminated text */
+            char *text = malloc((size_t)tag.len + 1);
+            if (text == NULL) {
+                why = "out of memory";
+                break;
+            }
+            memcpy(text, tag.ptr, tag.len);
+            text[tag.len] = '\0';
+            a->tags[i] = cJSON_ParseWithOpts(text, NULL, 1);
+            free(text);
+            if (!cJSON_IsObject(a->tags[i]))
+                *status_p = TQ_ERR_INVALID, why = "a tag is not a JSON object";
+        }
+    }
+out:
+    tq_hashmap_destroy(seen);
+    return why;
+}
+
 static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_controller *ctl = c->ctl;
@@ -466,7 +523,7 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     tq_list_init(&a->part_link);
     a->rows = m.rows;
     a->indexes = malloc((size_t)m.rows * sizeof(int64_t));
-    a->fields = calloc(m.num_fields, sizeof(alloc_field_t));
+    a->fields = calloc(m.num_fields ? m.num_fields : 1, sizeof(alloc_field_t));
     int status = TQ_ERR_NOMEM;
     const char *why = "out of memory";
     tq_partition_t *p = NULL;
@@ -474,6 +531,8 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     if (a->indexes == NULL || a->fields == NULL)
         goto err;
     a->num_fields = m.num_fields;
+    if (m.row_mode == TQ_ROWS_KEYS && (why = alloc_read_keys(a, r, &status)) != NULL)
+        goto err;
 
     char pname[TQ_WIRE_NAME_MAX + 1];
     memcpy(pname, m.partition.ptr, m.partition.len);
@@ -489,8 +548,10 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         }
         alloc_field_t *af = &a->fields[i];
         af->name = tq_str_dup(w.name);
-        if (af->name == NULL)
+        if (af->name == NULL) {
+            status = TQ_ERR_NOMEM, why = "out of memory";
             goto err;
+        }
         for (uint16_t j = 0; j < i; j++)
             if (strcmp(a->fields[j].name, af->name) == 0) {
                 status = TQ_ERR_INVALID, why = "a field is named twice";
@@ -513,17 +574,19 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     }
 
     if (p == NULL) {
-        p = tq__partition_create(pname);
-        if (p == NULL)
+        status = TQ_ERR_NOMEM, why = "out of memory";
+        if ((p = tq__partition_create(pname)) == NULL)
             goto err;
         tq_list_insert_tail(&ctl->partitions, &p->link);
         created = true;
     }
-    if (m.has_indexes) {
+    if (m.row_mode == TQ_ROWS_INDEXES) {
         memcpy(a->indexes, m.indexes.ptr, (size_t)m.rows * 8);
         status = tq__partition_reserve(p, m.rows, a->indexes);
         why = "an index is negative, too large or repeated";
     } else {
+        /* keyed rows get fresh rows too: commit binds each key to its row then,
+         * so a key cleared or created meanwhile cannot take someone else's row */
         status = tq__partition_reserve_new(p, m.rows, a->indexes);
         why = "too many rows";
     }
@@ -557,6 +620,14 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     tq_list_insert_tail(&c->allocs, &a->conn_link);
     tq_list_insert_tail(&p->allocs, &a->part_link);
 
+    if (a->num_fields == 0) { /* tags only: nothing to write, so commit now */
+        status = alloc_commit(ctl, a, &why);
+        if (status != TQ_OK)
+            return reply_error(c, h, status, "%s", why);
+        size_t off = reply_begin(c, h);
+        tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){0, 0, {NULL, 0}, 0});
+        return reply_end(c, off);
+    }
     size_t off = reply_begin(c, h);
     tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){
         a->id, a->rows, tq_array_of(a->indexes, a->rows), a->num_fields});
@@ -581,34 +652,52 @@ err:
     reply_error(c, h, status, "%s", why);
 }
 
-static void wake_parked(tq_controller *ctl, const char *partition);
-
-static void handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+/* Bind the put's keys to rows: a key that exists keeps its row (and the row
+ * reserved for it goes back); a new one takes its reserved row. */
+static int commit_keys(tq_partition_t *p, alloc_t *a)
 {
-    tq_msg_id_t m;
-    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
-        return reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
-    alloc_t *a = alloc_find(c, m.id);
-    if (a == NULL)
-        return reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
-                           (unsigned long long)m.id);
+    for (uint32_t i = 0; i < a->rows; i++) {
+        tq_kv_key_t *k = tq__partition_key(p, a->keys[i]);
+        if (k != NULL) {
+            tq__partition_unreserve(p, 1, &a->indexes[i]);
+            a->indexes[i] = k->row;
+        } else if ((k = tq__partition_bind_key(p, a->keys[i], a->indexes[i])) == NULL) {
+            return TQ_ERR_NOMEM;
+        }
+        tq__partition_set_live(p, k->row);
+        if (a->tags[i] != NULL && tq__kv_tag_merge(k, a->tags[i]) != 0)
+            return TQ_ERR_NOMEM;
+    }
+    return TQ_OK;
+}
+
+/* Make a pending put visible: fields, cells, keys and tags, then free it.
+ * On error the put is aborted and *why says what went wrong. */
+static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
+{
     tq_partition_t *p = a->part;
     if (p == NULL) {
         alloc_free(a);
-        return reply_error(c, h, TQ_ERR_NOT_FOUND, "the partition was cleared during the put");
+        *why = "the partition was cleared during the put";
+        return TQ_ERR_NOT_FOUND;
     }
     for (uint16_t i = 0; i < a->num_fields; i++) {
         alloc_field_t *af = &a->fields[i];
         if (af->ext != NULL && !af->ext->unit->alive) {
             alloc_abort(a);
-            return reply_error(c, h, TQ_ERR_LOST, "a storage unit died during the put");
+            *why = "a storage unit died during the put";
+            return TQ_ERR_LOST;
         }
         /* a concurrent put may have created the field since the ALLOC */
-        const char *why = schema_conflict(tq__partition_field(p, af->name), af);
-        if (why != NULL) {
+        if ((*why = schema_conflict(tq__partition_field(p, af->name), af)) != NULL) {
             alloc_abort(a);
-            return reply_error(c, h, TQ_ERR_INVALID, "field %s: %s", af->name, why);
+            return TQ_ERR_INVALID;
         }
+    }
+    if (a->keys != NULL && commit_keys(p, a) != TQ_OK) {
+        alloc_abort(a);
+        *why = "out of memory";
+        return TQ_ERR_NOMEM;
     }
     for (uint16_t i = 0; i < a->num_fields; i++) {
         alloc_field_t *af = &a->fields[i];
@@ -617,7 +706,8 @@ static void handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
             f = tq__partition_add_field(p, af->name, af->kind, af->dtype, af->ndim, af->row_shape);
             if (f == NULL) {
                 alloc_abort(a);
-                return reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+                *why = "out of memory";
+                return TQ_ERR_NOMEM;
             }
         } else if (f->kind == TQ_FIELD_TENSOR &&
                    (af->kind != TQ_FIELD_TENSOR ||
@@ -634,10 +724,26 @@ static void handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     }
     char *name = strdup(p->name);
     alloc_free(a);
-    reply_ok(c, h);
     if (name != NULL)
-        wake_parked(c->ctl, name);
+        wake_parked(ctl, name);
     free(name);
+    return TQ_OK;
+}
+
+static void handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_id_t m;
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
+    alloc_t *a = alloc_find(c, m.id);
+    if (a == NULL)
+        return reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
+                           (unsigned long long)m.id);
+    const char *why = NULL;
+    int rc = alloc_commit(c->ctl, a, &why);
+    if (rc != TQ_OK)
+        return reply_error(c, h, rc, "%s", why);
+    reply_ok(c, h);
 }
 
 static void handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
@@ -910,6 +1016,172 @@ static void handle_reset(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     wake_parked(c->ctl, p->name);
 }
 
+/* ---- key-value ---- */
+
+/* Copy a decoded name into a NUL-terminated buffer of TQ_WIRE_NAME_MAX + 1. */
+static const char *name_cstr(tq_str_t s, char *buf)
+{
+    memcpy(buf, s.ptr, s.len);
+    buf[s.len] = '\0';
+    return buf;
+}
+
+/* KV_GET: pin the rows of the keys, in their order, and answer as GET_META. */
+static void handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_kv_get_t m;
+    if (tq_wire_decode_kv_get(r, &m) != TQ_OK)
+        return reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_get");
+    char name[TQ_WIRE_NAME_MAX + 1], key[TQ_WIRE_NAME_MAX + 1];
+    tq_partition_t *p = partition_find_str(c->ctl, m.partition);
+    if (p == NULL)
+        return reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %s", name_cstr(m.partition, name));
+    for (uint16_t i = 0; i < m.num_fields; i++)
+        for (uint16_t j = 0; j < i; j++)
+            if (m.fields[i].len == m.fields[j].len &&
+                memcmp(m.fields[i].ptr, m.fields[j].ptr, m.fields[i].len) == 0)
+                return reply_error(c, h, TQ_ERR_INVALID, "field %s requested twice",
+                                   name_cstr(m.fields[i], name));
+    int64_t *rows = malloc((size_t)m.count * sizeof(int64_t));
+    tq_field_t **fields = malloc(TQ_MAX(p->num_fields, (uint32_t)m.num_fields) * sizeof(*fields) + 1);
+    meta_t *meta = calloc(1, sizeof(*meta));
+    if (rows == NULL || fields == NULL || meta == NULL) {
+        reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (uint32_t i = 0; i < m.count; i++) {
+        tq_str_t k;
+        if (tq_wire_decode_name(r, &k) != TQ_OK) {
+            reply_error(c, h, TQ_ERR_PROTOCOL, "malformed key");
+            goto out;
+        }
+        tq_kv_key_t *entry = tq__partition_key(p, name_cstr(k, key));
+        if (entry == NULL) {
+            reply_error(c, h, TQ_ERR_NOT_FOUND, "no key %s in partition %s", key, p->name);
+            goto out;
+        }
+        rows[i] = entry->row;
+    }
+    if (!tq_rbuf_done(r)) {
+        reply_error(c, h, TQ_ERR_PROTOCOL, "trailing bytes in kv_get");
+        goto out;
+    }
+    uint32_t nf = 0;
+    if (m.num_fields > 0) {
+        for (uint16_t i = 0; i < m.num_fields; i++) {
+            tq_field_t *f = tq__partition_field(p, name_cstr(m.fields[i], name));
+            for (uint32_t k = 0; k < m.count; k++)
+                if (f == NULL || !f->cells[rows[k]].produced) {
+                    reply_error(c, h, TQ_ERR_NOT_FOUND, "key %s has no field %s",
+                                p->row_keys[rows[k]]->key, name);
+                    goto out;
+                }
+            fields[nf++] = f;
+        }
+    } else { /* every field all the keys have */
+        for (uint32_t i = 0; i < p->num_fields; i++) {
+            bool shared = true;
+            for (uint32_t k = 0; k < m.count && shared; k++)
+                shared = p->fields[i].cells[rows[k]].produced;
+            if (shared)
+                fields[nf++] = &p->fields[i];
+        }
+        if (nf == 0) {
+            reply_error(c, h, TQ_ERR_NOT_FOUND, "the keys share no field");
+            goto out;
+        }
+        if (nf > TQ_WIRE_MAX_FIELDS) {
+            reply_error(c, h, TQ_ERR_INVALID, "the keys share %u fields: name at most %u", nf,
+                        TQ_WIRE_MAX_FIELDS);
+            goto out;
+        }
+    }
+    if ((meta->pins = malloc((size_t)m.count * nf * sizeof(tq_extent *) + 1)) == NULL) {
+        reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    meta->id = ++c->ctl->next_id;
+    tq_list_init(&meta->conn_link);
+    tq_list_insert_tail(&c->metas, &meta->conn_link);
+    reply_meta(c, h, p, fields, (uint16_t)nf, rows, m.count, meta);
+    meta = NULL;
+out:
+    if (meta != NULL)
+        free(meta->pins);
+    free(meta);
+    free(fields);
+    free(rows);
+}
+
+static void encode_partition_keys(tq_wbuf *w, const tq_partition_t *p)
+{
+    tq_list *pos;
+    for (pos = p->key_order.next; pos != &p->key_order; pos = pos->next) {
+        const tq_kv_key_t *k = tq_list_entry(pos, tq_kv_key_t, link);
+        char *tag = cJSON_PrintUnformatted(k->tag);
+        if (tag == NULL) {
+            w->failed = true; /* out of memory: the reply fails whole */
+            return;
+        }
+        tq_wire_kv_entry_t e = {{p->name, (uint16_t)strlen(p->name)},
+                                {k->key, (uint16_t)strlen(k->key)},
+                                {(const uint8_t *)tag, (uint32_t)strlen(tag)}};
+        tq_wire_encode_kv_entry(w, &e);
+        free(tag);
+    }
+}
+
+static void handle_kv_list(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_str_t want;
+    if (tq_wire_decode_kv_list(r, &want) != TQ_OK || !tq_rbuf_done(r))
+        return reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_list");
+    uint32_t n = 0;
+    tq_list *pos;
+    for (pos = c->ctl->partitions.next; pos != &c->ctl->partitions; pos = pos->next) {
+        tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
+        if (want.len == 0 || tq_str_eq(want, p->name))
+            n += (uint32_t)tq_hashmap_size(p->keys);
+    }
+    size_t off = reply_begin(c, h);
+    tq_wire_put_u32(&c->out, n);
+    for (pos = c->ctl->partitions.next; pos != &c->ctl->partitions; pos = pos->next) {
+        tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
+        if (want.len == 0 || tq_str_eq(want, p->name))
+            encode_partition_keys(&c->out, p);
+    }
+    reply_end(c, off);
+}
+
+static void handle_kv_clear(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_kv_keys_t m;
+    if (tq_wire_decode_kv_keys(r, &m) != TQ_OK)
+        return reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_clear");
+    tq_partition_t *p = partition_find_str(c->ctl, m.partition);
+    /* decode every key before removing any: a malformed request removes nothing */
+    tq_rbuf keys = *r;
+    for (uint32_t i = 0; i < m.count; i++) {
+        tq_str_t k;
+        if (tq_wire_decode_name(r, &k) != TQ_OK)
+            return reply_error(c, h, TQ_ERR_PROTOCOL, "malformed key");
+    }
+    if (!tq_rbuf_done(r))
+        return reply_error(c, h, TQ_ERR_PROTOCOL, "trailing bytes in kv_clear");
+    uint32_t removed = 0;
+    char key[TQ_WIRE_NAME_MAX + 1];
+    for (uint32_t i = 0; p != NULL && i < m.count; i++) {
+        tq_str_t k;
+        tq_wire_decode_name(&keys, &k);
+        tq_kv_key_t *entry = tq__partition_key(p, name_cstr(k, key));
+        if (entry != NULL)
+            removed += tq__partition_clear_rows(p, 1, &entry->row);
+    }
+    size_t off = reply_begin(c, h);
+    tq_wire_put_u32(&c->out, removed);
+    reply_end(c, off);
+}
+
 static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 {
     tq_rbuf r = tq_rbuf_make(body, h->body_len);
@@ -942,6 +1214,9 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
     case TQ_MSG_CLEAR:         return handle_clear(c, h, &r);
     case TQ_MSG_CLEAR_PARTITION:   return handle_clear_partition(c, h, &r);
     case TQ_MSG_RESET_CONSUMPTION: return handle_reset(c, h, &r);
+    case TQ_MSG_KV_GET:        return handle_kv_get(c, h, &r);
+    case TQ_MSG_KV_LIST:       return handle_kv_list(c, h, &r);
+    case TQ_MSG_KV_CLEAR:      return handle_kv_clear(c, h, &r);
     default:
         return reply_error(c, h, TQ_ERR_PROTOCOL, "unknown message type %u", h->type);
     }

@@ -28,7 +28,24 @@ tq_partition_t *tq__partition_create(const char *name)
     tq_list_init(&p->link);
     tq_list_init(&p->tasks);
     tq_list_init(&p->allocs);
+    tq_list_init(&p->key_order);
+    p->keys = tq_hashmap_create();
+    if (p->keys == NULL) {
+        free(p->name);
+        free(p);
+        return NULL;
+    }
     return p;
+}
+
+static void key_destroy(tq_partition_t *p, tq_kv_key_t *k)
+{
+    tq_hashmap_remove(p->keys, k->key);
+    tq_list_remove(&k->link);
+    p->row_keys[k->row] = NULL;
+    cJSON_Delete(k->tag);
+    free(k->key);
+    free(k);
 }
 
 static void task_destroy(tq_task_t *t)
@@ -54,6 +71,10 @@ void tq__partition_destroy(tq_partition_t *p)
     tq_list *pos, *tmp;
     tq_list_for_each_safe(pos, tmp, &p->tasks)
         task_destroy(tq_list_entry(pos, tq_task_t, link));
+    tq_list_for_each_safe(pos, tmp, &p->key_order)
+        key_destroy(p, tq_list_entry(pos, tq_kv_key_t, link));
+    tq_hashmap_destroy(p->keys);
+    free(p->row_keys);
     free(p->fields);
     free(p->state);
     free(p->name);
@@ -83,6 +104,7 @@ static int grow_slots(tq_partition_t *p, uint64_t slots)
     } while (0)
 
     GROW(p->state, 1);
+    GROW(p->row_keys, sizeof(tq_kv_key_t *));
     for (uint32_t i = 0; i < p->num_fields; i++)
         GROW(p->fields[i].cells, sizeof(tq_cell_t));
     tq_list *pos;
@@ -220,6 +242,55 @@ void tq__partition_set_cell(tq_partition_t *p, tq_field_t *f, int64_t row, const
     }
 }
 
+void tq__partition_set_live(tq_partition_t *p, int64_t row)
+{
+    tq_assert(row >= 0 && (uint64_t)row < p->num_slots);
+    if (p->state[row] != TQ_ROW_LIVE) {
+        p->state[row] = TQ_ROW_LIVE;
+        p->live_rows++;
+    }
+}
+
+tq_kv_key_t *tq__partition_key(const tq_partition_t *p, const char *key)
+{
+    return tq_hashmap_get(p->keys, key);
+}
+
+tq_kv_key_t *tq__partition_bind_key(tq_partition_t *p, const char *key, int64_t row)
+{
+    tq_assert(row >= 0 && (uint64_t)row < p->num_slots && p->row_keys[row] == NULL);
+    tq_kv_key_t *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    k->key = strdup(key);
+    k->tag = cJSON_CreateObject();
+    k->row = row;
+    if (k->key == NULL || k->tag == NULL || tq_hashmap_put(p->keys, k->key, k) != 0) {
+        cJSON_Delete(k->tag);
+        free(k->key);
+        free(k);
+        return NULL;
+    }
+    tq_list_insert_tail(&p->key_order, &k->link);
+    p->row_keys[row] = k;
+    return k;
+}
+
+int tq__kv_tag_merge(tq_kv_key_t *k, const cJSON *obj)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach(item, obj) {
+        cJSON *copy = cJSON_Duplicate(item, 1);
+        if (copy == NULL)
+            return -1;
+        if (cJSON_GetObjectItemCaseSensitive(k->tag, item->string) != NULL)
+            cJSON_ReplaceItemInObjectCaseSensitive(k->tag, item->string, copy);
+        else
+            cJSON_AddItemToObject(k->tag, item->string, copy);
+    }
+    return 0;
+}
+
 uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *indexes)
 {
     uint32_t removed = 0;
@@ -237,6 +308,8 @@ uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *
         tq_list *pos;
         for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next)
             tq_list_entry(pos, tq_task_t, link)->consumed[r] = 0;
+        if (p->row_keys[r] != NULL)
+            key_destroy(p, p->row_keys[r]);
         mark_free(p, r);
         p->live_rows--;
         removed++;

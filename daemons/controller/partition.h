@@ -5,8 +5,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #include "pool.h"
 #include "tq/tq.h"
+#include "util/hashmap.h"
 #include "util/list.h"
 
 /*
@@ -58,6 +61,14 @@ typedef struct tq_task {
     uint8_t *consumed; /* one byte per row slot */
 } tq_task_t;
 
+/* A key of the KV interface: one row of its partition, and a tag. */
+typedef struct tq_kv_key {
+    tq_list  link;  /* in the partition's key_order: insertion order */
+    char    *key;
+    int64_t  row;
+    cJSON   *tag;   /* a JSON object */
+} tq_kv_key_t;
+
 typedef struct tq_partition {
     tq_list     link;        /* in the controller's list */
     char       *name;
@@ -70,6 +81,9 @@ typedef struct tq_partition {
     uint32_t    num_fields, cap_fields;
     tq_list     tasks;
     tq_list     allocs;      /* pending puts that reserved rows here */
+    tq_hashmap *keys;        /* key -> tq_kv_key_t */
+    tq_list     key_order;
+    tq_kv_key_t **row_keys;  /* per slot: its key, or NULL */
 } tq_partition_t;
 
 /* Largest row index + 1 a partition accepts. */
@@ -96,7 +110,18 @@ void tq__partition_unreserve(tq_partition_t *p, uint32_t n, const int64_t *index
  * one, and mark the row live. */
 void tq__partition_set_cell(tq_partition_t *p, tq_field_t *f, int64_t row, const tq_cell_t *cell);
 
-/* Remove live rows; returns how many were removed. Out-of-range ones are ignored. */
+/* Mark a reserved row live with no field (a key that has only a tag). */
+void tq__partition_set_live(tq_partition_t *p, int64_t row);
+
+tq_kv_key_t *tq__partition_key(const tq_partition_t *p, const char *key);
+/* Give row (which has no key) the new key, with an empty tag. NULL when out of memory. */
+tq_kv_key_t *tq__partition_bind_key(tq_partition_t *p, const char *key, int64_t row);
+/* Merge the members of obj (a JSON object) into the key's tag; a later value
+ * wins. obj is copied. -1 when out of memory. */
+int tq__kv_tag_merge(tq_kv_key_t *k, const cJSON *obj);
+
+/* Remove live rows (and their keys); returns how many were removed.
+ * Out-of-range ones are ignored. */
 uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *indexes);
 
 tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create);

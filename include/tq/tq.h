@@ -57,6 +57,8 @@ typedef enum { TQ_FIELD_TENSOR, TQ_FIELD_NESTED, TQ_FIELD_BYTES } tq_field_kind_
 typedef struct tq_client tq_client;
 typedef struct tq_batch tq_batch;
 typedef struct tq_meta tq_meta;
+typedef struct tq_kv_entries tq_kv_entries;
+typedef struct tq_request tq_request;
 
 /** What a batch knows of one field. */
 typedef struct {
@@ -184,6 +186,74 @@ TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int6
 TQ_EXPORT int tq_clear_partition(tq_client *c, const char *partition);
 /** Forget what @p task (NULL: every task) consumed in @p partition. */
 TQ_EXPORT int tq_reset_consumption(tq_client *c, const char *partition, const char *task);
+
+/* ---- key-value interface (Redis-style) ---- */
+
+/**
+ * Write one key: its fields (a 1-row batch, or NULL) and a tag (a JSON object
+ * merged into the key's tag key by key, or NULL). The key is created if new;
+ * fields not in the batch keep their values. Atomic: on error nothing is written.
+ * @return TQ_OK; TQ_ERR_INVALID (both NULL, a tag that is not a JSON object, a
+ *         batch of other than 1 row, a dtype conflict); TQ_ERR_NOSPACE; ...
+ */
+TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,
+                        const tq_batch *fields, const char *tag_json);
+/**
+ * Write n keys in one control round trip: row i of fields goes to keys[i],
+ * tags_json[i] (may be NULL) merges into its tag. Atomic as tq_kv_put.
+ * @return TQ_OK; TQ_ERR_INVALID also for a repeated key or a batch of other than n rows.
+ */
+TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
+                              const char *const *keys, const tq_batch *fields,
+                              const char *const *tags_json);
+/**
+ * Read n keys, rows in the order of keys. fields NULL: every field produced
+ * for all the keys (their intersection). Consumes nothing.
+ * @return TQ_OK and *batch_p; TQ_ERR_NOT_FOUND for an unknown partition or key,
+ *         a named field a key lacks, or an empty intersection (tq_last_error
+ *         names what is missing); nothing is written on error.
+ */
+TQ_EXPORT int tq_kv_batch_get(tq_client *c, const char *partition, size_t n,
+                              const char *const *keys, size_t num_fields,
+                              const char *const *fields, tq_batch **batch_p);
+/**
+ * List keys in insertion order with their tags, of one partition (NULL: all,
+ * partitions in creation order). An unknown partition gives an empty list.
+ * @return TQ_OK and *entries_p (free with tq_kv_entries_free).
+ */
+TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p);
+TQ_EXPORT size_t      tq_kv_entries_size(const tq_kv_entries *e);
+TQ_EXPORT const char *tq_kv_entries_partition(const tq_kv_entries *e, size_t i);
+TQ_EXPORT const char *tq_kv_entries_key(const tq_kv_entries *e, size_t i);
+/** @return the tag of entry i as JSON object text ("{}" when none). */
+TQ_EXPORT const char *tq_kv_entries_tag(const tq_kv_entries *e, size_t i);
+TQ_EXPORT void        tq_kv_entries_free(tq_kv_entries *e);
+/** Remove the keys that exist (their rows and tags); the partition stays.
+ * @return how many keys were removed, or an error. */
+TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys);
+
+/*
+ * Non-blocking twins: the same arguments, plus a request that completes later.
+ * An argument error is returned by the call itself (and no request is made);
+ * any later error is returned by tq_request_wait/test, never by a callback.
+ * Buffers stay borrowed until the request completes.
+ */
+TQ_EXPORT int tq_kv_put_nb(tq_client *c, const char *partition, const char *key,
+                           const tq_batch *fields, const char *tag_json, tq_request **req_p);
+TQ_EXPORT int tq_kv_batch_put_nb(tq_client *c, const char *partition, size_t n,
+                                 const char *const *keys, const tq_batch *fields,
+                                 const char *const *tags_json, tq_request **req_p);
+TQ_EXPORT int tq_kv_batch_get_nb(tq_client *c, const char *partition, size_t n,
+                                 const char *const *keys, size_t num_fields,
+                                 const char *const *fields, tq_request **req_p);
+/** Wait up to timeout_ms (-1: forever) for r. @return its status, or TQ_ERR_TIMEOUT while in flight. */
+TQ_EXPORT int tq_request_wait(tq_request *r, int timeout_ms);
+/** @return TQ_OK or the request's error once complete; TQ_ERR_TIMEOUT while in flight. */
+TQ_EXPORT int tq_request_test(tq_request *r);
+/** The batch a completed get produced (the caller owns it), or NULL. */
+TQ_EXPORT tq_batch *tq_request_take_batch(tq_request *r);
+/** Wait for r to complete if it has not, then free it. NULL is ignored. */
+TQ_EXPORT void tq_request_free(tq_request *r);
 
 /** Use of one storage unit, as the controller sees it. */
 typedef struct {

@@ -1,0 +1,121 @@
+/* client.h: the inside of a tq_client, shared by client.c, kv.c and request.c. */
+#ifndef TQ_CLIENT_H
+#define TQ_CLIENT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "batch.h"
+#include "bufpool.h"
+#include "ctrl_conn.h"
+#include "embedded.h"
+#include "tq/transport.h"
+#include "tq/tq.h"
+#include "wire.h"
+
+#define TQ_MAX_IDLE_CONNS 16
+#define TQ_MAX_LANES      8
+
+/* A storage unit as one lane sees it: endpoint and region are made on first
+ * use and kept (the endpoint and unpacked-region caches). */
+typedef struct {
+    uint32_t             id;
+    bool                 alive;
+    void                *address, *region_blob;
+    uint32_t             address_len, region_len;
+    tq_transport_ep     *ep;
+    tq_transport_region *region;
+    bool                 used; /* posted to since the last flush */
+} tq__unit_t;
+
+/* A lane: one transport instance with its own endpoints. An operation holds a
+ * lane while it moves bytes, so operations on different lanes (threads,
+ * non-blocking requests) move bytes at the same time. */
+typedef struct {
+    tq_transport *tr;
+    tq__unit_t   *units;
+    uint32_t      num_units;
+} tq__lane_t;
+
+typedef struct tq__workers tq__workers;
+
+struct tq_client {
+    char                   *target;
+    char                   *token;
+    int                     timeout_ms;
+    tq__embedded           *embedded;
+    const tq_transport_ops *ops;
+    tq__bufpool            *recv;     /* columns that gets read into */
+
+    pthread_mutex_t         lock;     /* idle conns, lanes, workers */
+    pthread_cond_t          lane_freed;
+    tq_ctrl_conn           *idle[TQ_MAX_IDLE_CONNS];
+    unsigned                num_idle;
+    tq__lane_t             *lanes[TQ_MAX_LANES]; /* every lane built, for freeing */
+    unsigned                num_lanes, building, max_lanes;
+    tq__lane_t             *free_lanes[TQ_MAX_LANES];
+    unsigned                num_free_lanes;
+    tq__workers            *workers;  /* run non-blocking requests; made on first use */
+};
+
+/* A GET_META or KV_GET answer: rows, schema and where each column lives. */
+typedef struct {
+    char             *name;
+    tq_field_kind_t   kind;
+    tq_dtype_t        dtype;
+    uint32_t          ndim;
+    int64_t           row_shape[TQ_MAX_NDIM];
+    int64_t          *shapes;    /* rows x ndim */
+    uint64_t         *row_bytes;
+    uint64_t          bytes;
+    tq_wire_extent_t *runs;
+    uint32_t          num_runs;
+} tq__meta_field_t;
+
+struct tq_meta {
+    tq_client        *client;
+    uint64_t          id;
+    uint32_t          rows;
+    int64_t          *indexes;
+    uint16_t          num_fields;
+    tq__meta_field_t *fields;
+};
+
+/* How a put names its rows (tq_wire_rows_t) and, for keys, their tags. */
+typedef struct {
+    uint8_t            mode;
+    const int64_t     *indexes;
+    const char *const *keys;
+    const char *const *tags;
+} tq__rows_t;
+
+/* Record this thread's last error on c (c may be NULL) and return status. */
+int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A control connection for one call (idle or new), and giving it back. */
+int  tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p);
+void tq__conn_release(tq_client *c, tq_ctrl_conn *cc);
+/* One request/reply on a connection; on error the detail goes to tq_last_error. */
+int  tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p);
+
+/* One control call with a prepared body whose answer is empty (answer_p
+ * NULL) or one u32. */
+int  tq__simple_call(tq_client *c, uint16_t type, const tq_wbuf *body, uint32_t *answer_p);
+
+/* Put `rows` rows: the fields of b (NULL: none, keyed puts only) to the rows
+ * named by spec, in one ALLOC and (when there are bytes to write) one COMMIT.
+ * Arguments are checked by the caller. */
+int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
+            const tq__rows_t *spec, int64_t *indexes_out);
+
+/* Turn a GET_META/KV_GET reply into a meta; read its columns into a batch;
+ * unpin and free it. */
+int  tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p);
+int  tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p);
+void tq__meta_release(tq_meta *m);
+
+/* Stop and free the threads of non-blocking requests (request.c). */
+void tq__workers_stop(tq__workers *w);
+
+#endif

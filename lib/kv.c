@@ -1,0 +1,276 @@
+/* kv.c: the Redis-style key-value interface, over keyed puts and KV_GET. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "kv.h"
+#include "util/hashmap.h"
+
+struct tq_kv_entries {
+    size_t n;
+    char **partition, **key, **tag;
+};
+
+static int check_partition(tq_client *c, const char *partition)
+{
+    if (!tq__valid_name(partition))
+        return tq__set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
+                             TQ_WIRE_NAME_MAX);
+    return TQ_OK;
+}
+
+/* 1..TQ_WIRE_MAX_ROWS valid keys, none repeated unless allowed. */
+static int check_keys(tq_client *c, size_t n, const char *const *keys, bool repeats_ok)
+{
+    if (keys == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "keys: 1 to %u are required", TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++)
+        if (!tq__valid_name(keys[i]))
+            return tq__set_error(c, TQ_ERR_INVALID, "key %zu must be a name of 1 to %d bytes", i,
+                                 TQ_WIRE_NAME_MAX);
+    if (repeats_ok || n == 1)
+        return TQ_OK;
+    tq_hashmap *seen = tq_hashmap_create();
+    int rc = seen ? TQ_OK : tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; rc == TQ_OK && i < n; i++) {
+        if (tq_hashmap_get(seen, keys[i]) != NULL)
+            rc = tq__set_error(c, TQ_ERR_INVALID, "key %s is given twice", keys[i]);
+        else if (tq_hashmap_put(seen, keys[i], (void *)keys[i]) != 0)
+            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    }
+    tq_hashmap_destroy(seen);
+    return rc;
+}
+
+int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                     const tq_batch *fields, const char *const *tags_json)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc == TQ_OK)
+        rc = check_keys(c, n, keys, false);
+    if (rc != TQ_OK)
+        return rc;
+    if (fields == NULL && tags_json == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "fields and tags are both NULL: nothing to put");
+    if (fields != NULL && (fields->rows != n || fields->num_fields == 0))
+        return tq__set_error(c, TQ_ERR_INVALID, "the batch has %u rows and %u fields for %zu keys",
+                             fields->rows, fields->num_fields, n);
+    for (size_t i = 0; tags_json != NULL && i < n; i++) {
+        if (tags_json[i] == NULL)
+            continue;
+        cJSON *tag = cJSON_ParseWithOpts(tags_json[i], NULL, 1); /* nothing may follow */
+        bool object = cJSON_IsObject(tag);
+        cJSON_Delete(tag);
+        if (!object)
+            return tq__set_error(c, TQ_ERR_INVALID, "the tag of key %s is not a JSON object",
+                                 keys[i]);
+    }
+    return TQ_OK;
+}
+
+int tq__kv_run_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                   const tq_batch *fields, const char *const *tags_json)
+{
+    tq__rows_t spec = {TQ_ROWS_KEYS, NULL, keys, tags_json};
+    return tq__put(c, partition, (uint32_t)n, fields, &spec, NULL);
+}
+
+TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
+                              const char *const *keys, const tq_batch *fields,
+                              const char *const *tags_json)
+{
+    int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
+    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json);
+}
+
+TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,
+                        const tq_batch *fields, const char *tag_json)
+{
+    return tq_kv_batch_put(c, partition, 1, &key, fields, tag_json ? &tag_json : NULL);
+}
+
+int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                     size_t num_fields, const char *const *fields, tq_batch **batch_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc == TQ_OK)
+        rc = check_keys(c, n, keys, true);
+    if (rc != TQ_OK)
+        return rc;
+    if (num_fields > TQ_WIRE_MAX_FIELDS || (num_fields > 0 && fields == NULL))
+        return tq__set_error(c, TQ_ERR_INVALID, "fields: NULL, or 1 to %d names",
+                             TQ_WIRE_MAX_FIELDS);
+    for (size_t i = 0; fields != NULL && i < num_fields; i++)
+        if (!tq__valid_name(fields[i]))
+            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+    if (batch_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
+    return TQ_OK;
+}
+
+int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                   size_t num_fields, const char *const *fields, tq_batch **batch_p)
+{
+    if (fields == NULL)
+        num_fields = 0;
+    tq_msg_kv_get_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                         .count = (uint32_t)n, .num_fields = (uint16_t)num_fields};
+    for (size_t i = 0; i < num_fields; i++)
+        m.fields[i] = (tq_str_t){fields[i], (uint16_t)strlen(fields[i])};
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_GET);
+    tq_wire_encode_kv_get(&cc->out, &m);
+    for (size_t i = 0; i < n; i++)
+        tq_wire_encode_name(&cc->out, keys[i]);
+    tq_rbuf r;
+    tq_meta *meta = NULL;
+    rc = tq__call(c, cc, off, c->timeout_ms, &r);
+    if (rc == TQ_OK)
+        rc = tq__meta_parse(c, &r, &meta);
+    tq__conn_release(c, cc);
+    if (rc != TQ_OK)
+        return rc;
+    rc = tq__meta_read(c, meta, batch_p);
+    tq__meta_release(meta);
+    return rc;
+}
+
+TQ_EXPORT int tq_kv_batch_get(tq_client *c, const char *partition, size_t n,
+                              const char *const *keys, size_t num_fields,
+                              const char *const *fields, tq_batch **batch_p)
+{
+    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields, batch_p);
+    return rc != TQ_OK ? rc : tq__kv_run_get(c, partition, n, keys, num_fields, fields, batch_p);
+}
+
+/* ---- listing and clearing ---- */
+
+TQ_EXPORT void tq_kv_entries_free(tq_kv_entries *e)
+{
+    if (e == NULL)
+        return;
+    for (size_t i = 0; i < e->n; i++) {
+        free(e->partition[i]);
+        free(e->key[i]);
+        free(e->tag[i]);
+    }
+    free(e->partition);
+    free(e->key);
+    free(e->tag);
+    free(e);
+}
+
+TQ_EXPORT size_t tq_kv_entries_size(const tq_kv_entries *e) { return e ? e->n : 0; }
+
+TQ_EXPORT const char *tq_kv_entries_partition(const tq_kv_entries *e, size_t i)
+{
+    return e != NULL && i < e->n ? e->partition[i] : NULL;
+}
+
+TQ_EXPORT const char *tq_kv_entries_key(const tq_kv_entries *e, size_t i)
+{
+    return e != NULL && i < e->n ? e->key[i] : NULL;
+}
+
+TQ_EXPORT const char *tq_kv_entries_tag(const tq_kv_entries *e, size_t i)
+{
+    return e != NULL && i < e->n ? e->tag[i] : NULL;
+}
+
+static char *blob_dup(tq_blob_t b)
+{
+    char *s = malloc((size_t)b.len + 1);
+    if (s != NULL) {
+        memcpy(s, b.ptr, b.len);
+        s[b.len] = '\0';
+    }
+    return s;
+}
+
+TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (partition != NULL && check_partition(c, partition) != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (entries_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "entries_p is NULL");
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_LIST);
+    tq_wire_encode_kv_list(&cc->out, partition);
+    tq_rbuf r;
+    tq_kv_entries *e = NULL;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)
+        goto out;
+    uint32_t n = tq_wire_get_u32(&r);
+    rc = TQ_ERR_NOMEM;
+    if (r.failed || n > (uint32_t)(r.end - r.p)) {
+        rc = TQ_ERR_PROTOCOL;
+        goto out;
+    }
+    if ((e = calloc(1, sizeof(*e))) == NULL)
+        goto out;
+    e->partition = calloc(n + 1u, sizeof(char *));
+    e->key = calloc(n + 1u, sizeof(char *));
+    e->tag = calloc(n + 1u, sizeof(char *));
+    if (e->partition == NULL || e->key == NULL || e->tag == NULL)
+        goto out;
+    for (; e->n < n; e->n++) {
+        tq_wire_kv_entry_t w;
+        if (tq_wire_decode_kv_entry(&r, &w) != TQ_OK) {
+            rc = TQ_ERR_PROTOCOL;
+            goto out;
+        }
+        e->partition[e->n] = tq_str_dup(w.partition);
+        e->key[e->n] = tq_str_dup(w.key);
+        e->tag[e->n] = blob_dup(w.tag);
+        if (e->partition[e->n] == NULL || e->key[e->n] == NULL || e->tag[e->n] == NULL) {
+            e->n++;
+            goto out;
+        }
+    }
+    rc = tq_rbuf_done(&r) ? TQ_OK : TQ_ERR_PROTOCOL;
+out:
+    tq__conn_release(c, cc);
+    if (rc != TQ_OK) {
+        tq_kv_entries_free(e);
+        if (rc == TQ_ERR_PROTOCOL)
+            return tq__set_error(c, rc, "malformed kv_list reply");
+        return rc == TQ_ERR_NOMEM ? tq__set_error(c, rc, "out of memory") : rc;
+    }
+    *entries_p = e;
+    return TQ_OK;
+}
+
+TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc == TQ_OK)
+        rc = check_keys(c, n, keys, true);
+    if (rc != TQ_OK)
+        return rc;
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_wire_encode_kv_keys(&body, &(tq_msg_kv_keys_t){{partition, (uint16_t)strlen(partition)},
+                                                      (uint32_t)n});
+    for (size_t i = 0; i < n; i++)
+        tq_wire_encode_name(&body, keys[i]);
+    uint32_t removed = 0;
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, TQ_MSG_KV_CLEAR, &body, &removed);
+    tq_wbuf_free(&body);
+    return rc == TQ_OK ? (int)removed : rc;
+}

@@ -1,0 +1,17 @@
+/* kv.h: the key-value calls split into argument checks and runs, so that a
+ * non-blocking twin checks at once and runs later (request.c). */
+#ifndef TQ_KV_H
+#define TQ_KV_H
+
+#include "tq/tq.h"
+
+int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                     const tq_batch *fields, const char *const *tags_json);
+int tq__kv_run_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                   const tq_batch *fields, const char *const *tags_json);
+int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                     size_t num_fields, const char *const *fields, tq_batch **batch_p);
+int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                   size_t num_fields, const char *const *fields, tq_batch **batch_p);
+
+#endif

@@ -1,0 +1,271 @@
+/* request.c: non-blocking key-value calls, run by a few client threads. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client.h"
+#include "kv.h"
+#include "util/list.h"
+
+#define NUM_WORKERS 4
+
+/*
+ * A request's arguments are checked when it is made; it then waits in the
+ * client's queue until a worker runs the blocking call. Each worker takes its
+ * own lane for the transfer, so requests in flight move bytes at once.
+ */
+typedef enum { REQ_PUT, REQ_GET } req_kind_t;
+
+struct tq_request {
+    tq_list            link;
+    tq_client         *client;
+    req_kind_t         kind;
+    char              *partition;
+    size_t             n, num_fields;
+    const char *const *keys;   /* borrowed, or &one_key */
+    const char *const *tags;   /* borrowed, or &one_tag */
+    const char *const *fields; /* borrowed */
+    const tq_batch    *batch_in;
+    const char        *one_key, *one_tag;
+    tq_batch          *batch_out;
+    pthread_mutex_t    lock;
+    pthread_cond_t     done_cond;
+    bool               done;
+    int                status;
+    char               error[TQ_ERRMSG_MAX];
+};
+
+struct tq__workers {
+    pthread_t       threads[NUM_WORKERS];
+    unsigned        num_threads;
+    pthread_mutex_t lock;
+    pthread_cond_t  queued;
+    tq_list         queue;
+    bool            stopping;
+};
+
+static void complete(tq_request *r, int status)
+{
+    pthread_mutex_lock(&r->lock);
+    r->status = status;
+    if (status != TQ_OK)
+        strncpy(r->error, tq_last_error(r->client), sizeof(r->error) - 1);
+    r->done = true;
+    pthread_cond_broadcast(&r->done_cond);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void run(tq_request *r)
+{
+    int rc;
+    if (r->kind == REQ_PUT)
+        rc = tq__kv_run_put(r->client, r->partition, r->n, r->keys, r->batch_in, r->tags);
+    else
+        rc = tq__kv_run_get(r->client, r->partition, r->n, r->keys, r->num_fields, r->fields,
+                            &r->batch_out);
+    complete(r, rc);
+}
+
+static void *worker_main(void *arg)
+{
+    tq__workers *w = arg;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (tq_list_empty(&w->queue) && !w->stopping)
+            pthread_cond_wait(&w->queued, &w->lock);
+        if (tq_list_empty(&w->queue))
+            break;
+        tq_list *node = w->queue.next;
+        tq_list_remove(node);
+        pthread_mutex_unlock(&w->lock);
+        run(tq_list_entry(node, tq_request, link));
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+void tq__workers_stop(tq__workers *w)
+{
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true; /* workers drain the queue, then leave */
+    pthread_cond_broadcast(&w->queued);
+    pthread_mutex_unlock(&w->lock);
+    for (unsigned i = 0; i < w->num_threads; i++)
+        pthread_join(w->threads[i], NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->queued);
+    free(w);
+}
+
+/* The client's workers, started on first use. */
+static tq__workers *workers_get(tq_client *c)
+{
+    pthread_mutex_lock(&c->lock);
+    tq__workers *w = c->workers;
+    if (w == NULL && (w = calloc(1, sizeof(*w))) != NULL) {
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->queued, NULL);
+        tq_list_init(&w->queue);
+        for (unsigned i = 0; i < NUM_WORKERS; i++)
+            if (pthread_create(&w->threads[w->num_threads], NULL, worker_main, w) == 0)
+                w->num_threads++;
+        if (w->num_threads == 0) {
+            pthread_mutex_destroy(&w->lock);
+            pthread_cond_destroy(&w->queued);
+            free(w);
+            w = NULL;
+        }
+        c->workers = w;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return w;
+}
+
+static int submit(tq_client *c, tq_request *r, tq_request **req_p)
+{
+    tq__workers *w = workers_get(c);
+    if (w == NULL || r->partition == NULL) {
+        free(r->partition);
+        free(r);
+        return tq__set_error(c, TQ_ERR_NOMEM, "cannot start a request");
+    }
+    r->client = c;
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->done_cond, NULL);
+    pthread_mutex_lock(&w->lock);
+    tq_list_insert_tail(&w->queue, &r->link);
+    pthread_cond_signal(&w->queued);
+    pthread_mutex_unlock(&w->lock);
+    *req_p = r;
+    return TQ_OK;
+}
+
+static tq_request *request_new(req_kind_t kind, const char *partition, size_t n)
+{
+    tq_request *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->kind = kind;
+    r->n = n;
+    r->partition = strdup(partition);
+    return r;
+}
+
+TQ_EXPORT int tq_kv_batch_put_nb(tq_client *c, const char *partition, size_t n,
+                                 const char *const *keys, const tq_batch *fields,
+                                 const char *const *tags_json, tq_request **req_p)
+{
+    int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
+    if (rc != TQ_OK)
+        return rc;
+    if (req_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
+    tq_request *r = request_new(REQ_PUT, partition, n);
+    if (r == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    r->keys = keys;
+    r->tags = tags_json;
+    r->batch_in = fields;
+    return submit(c, r, req_p);
+}
+
+TQ_EXPORT int tq_kv_put_nb(tq_client *c, const char *partition, const char *key,
+                           const tq_batch *fields, const char *tag_json, tq_request **req_p)
+{
+    int rc = tq__kv_check_put(c, partition, 1, &key, fields, tag_json ? &tag_json : NULL);
+    if (rc != TQ_OK)
+        return rc;
+    if (req_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
+    tq_request *r = request_new(REQ_PUT, partition, 1);
+    if (r == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    r->one_key = key;
+    r->one_tag = tag_json;
+    r->keys = &r->one_key;
+    r->tags = tag_json ? &r->one_tag : NULL;
+    r->batch_in = fields;
+    return submit(c, r, req_p);
+}
+
+TQ_EXPORT int tq_kv_batch_get_nb(tq_client *c, const char *partition, size_t n,
+                                 const char *const *keys, size_t num_fields,
+                                 const char *const *fields, tq_request **req_p)
+{
+    tq_batch *unused;
+    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields, &unused);
+    if (rc != TQ_OK)
+        return rc;
+    if (req_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
+    tq_request *r = request_new(REQ_GET, partition, n);
+    if (r == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    r->keys = keys;
+    r->num_fields = num_fields;
+    r->fields = fields;
+    return submit(c, r, req_p);
+}
+
+/* The outcome of a finished request, its error detail passed to this thread. */
+static int outcome(tq_request *r)
+{
+    if (r->status != TQ_OK)
+        tq__set_error(r->client, r->status, "%s", r->error);
+    return r->status;
+}
+
+TQ_EXPORT int tq_request_wait(tq_request *r, int timeout_ms)
+{
+    if (r == NULL)
+        return TQ_ERR_INVALID;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    if (timeout_ms > 0) {
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L)
+            deadline.tv_sec++, deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->lock);
+    while (!r->done && timeout_ms != 0) {
+        if (timeout_ms < 0)
+            pthread_cond_wait(&r->done_cond, &r->lock);
+        else if (pthread_cond_timedwait(&r->done_cond, &r->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    bool done = r->done;
+    pthread_mutex_unlock(&r->lock);
+    return done ? outcome(r) : TQ_ERR_TIMEOUT;
+}
+
+TQ_EXPORT int tq_request_test(tq_request *r) { return tq_request_wait(r, 0); }
+
+TQ_EXPORT tq_batch *tq_request_take_batch(tq_request *r)
+{
+    if (r == NULL)
+        return NULL;
+    pthread_mutex_lock(&r->lock);
+    tq_batch *b = r->done ? r->batch_out : NULL;
+    if (b != NULL)
+        r->batch_out = NULL;
+    pthread_mutex_unlock(&r->lock);
+    return b;
+}
+
+TQ_EXPORT void tq_request_free(tq_request *r)
+{
+    if (r == NULL)
+        return;
+    tq_request_wait(r, -1); /* its buffers are borrowed until it completes */
+    tq_batch_destroy(r->batch_out);
+    pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->done_cond);
+    free(r->partition);
+    free(r);
+}
