@@ -364,7 +364,10 @@ Test(hashmap, differential_random)
 #define CHURN_RING  64      /* > CHURN_LIVE: key n lives in ring[n % CHURN_RING] */
 #define CHURN_PAIRS 1000000
 #define CHURN_MAX_S 2.5     /* generous for ASan/UBSan; a sane map needs well under 1 s */
-#define CHURN_FILL  100000  /* keys that first grow the large table */
+/* Keys that first grow the large table (to 64Ki slots with this map): big
+ * enough that probing a table full of tombstones is slow, small enough that
+ * CHURN_PAIRS new keys fill it with tombstones many times over. */
+#define CHURN_FILL  40000
 
 typedef struct {
     char buf[CHURN_RING][32];
@@ -440,7 +443,7 @@ static void churn_start(tq_hashmap *m, churn_ring *ring)
 }
 
 /* Churn in the small table that CHURN_LIVE keys need. */
-Test(hashmap, churn_small_table, .timeout = 30)
+Test(hashmap, churn_small_table, .timeout = 10)
 {
     static churn_ring ring;
     tq_hashmap *m = make_map();
@@ -454,7 +457,7 @@ Test(hashmap, churn_small_table, .timeout = 30)
  * large table, where letting tombstones pile up (purging too late, or never)
  * would make every miss -- and so every put of a new key -- probe a long run.
  */
-Test(hashmap, churn_large_table, .timeout = 30)
+Test(hashmap, churn_large_table, .timeout = 10)
 {
     static churn_ring ring;
     char **fill = make_keys(CHURN_FILL, "fill-");

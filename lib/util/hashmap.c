@@ -91,7 +91,8 @@ int tq_hashmap_put(tq_hashmap *m, const char *key, void *value)
 {
     uint64_t h = hash_str(key);
     slot_t *s = find(m, key, h);
-    if (s != NULL) {
+    if (s != NULL) { /* the new key lives in the new value: the old may go */
+        s->key = key;
         s->value = value;
         return 0;
     }
