@@ -4,7 +4,5 @@
 # Extra arguments go to tq-rdma-bench, e.g. --rows 64 --field-bytes 1M --iters 50.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ci/install-deps.sh
-cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=OFF >/dev/null
-cmake --build build-release -j"$(nproc)" >/dev/null
+ci/build-release.sh
 build-release/tools/tq-rdma-bench "$@"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Install the Debian packages tqrdma builds, tests and benchmarks with.
-# Idempotent and quiet: does nothing when everything is there.
+# Install the Debian packages tqrdma builds, tests and benchmarks with, and any
+# extra ones named as arguments. Idempotent and quiet: does nothing when
+# everything is there.
 set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config clang
   libibverbs-dev librdmacm-dev libucx-dev ucx-utils libfabric-dev
   libcjson-dev libcriterion-dev iproute2
+  "$@"
 )
 
 missing=()

@@ -10,24 +10,8 @@ cd "$(dirname "$0")/.."
 TIMEOUT=120 # seconds, for every benchmark run
 
 # ---- dependencies and build (as ci/bench.sh) ----
-ci/install-deps.sh
-missing=()
-for p in redis-server redis-tools; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
-# -Wno-error=maybe-uninitialized: gcc 12 at -O3 reports a false positive in
-# lib/client.c (lane_acquire) that -Werror turns into a failed Release build.
-cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=OFF \
-  -DCMAKE_C_FLAGS=-Wno-error=maybe-uninitialized >/dev/null
-cmake --build build-release -j"$(nproc)" >/dev/null
+ci/install-deps.sh redis-server redis-tools
+ci/build-release.sh
 BENCH=build-release/tools/tq-rdma-bench
 
 # ---- a private redis-server on a free loopback port ----

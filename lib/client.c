@@ -331,7 +331,7 @@ static int lane_acquire(tq_client *c, tq__lane_t **l_p)
     }
     c->building++; /* build it unlocked: a transport takes a while to start */
     pthread_mutex_unlock(&c->lock);
-    tq__lane_t *l;
+    tq__lane_t *l = NULL;
     int rc = lane_new(c, &l);
     pthread_mutex_lock(&c->lock);
     c->building--;
@@ -504,7 +504,7 @@ static void encode_field(tq_wbuf *w, uint32_t rows, const tq__batch_field_t *f)
 /* Write every column of b into its extent, over one lane. */
 static int put_columns(tq_client *c, const tq_batch *b, const tq_wire_extent_t *ext)
 {
-    tq__lane_t *l;
+    tq__lane_t *l = NULL;
     int rc = lane_acquire(c, &l);
     if (rc != TQ_OK)
         return rc;
@@ -812,7 +812,7 @@ int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
         }
     }
 
-    tq__lane_t *l;
+    tq__lane_t *l = NULL;
     if ((rc = lane_acquire(c, &l)) != TQ_OK)
         goto out;
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
