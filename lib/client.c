@@ -676,18 +676,16 @@ err_nomem:
     return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
 }
 
-TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
+int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args)
 {
-    if (c == NULL)
-        return TQ_ERR_INVALID;
-    if (args == NULL || meta_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "args or meta_p is NULL");
+    if (args == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "args is NULL");
     if (!tq__valid_name(args->partition) || !tq__valid_name(args->task))
         return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
-                         TQ_WIRE_NAME_MAX);
+                             TQ_WIRE_NAME_MAX);
     if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
         return tq__set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
-                         TQ_WIRE_MAX_FIELDS);
+                             TQ_WIRE_MAX_FIELDS);
     for (size_t i = 0; i < args->num_fields; i++)
         if (!tq__valid_name(args->fields[i]))
             return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
@@ -697,8 +695,14 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
         return tq__set_error(c, TQ_ERR_INVALID, "timeout_ms must be -1, 0 or positive");
     if (args->sampler != NULL && strlen(args->sampler) > TQ_WIRE_NAME_MAX)
         return tq__set_error(c, TQ_ERR_INVALID, "sampler name too long");
-    size_t args_len = args->sampler_args ? strlen(args->sampler_args) : 0;
+    if (args->sampler_args != NULL && strlen(args->sampler_args) > TQ_WIRE_MAX_BODY / 2)
+        return tq__set_error(c, TQ_ERR_INVALID, "sampler_args too long");
+    return TQ_OK;
+}
 
+int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args, tq_meta **meta_p)
+{
+    size_t args_len = args->sampler_args ? strlen(args->sampler_args) : 0;
     tq_msg_get_meta_t m = {
         .partition = {args->partition, (uint16_t)strlen(args->partition)},
         .task = {args->task, (uint16_t)strlen(args->task)},
@@ -711,22 +715,28 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
     };
     for (size_t i = 0; i < args->num_fields; i++)
         m.fields[i] = (tq_str_t){args->fields[i], (uint16_t)strlen(args->fields[i])};
-
-    tq_ctrl_conn *cc;
-    int rc = tq__conn_acquire(c, &cc);
-    if (rc != TQ_OK)
-        return rc;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META);
     tq_wire_encode_get_meta(&cc->out, &m);
     /* the controller answers by its own deadline; ours only guards against its death */
     int wait = args->timeout_ms < 0 ? -1 : args->timeout_ms + c->timeout_ms;
-    char err[TQ_ERRMSG_MAX] = "";
     tq_rbuf r;
-    rc = tq__ctrl_call(cc, off, wait, &r, err);
-    if (rc == TQ_OK)
-        rc = tq__meta_parse(c, &r, meta_p);
-    else
-        call_error(c, rc, err);
+    int rc = tq__call(c, cc, off, wait, &r);
+    return rc == TQ_OK ? tq__meta_parse(c, &r, meta_p) : rc;
+}
+
+TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = tq__check_fetch(c, args);
+    if (rc != TQ_OK)
+        return rc;
+    if (meta_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    rc = tq__get_meta_on(c, cc, args, meta_p);
     tq__conn_release(c, cc);
     return rc;
 }
@@ -734,14 +744,20 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
 
-void tq__meta_release(tq_meta *m)
+void tq__meta_release(tq_meta *m, bool unread)
 {
     tq_ctrl_conn *cc;
     if (tq__conn_acquire(m->client, &cc) == TQ_OK) {
         char err[TQ_ERRMSG_MAX];
-        size_t off = tq__ctrl_begin(cc, TQ_MSG_RELEASE);
+        tq_rbuf r;
+        size_t off = tq__ctrl_begin(cc, unread ? TQ_MSG_RELEASE_UNREAD : TQ_MSG_RELEASE);
         tq_wire_encode_id(&cc->out, &(tq_msg_id_t){m->id});
-        tq__ctrl_send(cc, off, err); /* if it fails, closing the client unpins */
+        /* unread rows must be back before the caller goes on; a plain release
+         * may trail. If either fails, closing the client unpins. */
+        if (unread)
+            tq__ctrl_call(cc, off, m->client->timeout_ms, &r, err);
+        else
+            tq__ctrl_send(cc, off, err);
         tq__conn_release(m->client, cc);
     }
     meta_destroy(m);
@@ -750,7 +766,7 @@ void tq__meta_release(tq_meta *m)
 TQ_EXPORT void tq_meta_free(tq_meta *m)
 {
     if (m != NULL)
-        tq__meta_release(m);
+        tq__meta_release(m, false);
 }
 
 /* A batch field over a freshly read column of meta field f. */
@@ -979,4 +995,70 @@ out:
     }
     *units_p = units;
     return (int)n;
+}
+
+TQ_EXPORT int tq_partition_seal(tq_client *c, const char *partition)
+{
+    return partition_call(c, TQ_MSG_SEAL, partition, NULL);
+}
+
+/* One status request: a blob of a byte per row index comes back. */
+static int status_call(tq_client *c, const tq_msg_status_t *m, uint8_t **bytes_p)
+{
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, m->num_fields ? TQ_MSG_PRODUCTION_STATUS
+                                                  : TQ_MSG_CONSUMPTION_STATUS);
+    tq_wire_encode_status(&cc->out, m);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK) {
+        tq_blob_t b = tq_wire_get_blob(&r);
+        uint8_t *bytes = malloc((size_t)b.len + 1);
+        if (!tq_rbuf_done(&r) || b.len > INT32_MAX)
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed status reply");
+        else if (bytes == NULL)
+            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+        if (rc == TQ_OK) {
+            memcpy(bytes, b.ptr, b.len);
+            *bytes_p = bytes;
+            rc = (int)b.len;
+        } else {
+            free(bytes);
+        }
+    }
+    tq__conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT int tq_production_status(tq_client *c, const char *partition, size_t num_fields,
+                                   const char *const *fields, uint8_t **produced_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (!tq__valid_name(partition) || fields == NULL || num_fields == 0 ||
+        num_fields > TQ_WIRE_MAX_FIELDS || produced_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "need a partition, 1 to %d fields and produced_p",
+                             TQ_WIRE_MAX_FIELDS);
+    tq_msg_status_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                         .num_fields = (uint16_t)num_fields};
+    for (size_t i = 0; i < num_fields; i++) {
+        if (!tq__valid_name(fields[i]))
+            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        m.fields[i] = (tq_str_t){fields[i], (uint16_t)strlen(fields[i])};
+    }
+    return status_call(c, &m, produced_p);
+}
+
+TQ_EXPORT int tq_consumption_status(tq_client *c, const char *partition, const char *task,
+                                    uint8_t **consumed_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (!tq__valid_name(partition) || !tq__valid_name(task) || consumed_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "need a partition, a task and consumed_p");
+    tq_msg_status_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                         .task = {task, (uint16_t)strlen(task)}};
+    return status_call(c, &m, consumed_p);
 }

@@ -110,10 +110,15 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
             const tq__rows_t *spec, int64_t *indexes_out);
 
 /* Turn a GET_META/KV_GET reply into a meta; read its columns into a batch;
- * unpin and free it. */
+ * unpin and free it (unread: and give its rows back to its task). */
 int  tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p);
 int  tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p);
-void tq__meta_release(tq_meta *m);
+void tq__meta_release(tq_meta *m, bool unread);
+
+/* GET_META on a given connection (a stream's own); args checked by the caller. */
+int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args, tq_meta **meta_p);
+/* Check fetch arguments as tq_get_meta does. */
+int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args);
 
 /* Stop and free the threads of non-blocking requests (request.c). */
 void tq__workers_stop(tq__workers *w);

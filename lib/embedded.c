@@ -45,7 +45,8 @@ int tq__embedded_start(const char *token, char *address, size_t cap, char *err,
     tq__embedded *e = calloc(1, sizeof(*e));
     if (e == NULL)
         return TQ_ERR_NOMEM;
-    tq_controller_config_t ccfg = {.listen = "127.0.0.1:0", .token = token};
+    tq_controller_config_t ccfg = {.listen = "127.0.0.1:0", .token = token,
+                                   .sampler_plugins = getenv("TQ_SAMPLER_PLUGIN")};
     int rc = tq__controller_create(&ccfg, &e->controller);
     if (rc != TQ_OK) {
         snprintf(err, TQ_ERRMSG_MAX, "cannot start the embedded controller");

@@ -139,7 +139,7 @@ int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *co
     if (rc != TQ_OK)
         return rc;
     rc = tq__meta_read(c, meta, batch_p);
-    tq__meta_release(meta);
+    tq__meta_release(meta, false);
     return rc;
 }
 

@@ -16,12 +16,10 @@
  * client's queue until a worker runs the blocking call. Each worker takes its
  * own lane for the transfer, so requests in flight move bytes at once.
  */
-typedef enum { REQ_PUT, REQ_GET } req_kind_t;
-
 struct tq_request {
     tq_list            link;
     tq_client         *client;
-    req_kind_t         kind;
+    int              (*job)(tq_request *r); /* the blocking call a worker runs */
     char              *partition;
     size_t             n, num_fields;
     const char *const *keys;   /* borrowed, or &one_key */
@@ -57,15 +55,17 @@ static void complete(tq_request *r, int status)
     pthread_mutex_unlock(&r->lock);
 }
 
-static void run(tq_request *r)
+static void run(tq_request *r) { complete(r, r->job(r)); }
+
+static int job_kv_put(tq_request *r)
 {
-    int rc;
-    if (r->kind == REQ_PUT)
-        rc = tq__kv_run_put(r->client, r->partition, r->n, r->keys, r->batch_in, r->tags);
-    else
-        rc = tq__kv_run_get(r->client, r->partition, r->n, r->keys, r->num_fields, r->fields,
-                            &r->batch_out);
-    complete(r, rc);
+    return tq__kv_run_put(r->client, r->partition, r->n, r->keys, r->batch_in, r->tags);
+}
+
+static int job_kv_get(tq_request *r)
+{
+    return tq__kv_run_get(r->client, r->partition, r->n, r->keys, r->num_fields, r->fields,
+                          &r->batch_out);
 }
 
 static void *worker_main(void *arg)
@@ -129,7 +129,7 @@ static tq__workers *workers_get(tq_client *c)
 static int submit(tq_client *c, tq_request *r, tq_request **req_p)
 {
     tq__workers *w = workers_get(c);
-    if (w == NULL || r->partition == NULL) {
+    if (w == NULL) {
         free(r->partition);
         free(r);
         return tq__set_error(c, TQ_ERR_NOMEM, "cannot start a request");
@@ -145,14 +145,17 @@ static int submit(tq_client *c, tq_request *r, tq_request **req_p)
     return TQ_OK;
 }
 
-static tq_request *request_new(req_kind_t kind, const char *partition, size_t n)
+static tq_request *request_new(int (*job)(tq_request *), const char *partition, size_t n)
 {
     tq_request *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL;
-    r->kind = kind;
+    r->job = job;
     r->n = n;
-    r->partition = strdup(partition);
+    if ((r->partition = strdup(partition)) == NULL) {
+        free(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -165,7 +168,7 @@ TQ_EXPORT int tq_kv_batch_put_nb(tq_client *c, const char *partition, size_t n,
         return rc;
     if (req_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
-    tq_request *r = request_new(REQ_PUT, partition, n);
+    tq_request *r = request_new(job_kv_put, partition, n);
     if (r == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     r->keys = keys;
@@ -182,7 +185,7 @@ TQ_EXPORT int tq_kv_put_nb(tq_client *c, const char *partition, const char *key,
         return rc;
     if (req_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
-    tq_request *r = request_new(REQ_PUT, partition, 1);
+    tq_request *r = request_new(job_kv_put, partition, 1);
     if (r == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     r->one_key = key;
@@ -203,7 +206,7 @@ TQ_EXPORT int tq_kv_batch_get_nb(tq_client *c, const char *partition, size_t n,
         return rc;
     if (req_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
-    tq_request *r = request_new(REQ_GET, partition, n);
+    tq_request *r = request_new(job_kv_get, partition, n);
     if (r == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     r->keys = keys;

@@ -649,3 +649,26 @@ int tq_wire_decode_kv_entry(tq_rbuf *r, tq_wire_kv_entry_t *m)
     m->tag = tq_wire_get_blob(r);
     return decoded(r);
 }
+
+void tq_wire_encode_status(tq_wbuf *w, const tq_msg_status_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_str(w, m->task.ptr, m->task.len);
+    tq_wire_put_u16(w, m->num_fields);
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        tq_wire_put_str(w, m->fields[i].ptr, m->fields[i].len);
+}
+
+int tq_wire_decode_status(tq_rbuf *r, tq_msg_status_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->task = tq_wire_get_str(r);
+    m->num_fields = tq_wire_get_u16(r);
+    if (r->failed || !tq_str_is_name(m->partition) ||
+        (m->task.len > 0 && !tq_str_is_name(m->task)) || m->num_fields > TQ_WIRE_MAX_FIELDS)
+        return TQ_ERR_PROTOCOL;
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        if (tq_wire_decode_name(r, &m->fields[i]) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}

@@ -45,6 +45,11 @@ typedef enum {
     TQ_MSG_KV_GET,            /* pin the rows of keys (no consumption) */
     TQ_MSG_KV_LIST,           /* keys and tags */
     TQ_MSG_KV_CLEAR,          /* remove keys */
+    TQ_MSG_SEAL,              /* no more rows will come to a partition */
+    TQ_MSG_RELEASE_UNREAD,    /* unpin a meta and give its rows back to its task */
+    TQ_MSG_PRODUCTION_STATUS, /* per row: every named field produced */
+    TQ_MSG_CONSUMPTION_STATUS,/* per row: consumed by a task */
+    TQ_MSG_CANCEL,            /* a connection (by id) stops waiting for rows */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -151,6 +156,7 @@ typedef struct {
     uint8_t  role;
     tq_str_t token;
 } tq_msg_hello_t;
+/* HELLO's answer is the connection's id (tq_msg_id_t), which CANCEL names. */
 
 typedef struct {
     tq_str_t  name;
@@ -289,6 +295,15 @@ typedef struct {
     tq_blob_t tag; /* JSON object text */
 } tq_wire_kv_entry_t;
 
+/* PRODUCTION_STATUS (fields) and CONSUMPTION_STATUS (task). Reply: a blob of
+ * one byte per row index. */
+typedef struct {
+    tq_str_t partition;
+    tq_str_t task;       /* "" for production */
+    uint16_t num_fields; /* 0 for consumption */
+    tq_str_t fields[TQ_WIRE_MAX_FIELDS];
+} tq_msg_status_t;
+
 /* Encoders append to w (inside a frame begun by the caller); decoders read from
  * r and return TQ_OK or TQ_ERR_PROTOCOL, checking every length and name. */
 void tq_wire_encode_hello(tq_wbuf *w, const tq_msg_hello_t *m);
@@ -331,6 +346,8 @@ void tq_wire_encode_kv_keys(tq_wbuf *w, const tq_msg_kv_keys_t *m);
 int  tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m);
 void tq_wire_encode_kv_list(tq_wbuf *w, const char *partition /* NULL: all */);
 int  tq_wire_decode_kv_list(tq_rbuf *r, tq_str_t *partition);
+void tq_wire_encode_status(tq_wbuf *w, const tq_msg_status_t *m);
+int  tq_wire_decode_status(tq_rbuf *r, tq_msg_status_t *m);
 void tq_wire_encode_kv_entry(tq_wbuf *w, const tq_wire_kv_entry_t *m);
 int  tq_wire_decode_kv_entry(tq_rbuf *r, tq_wire_kv_entry_t *m);
 

@@ -10,6 +10,7 @@ typedef struct {
     const char *listen;               /* "host:port"; port 0 picks a free one */
     const char *token;                /* NULL or "": no authentication */
     int         heartbeat_timeout_ms; /* a unit silent this long is dead; 0: 3000 */
+    const char *sampler_plugins;      /* ':'-separated shared objects, or NULL */
 } tq_controller_config_t;
 
 /* Bind and listen. TQ_ERR_INVALID for a bad address, TQ_ERR_IO when binding fails. */

@@ -23,25 +23,38 @@ static void usage(FILE *out)
             "usage: tq-controller [--listen HOST:PORT] [--port-file PATH] [--config FILE]\n"
             "  --listen HOST:PORT  address to serve (default 127.0.0.1:7781; port 0 picks one)\n"
             "  --port-file PATH    write the bound HOST:PORT there\n"
-            "  --config FILE       JSON object with keys listen, port_file, token\n"
-            "environment: TQ_TOKEN (shared secret), TQ_LOG (error|warn|info|debug)\n");
+            "  --config FILE       JSON object with keys listen, port_file, token, sampler_plugin\n"
+            "  --sampler-plugin PATH.so  load custom samplers (tq/sampler.h); repeatable\n"
+            "environment: TQ_TOKEN (shared secret), TQ_SAMPLER_PLUGIN (':'-separated .so paths),\n"
+            "             TQ_LOG (error|warn|info|debug)\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *listen = NULL, *port_file = NULL, *token = NULL, *config = NULL;
-    char *f_listen = NULL, *f_port_file = NULL, *f_token = NULL; /* from --config */
+    char *f_listen = NULL, *f_port_file = NULL, *f_token = NULL, *f_plugin = NULL; /* --config */
+    char plugins[8192] = ""; /* every --sampler-plugin, ':'-separated */
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'}, {"port-file", required_argument, NULL, 'p'},
         {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+        {"version", no_argument, NULL, 'V'},      {"sampler-plugin", required_argument, NULL, 's'},
+        {NULL, 0, NULL, 0},
     };
     int opt, rc = TQ_OK;
-    while ((opt = getopt_long(argc, argv, "l:p:c:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "l:p:c:s:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'l': listen = optarg; break;
         case 'p': port_file = optarg; break;
         case 'c': config = optarg; break;
+        case 's':
+            if (strlen(plugins) + strlen(optarg) + 2 > sizeof(plugins)) {
+                fprintf(stderr, "tq-controller: too many --sampler-plugin paths\n");
+                return 2;
+            }
+            if (plugins[0] != '\0')
+                strcat(plugins, ":");
+            strcat(plugins, optarg);
+            break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("tq-controller %s\n", TQ_VERSION_STRING); return 0;
         default: usage(stderr); return 2;
@@ -55,8 +68,8 @@ int main(int argc, char **argv)
         /* flags win over the file: load the file into what flags left unset */
         char err[512];
         tq_config_key_t keys[] = {{"listen", &f_listen}, {"port_file", &f_port_file},
-                                  {"token", &f_token}};
-        if (tq__config_load(config, keys, 3, err, sizeof(err)) != 0) {
+                                  {"token", &f_token}, {"sampler_plugin", &f_plugin}};
+        if (tq__config_load(config, keys, 4, err, sizeof(err)) != 0) {
             fprintf(stderr, "tq-controller: %s\n", err);
             rc = TQ_ERR_INVALID;
             goto out;
@@ -68,7 +81,9 @@ int main(int argc, char **argv)
     if (getenv("TQ_TOKEN") != NULL)
         token = getenv("TQ_TOKEN");
 
-    tq_controller_config_t cfg = {.listen = listen ? listen : "127.0.0.1:7781", .token = token};
+    const char *plugin_list = plugins[0] ? plugins : f_plugin ? f_plugin : getenv("TQ_SAMPLER_PLUGIN");
+    tq_controller_config_t cfg = {.listen = listen ? listen : "127.0.0.1:7781", .token = token,
+                                  .sampler_plugins = plugin_list};
     rc = tq__controller_create(&cfg, &the_controller);
     if (rc != TQ_OK) {
         fprintf(stderr, "tq-controller: cannot start: %s\n", tq_status_string(rc));
@@ -102,5 +117,6 @@ out:
     free(f_listen);
     free(f_port_file);
     free(f_token);
+    free(f_plugin);
     return rc == TQ_OK ? 0 : rc == TQ_ERR_INVALID ? 2 : 1;
 }

@@ -29,8 +29,12 @@ tq_partition_t *tq__partition_create(const char *name)
     tq_list_init(&p->tasks);
     tq_list_init(&p->allocs);
     tq_list_init(&p->key_order);
+    tq_list_init(&p->kept_order);
     p->keys = tq_hashmap_create();
-    if (p->keys == NULL) {
+    p->kept = tq_hashmap_create();
+    if (p->keys == NULL || p->kept == NULL) {
+        tq_hashmap_destroy(p->keys);
+        tq_hashmap_destroy(p->kept);
         free(p->name);
         free(p);
         return NULL;
@@ -73,7 +77,10 @@ void tq__partition_destroy(tq_partition_t *p)
         task_destroy(tq_list_entry(pos, tq_task_t, link));
     tq_list_for_each_safe(pos, tmp, &p->key_order)
         key_destroy(p, tq_list_entry(pos, tq_kv_key_t, link));
+    tq_list_for_each_safe(pos, tmp, &p->kept_order)
+        tq__partition_unkeep(p, tq_list_entry(pos, tq_kept_t, link));
     tq_hashmap_destroy(p->keys);
+    tq_hashmap_destroy(p->kept);
     free(p->row_keys);
     free(p->fields);
     free(p->state);
@@ -354,6 +361,41 @@ int tq__partition_reset(tq_partition_t *p, const char *task)
         }
     }
     return found || task == NULL ? TQ_OK : TQ_ERR_NOT_FOUND;
+}
+
+tq_kept_t *tq__partition_kept(const tq_partition_t *p, const char *key)
+{
+    return tq_hashmap_get(p->kept, key);
+}
+
+tq_kept_t *tq__partition_keep(tq_partition_t *p, const char *key, const int64_t *rows,
+                              uint32_t n, uint32_t takers)
+{
+    tq_kept_t *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return NULL;
+    k->key = strdup(key);
+    k->rows = malloc((size_t)n * sizeof(int64_t) + 1);
+    if (k->key == NULL || k->rows == NULL || tq_hashmap_put(p->kept, k->key, k) != 0) {
+        free(k->key);
+        free(k->rows);
+        free(k);
+        return NULL;
+    }
+    memcpy(k->rows, rows, (size_t)n * sizeof(int64_t));
+    k->num_rows = n;
+    k->takers_left = takers;
+    tq_list_insert_tail(&p->kept_order, &k->link);
+    return k;
+}
+
+void tq__partition_unkeep(tq_partition_t *p, tq_kept_t *k)
+{
+    tq_hashmap_remove(p->kept, k->key);
+    tq_list_remove(&k->link);
+    free(k->key);
+    free(k->rows);
+    free(k);
 }
 
 bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,

@@ -69,6 +69,15 @@ typedef struct tq_kv_key {
     cJSON   *tag;   /* a JSON object */
 } tq_kv_key_t;
 
+/* Rows a stateful sampler keeps for the callers that must get the same batch. */
+typedef struct {
+    tq_list  link;       /* in the partition's kept_order */
+    char    *key;
+    int64_t *rows;
+    uint32_t num_rows;
+    uint32_t takers_left;
+} tq_kept_t;
+
 typedef struct tq_partition {
     tq_list     link;        /* in the controller's list */
     char       *name;
@@ -84,6 +93,9 @@ typedef struct tq_partition {
     tq_hashmap *keys;        /* key -> tq_kv_key_t */
     tq_list     key_order;
     tq_kv_key_t **row_keys;  /* per slot: its key, or NULL */
+    bool        sealed;      /* no new rows will come */
+    tq_hashmap *kept;        /* key -> tq_kept_t */
+    tq_list     kept_order;
 } tq_partition_t;
 
 /* Largest row index + 1 a partition accepts. */
@@ -127,6 +139,12 @@ uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *
 tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create);
 /* Forget consumption of one task (NULL: all). TQ_ERR_NOT_FOUND for an unknown task. */
 int tq__partition_reset(tq_partition_t *p, const char *task);
+
+tq_kept_t *tq__partition_kept(const tq_partition_t *p, const char *key);
+/* Keep a copy of rows under key for takers more callers. NULL when out of memory. */
+tq_kept_t *tq__partition_keep(tq_partition_t *p, const char *key, const int64_t *rows,
+                              uint32_t n, uint32_t takers);
+void tq__partition_unkeep(tq_partition_t *p, tq_kept_t *k);
 
 /* A row is ready for a task when it is live, every field in fields is
  * produced, and the task has not consumed it. */

@@ -59,6 +59,7 @@ typedef struct tq_batch tq_batch;
 typedef struct tq_meta tq_meta;
 typedef struct tq_kv_entries tq_kv_entries;
 typedef struct tq_request tq_request;
+typedef struct tq_stream tq_stream;
 
 /** What a batch knows of one field. */
 typedef struct {
@@ -77,9 +78,11 @@ typedef struct {
     const char *const  *fields;
     size_t              num_fields;
     uint32_t            batch_size;
-    const char         *sampler;      /**< NULL or "sequential" */
+    const char         *sampler;      /**< NULL or "sequential", "grpo", "rank_aware",
+                                           "seqlen_balanced", or a plugin's name */
     const char         *sampler_args; /**< JSON object text, or NULL */
     int                 timeout_ms;   /**< 0: answer now; -1: wait forever */
+    uint32_t            prefetch;     /**< streams: batches read ahead (0: 1) */
 } tq_fetch_args_t;
 
 /** @return a static string describing @p status. */
@@ -254,6 +257,49 @@ TQ_EXPORT int tq_request_test(tq_request *r);
 TQ_EXPORT tq_batch *tq_request_take_batch(tq_request *r);
 /** Wait for r to complete if it has not, then free it. NULL is ignored. */
 TQ_EXPORT void tq_request_free(tq_request *r);
+
+/* ---- streaming ---- */
+
+/**
+ * Open a stream of batches for args->task. Each tq_stream_next returns the
+ * next batch as soon as enough rows are ready, while the stream already
+ * fetches and reads the following ones (args->prefetch of them). For the
+ * rank_aware and seqlen_balanced samplers the stream numbers its batches:
+ * sampler_args' batch_index is where it starts (default 0).
+ * @return TQ_OK; TQ_ERR_INVALID as tq_get_meta.
+ */
+TQ_EXPORT int tq_stream_open(tq_client *c, const tq_fetch_args_t *args, tq_stream **stream_p);
+/**
+ * The next batch and its meta (free both). Waits up to args->timeout_ms.
+ * @return TQ_OK; TQ_ERR_END once the partition is sealed and the task has
+ *         consumed every row; TQ_ERR_TIMEOUT; other errors of tq_get_meta/get_data.
+ */
+TQ_EXPORT int tq_stream_next(tq_stream *s, tq_batch **batch_p, tq_meta **meta_p);
+/** Close the stream; rows it fetched ahead but never returned go back to the task. */
+TQ_EXPORT void tq_stream_close(tq_stream *s);
+/**
+ * No more rows will come to the partition (created if new): puts of new rows
+ * are refused, and consumers that have seen every row get TQ_ERR_END.
+ */
+TQ_EXPORT int tq_partition_seal(tq_client *c, const char *partition);
+
+/* ---- status ---- */
+
+/**
+ * Which rows have every one of the fields produced.
+ * @param [out] produced_p  one byte per row index (1: live and every field
+ *                          produced), to free with free().
+ * @return the number of row indexes the partition has used (0 when unknown), or an error.
+ */
+TQ_EXPORT int tq_production_status(tq_client *c, const char *partition, size_t num_fields,
+                                   const char *const *fields, uint8_t **produced_p);
+/**
+ * Which rows task has consumed.
+ * @param [out] consumed_p  one byte per row index (1: consumed), to free with free().
+ * @return the number of row indexes, or an error.
+ */
+TQ_EXPORT int tq_consumption_status(tq_client *c, const char *partition, const char *task,
+                                    uint8_t **consumed_p);
 
 /** Use of one storage unit, as the controller sees it. */
 typedef struct {

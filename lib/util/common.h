@@ -41,6 +41,13 @@
 uint64_t tq__now_ns(void);
 static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
 
+/* qsort/bsearch order of int64_t. */
+static inline int tq__cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 /* Parse "123", "64K", "256M", "2G" into bytes; -1 on a malformed size. */
 int tq__parse_size(const char *text, uint64_t *bytes_p);
 
