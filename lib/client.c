@@ -471,6 +471,8 @@ err:
     return rc;
 }
 
+TQ_EXPORT const char *tq_controller_address(const tq_client *c) { return c ? c->target : NULL; }
+
 TQ_EXPORT void tq_close(tq_client *c)
 {
     if (c != NULL)

@@ -106,6 +106,11 @@ TQ_EXPORT size_t tq_dtype_size(tq_dtype_t dtype);
  *         controller cannot be reached; TQ_ERR_AUTH for a rejected token.
  */
 TQ_EXPORT int  tq_open(const char *target, tq_client **client_p);
+/**
+ * @return the "host:port" of the controller @p c talks to (for the embedded
+ *         default, its loopback address, so other processes can join it).
+ */
+TQ_EXPORT const char *tq_controller_address(const tq_client *c);
 /** Disconnect; releases every pin and uncommitted allocation of @p client. NULL is ignored. */
 TQ_EXPORT void tq_close(tq_client *client);
 
