@@ -118,74 +118,91 @@ static tq__unit_t *unit_find(tq__lane_t *l, uint32_t id)
     return NULL;
 }
 
-/* Ask the controller for its units; keep the endpoints of units the lane
- * already knows. */
-static int units_refresh(tq_client *c, tq__lane_t *l)
+/* Ask the controller for its units and hand each to `each`, decoded (its
+ * blobs point into the reply, valid during the call). */
+static int units_call(tq_client *c, int (*each)(tq_client *c, void *ctx, uint32_t i, uint32_t n,
+                                                const tq_wire_unit_t *w), void *ctx)
 {
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
         return rc;
     tq_rbuf r;
-    tq__unit_t *units = NULL;
-    uint32_t n = 0, done = 0;
-    if ((rc = tq__call(c, cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r)) != TQ_OK)
-        goto out;
-    n = tq_wire_get_u32(&r);
-    if (r.failed || n > (uint32_t)(r.end - r.p)) {
-        rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
-        goto out;
-    }
-    if ((units = calloc(n ? n : 1, sizeof(*units))) == NULL) {
-        rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (; done < n; done++) {
-        tq_wire_unit_t w;
-        if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
+    if ((rc = tq__call(c, cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r)) == TQ_OK) {
+        uint32_t n = tq_wire_get_u32(&r);
+        if (r.failed || n > (uint32_t)(r.end - r.p))
             rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
-            goto out;
-        }
-        tq__unit_t *u = &units[done];
-        u->id = w.id;
-        u->alive = w.alive;
-        for (uint8_t t = 0; t < w.num_transports; t++) {
-            const tq_wire_transport_t *wt = &w.transports[t];
-            if (!tq_str_eq(wt->name, c->ops->name))
-                continue;
-            u->address = malloc(wt->address.len + 1u);
-            u->region_blob = malloc(wt->region.len + 1u);
-            if (u->address == NULL || u->region_blob == NULL) {
-                rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-                done++;
-                goto out;
-            }
-            memcpy(u->address, wt->address.ptr, wt->address.len);
-            memcpy(u->region_blob, wt->region.ptr, wt->region.len);
-            u->address_len = wt->address.len;
-            u->region_len = wt->region.len;
-        }
-        tq__unit_t *old = unit_find(l, w.id);
-        if (old != NULL && u->alive) { /* the same incarnation: keep its endpoint */
-            u->ep = old->ep;
-            u->region = old->region;
-            old->ep = NULL;
-            old->region = NULL;
+        if (rc == TQ_OK && n == 0)
+            rc = each(c, ctx, 0, 0, NULL); /* say how many, even none */
+        for (uint32_t i = 0; rc == TQ_OK && i < n; i++) {
+            tq_wire_unit_t w;
+            if (tq_wire_decode_unit(&r, &w) != TQ_OK)
+                rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
+            else
+                rc = each(c, ctx, i, n, &w);
         }
     }
-out:
     tq__conn_release(c, cc);
+    return rc;
+}
+
+/* A lane's new unit table, built one unit at a time. */
+typedef struct {
+    tq__lane_t *lane;
+    tq__unit_t *units;
+    uint32_t    num_units;
+} refresh_t;
+
+static int refresh_unit(tq_client *c, void *ctx, uint32_t i, uint32_t n, const tq_wire_unit_t *w)
+{
+    refresh_t *rf = ctx;
+    if (i == 0 && (rf->units = calloc(n ? n : 1, sizeof(tq__unit_t))) == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    if (w == NULL)
+        return TQ_OK;
+    tq__unit_t *u = &rf->units[rf->num_units++];
+    u->id = w->id;
+    u->alive = w->alive;
+    for (uint8_t t = 0; t < w->num_transports; t++) {
+        const tq_wire_transport_t *wt = &w->transports[t];
+        if (!tq_str_eq(wt->name, c->ops->name))
+            continue;
+        u->address = malloc(wt->address.len + 1u);
+        u->region_blob = malloc(wt->region.len + 1u);
+        if (u->address == NULL || u->region_blob == NULL)
+            return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+        memcpy(u->address, wt->address.ptr, wt->address.len);
+        memcpy(u->region_blob, wt->region.ptr, wt->region.len);
+        u->address_len = wt->address.len;
+        u->region_len = wt->region.len;
+    }
+    tq__unit_t *old = unit_find(rf->lane, w->id);
+    if (old != NULL && u->alive) { /* the same incarnation: keep its endpoint */
+        u->ep = old->ep;
+        u->region = old->region;
+        old->ep = NULL;
+        old->region = NULL;
+    }
+    return TQ_OK;
+}
+
+/* Ask the controller for its units; keep the endpoints of units the lane
+ * already knows. */
+static int units_refresh(tq_client *c, tq__lane_t *l)
+{
+    refresh_t rf = {l, NULL, 0};
+    int rc = units_call(c, refresh_unit, &rf);
     if (rc != TQ_OK) {
-        for (uint32_t i = 0; i < done; i++)
-            unit_free(c, l, &units[i]);
-        free(units);
+        for (uint32_t i = 0; i < rf.num_units; i++)
+            unit_free(c, l, &rf.units[i]);
+        free(rf.units);
         return rc;
     }
     for (uint32_t i = 0; i < l->num_units; i++)
         unit_free(c, l, &l->units[i]);
     free(l->units);
-    l->units = units;
-    l->num_units = n;
+    l->units = rf.units;
+    l->num_units = rf.num_units;
     return TQ_OK;
 }
 
@@ -952,51 +969,36 @@ TQ_EXPORT int tq_reset_consumption(tq_client *c, const char *partition, const ch
     return partition_call(c, TQ_MSG_RESET_CONSUMPTION, partition, task);
 }
 
+typedef struct {
+    tq_unit_info_t *units;
+    uint32_t        n;
+} infos_t;
+
+static int info_unit(tq_client *c, void *ctx, uint32_t i, uint32_t n, const tq_wire_unit_t *w)
+{
+    infos_t *infos = ctx;
+    if (i == 0 && (infos->units = calloc(n ? n : 1, sizeof(tq_unit_info_t))) == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    if (w != NULL)
+        infos->units[infos->n++] = (tq_unit_info_t){w->id, w->incarnation, w->capacity, w->used,
+                                                    w->alive};
+    return TQ_OK;
+}
+
 TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
     if (units_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "units_p is NULL");
-    tq_ctrl_conn *cc;
-    int rc = tq__conn_acquire(c, &cc);
-    if (rc != TQ_OK)
-        return rc;
-    char err[TQ_ERRMSG_MAX] = "";
-    tq_rbuf r;
-    rc = tq__ctrl_call(cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r, err);
-    tq_unit_info_t *units = NULL;
-    uint32_t n = 0;
+    infos_t infos = {NULL, 0};
+    int rc = units_call(c, info_unit, &infos);
     if (rc != TQ_OK) {
-        call_error(c, rc, err);
-        goto out;
-    }
-    /* decode before the connection (and the reply in its buffer) goes back */
-    n = tq_wire_get_u32(&r);
-    if (r.failed || n > (uint32_t)(r.end - r.p)) {
-        rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
-        goto out;
-    }
-    if ((units = calloc(n ? n : 1, sizeof(*units))) == NULL) {
-        rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        tq_wire_unit_t w;
-        if (tq_wire_decode_unit(&r, &w) != TQ_OK) {
-            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed units reply");
-            goto out;
-        }
-        units[i] = (tq_unit_info_t){w.id, w.incarnation, w.capacity, w.used, w.alive};
-    }
-out:
-    tq__conn_release(c, cc);
-    if (rc != TQ_OK) {
-        free(units);
+        free(infos.units);
         return rc;
     }
-    *units_p = units;
-    return (int)n;
+    *units_p = infos.units;
+    return (int)infos.n;
 }
 
 TQ_EXPORT int tq_partition_seal(tq_client *c, const char *partition)

@@ -43,14 +43,20 @@ static int check_keys(tq_client *c, size_t n, const char *const *keys, bool repe
     return rc;
 }
 
-int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                     const tq_batch *fields, const char *const *tags_json)
+/* The partition and the keys every KV call names. */
+static int check_target(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                        bool repeats_ok)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
     int rc = check_partition(c, partition);
-    if (rc == TQ_OK)
-        rc = check_keys(c, n, keys, false);
+    return rc == TQ_OK ? check_keys(c, n, keys, repeats_ok) : rc;
+}
+
+int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                     const tq_batch *fields, const char *const *tags_json)
+{
+    int rc = check_target(c, partition, n, keys, false);
     if (rc != TQ_OK)
         return rc;
     if (fields == NULL && tags_json == NULL)
@@ -95,11 +101,7 @@ TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,
 int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
                      size_t num_fields, const char *const *fields, tq_batch **batch_p)
 {
-    if (c == NULL)
-        return TQ_ERR_INVALID;
-    int rc = check_partition(c, partition);
-    if (rc == TQ_OK)
-        rc = check_keys(c, n, keys, true);
+    int rc = check_target(c, partition, n, keys, true);
     if (rc != TQ_OK)
         return rc;
     if (num_fields > TQ_WIRE_MAX_FIELDS || (num_fields > 0 && fields == NULL))
@@ -255,11 +257,7 @@ out:
 
 TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
 {
-    if (c == NULL)
-        return TQ_ERR_INVALID;
-    int rc = check_partition(c, partition);
-    if (rc == TQ_OK)
-        rc = check_keys(c, n, keys, true);
+    int rc = check_target(c, partition, n, keys, true);
     if (rc != TQ_OK)
         return rc;
     tq_wbuf body;

@@ -183,6 +183,21 @@ bool tq_str_is_name(tq_str_t s)
     return s.len > 0 && s.len <= TQ_WIRE_NAME_MAX && memchr(s.ptr, '\0', s.len) == NULL;
 }
 
+/* A list of n strings, each a name on decoding. */
+static void put_strs(tq_wbuf *w, const tq_str_t *s, uint16_t n)
+{
+    for (uint16_t i = 0; i < n; i++)
+        tq_wire_put_str(w, s[i].ptr, s[i].len);
+}
+
+static bool get_names(tq_rbuf *r, tq_str_t *s, uint16_t n)
+{
+    for (uint16_t i = 0; i < n; i++)
+        if (tq_wire_decode_name(r, &s[i]) != TQ_OK)
+            return false;
+    return true;
+}
+
 /* ---- frames ---- */
 
 size_t tq_wire_begin(tq_wbuf *w, uint16_t type, uint8_t flags, uint64_t request_id)
@@ -449,8 +464,7 @@ void tq_wire_encode_get_meta(tq_wbuf *w, const tq_msg_get_meta_t *m)
     tq_wire_put_str(w, m->partition.ptr, m->partition.len);
     tq_wire_put_str(w, m->task.ptr, m->task.len);
     tq_wire_put_u16(w, m->num_fields);
-    for (uint16_t i = 0; i < m->num_fields; i++)
-        tq_wire_put_str(w, m->fields[i].ptr, m->fields[i].len);
+    put_strs(w, m->fields, m->num_fields);
     tq_wire_put_u32(w, m->batch_size);
     tq_wire_put_str(w, m->sampler.ptr, m->sampler.len);
     tq_wire_put_blob(w, m->sampler_args.ptr, m->sampler_args.len);
@@ -463,13 +477,9 @@ int tq_wire_decode_get_meta(tq_rbuf *r, tq_msg_get_meta_t *m)
     m->task = tq_wire_get_str(r);
     m->num_fields = tq_wire_get_u16(r);
     if (r->failed || !tq_str_is_name(m->partition) || !tq_str_is_name(m->task) ||
-        m->num_fields == 0 || m->num_fields > TQ_WIRE_MAX_FIELDS)
+        m->num_fields == 0 || m->num_fields > TQ_WIRE_MAX_FIELDS ||
+        !get_names(r, m->fields, m->num_fields))
         return TQ_ERR_PROTOCOL;
-    for (uint16_t i = 0; i < m->num_fields; i++) {
-        m->fields[i] = tq_wire_get_str(r);
-        if (!r->failed && !tq_str_is_name(m->fields[i]))
-            return TQ_ERR_PROTOCOL;
-    }
     m->batch_size = tq_wire_get_u32(r);
     m->sampler = tq_wire_get_str(r);
     m->sampler_args = tq_wire_get_blob(r);
@@ -592,8 +602,7 @@ void tq_wire_encode_kv_get(tq_wbuf *w, const tq_msg_kv_get_t *m)
     tq_wire_put_str(w, m->partition.ptr, m->partition.len);
     tq_wire_put_u32(w, m->count);
     tq_wire_put_u16(w, m->num_fields);
-    for (uint16_t i = 0; i < m->num_fields; i++)
-        tq_wire_put_str(w, m->fields[i].ptr, m->fields[i].len);
+    put_strs(w, m->fields, m->num_fields);
 }
 
 int tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m)
@@ -602,11 +611,9 @@ int tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m)
     m->count = tq_wire_get_u32(r);
     m->num_fields = tq_wire_get_u16(r);
     if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
-        m->count > TQ_WIRE_MAX_ROWS || m->num_fields > TQ_WIRE_MAX_FIELDS)
+        m->count > TQ_WIRE_MAX_ROWS || m->num_fields > TQ_WIRE_MAX_FIELDS ||
+        !get_names(r, m->fields, m->num_fields))
         return TQ_ERR_PROTOCOL;
-    for (uint16_t i = 0; i < m->num_fields; i++)
-        if (tq_wire_decode_name(r, &m->fields[i]) != TQ_OK)
-            return TQ_ERR_PROTOCOL;
     return decoded(r);
 }
 
@@ -655,8 +662,7 @@ void tq_wire_encode_status(tq_wbuf *w, const tq_msg_status_t *m)
     tq_wire_put_str(w, m->partition.ptr, m->partition.len);
     tq_wire_put_str(w, m->task.ptr, m->task.len);
     tq_wire_put_u16(w, m->num_fields);
-    for (uint16_t i = 0; i < m->num_fields; i++)
-        tq_wire_put_str(w, m->fields[i].ptr, m->fields[i].len);
+    put_strs(w, m->fields, m->num_fields);
 }
 
 int tq_wire_decode_status(tq_rbuf *r, tq_msg_status_t *m)
@@ -665,10 +671,8 @@ int tq_wire_decode_status(tq_rbuf *r, tq_msg_status_t *m)
     m->task = tq_wire_get_str(r);
     m->num_fields = tq_wire_get_u16(r);
     if (r->failed || !tq_str_is_name(m->partition) ||
-        (m->task.len > 0 && !tq_str_is_name(m->task)) || m->num_fields > TQ_WIRE_MAX_FIELDS)
+        (m->task.len > 0 && !tq_str_is_name(m->task)) || m->num_fields > TQ_WIRE_MAX_FIELDS ||
+        !get_names(r, m->fields, m->num_fields))
         return TQ_ERR_PROTOCOL;
-    for (uint16_t i = 0; i < m->num_fields; i++)
-        if (tq_wire_decode_name(r, &m->fields[i]) != TQ_OK)
-            return TQ_ERR_PROTOCOL;
     return decoded(r);
 }
