@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/build-release.sh
+# one machine: network transports stay on loopback unless told otherwise
+export UCX_NET_DEVICES=${UCX_NET_DEVICES:-lo} FI_TCP_IFACE=${FI_TCP_IFACE:-lo}
 build-release/tools/tq-rdma-bench "$@"

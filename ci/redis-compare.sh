@@ -13,6 +13,7 @@ TIMEOUT=120 # seconds, for every benchmark run
 ci/install-deps.sh redis-server redis-tools
 ci/build-release.sh
 BENCH=build-release/tools/tq-rdma-bench
+export UCX_NET_DEVICES=${UCX_NET_DEVICES:-lo} FI_TCP_IFACE=${FI_TCP_IFACE:-lo} # loopback only
 
 # ---- a private redis-server on a free loopback port ----
 work=$(mktemp -d)
