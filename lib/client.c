@@ -402,6 +402,49 @@ out:
     return rc;
 }
 
+static int shared_transports(tq_client *c, void *ctx, uint32_t i, uint32_t n,
+                             const tq_wire_unit_t *w)
+{
+    unsigned *mask = ctx;
+    (void)c, (void)i, (void)n;
+    if (w == NULL || !w->alive)
+        return TQ_OK;
+    unsigned served = 0;
+    for (unsigned k = 0; tq__transports[k] != NULL; k++)
+        for (uint8_t t = 0; t < w->num_transports; t++)
+            if (tq_str_eq(w->transports[t].name, tq__transports[k]->name))
+                served |= 1u << k;
+    *mask &= served;
+    return TQ_OK;
+}
+
+/* TQ_TRANSPORT names one transport; unset or "auto" takes the best one (the
+ * first built) that every live storage unit serves. */
+static int pick_transport(tq_client *c, const char *want)
+{
+    if (want != NULL && want[0] != '\0' && strcmp(want, "auto") != 0) {
+        if ((c->ops = tq__transport_find(want)) == NULL)
+            return tq__set_error(c, TQ_ERR_INVALID, "unknown TQ_TRANSPORT '%s'", want);
+        return TQ_OK;
+    }
+    unsigned mask = ~0u;
+    int rc = units_call(c, shared_transports, &mask);
+    if (rc != TQ_OK)
+        return rc;
+    for (unsigned k = 0; tq__transports[k] != NULL; k++)
+        if (mask & (1u << k)) {
+            c->ops = tq__transports[k];
+            tq_debug("transport %s", c->ops->name);
+            return TQ_OK;
+        }
+    char built[128] = "";
+    for (unsigned k = 0; tq__transports[k] != NULL; k++)
+        snprintf(built + strlen(built), sizeof(built) - strlen(built), "%s%s", k ? ", " : "",
+                 tq__transports[k]->name);
+    return tq__set_error(c, TQ_ERR_UNSUPPORTED, "the storage units share no transport this "
+                         "client has (%s)", built);
+}
+
 static void client_free(tq_client *c)
 {
     tq__workers_stop(c->workers);
@@ -467,11 +510,8 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
     rc = TQ_ERR_NOMEM;
     if ((c->target = strdup(target)) == NULL)
         goto err;
-    const char *transport = getenv("TQ_TRANSPORT");
-    if ((c->ops = tq__transport_find(transport)) == NULL) {
-        rc = tq__set_error(c, TQ_ERR_INVALID, "unknown TQ_TRANSPORT '%s'", transport);
+    if ((rc = pick_transport(c, getenv("TQ_TRANSPORT"))) != TQ_OK)
         goto err;
-    }
     /* one lane now: the controller and a transport are reachable, or we fail here */
     tq__lane_t *lane;
     if ((rc = lane_acquire(c, &lane)) != TQ_OK)
