@@ -46,7 +46,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: tq-rdma-bench [--mode putget|kv|kv-nb|meta|wakeup] [--controller HOST:PORT]\n"
             "                     [--rows N] [--field-bytes SIZE] [--dtype u8|f32] [--iters N]\n"
-            "                     [--warmup N] [--inflight N] [--json]\n"
+            "                     [--warmup N] [--inflight N] [--transport ucx|ofi|auto] [--json]\n"
             "Modes (each moves N rows or keys of one tensor field of SIZE bytes, --iters times):\n"
             "  putget  tq_put of N rows, then tq_get_meta + tq_get_data, then tq_clear (default)\n"
             "  kv      tq_kv_batch_put of N keys, then tq_kv_batch_get of the same keys\n"
@@ -57,7 +57,8 @@ static void usage(FILE *out)
             "  wakeup  time from a commit in another process to the wake-up of a parked\n"
             "          tq_get_meta, 1 row per iteration; p50/p99/mean\n"
             "meta and wakeup run 1000 iterations unless --iters is given.\n"
-            "Without --controller (and $TQ_CONTROLLER) it runs on the embedded default.\n");
+            "Without --controller (and $TQ_CONTROLLER) it runs on the embedded default.\n"
+            "--transport sets TQ_TRANSPORT for the bench (and its helper processes).\n");
 }
 
 static int fail(tq_client *c, const char *what, int rc)
@@ -798,12 +799,13 @@ int main(int argc, char **argv)
         {"mode", required_argument, NULL, 'm'},        {"inflight", required_argument, NULL, 'n'},
         {"dtype", required_argument, NULL, 'd'},       {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},           {"pipe-fds", required_argument, NULL, 'p'},
-        {NULL, 0, NULL, 0},
+        {"transport", required_argument, NULL, 't'},   {NULL, 0, NULL, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:r:b:i:w:jm:n:d:p:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:r:b:i:w:jm:n:d:p:t:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'c': o.controller = optarg; break;
+        case 't': setenv("TQ_TRANSPORT", optarg, 1); break; /* the client reads it at open */
         case 'r': o.rows = (uint32_t)strtoul(optarg, NULL, 10), rows_given = true; break;
         case 'b':
             if (tq__parse_size(optarg, &o.field_bytes) != 0) {
