@@ -42,7 +42,7 @@ static int call_error(const tq_client *c, int status, const char *err)
 
 TQ_EXPORT const char *tq_last_error(const tq_client *c)
 {
-    return c != NULL && last_error.client == c ? last_error.msg : "";
+    return last_error.client == c ? last_error.msg : "";
 }
 
 /* ---- control connections ---- */

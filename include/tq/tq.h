@@ -89,8 +89,8 @@ typedef struct {
 TQ_EXPORT const char *tq_status_string(int status);
 
 /**
- * @return the detail of this thread's last failure on @p c ("" if none).
- * Valid until the thread's next call on @p c.
+ * @return the detail of this thread's last failure on @p c ("" if none); with
+ * NULL, of the last failed tq_open. Valid until the thread's next call.
  */
 TQ_EXPORT const char *tq_last_error(const tq_client *c);
 
