@@ -6,10 +6,16 @@
 #ifdef TQ_HAVE_UCX
 extern const tq_transport_ops tq_ucx_ops;
 #endif
+#ifdef TQ_HAVE_OFI
+extern const tq_transport_ops tq_ofi_ops;
+#endif
 
 const tq_transport_ops *const tq__transports[] = {
 #ifdef TQ_HAVE_UCX
     &tq_ucx_ops,
+#endif
+#ifdef TQ_HAVE_OFI
+    &tq_ofi_ops,
 #endif
     NULL,
 };

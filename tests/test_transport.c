@@ -19,11 +19,29 @@
 #include "transport_registry.h"
 
 #define MiB (1024u * 1024u)
-#define POOL_LEN (48u * MiB)
+#define POOL_LEN (80u * MiB)
 #define TEST_TIMEOUT_S 60
 #define THREAD_CAP_MS 30000 /* the target's progress thread never outlives this */
 
 /* ---- helpers ------------------------------------------------------------ */
+
+/* The environment this test process runs the transports in (see the bottom),
+ * the transports it concerns (NULL: all), and why a peer may not be killed
+ * while a post runs (NULL: it may). */
+static const char *flavour = "default";
+static const char *flavour_only;
+static const char *flavour_no_kill_in_post;
+/* Transports that came up in this test, and why the last one did not. */
+static int transports_up;
+static char skip_why[256];
+
+static void note_unsupported(const tq_transport_ops *ops)
+{
+    const char *prov = getenv("FI_PROVIDER");
+    snprintf(skip_why, sizeof(skip_why), "transport %s unsupported here (%s%s%s)", ops->name,
+             flavour, prov ? ", FI_PROVIDER=" : "", prov ? prov : "");
+    cr_log_warn("%s: skipped", skip_why);
+}
 
 static const char *status_name(int rc)
 {
@@ -138,10 +156,11 @@ static bool target_start_ex(const tq_transport_ops *ops, target_t *t, bool use_r
     t->ops = ops;
     int rc = ops->init(&t->tr);
     if (rc == TQ_ERR_UNSUPPORTED) {
-        cr_log_warn("transport %s: unsupported here, skipped", ops->name);
+        note_unsupported(ops);
         return false;
     }
     EXPECT_RC(rc, TQ_OK);
+    transports_up++;
     t->pool_len = POOL_LEN;
     void *pool = NULL;
     rc = use_register ? TQ_ERR_UNSUPPORTED : ops->mem_alloc(t->tr, t->pool_len, &pool, &t->mem);
@@ -233,13 +252,13 @@ typedef void check_fn(const tq_transport_ops *ops);
 
 static void check_round_trip(const tq_transport_ops *ops)
 {
-    static const size_t sizes[] = {1, 4096, MiB, 16 * MiB};
+    static const size_t sizes[] = {1, 2, 4096, MiB, 16 * MiB, 64 * MiB};
     target_t t;
     initiator_t in;
     if (!target_start(ops, &t))
         return;
     initiator_connect(&t, &in);
-    uint8_t *src = malloc(16 * MiB), *dst = malloc(16 * MiB);
+    uint8_t *src = malloc(64 * MiB), *dst = malloc(64 * MiB);
     cr_assert(src != NULL && dst != NULL);
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         round_trip(&t, &in, src, dst, 0, sizes[i], (unsigned)i + 1);
@@ -545,23 +564,68 @@ out:
     return NULL;
 }
 
-static void check_two_initiators(const tq_transport_ops *ops)
+/* Four initiators, each its own instance, at one target at once. */
+static void check_several_initiators(const tq_transport_ops *ops)
 {
+    enum { W = 4 };
     target_t t;
     if (!target_start(ops, &t))
         return;
-    worker_arg_t w[2] = {
-        {.t = &t, .base = 1 * MiB + 1, .seed = 100, .rounds = 40},
-        {.t = &t, .base = 9 * MiB + 2, .seed = 200, .rounds = 40},
-    };
-    pthread_t th[2];
-    for (int i = 0; i < 2; i++)
+    worker_arg_t w[W];
+    pthread_t th[W];
+    for (int i = 0; i < W; i++) {
+        w[i] = (worker_arg_t){.t = &t, .base = (uint64_t)(1 + 8 * i) * MiB + (uint64_t)i,
+                              .seed = 100u * (unsigned)(i + 1), .rounds = 30};
         cr_assert_eq(pthread_create(&th[i], NULL, initiator_thread, &w[i]), 0);
-    for (int i = 0; i < 2; i++)
+    }
+    for (int i = 0; i < W; i++)
         pthread_join(th[i], NULL);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < W; i++)
         cr_assert_eq(w[i].failed_round, -1, "initiator %d failed in round %d: %s", i,
                      w[i].failed_round, w[i].what);
+    target_destroy(&t);
+}
+
+/* Two endpoints of one instance to the same peer: both work, interleaved,
+ * and closing one leaves the other working. */
+static void check_shared_peer(const tq_transport_ops *ops)
+{
+    target_t t;
+    initiator_t a, b;
+    if (!target_start(ops, &t))
+        return;
+    initiator_connect(&t, &a);
+    b = a;
+    EXPECT_RC(ops->ep_connect(a.tr, t.addr_blob, t.addr_len, &b.ep), TQ_OK);
+    EXPECT_RC(ops->region_unpack(a.tr, b.ep, t.region_blob, t.region_len, &b.region), TQ_OK);
+    /* A region unpacked for one ep is not for another. */
+    uint8_t x = 1;
+    tq_rma_iov_t one = {.local = &x, .remote_offset = 0, .length = 1};
+    EXPECT_RC(ops->post(a.tr, b.ep, a.region, TQ_RMA_PUT, &one, 1), TQ_ERR_INVALID);
+
+    const size_t len = 300001;
+    uint8_t *src = malloc(2 * len), *dst = calloc(2, len);
+    cr_assert(src != NULL && dst != NULL);
+    fill(src, 2 * len, 71);
+    tq_rma_iov_t pa = {.local = src, .remote_offset = 2 * MiB, .length = len};
+    tq_rma_iov_t pb = {.local = src + len, .remote_offset = 3 * MiB + 1, .length = len};
+    EXPECT_RC(ops->post(a.tr, a.ep, a.region, TQ_RMA_PUT, &pa, 1), TQ_OK);
+    EXPECT_RC(ops->post(b.tr, b.ep, b.region, TQ_RMA_PUT, &pb, 1), TQ_OK);
+    EXPECT_RC(ops->flush(b.tr, b.ep, 10000), TQ_OK);
+    EXPECT_RC(ops->flush(a.tr, a.ep, 10000), TQ_OK);
+    EXPECT_SAME(t.pool + 2 * MiB, src, len, "pool after a put through the first ep");
+    EXPECT_SAME(t.pool + 3 * MiB + 1, src + len, len, "pool after a put through the second ep");
+    /* Each reads back what the other wrote. */
+    EXPECT_RC(xfer(&b, TQ_RMA_GET, dst, 2 * MiB, len), TQ_OK);
+    EXPECT_RC(xfer(&a, TQ_RMA_GET, dst + len, 3 * MiB + 1, len), TQ_OK);
+    EXPECT_SAME(dst, src, 2 * len, "buffer after gets crossing the eps");
+
+    ops->region_release(a.tr, a.region);
+    ops->ep_close(a.tr, a.ep);
+    round_trip(&t, &b, src, dst, 4 * MiB + 3, len, 72);
+    free(src);
+    free(dst);
+    initiator_close(&b);
     target_destroy(&t);
 }
 
@@ -648,7 +712,7 @@ static void bandwidth(const char *name, initiator_t *in, tq_rma_dir_t dir, uint8
     uint64_t start = now_ns(), bytes = 0;
     int iters = 0;
     /* Bounded by time and count. */
-    while (iters < 20000 && now_ns() - start < 300000000u) {
+    while (iters < 20000 && now_ns() - start < 200000000u) {
         EXPECT_RC(xfer(in, dir, buf, 0, len), TQ_OK);
         bytes += len;
         iters++;
@@ -668,9 +732,8 @@ static void check_bandwidth(const tq_transport_ops *ops)
     uint8_t *buf = malloc(16 * MiB);
     cr_assert_not_null(buf);
     fill(buf, 16 * MiB, 5);
-    const char *tls = getenv("UCX_TLS");
     char name[64];
-    snprintf(name, sizeof(name), "%s[%s]", ops->name, tls ? tls : "default");
+    snprintf(name, sizeof(name), "%s[%s]", ops->name, flavour);
     bandwidth(name, &in, TQ_RMA_PUT, buf, MiB);
     bandwidth(name, &in, TQ_RMA_GET, buf, MiB);
     bandwidth(name, &in, TQ_RMA_PUT, buf, 16 * MiB);
@@ -740,7 +803,7 @@ static bool read_all(int fd, void *p, size_t n, uint64_t deadline)
     return true;
 }
 
-static void child_target(const tq_transport_ops *ops, int fd, bool use_register)
+static void child_target(const tq_transport_ops *ops, int fd, bool use_register, size_t pool_len)
 {
     tq_transport *tr = NULL;
     tq_transport_mem *mem = NULL;
@@ -749,9 +812,9 @@ static void child_target(const tq_transport_ops *ops, int fd, bool use_register)
     uint32_t status = (uint32_t)ops->init(&tr);
     if (status == TQ_OK) {
         status = use_register ? (uint32_t)TQ_ERR_UNSUPPORTED
-                              : (uint32_t)ops->mem_alloc(tr, MiB, &pool, &mem);
-        if ((int)status == TQ_ERR_UNSUPPORTED && (pool = malloc(MiB)) != NULL)
-            status = (uint32_t)ops->mem_register(tr, pool, MiB, &mem);
+                              : (uint32_t)ops->mem_alloc(tr, pool_len, &pool, &mem);
+        if ((int)status == TQ_ERR_UNSUPPORTED && (pool = malloc(pool_len)) != NULL)
+            status = (uint32_t)ops->mem_register(tr, pool, pool_len, &mem);
     }
     if (status == TQ_OK)
         status = (uint32_t)ops->mem_pack(tr, mem, &rb, &rl);
@@ -768,8 +831,10 @@ static void child_target(const tq_transport_ops *ops, int fd, bool use_register)
     _exit(0);
 }
 
-/* A target process that dies: the initiator's operations fail, nothing hangs. */
-static void peer_process_dies(const tq_transport_ops *ops, bool use_register)
+/* Fork a target process with a pool of pool_len bytes and connect to it.
+ * false: the transport is unsupported here (the child is reaped). */
+static bool child_connect(const tq_transport_ops *ops, bool use_register, size_t pool_len,
+                          pid_t *child_p, initiator_t *in, uint8_t **ab_p, uint8_t **rb_p)
 {
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
@@ -777,7 +842,7 @@ static void peer_process_dies(const tq_transport_ops *ops, bool use_register)
     cr_assert_neq(child, -1);
     if (child == 0) {
         close(fds[0]);
-        child_target(ops, fds[1], use_register);
+        child_target(ops, fds[1], use_register, pool_len);
     }
     close(fds[1]);
     uint64_t deadline = now_ms() + 10000;
@@ -787,9 +852,11 @@ static void peer_process_dies(const tq_transport_ops *ops, bool use_register)
     if ((int)status == TQ_ERR_UNSUPPORTED) {
         waitpid(child, NULL, 0);
         close(fds[0]);
-        return;
+        note_unsupported(ops);
+        return false;
     }
     EXPECT_RC((int)status, TQ_OK);
+    transports_up++;
     cr_assert(read_all(fds[0], &al, 8, deadline) && al > 0 && al < 65536, "address length %llu",
               (unsigned long long)al);
     uint8_t *ab = malloc(al);
@@ -800,10 +867,24 @@ static void peer_process_dies(const tq_transport_ops *ops, bool use_register)
     cr_assert(rb != NULL && read_all(fds[0], rb, rl, deadline));
     close(fds[0]);
 
-    initiator_t in = {.ops = ops};
-    EXPECT_RC(ops->init(&in.tr), TQ_OK);
-    EXPECT_RC(ops->ep_connect(in.tr, ab, al, &in.ep), TQ_OK);
-    EXPECT_RC(ops->region_unpack(in.tr, in.ep, rb, rl, &in.region), TQ_OK);
+    *in = (initiator_t){.ops = ops};
+    EXPECT_RC(ops->init(&in->tr), TQ_OK);
+    EXPECT_RC(ops->ep_connect(in->tr, ab, al, &in->ep), TQ_OK);
+    EXPECT_RC(ops->region_unpack(in->tr, in->ep, rb, rl, &in->region), TQ_OK);
+    *child_p = child;
+    *ab_p = ab;
+    *rb_p = rb;
+    return true;
+}
+
+/* A target process that dies: the initiator's operations fail, nothing hangs. */
+static void peer_process_dies(const tq_transport_ops *ops, bool use_register)
+{
+    initiator_t in;
+    pid_t child;
+    uint8_t *ab, *rb;
+    if (!child_connect(ops, use_register, MiB, &child, &in, &ab, &rb))
+        return;
     uint8_t src[4096], dst[4096];
     fill(src, sizeof(src), 8);
     EXPECT_RC(xfer(&in, TQ_RMA_PUT, src, 100, sizeof(src)), TQ_OK);
@@ -835,41 +916,184 @@ static void check_peer_process_dies(const tq_transport_ops *ops)
     peer_process_dies(ops, true);
 }
 
+typedef struct {
+    pid_t pid;
+    int after_ms;
+    uint64_t killed_at; /* now_ms() of the kill */
+} killer_t;
+
+static void *killer_thread(void *arg)
+{
+    killer_t *k = arg;
+    (void)poll(NULL, 0, k->after_ms);
+    k->killed_at = now_ms();
+    kill(k->pid, SIGKILL);
+    return NULL;
+}
+
+/* A target process killed while a batch of seconds' worth of puts is in
+ * flight: post or flush fails within the flush timeout, nothing hangs. The
+ * kill comes from another thread 100 ms into the post, or, where the
+ * provider cannot survive that, between two posts of the batch. */
+static void check_peer_dies_mid_batch(const tq_transport_ops *ops)
+{
+    const size_t chunk = 16 * MiB, pool = 4 * chunk;
+    const int flush_ms = 5000;
+    initiator_t in;
+    pid_t child;
+    uint8_t *ab, *rb;
+    if (!child_connect(ops, false, pool, &child, &in, &ab, &rb))
+        return;
+    uint8_t *src = malloc(chunk), *back = malloc(chunk);
+    cr_assert(src != NULL && back != NULL);
+    fill(src, chunk, 90);
+    /* Connected for real, and how fast: size the batch to take ~3 s. */
+    uint64_t t0 = now_ns();
+    EXPECT_RC(xfer(&in, TQ_RMA_PUT, src, chunk, chunk), TQ_OK);
+    double rate = (double)chunk / ((double)(now_ns() - t0 + 1) / 1e9);
+    EXPECT_RC(xfer(&in, TQ_RMA_GET, back, chunk, chunk), TQ_OK);
+    EXPECT_SAME(back, src, chunk, "buffer read back from the child");
+    size_t n = (size_t)(rate * 3.0 / (double)chunk);
+    n = n < 64 ? 64 : n > 2048 ? 2048 : n; /* 1 to 32 GiB */
+    tq_rma_iov_t *iov = calloc(n, sizeof(*iov));
+    cr_assert_not_null(iov);
+    for (size_t i = 0; i < n; i++) /* remote offsets jump: nothing coalesces */
+        iov[i] = (tq_rma_iov_t){.local = src, .remote_offset = (i % 4) * chunk, .length = chunk};
+
+    killer_t k = {.pid = child, .after_ms = 100};
+    pthread_t th;
+    int prc;
+    uint64_t start = now_ms();
+    if (flavour_no_kill_in_post == NULL) {
+        cr_assert_eq(pthread_create(&th, NULL, killer_thread, &k), 0);
+        prc = ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, iov, n);
+    } else {
+        cr_log_info("%s: killing the peer between posts only: %s", ops->name,
+                    flavour_no_kill_in_post);
+        EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, iov, n / 2), TQ_OK);
+        k.after_ms = 0;
+        killer_thread(&k);
+        cr_assert_eq(waitpid(child, NULL, 0), child);
+        prc = ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, iov + n / 2, n - n / 2);
+    }
+    uint64_t flush_start = now_ms();
+    int frc = ops->flush(in.tr, in.ep, flush_ms);
+    uint64_t end = now_ms();
+    if (flavour_no_kill_in_post == NULL) {
+        pthread_join(th, NULL);
+        cr_assert_eq(waitpid(child, NULL, 0), child);
+    }
+    cr_log_info("%s: %zu x 16 MiB puts; killed after %llu ms; post %s, flush %s after %llu ms",
+                ops->name, n, (unsigned long long)(k.killed_at - start), status_name(prc),
+                status_name(frc), (unsigned long long)(end - flush_start));
+    cr_assert(k.killed_at <= end, "the batch of %zu x 16 MiB finished in %llu ms, before the kill",
+              n, (unsigned long long)(end - start));
+    cr_assert(prc == TQ_OK || prc == TQ_ERR_CONNECTION || prc == TQ_ERR_TIMEOUT,
+              "post: got %d (%s)", prc, status_name(prc));
+    cr_assert(frc == TQ_ERR_CONNECTION || frc == TQ_ERR_TIMEOUT,
+              "flush after the peer died mid-batch: got %d (%s), expected %d or %d", frc,
+              status_name(frc), TQ_ERR_CONNECTION, TQ_ERR_TIMEOUT);
+    cr_assert_leq(end - flush_start, (uint64_t)flush_ms + 1000, "flush took %llu ms, timeout %d",
+                  (unsigned long long)(end - flush_start), flush_ms);
+    cr_assert_lt(end - k.killed_at, (uint64_t)flush_ms + 1000,
+                 "noticing the death took %llu ms", (unsigned long long)(end - k.killed_at));
+    tq_rma_iov_t one = {.local = back, .remote_offset = 0, .length = 8};
+    EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_GET, &one, 1), TQ_ERR_CONNECTION);
+    /* The transport may hold src until the instance is gone. */
+    initiator_close(&in);
+    free(iov);
+    free(src);
+    free(back);
+    free(ab);
+    free(rb);
+}
+
 /* ---- running them --------------------------------------------------------- */
 
 static void for_each_transport(check_fn *check)
 {
     size_t n = 0;
-    for (size_t i = 0; tq__transports[i] != NULL; i++, n++) {
-        cr_log_info("transport %s", tq__transports[i]->name);
+    for (size_t i = 0; tq__transports[i] != NULL; i++) {
+        if (flavour_only != NULL && strcmp(tq__transports[i]->name, flavour_only) != 0)
+            continue;
+        cr_log_info("transport %s (%s)", tq__transports[i]->name, flavour);
         check(tq__transports[i]);
+        n++;
     }
+    if (n == 0 && flavour_only != NULL)
+        cr_skip_test("transport %s is not built in", flavour_only);
     if (n == 0)
         cr_log_warn("no transport built in: nothing to check");
+    else if (transports_up == 0)
+        cr_skip_test("%s", skip_why);
 }
 
-/* Network transports may only use the loopback interface here. */
+/*
+ * Flavours: the environment the suite runs in, set before any transport
+ * starts (each test is its own process, so it sticks to that test). Network
+ * transports may only use the loopback interface here.
+ */
 static void keep_to_loopback(void)
 {
     setenv("UCX_NET_DEVICES", "lo", 1);
+    setenv("FI_TCP_IFACE", "lo", 1);
+    setenv("FI_SOCKETS_IFACE", "lo", 1);
 }
 
-/* Each test runs in its own process, so the variable sticks to this test only. */
-static void force_tcp(void)
+#define SHM_KILL_IN_POST_HANGS "libfabric 1.17's shm takes the peer's spinlock in fi_write, " \
+                               "and a peer killed holding it blocks the writer for good"
+
+/* Each transport's own choice of devices (and FI_PROVIDER if set). */
+static void flavour_default(void)
 {
     keep_to_loopback();
-    setenv("UCX_TLS", "tcp", 1);
+    const char *prov = getenv("FI_PROVIDER");
+    if (prov != NULL && strstr(prov, "shm") != NULL)
+        flavour_no_kill_in_post = SHM_KILL_IN_POST_HANGS;
 }
 
-#define CONFORMANCE(check)                                                          \
-    Test(transport, check, .init = keep_to_loopback, .timeout = TEST_TIMEOUT_S)     \
-    {                                                                               \
-        for_each_transport(check_##check);                                          \
-    }                                                                               \
-    Test(transport_tcp, check, .init = force_tcp, .timeout = TEST_TIMEOUT_S)        \
+/* Every transport over TCP sockets. */
+static void flavour_tcp(void)
+{
+    keep_to_loopback();
+    flavour = "tcp";
+    setenv("UCX_TLS", "tcp", 1);
+    setenv("FI_PROVIDER", "tcp", 1);
+}
+
+/* libfabric's shared memory provider. */
+static void flavour_shm(void)
+{
+    keep_to_loopback();
+    flavour = "shm";
+    flavour_only = "ofi";
+    flavour_no_kill_in_post = SHM_KILL_IN_POST_HANGS;
+    setenv("FI_PROVIDER", "shm", 1);
+}
+
+/* libfabric's sockets provider, registering every local buffer and
+ * splitting transfers at 1 MiB: the paths hardware providers take. */
+static void flavour_sockets(void)
+{
+    keep_to_loopback();
+    flavour = "sockets";
+    flavour_only = "ofi";
+    setenv("FI_PROVIDER", "sockets", 1);
+    setenv("TQ_OFI_MR_LOCAL", "1", 1);
+    setenv("TQ_OFI_MAX_XFER", "1M", 1);
+}
+
+#define FLAVOUR_TEST(suite, setup, check)                                           \
+    Test(suite, check, .init = setup, .timeout = TEST_TIMEOUT_S)                    \
     {                                                                               \
         for_each_transport(check_##check);                                          \
     }
+
+#define CONFORMANCE(check)                                                          \
+    FLAVOUR_TEST(transport, flavour_default, check)                                 \
+    FLAVOUR_TEST(transport_tcp, flavour_tcp, check)                                 \
+    FLAVOUR_TEST(transport_shm, flavour_shm, check)                                 \
+    FLAVOUR_TEST(transport_sockets, flavour_sockets, check)
 
 CONFORMANCE(round_trip)
 CONFORMANCE(unaligned)
@@ -877,14 +1101,14 @@ CONFORMANCE(registered_pool)
 CONFORMANCE(many_small)
 CONFORMANCE(out_of_range)
 CONFORMANCE(bad_blobs)
-CONFORMANCE(two_initiators)
+CONFORMANCE(several_initiators)
+CONFORMANCE(shared_peer)
 CONFORMANCE(reg_cache)
 CONFORMANCE(bandwidth)
 CONFORMANCE(peer_process_dies)
+CONFORMANCE(peer_dies_mid_batch)
 
 /* In one process a peer's shared memory outlives it, so only a network path
  * can see it go away. */
-Test(transport_tcp, peer_gone, .init = force_tcp, .timeout = TEST_TIMEOUT_S)
-{
-    for_each_transport(check_peer_gone);
-}
+FLAVOUR_TEST(transport_tcp, flavour_tcp, peer_gone)
+FLAVOUR_TEST(transport_sockets, flavour_sockets, peer_gone)
