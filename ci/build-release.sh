@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
-cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=OFF >/dev/null
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTQ_BUILD_TESTS=OFF -DTQ_WITH_UCX=ON -DTQ_WITH_OFI=ON >/dev/null
 cmake --build build-release -j"$(nproc)" >/dev/null

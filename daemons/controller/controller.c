@@ -192,6 +192,15 @@ static void unit_mark_dead(tq_unit *u, const char *why)
     tq_warn("storage unit %u (incarnation %u) is dead: %s", u->id, u->incarnation, why);
 }
 
+static bool units_alive(const tq_controller *ctl)
+{
+    const tq_list *pos;
+    for (pos = ctl->units.next; pos != &ctl->units; pos = pos->next)
+        if (tq_list_entry(pos, tq_unit, link)->alive)
+            return true;
+    return false;
+}
+
 /* The live unit with the largest free range that fits `size`, or NULL. */
 static tq_unit *unit_pick(tq_controller *ctl, uint64_t size)
 {
@@ -663,7 +672,8 @@ static void handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         tq_unit *u = unit_pick(ctl, totals[i]);
         tq_pool_block *block;
         if (u == NULL || tq_pool_alloc(u->pool, totals[i], &block) != TQ_OK) {
-            status = TQ_ERR_NOSPACE, why = "no storage unit has room for a field";
+            status = TQ_ERR_NOSPACE;
+            why = units_alive(ctl) ? "no storage unit has room for a field" : "no live storage unit";
             goto err;
         }
         af->ext = calloc(1, sizeof(tq_extent));
