@@ -1,0 +1,634 @@
+/* fetch.c: GET_META: samplers, parked requests, and the pins of rows handed out. */
+#define TQ_LOG_COMPONENT "controller"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "controller/internal.h"
+#include "controller/sampler.h"
+#include "tq/tq.h"
+#include "util/common.h"
+#include "util/log.h"
+
+/* Unpin the rows of a meta nobody read and make them ready for its task again. */
+void tq__meta_give_back(tq_controller *ctl, meta_t *m)
+{
+    tq_partition_t *p = m->partition ? tq__find_partition(ctl, m->partition) : NULL;
+    tq_task_t *t = p ? tq__partition_task(p, m->task, false) : NULL;
+    for (uint32_t i = 0; t != NULL && i < m->num_rows; i++)
+        if ((uint64_t)m->rows[i] < p->num_slots)
+            t->consumed[m->rows[i]] = 0;
+    tq__meta_free(m);
+    if (t != NULL)
+        tq__wake_parked(ctl, p->name);
+}
+
+void tq__meta_free(meta_t *m)
+{
+    tq_list_remove(&m->conn_link);
+    for (uint32_t i = 0; i < m->num_pins; i++)
+        tq__extent_unref(m->pins[i]);
+    free(m->pins);
+    free(m->partition);
+    free(m->task);
+    free(m->rows);
+    free(m);
+}
+
+void tq__parked_free(parked_t *pk)
+{
+    tq_list_remove(&pk->link);
+    free(pk->body);
+    free(pk->partition);
+    free(pk);
+}
+
+/* Write the GET_META answer for rows of p and pin their cells. */
+void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
+                       tq_field_t *const *fields, uint16_t nf, const int64_t *rows, uint32_t n,
+                       meta_t *meta)
+{
+    uint64_t *row_bytes = malloc((size_t)n * 8);
+    int64_t *shapes = malloc((size_t)n * TQ_MAX_NDIM * 8);
+    tq_wire_extent_t *runs = malloc((size_t)n * sizeof(*runs));
+    if (row_bytes == NULL || shapes == NULL || runs == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    size_t off = tq__reply_begin(c, h);
+    tq_wire_encode_get_meta_reply(&c->out, &(tq_msg_get_meta_reply_t){
+        meta->id, n, tq_array_of(rows, n), nf});
+    uint32_t pin = 0;
+    for (uint16_t k = 0; k < nf; k++) {
+        const tq_field_t *f = fields[k];
+        uint32_t num_runs = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const tq_cell_t *cell = &f->cells[rows[i]];
+            row_bytes[i] = cell->length;
+            memcpy(&shapes[(size_t)i * f->ndim], cell->shape, f->ndim * sizeof(int64_t));
+            if (cell->ext != NULL) {
+                tq__extent_ref(cell->ext);
+                meta->pins[pin++] = cell->ext;
+            }
+            if (cell->length == 0)
+                continue;
+            tq_wire_extent_t *last = num_runs ? &runs[num_runs - 1] : NULL;
+            if (last != NULL && last->unit == cell->ext->unit->id &&
+                last->offset + last->length == cell->offset)
+                last->length += cell->length; /* adjacent cells: one read */
+            else
+                runs[num_runs++] = (tq_wire_extent_t){cell->ext->unit->id, cell->offset,
+                                                      cell->length};
+        }
+        bool tensor = f->kind == TQ_FIELD_TENSOR, nested = f->kind == TQ_FIELD_NESTED;
+        tq_wire_meta_field_t w = {
+            .name = {f->name, (uint16_t)strlen(f->name)},
+            .kind = (uint8_t)f->kind, .dtype = (uint8_t)f->dtype, .ndim = (uint8_t)f->ndim,
+            .row_shape = tq_array_of(f->row_shape, tensor ? f->ndim : 0),
+            .shapes = tq_array_of(shapes, nested ? n * f->ndim : 0),
+            .row_bytes = tq_array_of(row_bytes, n),
+            .num_runs = num_runs,
+        };
+        tq_wire_encode_meta_field(&c->out, &w);
+        for (uint32_t i = 0; i < num_runs; i++)
+            tq_wire_encode_extent(&c->out, &runs[i]);
+    }
+    meta->num_pins = pin;
+    tq__reply_end(c, off);
+out:
+    free(row_bytes);
+    free(shapes);
+    free(runs);
+}
+
+typedef enum { META_DONE, META_WAIT } meta_outcome_t;
+
+/* What one GET_META asks, decoded once and resolved against the partition. */
+typedef struct {
+    tq_msg_get_meta_t   m;
+    char                sampler[TQ_WIRE_NAME_MAX + 1];
+    char                task[TQ_WIRE_NAME_MAX + 1];
+    char               *args;       /* NUL-terminated sampler_args, "{}" when none */
+    tq_partition_t     *p;          /* NULL: not there yet */
+    tq_field_t         *fields[TQ_WIRE_MAX_FIELDS];
+    bool                have_fields;
+    tq_task_t          *t;          /* NULL: has consumed nothing yet */
+    int64_t            *ready;      /* ready rows, ascending */
+    size_t              num_ready;
+    bool                final;      /* sealed and nothing more can become ready */
+} fetch_t;
+
+/* Ready rows of the fetch, and whether nothing more can become ready. */
+static int fetch_scan(fetch_t *f)
+{
+    tq_partition_t *p = f->p;
+    f->num_ready = 0;
+    f->final = false;
+    if (p == NULL)
+        return TQ_OK;
+    f->ready = malloc((p->num_slots ? p->num_slots : 1) * sizeof(int64_t));
+    if (f->ready == NULL)
+        return TQ_ERR_NOMEM;
+    uint64_t unconsumed = 0;
+    bool reserved = false;
+    for (uint64_t r = 0; r < p->num_slots; r++) {
+        reserved |= p->state[r] == TQ_ROW_RESERVED;
+        if (p->state[r] != TQ_ROW_LIVE || (f->t != NULL && f->t->consumed[r]))
+            continue;
+        unconsumed++;
+        if (f->have_fields &&
+            tq__partition_row_ready(p, f->fields, f->m.num_fields, f->t, r))
+            f->ready[f->num_ready++] = (int64_t)r;
+    }
+    /* sealed, no new row pending, and every row the task has not seen is ready */
+    f->final = p->sealed && !reserved && unconsumed == f->num_ready;
+    return TQ_OK;
+}
+
+static void consume(fetch_t *f, const int64_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        f->t->consumed[rows[i]] = 1;
+}
+
+/* Answer with rows of the fetch, pinned under a new meta. */
+static meta_outcome_t serve(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
+                            const int64_t *rows, uint32_t n)
+{
+    meta_t *meta = calloc(1, sizeof(*meta));
+    if (meta == NULL || (meta->pins = malloc((size_t)n * f->m.num_fields * sizeof(tq_extent *) + 1)) == NULL ||
+        (meta->rows = malloc((size_t)n * sizeof(int64_t) + 1)) == NULL ||
+        (meta->partition = strdup(f->p->name)) == NULL || (meta->task = strdup(f->task)) == NULL) {
+        if (meta != NULL) {
+            free(meta->pins), free(meta->rows), free(meta->partition), free(meta->task);
+        }
+        free(meta);
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return META_DONE;
+    }
+    memcpy(meta->rows, rows, (size_t)n * sizeof(int64_t));
+    meta->num_rows = n;
+    meta->id = ++c->ctl->next_id;
+    tq_list_init(&meta->conn_link);
+    tq_list_insert_tail(&c->metas, &meta->conn_link);
+    tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta);
+    meta->reply_end = c->sent + c->out.len;
+    return META_DONE;
+}
+
+static meta_outcome_t reply_end_of_stream(conn_t *c, const tq_wire_header_t *h, fetch_t *f)
+{
+    tq__reply_error(c, h, TQ_ERR_END, "partition %s is sealed and task %s has consumed every row",
+                f->p->name, f->task);
+    return META_DONE;
+}
+
+/* A kept batch still usable: every row still live. */
+static bool kept_valid(const tq_partition_t *p, const tq_kept_t *k)
+{
+    for (uint32_t i = 0; i < k->num_rows; i++)
+        if ((uint64_t)k->rows[i] >= p->num_slots || p->state[k->rows[i]] != TQ_ROW_LIVE)
+            return false;
+    return true;
+}
+
+/* Serve a kept batch to one more taker, forgetting it after the last. */
+static meta_outcome_t serve_kept(conn_t *c, const tq_wire_header_t *h, fetch_t *f, tq_kept_t *k)
+{
+    meta_outcome_t out = serve(c, h, f, k->rows, k->num_rows);
+    if (--k->takers_left == 0)
+        tq__partition_unkeep(f->p, k);
+    return out;
+}
+
+/* Read sampler arguments: -1 when one is missing (and required) or out of range. */
+static int arg_in(const char *args, const char *name, long long lo, long long hi, long long dflt,
+                  bool required, long long *v_p)
+{
+    long long v = dflt;
+    int rc = tq__sampler_arg(args, name, &v);
+    if (rc < 0 || (rc == 1 && required) || v < lo || v > hi)
+        return -1;
+    *v_p = v;
+    return 0;
+}
+
+/* rank_aware: the first caller of (task, dp_rank, batch_index) samples; the
+ * result is kept for the other dp_replicas - 1 callers of that key. */
+static meta_outcome_t sample_rank_aware(conn_t *c, const tq_wire_header_t *h, fetch_t *f)
+{
+    long long rank, index, replicas;
+    if (arg_in(f->args, "dp_rank", 0, INT32_MAX, 0, true, &rank) != 0 ||
+        arg_in(f->args, "batch_index", 0, INT64_MAX / 2, 0, true, &index) != 0 ||
+        arg_in(f->args, "dp_replicas", 1, 1 << 20, 1, false, &replicas) != 0) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "rank_aware needs integer dp_rank >= 0, "
+                    "batch_index >= 0 and optional dp_replicas >= 1");
+        return META_DONE;
+    }
+    if (f->p == NULL)
+        return META_WAIT;
+    char key[TQ_WIRE_NAME_MAX + 64];
+    snprintf(key, sizeof(key), "rank_aware\x1f%s\x1f%lld\x1f%lld", f->task, rank, index);
+    tq_kept_t *k = tq__partition_kept(f->p, key);
+    if (k != NULL && kept_valid(f->p, k))
+        return serve_kept(c, h, f, k);
+    if (k != NULL)
+        tq__partition_unkeep(f->p, k); /* its rows were cleared: sample afresh */
+    if (f->num_ready < f->m.batch_size && !f->final)
+        return META_WAIT;
+    if (f->num_ready == 0)
+        return reply_end_of_stream(c, h, f);
+    uint32_t n = (uint32_t)TQ_MIN(f->num_ready, (size_t)f->m.batch_size);
+    if (replicas > 1 && tq__partition_keep(f->p, key, f->ready, n, (uint32_t)replicas - 1) == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return META_DONE;
+    }
+    consume(f, f->ready, n);
+    return serve(c, h, f, f->ready, n);
+}
+
+/* Split groups over `parts` ranks, each rank the same number of groups, with
+ * balanced sums: Karmarkar-Karp's largest differencing. Groups sorted by
+ * weight go out in rounds of `parts`, one per rank; two partial solutions
+ * merge by pairing the heaviest rank of one with the lightest of the other,
+ * largest spread first. rank_of[g] receives each group's rank. */
+typedef struct {
+    double  sum[64];
+    int     bucket[64]; /* bucket id per rank slot, heaviest first */
+} kk_solution_t;
+
+static int cmp_weight_desc(const void *a, const void *b, void *w)
+{
+    double wa = ((const double *)w)[*(const int *)a], wb = ((const double *)w)[*(const int *)b];
+    return wa < wb ? 1 : wa > wb ? -1 : *(const int *)a - *(const int *)b;
+}
+
+static void kk_sort(kk_solution_t *s, int parts)
+{
+    for (int i = 1; i < parts; i++) /* insertion sort: parts is small */
+        for (int j = i; j > 0 && s->sum[j] > s->sum[j - 1]; j--) {
+            double ts = s->sum[j]; s->sum[j] = s->sum[j - 1]; s->sum[j - 1] = ts;
+            int tb = s->bucket[j]; s->bucket[j] = s->bucket[j - 1]; s->bucket[j - 1] = tb;
+        }
+}
+
+static int kk_partition(const double *weight, int groups, int parts, int *rank_of)
+{
+    int rounds = (groups + parts - 1) / parts, nb = rounds * parts;
+    int *order = malloc((size_t)groups * sizeof(int) + 1);
+    int *next = malloc((size_t)nb * sizeof(int)), *tail = malloc((size_t)nb * sizeof(int));
+    int *member = malloc((size_t)nb * sizeof(int)); /* bucket -> its first group, -1: empty */
+    kk_solution_t *sol = malloc((size_t)rounds * sizeof(*sol));
+    int rc = -1;
+    if (order == NULL || next == NULL || tail == NULL || member == NULL || sol == NULL)
+        goto out;
+    for (int g = 0; g < groups; g++)
+        order[g] = g;
+    qsort_r(order, (size_t)groups, sizeof(int), cmp_weight_desc, (void *)weight);
+    for (int r = 0; r < rounds; r++)
+        for (int i = 0; i < parts; i++) {
+            int b = r * parts + i, pos = r * parts + i;
+            member[b] = pos < groups ? order[pos] : -1;
+            next[b] = -1;
+            tail[b] = b;
+            sol[r].sum[i] = pos < groups ? weight[order[pos]] : 0;
+            sol[r].bucket[i] = b;
+        }
+    /* buckets chain by index: next[] links bucket ids, member[] names a group */
+    for (int live = rounds; live > 1; live--) {
+        int a = 0, b = 1; /* the two largest spreads */
+        for (int i = 0; i < live; i++) {
+            double si = sol[i].sum[0] - sol[i].sum[parts - 1];
+            if (i != a && si > sol[a].sum[0] - sol[a].sum[parts - 1]) {
+                b = a, a = i;
+            } else if (i != a && (b == a || si > sol[b].sum[0] - sol[b].sum[parts - 1])) {
+                b = i;
+            }
+        }
+        if (a == b)
+            b = a == 0 ? 1 : 0;
+        for (int i = 0; i < parts; i++) {
+            int x = sol[a].bucket[i], y = sol[b].bucket[parts - 1 - i];
+            sol[a].sum[i] += sol[b].sum[parts - 1 - i];
+            next[tail[x]] = y; /* append y's chain to x's */
+            tail[x] = tail[y];
+        }
+        kk_sort(&sol[a], parts);
+        sol[b] = sol[live - 1];
+    }
+    for (int i = 0; i < parts; i++)
+        for (int x = sol[0].bucket[i]; x != -1; x = next[x])
+            if (member[x] >= 0)
+                rank_of[member[x]] = i;
+    rc = 0;
+out:
+    free(order), free(next), free(tail), free(member), free(sol);
+    return rc;
+}
+
+/* seqlen_balanced: the first caller of (task, batch_index) takes dp_size
+ * batches of whole groups and splits them over the ranks by total length;
+ * every rank's part is kept for its dp_replicas callers. */
+static meta_outcome_t sample_seqlen(conn_t *c, const tq_wire_header_t *h, fetch_t *f)
+{
+    long long n, size, rank, index, replicas;
+    if (arg_in(f->args, "n_samples_per_prompt", 1, 1 << 20, 1, true, &n) != 0 ||
+        arg_in(f->args, "dp_size", 1, 64, 1, true, &size) != 0 ||
+        arg_in(f->args, "dp_rank", 0, size - 1, 0, true, &rank) != 0 ||
+        arg_in(f->args, "batch_index", 0, INT64_MAX / 2, 0, true, &index) != 0 ||
+        arg_in(f->args, "dp_replicas", 1, 1 << 20, 1, false, &replicas) != 0 ||
+        f->m.batch_size % n != 0) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "seqlen_balanced needs integer n_samples_per_prompt "
+                    "dividing batch_size, dp_size 1..64, dp_rank < dp_size, batch_index, "
+                    "optional dp_replicas");
+        return META_DONE;
+    }
+    if (f->p == NULL)
+        return META_WAIT;
+    char key[TQ_WIRE_NAME_MAX + 96];
+    snprintf(key, sizeof(key), "seqlen\x1f%s\x1f%lld\x1f%lld", f->task, index, rank);
+    tq_kept_t *k = tq__partition_kept(f->p, key);
+    if (k != NULL && kept_valid(f->p, k))
+        return serve_kept(c, h, f, k);
+
+    size_t want = (size_t)(f->m.batch_size / n) * (size_t)size;
+    int64_t *rows = malloc(want * (size_t)n * sizeof(int64_t) + 1);
+    double *weight = malloc(want * sizeof(double) + 1);
+    int *rank_of = malloc(want * sizeof(int) + 1);
+    int64_t *part = malloc((size_t)f->m.batch_size * sizeof(int64_t) + 1);
+    int64_t *own = malloc((size_t)f->m.batch_size * sizeof(int64_t) + 1);
+    meta_outcome_t out = META_DONE;
+    if (rows == NULL || weight == NULL || rank_of == NULL || part == NULL || own == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    size_t groups = tq__sampler_groups(f->ready, f->num_ready, n, want, rows);
+    if (groups < want && !f->final) {
+        out = META_WAIT;
+        goto done;
+    }
+    if (groups == 0) {
+        out = reply_end_of_stream(c, h, f);
+        goto done;
+    }
+    for (size_t g = 0; g < groups; g++) {
+        weight[g] = 0;
+        for (long long i = 0; i < n; i++) {
+            int64_t r = rows[g * (size_t)n + (size_t)i];
+            const tq_kv_key_t *kk = f->p->row_keys[r];
+            const cJSON *len = kk ? cJSON_GetObjectItemCaseSensitive(kk->tag, "total_lengths") : NULL;
+            if (!cJSON_IsNumber(len)) {
+                tq__reply_error(c, h, TQ_ERR_INVALID, "row %lld has no numeric total_lengths tag",
+                            (long long)r);
+                goto done;
+            }
+            weight[g] += len->valuedouble;
+        }
+    }
+    if (kk_partition(weight, (int)groups, (int)size, rank_of) != 0) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    /* keep every rank's part (ours for its other replicas), then serve ours */
+    uint32_t mine = 0;
+    for (long long r = 0; r < size; r++) {
+        uint32_t np = 0;
+        for (size_t g = 0; g < groups; g++)
+            if (rank_of[g] == r)
+                for (long long i = 0; i < n; i++)
+                    part[np++] = rows[g * (size_t)n + (size_t)i];
+        uint32_t takers = (uint32_t)replicas - (r == rank);
+        snprintf(key, sizeof(key), "seqlen\x1f%s\x1f%lld\x1f%lld", f->task, index, r);
+        if (takers > 0 && tq__partition_keep(f->p, key, part, np, takers) == NULL) {
+            tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        if (r == rank) {
+            memcpy(own, part, np * sizeof(int64_t));
+            mine = np;
+        }
+    }
+    consume(f, rows, groups * (size_t)n);
+    out = serve(c, h, f, own, mine);
+done:
+    free(rows), free(weight), free(rank_of), free(part), free(own);
+    return out;
+}
+
+/* A sampler of the ABI: its rows must come from the ready ones. */
+static meta_outcome_t sample_plain(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
+                                   const tq_sampler_t *s)
+{
+    int64_t *sampled = malloc((size_t)f->m.batch_size * sizeof(int64_t) + 1);
+    int64_t *consumed = malloc((f->num_ready + 1) * sizeof(int64_t));
+    meta_outcome_t out = META_DONE;
+    if (sampled == NULL || consumed == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    tq_sampler_input_t in = {f->p ? f->p->name : "", f->task, f->ready, f->num_ready,
+                             f->m.batch_size, f->args, f->final};
+    tq_sampler_output_t o = {sampled, 0, consumed, 0};
+    int rc = s->sample(&in, &o);
+    if (rc == TQ_ERR_INVALID) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "sampler %s refused its arguments %s", s->name, f->args);
+        goto done;
+    }
+    if (rc == TQ_ERR_TIMEOUT || f->p == NULL || (rc == TQ_OK && o.num_sampled == 0 && !f->final)) {
+        out = META_WAIT;
+        goto done;
+    }
+    bool bad = rc != TQ_OK || o.num_sampled > f->m.batch_size || o.num_consumed > f->num_ready;
+    for (size_t i = 0; !bad && i < o.num_sampled; i++)
+        bad = bsearch(&sampled[i], f->ready, f->num_ready, sizeof(int64_t), tq__cmp_i64) == NULL;
+    for (size_t i = 0; !bad && i < o.num_consumed; i++)
+        bad = bsearch(&consumed[i], f->ready, f->num_ready, sizeof(int64_t), tq__cmp_i64) == NULL;
+    if (bad) {
+        tq_error("sampler %s returned %d or rows that are not ready", s->name, rc);
+        tq__reply_error(c, h, TQ_ERR_PROTOCOL, "sampler %s misbehaved", s->name);
+        goto done;
+    }
+    if (o.num_sampled == 0) {
+        out = reply_end_of_stream(c, h, f);
+        goto done;
+    }
+    consume(f, consumed, o.num_consumed);
+    out = serve(c, h, f, sampled, (uint32_t)o.num_sampled);
+done:
+    free(sampled);
+    free(consumed);
+    return out;
+}
+
+/* Try to answer a GET_META now. META_WAIT: too few rows, nothing was written. */
+static meta_outcome_t try_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *body,
+                                   uint32_t len, int32_t *timeout_p, char **partition_p)
+{
+    fetch_t f = {0};
+    tq_rbuf r = tq_rbuf_make(body, len);
+    if (tq_wire_decode_get_meta(&r, &f.m) != TQ_OK || !tq_rbuf_done(&r)) {
+        tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed get_meta");
+        return META_DONE;
+    }
+    tq_msg_get_meta_t *m = &f.m;
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        for (uint16_t j = 0; j < i; j++)
+            if (m->fields[i].len == m->fields[j].len &&
+                memcmp(m->fields[i].ptr, m->fields[j].ptr, m->fields[i].len) == 0) {
+                tq__reply_error(c, h, TQ_ERR_INVALID, "field %.*s requested twice",
+                            m->fields[i].len, m->fields[i].ptr);
+                return META_DONE;
+            }
+    tq__name_cstr(m->sampler, f.sampler);
+    tq__name_cstr(m->task, f.task);
+    const tq_sampler_t *plain = NULL;
+    bool rank_aware = strcmp(f.sampler, "rank_aware") == 0;
+    bool seqlen = strcmp(f.sampler, "seqlen_balanced") == 0;
+    if (!rank_aware && !seqlen && (plain = tq__sampler_find(f.sampler)) == NULL) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "unknown sampler %s", f.sampler);
+        return META_DONE;
+    }
+    f.args = malloc((size_t)m->sampler_args.len + 3);
+    if (f.args == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return META_DONE;
+    }
+    memcpy(f.args, m->sampler_args.len ? (const char *)m->sampler_args.ptr : "{}",
+           m->sampler_args.len ? m->sampler_args.len : 2);
+    f.args[m->sampler_args.len ? m->sampler_args.len : 2] = '\0';
+    if (timeout_p != NULL)
+        *timeout_p = m->timeout_ms;
+    if (partition_p != NULL)
+        *partition_p = tq_str_dup(m->partition);
+
+    f.p = tq__find_partition_str(c->ctl, m->partition);
+    meta_outcome_t out = META_WAIT;
+    if (f.p != NULL) {
+        char name[TQ_WIRE_NAME_MAX + 1];
+        f.have_fields = true;
+        for (uint16_t i = 0; i < m->num_fields; i++)
+            f.have_fields &= (f.fields[i] = tq__partition_field(f.p, tq__name_cstr(m->fields[i], name))) != NULL;
+        f.t = tq__partition_task(f.p, f.task, true);
+        if (f.t == NULL || fetch_scan(&f) != TQ_OK) {
+            tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+            out = META_DONE;
+            goto done;
+        }
+    }
+    if (rank_aware)
+        out = sample_rank_aware(c, h, &f);
+    else if (seqlen)
+        out = sample_seqlen(c, h, &f);
+    else
+        out = sample_plain(c, h, &f, plain);
+done:
+    free(f.ready);
+    free(f.args);
+    return out;
+}
+
+void tq__handle_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
+{
+    int32_t timeout = 0;
+    char *partition = NULL;
+    if (try_get_meta(c, h, body, h->body_len, &timeout, &partition) == META_DONE) {
+        free(partition);
+        return;
+    }
+    parked_t *pk = NULL;
+    if (c->no_park)
+        timeout = 0;
+    if (timeout == 0 || partition == NULL || (pk = calloc(1, sizeof(*pk))) == NULL ||
+        (pk->body = malloc(h->body_len ? h->body_len : 1)) == NULL) {
+        free(pk);
+        free(partition);
+        if (timeout == 0)
+            return tq__reply_error(c, h, TQ_ERR_TIMEOUT, "too few ready rows");
+        return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(pk->body, body, h->body_len);
+    pk->body_len = h->body_len;
+    pk->conn = c;
+    pk->request_id = h->request_id;
+    pk->partition = partition;
+    pk->deadline_ms = timeout < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout;
+    tq_list_insert_tail(&c->ctl->parked, &pk->link);
+}
+
+/* A commit to `partition` may satisfy parked requests: try them in arrival order. */
+void tq__wake_parked(tq_controller *ctl, const char *partition)
+{
+    tq_list *pos, *tmp;
+    tq_list_for_each_safe(pos, tmp, &ctl->parked) {
+        parked_t *pk = tq_list_entry(pos, parked_t, link);
+        if (strcmp(pk->partition, partition) != 0)
+            continue;
+        tq_wire_header_t h = {.type = TQ_MSG_GET_META, .request_id = pk->request_id,
+                              .body_len = pk->body_len};
+        if (try_get_meta(pk->conn, &h, pk->body, pk->body_len, NULL, NULL) == META_DONE)
+            tq__parked_free(pk);
+    }
+}
+
+
+void tq__handle_release(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_id_t m;
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed release");
+    meta_t *meta = tq__meta_find(c->ctl, m.id);
+    if (meta != NULL)
+        tq__meta_free(meta);
+    /* no reply: RELEASE is one-way */
+}
+
+meta_t *tq__meta_find(tq_controller *ctl, uint64_t id)
+{
+    /* metas may be released through any connection of the client */
+    tq_list *cpos, *pos;
+    for (cpos = ctl->conns.next; cpos != &ctl->conns; cpos = cpos->next) {
+        conn_t *owner = tq_list_entry(cpos, conn_t, link);
+        for (pos = owner->metas.next; pos != &owner->metas; pos = pos->next) {
+            meta_t *meta = tq_list_entry(pos, meta_t, conn_link);
+            if (meta->id == id)
+                return meta;
+        }
+    }
+    return NULL;
+}
+
+/* RELEASE_UNREAD: a consumer fetched rows ahead and will not read them. */
+void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_id_t m;
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed release_unread");
+    meta_t *meta = tq__meta_find(c->ctl, m.id);
+    if (meta != NULL)
+        tq__meta_give_back(c->ctl, meta);
+    tq__reply_ok(c, h); /* answered, so the rows are back before the caller goes on */
+}
+
+/* CANCEL: a consumer closing a stream ends the wait of its fetch connection,
+ * whichever thread of it is blocked there, and that connection waits no more. */
+void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_id_t m;
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed cancel");
+    tq_list *pos, *tmp;
+    for (pos = c->ctl->conns.next; pos != &c->ctl->conns; pos = pos->next) {
+        conn_t *target = tq_list_entry(pos, conn_t, link);
+        if (target->id == m.id)
+            target->no_park = true;
+    }
+    tq_list_for_each_safe(pos, tmp, &c->ctl->parked) {
+        parked_t *pk = tq_list_entry(pos, parked_t, link);
+        if (pk->conn->id == m.id) {
+            tq_wire_header_t ph = {.type = TQ_MSG_GET_META, .request_id = pk->request_id};
+            tq__reply_error(pk->conn, &ph, TQ_ERR_TIMEOUT, "cancelled");
+            tq__parked_free(pk);
+        }
+    }
+    tq__reply_ok(c, h);
+}

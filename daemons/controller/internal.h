@@ -1,0 +1,169 @@
+/* internal.h: the controller's state, and the calls its modules share. */
+#ifndef TQ_CONTROLLER_INTERNAL_H
+#define TQ_CONTROLLER_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "controller/controller.h"
+#include "controller/partition.h"
+#include "pool.h"
+#include "util/list.h"
+#include "wire.h"
+
+/*
+ * controller.c runs the event loop, the connections, the storage units and the
+ * partition administration; put.c the two-phase put (ALLOC, COMMIT, ABORT);
+ * fetch.c GET_META with its samplers, parked requests and pins; kv.c the
+ * key-value requests. Everything runs on the loop's one thread.
+ */
+#define MAX_UNIT_CAPACITY (1ULL << 48)
+
+typedef struct {
+    char    *name;
+    void    *address, *region;
+    uint32_t address_len, region_len;
+} unit_transport_t;
+
+/* A storage unit. Kept after death, so extents in its pool stay valid to unref. */
+typedef struct tq_unit {
+    tq_list          link;
+    uint32_t         id, incarnation;
+    uint64_t         capacity;
+    tq_pool         *pool;
+    bool             alive;
+    struct conn     *conn;
+    uint64_t         last_heartbeat_ms;
+    uint8_t          num_transports;
+    unit_transport_t transports[TQ_WIRE_MAX_TRANSPORTS];
+} tq_unit;
+
+typedef struct conn {
+    tq_list        link;
+    tq_list        flush_link;   /* in ctl->to_flush while it has output */
+    tq_controller *ctl;
+    int            fd;
+    uint8_t       *in;
+    size_t         in_len, in_cap;
+    tq_wbuf        out;
+    bool           greeted;      /* HELLO accepted */
+    bool           closing;      /* close once output is flushed */
+    bool           epollout;
+    uint64_t       sent;         /* bytes sent over the connection's life */
+    uint64_t       id;
+    bool           no_park;      /* cancelled: answer GET_META now, never wait */
+    uint8_t        role;
+    tq_unit       *unit;
+    tq_list        allocs;       /* alloc_t.conn_link */
+    tq_list        metas;        /* meta_t.conn_link */
+} conn_t;
+
+/* A field's share of a pending put: its extent and the cells it will become. */
+typedef struct {
+    char           *name;
+    tq_field_kind_t kind;
+    tq_dtype_t      dtype;
+    uint32_t        ndim;
+    int64_t         row_shape[TQ_MAX_NDIM];
+    tq_extent      *ext;
+    tq_cell_t      *cells;
+} alloc_field_t;
+
+typedef struct {
+    tq_list         conn_link, part_link;
+    uint64_t        id;
+    tq_partition_t *part;        /* NULL once the partition was cleared */
+    uint32_t        rows;
+    int64_t        *indexes;     /* rows reserved for this put */
+    char          **keys;        /* keyed put: rows keys, else NULL */
+    cJSON         **tags;        /* keyed put: a tag object or NULL per key */
+    uint16_t        num_fields;
+    alloc_field_t  *fields;
+} alloc_t;
+
+/* Rows handed out by GET_META: their extents stay pinned until RELEASE. A
+ * consumer that never read them (RELEASE_UNREAD) gives the rows back to task. */
+typedef struct {
+    tq_list     conn_link;
+    uint64_t    id;
+    uint32_t    num_pins;
+    tq_extent **pins;
+    char       *partition, *task; /* NULL for KV_GET */
+    int64_t    *rows;
+    uint32_t    num_rows;
+    uint64_t    reply_end;        /* its answer is sent once conn->sent reaches this */
+} meta_t;
+
+/* A GET_META that waits for rows: its body is kept to be tried again. */
+typedef struct {
+    tq_list   link;
+    conn_t   *conn;
+    uint64_t  request_id;
+    uint8_t  *body;
+    uint32_t  body_len;
+    uint64_t  deadline_ms;       /* UINT64_MAX: none */
+    char     *partition;
+} parked_t;
+
+struct tq_controller {
+    int      epfd, listen_fd, stop_fd;
+    char     address[80];
+    char    *token;
+    int      heartbeat_timeout_ms;
+    uint64_t next_id;
+    uint32_t next_unit_id;
+    tq_list  conns, to_flush, units, partitions, parked;
+};
+
+/* ---- controller.c ---- */
+
+/* Queue an error reply (flushed before the loop sleeps). */
+void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Begin a success reply; the caller writes the body and calls tq__reply_end. */
+size_t tq__reply_begin(conn_t *c, const tq_wire_header_t *h);
+void   tq__reply_end(conn_t *c, size_t offset);
+void   tq__reply_ok(conn_t *c, const tq_wire_header_t *h);
+
+bool     tq__units_alive(const tq_controller *ctl);
+/* The live unit with the largest free range that fits `size`, or NULL. */
+tq_unit *tq__unit_pick(tq_controller *ctl, uint64_t size);
+
+tq_partition_t *tq__find_partition(tq_controller *ctl, const char *name);
+tq_partition_t *tq__find_partition_str(tq_controller *ctl, tq_str_t name);
+/* Copy a decoded name into a NUL-terminated buffer of TQ_WIRE_NAME_MAX + 1. */
+const char *tq__name_cstr(tq_str_t s, char *buf);
+
+/* ---- put.c ---- */
+
+void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+/* Give up a pending put: rows it reserved become free again. */
+void tq__alloc_abort(alloc_t *a);
+
+/* ---- fetch.c ---- */
+
+void tq__handle_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *body);
+void tq__handle_release(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+/* A commit, a seal or rows given back may satisfy parked requests. */
+void tq__wake_parked(tq_controller *ctl, const char *partition);
+/* Write a GET_META-shaped answer for rows and pin their cells under meta. */
+void tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
+                    uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
+meta_t *tq__meta_find(tq_controller *ctl, uint64_t id);
+void    tq__meta_free(meta_t *m);
+/* Unpin the rows of a meta nobody read and make them ready for its task again. */
+void    tq__meta_give_back(tq_controller *ctl, meta_t *m);
+void    tq__parked_free(parked_t *pk);
+
+/* ---- kv.c ---- */
+
+void tq__handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_kv_list(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_kv_clear(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+
+#endif

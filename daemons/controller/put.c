@@ -1,0 +1,434 @@
+/* put.c: the two-phase put: ALLOC reserves rows and extents, COMMIT makes them visible. */
+#define TQ_LOG_COMPONENT "controller"
+#include <stdlib.h>
+#include <string.h>
+
+#include "controller/internal.h"
+#include "tq/tq.h"
+#include "util/common.h"
+#include "util/hashmap.h"
+#include "util/log.h"
+
+static void alloc_free(alloc_t *a)
+{
+    tq_list_remove(&a->conn_link);
+    tq_list_remove(&a->part_link);
+    for (uint16_t i = 0; i < a->num_fields; i++) {
+        tq__extent_unref(a->fields[i].ext);
+        free(a->fields[i].name);
+        free(a->fields[i].cells);
+    }
+    for (uint32_t i = 0; a->keys != NULL && i < a->rows; i++) {
+        free(a->keys[i]);
+        cJSON_Delete(a->tags[i]);
+    }
+    free(a->keys);
+    free(a->tags);
+    free(a->fields);
+    free(a->indexes);
+    free(a);
+}
+
+/* Give up a pending put: rows it reserved become free again. */
+void tq__alloc_abort(alloc_t *a)
+{
+    if (a->part != NULL)
+        tq__partition_unreserve(a->part, a->rows, a->indexes);
+    alloc_free(a);
+}
+
+static alloc_t *alloc_find(conn_t *c, uint64_t id)
+{
+    tq_list *pos;
+    for (pos = c->allocs.next; pos != &c->allocs; pos = pos->next) {
+        alloc_t *a = tq_list_entry(pos, alloc_t, conn_link);
+        if (a->id == id)
+            return a;
+    }
+    return NULL;
+}
+
+/* Bytes of one element, the product of dims, or fail on a negative or overflowing shape. */
+static bool shape_bytes(tq_dtype_t dtype, uint32_t ndim, const int64_t *dims, uint64_t *bytes_p)
+{
+    uint64_t n = tq_dtype_size(dtype);
+    for (uint32_t d = 0; d < ndim; d++) {
+        if (dims[d] < 0 || (dims[d] > 0 && n > UINT64_MAX / (uint64_t)dims[d]))
+            return false;
+        n *= (uint64_t)dims[d];
+    }
+    *bytes_p = n;
+    return true;
+}
+
+/* Turn one decoded field of an ALLOC into cells with offsets in a column of
+ * *total_p bytes. Returns a message on bad input. */
+static const char *alloc_field_prepare(alloc_field_t *af, const tq_wire_field_t *w, uint32_t rows,
+                                       uint64_t *total_p)
+{
+    af->kind = w->kind;
+    af->dtype = w->dtype;
+    af->ndim = w->ndim;
+    af->cells = calloc(rows, sizeof(tq_cell_t));
+    if (af->cells == NULL)
+        return "out of memory";
+    uint64_t total = 0, row_bytes = 0;
+    if (w->kind == TQ_FIELD_TENSOR) {
+        for (uint32_t d = 0; d < w->ndim; d++)
+            af->row_shape[d] = tq_array_i64(w->dims, d);
+        if (!shape_bytes(af->dtype, af->ndim, af->row_shape, &row_bytes))
+            return "bad tensor shape";
+    }
+    for (uint32_t i = 0; i < rows; i++) {
+        tq_cell_t *cell = &af->cells[i];
+        if (w->kind == TQ_FIELD_TENSOR) {
+            memcpy(cell->shape, af->row_shape, sizeof(cell->shape));
+            cell->length = row_bytes;
+        } else if (w->kind == TQ_FIELD_NESTED) {
+            for (uint32_t d = 0; d < w->ndim; d++)
+                cell->shape[d] = tq_array_i64(w->dims, i * w->ndim + d);
+            if (!shape_bytes(af->dtype, af->ndim, cell->shape, &cell->length))
+                return "bad nested shape";
+        } else {
+            cell->length = tq_array_u64(w->dims, i);
+        }
+        cell->offset = total; /* relative until the extent is placed */
+        if (cell->length > MAX_UNIT_CAPACITY || total + cell->length > MAX_UNIT_CAPACITY)
+            return "field too large";
+        total += cell->length;
+    }
+    *total_p = total;
+    return NULL;
+}
+
+/* A field that exists keeps its dtype and number of dimensions, and bytes
+ * stay bytes; only the shape of a row may change (tensor becomes nested). */
+static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af)
+{
+    if (f == NULL)
+        return NULL;
+    if (f->dtype != af->dtype)
+        return "dtype conflicts with the field's";
+    if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
+        return "kind conflicts with the field's";
+    if (f->ndim != af->ndim)
+        return "number of dimensions conflicts with the field's";
+    return NULL;
+}
+
+static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why);
+
+/* Read the keys and tags of a keyed ALLOC into a. Returns a message on bad input. */
+static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
+{
+    a->keys = calloc(a->rows, sizeof(char *));
+    a->tags = calloc(a->rows, sizeof(cJSON *));
+    tq_hashmap *seen = tq_hashmap_create();
+    const char *why = NULL;
+    *status_p = TQ_ERR_NOMEM;
+    if (a->keys == NULL || a->tags == NULL || seen == NULL) {
+        why = "out of memory";
+        goto out;
+    }
+    for (uint32_t i = 0; i < a->rows && why == NULL; i++) {
+        tq_str_t key;
+        tq_blob_t tag;
+        if (tq_wire_decode_key(r, &key, &tag) != TQ_OK) {
+            *status_p = TQ_ERR_PROTOCOL, why = "malformed key";
+        } else if ((a->keys[i] = tq_str_dup(key)) == NULL) {
+            why = "out of memory";
+        } else if (tq_hashmap_get(seen, a->keys[i]) != NULL) {
+            *status_p = TQ_ERR_INVALID, why = "a key is given twice";
+        } else if (tq_hashmap_put(seen, a->keys[i], a->keys[i]) != 0) {
+            why = "out of memory";
+        } else if (tag.len > 0) {
+            /* cJSON rejects trailing bytes only in NUL-terminated text */
+            char *text = malloc((size_t)tag.len + 1);
+            if (text == NULL) {
+                why = "out of memory";
+                break;
+            }
+            memcpy(text, tag.ptr, tag.len);
+            text[tag.len] = '\0';
+            a->tags[i] = cJSON_ParseWithOpts(text, NULL, 1);
+            free(text);
+            if (!cJSON_IsObject(a->tags[i]))
+                *status_p = TQ_ERR_INVALID, why = "a tag is not a JSON object";
+        }
+    }
+out:
+    tq_hashmap_destroy(seen);
+    return why;
+}
+
+/* A sealed partition takes no new row: only overwrites of live rows and
+ * updates of existing keys. */
+static const char *sealed_refuses(const tq_partition_t *p, const tq_msg_alloc_t *m, const alloc_t *a)
+{
+    for (uint32_t i = 0; i < m->rows; i++) {
+        if (m->row_mode == TQ_ROWS_NEW)
+            return "the partition is sealed: no new rows";
+        if (m->row_mode == TQ_ROWS_KEYS && tq__partition_key(p, a->keys[i]) == NULL)
+            return "the partition is sealed: no new keys";
+        int64_t r = tq_array_i64(m->indexes, i);
+        if (m->row_mode == TQ_ROWS_INDEXES &&
+            (r < 0 || (uint64_t)r >= p->num_slots || p->state[r] != TQ_ROW_LIVE))
+            return "the partition is sealed: only live rows may be written";
+    }
+    return NULL;
+}
+
+void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_controller *ctl = c->ctl;
+    tq_msg_alloc_t m;
+    if (tq_wire_decode_alloc(r, &m) != TQ_OK)
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed alloc");
+
+    alloc_t *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    tq_list_init(&a->conn_link);
+    tq_list_init(&a->part_link);
+    a->rows = m.rows;
+    a->indexes = malloc((size_t)m.rows * sizeof(int64_t));
+    a->fields = calloc(m.num_fields ? m.num_fields : 1, sizeof(alloc_field_t));
+    int status = TQ_ERR_NOMEM;
+    const char *why = "out of memory";
+    tq_partition_t *p = NULL;
+    bool created = false, reserved = false;
+    if (a->indexes == NULL || a->fields == NULL)
+        goto err;
+    a->num_fields = m.num_fields;
+    if (m.row_mode == TQ_ROWS_KEYS && (why = alloc_read_keys(a, r, &status)) != NULL)
+        goto err;
+
+    char pname[TQ_WIRE_NAME_MAX + 1];
+    memcpy(pname, m.partition.ptr, m.partition.len);
+    pname[m.partition.len] = '\0';
+    p = tq__find_partition(ctl, pname);
+
+    uint64_t totals[TQ_WIRE_MAX_FIELDS];
+    for (uint16_t i = 0; i < m.num_fields; i++) {
+        tq_wire_field_t w;
+        if (tq_wire_decode_field(r, m.rows, &w) != TQ_OK) {
+            status = TQ_ERR_PROTOCOL, why = "malformed field";
+            goto err;
+        }
+        alloc_field_t *af = &a->fields[i];
+        af->name = tq_str_dup(w.name);
+        if (af->name == NULL) {
+            status = TQ_ERR_NOMEM, why = "out of memory";
+            goto err;
+        }
+        for (uint16_t j = 0; j < i; j++)
+            if (strcmp(a->fields[j].name, af->name) == 0) {
+                status = TQ_ERR_INVALID, why = "a field is named twice";
+                goto err;
+            }
+        why = alloc_field_prepare(af, &w, m.rows, &totals[i]);
+        if (why != NULL) {
+            status = af->cells ? TQ_ERR_INVALID : TQ_ERR_NOMEM;
+            goto err;
+        }
+        why = p ? schema_conflict(tq__partition_field(p, af->name), af) : NULL;
+        if (why != NULL) {
+            status = TQ_ERR_INVALID;
+            goto err;
+        }
+    }
+    if (!tq_rbuf_done(r)) {
+        status = TQ_ERR_PROTOCOL, why = "trailing bytes in alloc";
+        goto err;
+    }
+
+    if (p != NULL && p->sealed && (why = sealed_refuses(p, &m, a)) != NULL) {
+        status = TQ_ERR_INVALID;
+        goto err;
+    }
+    if (p == NULL) {
+        status = TQ_ERR_NOMEM, why = "out of memory";
+        if ((p = tq__partition_create(pname)) == NULL)
+            goto err;
+        tq_list_insert_tail(&ctl->partitions, &p->link);
+        created = true;
+    }
+    if (m.row_mode == TQ_ROWS_INDEXES) {
+        memcpy(a->indexes, m.indexes.ptr, (size_t)m.rows * 8);
+        status = tq__partition_reserve(p, m.rows, a->indexes);
+        why = "an index is negative, too large or repeated";
+    } else {
+        /* keyed rows get fresh rows too: commit binds each key to its row then,
+         * so a key cleared or created meanwhile cannot take someone else's row */
+        status = tq__partition_reserve_new(p, m.rows, a->indexes);
+        why = "too many rows";
+    }
+    if (status != TQ_OK)
+        goto err;
+    reserved = true;
+
+    for (uint16_t i = 0; i < m.num_fields; i++) {
+        if (totals[i] == 0)
+            continue;
+        alloc_field_t *af = &a->fields[i];
+        tq_unit *u = tq__unit_pick(ctl, totals[i]);
+        tq_pool_block *block;
+        if (u == NULL || tq_pool_alloc(u->pool, totals[i], &block) != TQ_OK) {
+            status = TQ_ERR_NOSPACE;
+            why = tq__units_alive(ctl) ? "no storage unit has room for a field" : "no live storage unit";
+            goto err;
+        }
+        af->ext = calloc(1, sizeof(tq_extent));
+        if (af->ext == NULL) {
+            tq_pool_free(u->pool, block);
+            status = TQ_ERR_NOMEM, why = "out of memory";
+            goto err;
+        }
+        *af->ext = (tq_extent){u, u->pool, block, tq_pool_block_offset(block), totals[i], 1};
+        for (uint32_t k = 0; k < m.rows; k++)
+            af->cells[k].offset += af->ext->offset;
+    }
+
+    a->id = ++ctl->next_id;
+    a->part = p;
+    tq_list_insert_tail(&c->allocs, &a->conn_link);
+    tq_list_insert_tail(&p->allocs, &a->part_link);
+
+    if (a->num_fields == 0) { /* tags only: nothing to write, so commit now */
+        status = alloc_commit(ctl, a, &why);
+        if (status != TQ_OK)
+            return tq__reply_error(c, h, status, "%s", why);
+        size_t off = tq__reply_begin(c, h);
+        tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){0, 0, {NULL, 0}, 0});
+        return tq__reply_end(c, off);
+    }
+    size_t off = tq__reply_begin(c, h);
+    tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){
+        a->id, a->rows, tq_array_of(a->indexes, a->rows), a->num_fields});
+    for (uint16_t i = 0; i < a->num_fields; i++) {
+        tq_extent *e = a->fields[i].ext;
+        tq_wire_extent_t x = {TQ_WIRE_NO_UNIT, 0, 0};
+        if (e != NULL)
+            x = (tq_wire_extent_t){e->unit->id, e->offset, e->length};
+        tq_wire_encode_extent(&c->out, &x);
+    }
+    tq__reply_end(c, off);
+    return;
+
+err:
+    if (reserved)
+        tq__partition_unreserve(p, a->rows, a->indexes);
+    if (created && p->live_rows == 0 && tq_list_empty(&p->allocs)) {
+        tq_list_remove(&p->link);
+        tq__partition_destroy(p);
+    }
+    alloc_free(a);
+    tq__reply_error(c, h, status, "%s", why);
+}
+
+/* Bind the put's keys to rows: a key that exists keeps its row (and the row
+ * reserved for it goes back); a new one takes its reserved row. */
+static int commit_keys(tq_partition_t *p, alloc_t *a)
+{
+    for (uint32_t i = 0; i < a->rows; i++) {
+        tq_kv_key_t *k = tq__partition_key(p, a->keys[i]);
+        if (k != NULL) {
+            tq__partition_unreserve(p, 1, &a->indexes[i]);
+            a->indexes[i] = k->row;
+        } else if ((k = tq__partition_bind_key(p, a->keys[i], a->indexes[i])) == NULL) {
+            return TQ_ERR_NOMEM;
+        }
+        tq__partition_set_live(p, k->row);
+        if (a->tags[i] != NULL && tq__kv_tag_merge(k, a->tags[i]) != 0)
+            return TQ_ERR_NOMEM;
+    }
+    return TQ_OK;
+}
+
+/* Make a pending put visible: fields, cells, keys and tags, then free it.
+ * On error the put is aborted and *why says what went wrong. */
+static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
+{
+    tq_partition_t *p = a->part;
+    if (p == NULL) {
+        alloc_free(a);
+        *why = "the partition was cleared during the put";
+        return TQ_ERR_NOT_FOUND;
+    }
+    for (uint16_t i = 0; i < a->num_fields; i++) {
+        alloc_field_t *af = &a->fields[i];
+        if (af->ext != NULL && !af->ext->unit->alive) {
+            tq__alloc_abort(a);
+            *why = "a storage unit died during the put";
+            return TQ_ERR_LOST;
+        }
+        /* a concurrent put may have created the field since the ALLOC */
+        if ((*why = schema_conflict(tq__partition_field(p, af->name), af)) != NULL) {
+            tq__alloc_abort(a);
+            return TQ_ERR_INVALID;
+        }
+    }
+    if (a->keys != NULL && commit_keys(p, a) != TQ_OK) {
+        tq__alloc_abort(a);
+        *why = "out of memory";
+        return TQ_ERR_NOMEM;
+    }
+    for (uint16_t i = 0; i < a->num_fields; i++) {
+        alloc_field_t *af = &a->fields[i];
+        tq_field_t *f = tq__partition_field(p, af->name);
+        if (f == NULL) {
+            f = tq__partition_add_field(p, af->name, af->kind, af->dtype, af->ndim, af->row_shape);
+            if (f == NULL) {
+                tq__alloc_abort(a);
+                *why = "out of memory";
+                return TQ_ERR_NOMEM;
+            }
+        } else if (f->kind == TQ_FIELD_TENSOR &&
+                   (af->kind != TQ_FIELD_TENSOR ||
+                    memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0)) {
+            f->kind = TQ_FIELD_NESTED; /* rows of another shape make a tensor ragged */
+        }
+        for (uint32_t k = 0; k < a->rows; k++) {
+            tq_cell_t cell = af->cells[k];
+            cell.ext = af->ext;
+            if (cell.ext != NULL)
+                tq__extent_ref(cell.ext);
+            tq__partition_set_cell(p, f, a->indexes[k], &cell);
+        }
+    }
+    char *name = strdup(p->name);
+    alloc_free(a);
+    if (name != NULL)
+        tq__wake_parked(ctl, name);
+    free(name);
+    return TQ_OK;
+}
+
+void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_id_t m;
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
+    alloc_t *a = alloc_find(c, m.id);
+    if (a == NULL)
+        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
+                           (unsigned long long)m.id);
+    const char *why = NULL;
+    int rc = alloc_commit(c->ctl, a, &why);
+    if (rc != TQ_OK)
+        return tq__reply_error(c, h, rc, "%s", why);
+    tq__reply_ok(c, h);
+}
+
+void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_id_t m;
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed abort");
+    alloc_t *a = alloc_find(c, m.id);
+    if (a == NULL)
+        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
+                           (unsigned long long)m.id);
+    tq__alloc_abort(a);
+    tq__reply_ok(c, h);
+}
