@@ -23,6 +23,7 @@
 #include "util/common.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/proc.h"
 
 /* After util/common.h: fabric.h defines container_of only if it is not yet. */
 #include <rdma/fabric.h>
@@ -115,10 +116,7 @@ struct tq_transport {
     uint64_t           next_key, key_mask;
     uint8_t           *name;       /* fi_getname of ep */
     size_t             name_len;
-    /* This process, as a peer on the same node recognises it (zero: unknown). */
-    uint8_t            boot_id[16];
-    uint32_t           pid;
-    uint64_t           start_time;
+    tq_proc_id_t       self;       /* this process, as a peer on the same node knows it */
     tq_list            eps, mems, zombies;
     tq_ofi_slab       *slabs;
     tq_ofi_op         *free_ops;
@@ -308,109 +306,20 @@ static bool tq_ofi_env_true(const char *name)
 
 /* ---- same-node peers ------------------------------------------------------ */
 
-/* Start time of a process in clock ticks since boot; 0 if unknown. */
-static uint64_t tq_ofi_proc_start(uint32_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    /* The command name may hold spaces and parentheses: count from the last ')'. */
-    char *p = strrchr(buf, ')');
-    if (p == NULL)
-        return 0;
-    p++;
-    for (int field = 2; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL)
-            return 0;
-        p++;
-    }
-    return strtoull(p, NULL, 10);
-}
-
-static int tq_ofi_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Fill tr's identity; left zero (no process watching) on any doubt. */
-static void tq_ofi_self_identity(tq_transport *tr)
-{
-    char text[64];
-    uint8_t id[16];
-    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    ssize_t n = read(fd, text, sizeof(text) - 1);
-    close(fd);
-    if (n <= 0)
-        return;
-    int nib = 0;
-    for (ssize_t i = 0; i < n && nib < 32; i++) {
-        int v = tq_ofi_hexval(text[i]);
-        if (v < 0)
-            continue; /* dashes, newline */
-        if (nib % 2 == 0)
-            id[nib / 2] = (uint8_t)(v << 4);
-        else
-            id[nib / 2] |= (uint8_t)v;
-        nib++;
-    }
-    uint64_t start = tq_ofi_proc_start((uint32_t)getpid());
-    if (nib != 32 || start == 0)
-        return;
-    memcpy(tr->boot_id, id, sizeof(id));
-    tr->pid = (uint32_t)getpid();
-    tr->start_time = start;
-}
-
-/* A pidfd for the peer if it is another live process on this node, else -1. */
+/* A pidfd for the peer if it is a live process on this node, else -1. */
 static int tq_ofi_local_peer(tq_transport *tr, const uint8_t *hdr)
 {
-#ifdef SYS_pidfd_open
-    static const uint8_t zero[16];
-    uint32_t pid = tq_ofi_get_le32(hdr + 20);
-    uint64_t start = tq_ofi_get_le64(hdr + 24);
-    if (tr->start_time == 0 || memcmp(tr->boot_id, zero, 16) == 0 ||
-        memcmp(hdr + 32, tr->boot_id, 16) != 0 || pid == 0 || pid > INT32_MAX ||
-        pid == tr->pid || start == 0)
-        return -1;
-    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-    if (pidfd < 0)
-        return -1;
-    /* Checked after opening: the pidfd then pins this very process. */
-    if (tq_ofi_proc_start(pid) != start) {
-        close(pidfd);
-        return -1;
-    }
-    return pidfd;
-#else
-    (void)tr;
-    (void)hdr;
-    return -1;
-#endif
+    tq_proc_id_t peer;
+    peer.pid = tq_ofi_get_le32(hdr + 20);
+    peer.start_time = tq_ofi_get_le64(hdr + 24);
+    memcpy(peer.boot_id, hdr + 32, 16);
+    return tq__proc_watch(&tr->self, &peer);
 }
 
 /* Has the peer process of ep exited? Marks ep failed if so. */
 static bool tq_ofi_peer_exited(tq_transport_ep *ep)
 {
-    if (ep->pidfd < 0)
-        return false;
-    struct pollfd pfd = {.fd = ep->pidfd, .events = POLLIN};
-    if (poll(&pfd, 1, 0) <= 0)
+    if (!tq__proc_exited(ep->pidfd))
         return false;
     if (!ep->failed)
         tq_warn("peer process exited");
@@ -987,7 +896,7 @@ static int tq_ofi_init(tq_transport **tr_p)
     tq_list_init(&tr->mems);
     tq_list_init(&tr->zombies);
     tr->cq_fd = -1;
-    tq_ofi_self_identity(tr);
+    tq__proc_self(&tr->self);
 
     rc = tq_ofi_choose(&tr->info, &delivery);
     if (rc != TQ_OK)
@@ -1156,9 +1065,9 @@ static int tq_ofi_address(tq_transport *tr, void **blob_p, size_t *len_p)
     blob[7] = 0;
     tq_ofi_put_le32(blob + 8, tr->info->addr_format);
     tq_ofi_put_le32(blob + 12, (uint32_t)tr->name_len);
-    tq_ofi_put_le32(blob + 20, tr->pid);
-    tq_ofi_put_le64(blob + 24, tr->start_time);
-    memcpy(blob + 32, tr->boot_id, 16);
+    tq_ofi_put_le32(blob + 20, tr->self.pid);
+    tq_ofi_put_le64(blob + 24, tr->self.start_time);
+    memcpy(blob + 32, tr->self.boot_id, 16);
     memcpy(blob + TQ_OFI_ADDR_HDR, prov, plen);
     memcpy(blob + TQ_OFI_ADDR_HDR + plen, tr->name, tr->name_len);
     tq_ofi_put_le32(blob + 16, tq_ofi_blob_sum(blob, len, 16));

@@ -19,6 +19,7 @@
 #include "util/common.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/proc.h"
 
 /* Local buffers at least this long get a cached registration; smaller ones are
  * cheaper to let UCX copy. */
@@ -61,10 +62,7 @@ struct tq_transport {
     ucp_context_h ctx;
     ucp_worker_h  worker;
     int           efd;
-    /* This process, as a peer on the same node recognises it (zero: unknown). */
-    uint8_t       boot_id[16];
-    uint32_t      pid;
-    uint64_t      start_time;
+    tq_proc_id_t  self;        /* this process, as a peer on the same node knows it */
     bool          has_shm;     /* the context has a transport mapping peers' memory */
     tq_list       eps, mems, zombies;
     uint64_t      inflight; /* requests not yet completed, over all eps */
@@ -202,100 +200,17 @@ static bool tq_ucx_is_conn_error(int rc)
  * UCP_ERR_HANDLING_MODE_PEER.
  */
 
-/* Start time of a process in clock ticks since boot; 0 if unknown. */
-static uint64_t tq_ucx_proc_start(uint32_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    /* The command name may hold spaces and parentheses: count from the last ')'. */
-    char *p = strrchr(buf, ')');
-    if (p == NULL)
-        return 0;
-    p++;
-    for (int field = 2; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (p == NULL)
-            return 0;
-        p++;
-    }
-    return strtoull(p, NULL, 10);
-}
-
-static int tq_ucx_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Fill tr's identity; left zero (no same-node fast path) on any doubt. */
-static void tq_ucx_self_identity(tq_transport *tr)
-{
-    char text[64];
-    uint8_t id[16];
-    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    ssize_t n = read(fd, text, sizeof(text) - 1);
-    close(fd);
-    if (n <= 0)
-        return;
-    int nib = 0;
-    for (ssize_t i = 0; i < n && nib < 32; i++) {
-        int v = tq_ucx_hexval(text[i]);
-        if (v < 0)
-            continue; /* dashes, newline */
-        if (nib % 2 == 0)
-            id[nib / 2] = (uint8_t)(v << 4);
-        else
-            id[nib / 2] |= (uint8_t)v;
-        nib++;
-    }
-    uint64_t start = tq_ucx_proc_start((uint32_t)getpid());
-    if (nib != 32 || start == 0)
-        return;
-    memcpy(tr->boot_id, id, sizeof(id));
-    tr->pid = (uint32_t)getpid();
-    tr->start_time = start;
-}
-
-/* A pidfd for the peer if it is a live process on this node, else -1. */
+/* A pidfd for the peer if it is a live process on this node that shares
+ * memory with us, else -1. */
 static int tq_ucx_local_peer(tq_transport *tr, const uint8_t *hdr)
 {
-#ifdef SYS_pidfd_open
-    static const uint8_t zero[16];
-    uint32_t pid = tq_ucx_get_le32(hdr + 32);
-    uint64_t start = tq_ucx_get_le64(hdr + 40);
-    if (!tr->has_shm || !(hdr[5] & TQ_UCX_ADDR_F_SHM) ||
-        tr->start_time == 0 || memcmp(tr->boot_id, zero, 16) == 0 ||
-        memcmp(hdr + 16, tr->boot_id, 16) != 0 || pid == 0 || pid > INT32_MAX || start == 0)
+    if (!tr->has_shm || !(hdr[5] & TQ_UCX_ADDR_F_SHM))
         return -1;
-    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-    if (pidfd < 0)
-        return -1;
-    /* Checked after opening: the pidfd then pins this very process. */
-    if (tq_ucx_proc_start(pid) != start) {
-        close(pidfd);
-        return -1;
-    }
-    return pidfd;
-#else
-    (void)tr;
-    (void)hdr;
-    return -1;
-#endif
+    tq_proc_id_t peer;
+    memcpy(peer.boot_id, hdr + 16, 16);
+    peer.pid = tq_ucx_get_le32(hdr + 32);
+    peer.start_time = tq_ucx_get_le64(hdr + 40);
+    return tq__proc_watch(&tr->self, &peer);
 }
 
 /* Is name[0..len) a transport that moves data through shared memory? The
@@ -396,10 +311,7 @@ static bool tq_ucx_ctx_has_shm(ucp_context_h ctx)
 /* Has the peer process of a same-node endpoint exited? */
 static bool tq_ucx_peer_exited(tq_transport_ep *ep)
 {
-    if (ep->pidfd < 0)
-        return false;
-    struct pollfd pfd = {.fd = ep->pidfd, .events = POLLIN};
-    if (poll(&pfd, 1, 0) <= 0)
+    if (!tq__proc_exited(ep->pidfd))
         return false;
     if (!ep->failed)
         tq_warn("peer process exited");
@@ -627,7 +539,7 @@ static int tq_ucx_init(tq_transport **tr_p)
     tq_list_init(&tr->zombies);
     long page = sysconf(_SC_PAGESIZE);
     tr->page = page > 0 ? (size_t)page : 4096u;
-    tq_ucx_self_identity(tr);
+    tq__proc_self(&tr->self);
     if (pthread_spin_init(&tr->cache_lock, PTHREAD_PROCESS_PRIVATE) != 0) {
         rc = TQ_ERR_NOMEM;
         goto err_free;
@@ -754,10 +666,10 @@ static int tq_ucx_address(tq_transport *tr, void **blob_p, size_t *len_p)
     blob[5] = tr->has_shm ? TQ_UCX_ADDR_F_SHM : 0;
     blob[6] = blob[7] = 0;
     tq_ucx_put_le32(blob + 8, (uint32_t)alen);
-    memcpy(blob + 16, tr->boot_id, 16);
-    tq_ucx_put_le32(blob + 32, tr->pid);
+    memcpy(blob + 16, tr->self.boot_id, 16);
+    tq_ucx_put_le32(blob + 32, tr->self.pid);
     tq_ucx_put_le32(blob + 36, 0);
-    tq_ucx_put_le64(blob + 40, tr->start_time);
+    tq_ucx_put_le64(blob + 40, tr->self.start_time);
     memcpy(blob + TQ_UCX_ADDR_HDR, addr, alen);
     uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, blob, 12);
     sum = tq_ucx_fnv(sum, blob + 16, TQ_UCX_ADDR_HDR - 16 + alen);
