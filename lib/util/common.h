@@ -41,6 +41,44 @@
 uint64_t tq__now_ns(void);
 static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
 
+/* Little-endian integers in byte buffers (blobs that cross the network). */
+static inline void tq_put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void tq_put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint32_t tq_get_le32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+
+static inline uint64_t tq_get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* FNV-1a: any single changed byte changes the sum. Start from TQ_FNV32_SEED. */
+#define TQ_FNV32_SEED 2166136261u
+static inline uint32_t tq_fnv1a32(uint32_t h, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
 /* qsort/bsearch order of int64_t. */
 static inline int tq__cmp_i64(const void *a, const void *b)
 {

@@ -245,48 +245,11 @@ static int tq_ofi_comp_status(int err)
     return tq_ofi_status(-(ssize_t)err) == TQ_ERR_CONNECTION ? TQ_ERR_CONNECTION : TQ_ERR_IO;
 }
 
-static void tq_ofi_put_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void tq_ofi_put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t tq_ofi_get_le32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
-static uint64_t tq_ofi_get_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-/* FNV-1a: any single changed byte changes the sum. */
-static uint32_t tq_ofi_fnv(uint32_t h, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h;
-}
-#define TQ_OFI_FNV_SEED 2166136261u
-
 /* Checksum of a blob whose sum sits at [at, at+4). */
 static uint32_t tq_ofi_blob_sum(const uint8_t *b, size_t len, size_t at)
 {
-    uint32_t sum = tq_ofi_fnv(TQ_OFI_FNV_SEED, b, at);
-    return tq_ofi_fnv(sum, b + at + 4, len - at - 4);
+    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, at);
+    return tq_fnv1a32(sum, b + at + 4, len - at - 4);
 }
 
 /* Peer-supplied text, fit for a log line. */
@@ -310,8 +273,8 @@ static bool tq_ofi_env_true(const char *name)
 static int tq_ofi_local_peer(tq_transport *tr, const uint8_t *hdr)
 {
     tq_proc_id_t peer;
-    peer.pid = tq_ofi_get_le32(hdr + 20);
-    peer.start_time = tq_ofi_get_le64(hdr + 24);
+    peer.pid = tq_get_le32(hdr + 20);
+    peer.start_time = tq_get_le64(hdr + 24);
     memcpy(peer.boot_id, hdr + 32, 16);
     return tq__proc_watch(&tr->self, &peer);
 }
@@ -641,15 +604,15 @@ static int tq_ofi_mem_pack(tq_transport *tr, tq_transport_mem *mem, void **blob_
     uint8_t *blob = malloc(TQ_OFI_REGION_LEN);
     if (blob == NULL)
         return TQ_ERR_NOMEM;
-    tq_ofi_put_le32(blob, TQ_OFI_REGION_MAGIC);
+    tq_put_le32(blob, TQ_OFI_REGION_MAGIC);
     blob[4] = TQ_OFI_BLOB_VERSION;
     blob[5] = (tr->mr_mode & FI_MR_VIRT_ADDR) ? TQ_OFI_REGION_F_VIRT : 0;
     blob[6] = blob[7] = 0;
-    tq_ofi_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
-    tq_ofi_put_le64(blob + 16, (uint64_t)mem->len);
-    tq_ofi_put_le64(blob + 24, mem->key);
-    tq_ofi_put_le32(blob + 36, 0);
-    tq_ofi_put_le32(blob + 32, tq_ofi_blob_sum(blob, TQ_OFI_REGION_LEN, 32));
+    tq_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
+    tq_put_le64(blob + 16, (uint64_t)mem->len);
+    tq_put_le64(blob + 24, mem->key);
+    tq_put_le32(blob + 36, 0);
+    tq_put_le32(blob + 32, tq_ofi_blob_sum(blob, TQ_OFI_REGION_LEN, 32));
     *blob_p = blob;
     *len_p = TQ_OFI_REGION_LEN;
     return TQ_OK;
@@ -1058,19 +1021,19 @@ static int tq_ofi_address(tq_transport *tr, void **blob_p, size_t *len_p)
     uint8_t *blob = malloc(len);
     if (blob == NULL)
         return TQ_ERR_NOMEM;
-    tq_ofi_put_le32(blob, TQ_OFI_ADDR_MAGIC);
+    tq_put_le32(blob, TQ_OFI_ADDR_MAGIC);
     blob[4] = TQ_OFI_BLOB_VERSION;
     blob[5] = 0;
     blob[6] = (uint8_t)plen;
     blob[7] = 0;
-    tq_ofi_put_le32(blob + 8, tr->info->addr_format);
-    tq_ofi_put_le32(blob + 12, (uint32_t)tr->name_len);
-    tq_ofi_put_le32(blob + 20, tr->self.pid);
-    tq_ofi_put_le64(blob + 24, tr->self.start_time);
+    tq_put_le32(blob + 8, tr->info->addr_format);
+    tq_put_le32(blob + 12, (uint32_t)tr->name_len);
+    tq_put_le32(blob + 20, tr->self.pid);
+    tq_put_le64(blob + 24, tr->self.start_time);
     memcpy(blob + 32, tr->self.boot_id, 16);
     memcpy(blob + TQ_OFI_ADDR_HDR, prov, plen);
     memcpy(blob + TQ_OFI_ADDR_HDR + plen, tr->name, tr->name_len);
-    tq_ofi_put_le32(blob + 16, tq_ofi_blob_sum(blob, len, 16));
+    tq_put_le32(blob + 16, tq_ofi_blob_sum(blob, len, 16));
     *blob_p = blob;
     *len_p = len;
     return TQ_OK;
@@ -1114,11 +1077,11 @@ static int tq_ofi_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_
         len > TQ_OFI_ADDR_HDR + UINT8_MAX + TQ_OFI_NAME_MAX)
         return TQ_ERR_INVALID;
     size_t plen = b[6];
-    size_t nlen = tq_ofi_get_le32(b + 12);
-    if (tq_ofi_get_le32(b) != TQ_OFI_ADDR_MAGIC || b[4] != TQ_OFI_BLOB_VERSION || b[5] != 0 ||
+    size_t nlen = tq_get_le32(b + 12);
+    if (tq_get_le32(b) != TQ_OFI_ADDR_MAGIC || b[4] != TQ_OFI_BLOB_VERSION || b[5] != 0 ||
         b[7] != 0 || plen == 0 || nlen == 0 || nlen > TQ_OFI_NAME_MAX ||
         len != TQ_OFI_ADDR_HDR + plen + nlen ||
-        tq_ofi_get_le32(b + 16) != tq_ofi_blob_sum(b, len, 16))
+        tq_get_le32(b + 16) != tq_ofi_blob_sum(b, len, 16))
         return TQ_ERR_INVALID;
 
     /* Intact, but perhaps from a peer on another provider. */
@@ -1131,8 +1094,8 @@ static int tq_ofi_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_
                 prov);
         return TQ_ERR_UNSUPPORTED;
     }
-    if (tq_ofi_get_le32(b + 8) != tr->info->addr_format) {
-        tq_warn("peer address format %u, ours %u", tq_ofi_get_le32(b + 8), tr->info->addr_format);
+    if (tq_get_le32(b + 8) != tr->info->addr_format) {
+        tq_warn("peer address format %u, ours %u", tq_get_le32(b + 8), tr->info->addr_format);
         return TQ_ERR_UNSUPPORTED;
     }
     const uint8_t *name = pname + plen;
@@ -1208,13 +1171,13 @@ static int tq_ofi_region_unpack(tq_transport *tr, tq_transport_ep *ep, const voi
 
     if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL || len != TQ_OFI_REGION_LEN)
         return TQ_ERR_INVALID;
-    if (tq_ofi_get_le32(b) != TQ_OFI_REGION_MAGIC || b[4] != TQ_OFI_BLOB_VERSION ||
+    if (tq_get_le32(b) != TQ_OFI_REGION_MAGIC || b[4] != TQ_OFI_BLOB_VERSION ||
         (b[5] & ~TQ_OFI_REGION_F_VIRT) != 0 || b[6] != 0 || b[7] != 0 ||
-        tq_ofi_get_le32(b + 36) != 0 ||
-        tq_ofi_get_le32(b + 32) != tq_ofi_blob_sum(b, len, 32))
+        tq_get_le32(b + 36) != 0 ||
+        tq_get_le32(b + 32) != tq_ofi_blob_sum(b, len, 32))
         return TQ_ERR_INVALID;
-    uint64_t base = tq_ofi_get_le64(b + 8);
-    uint64_t rlen = tq_ofi_get_le64(b + 16);
+    uint64_t base = tq_get_le64(b + 8);
+    uint64_t rlen = tq_get_le64(b + 16);
     if (rlen == 0 || base + rlen < base)
         return TQ_ERR_INVALID;
     if (ep->failed)
@@ -1226,7 +1189,7 @@ static int tq_ofi_region_unpack(tq_transport *tr, tq_transport_ep *ep, const voi
     r->ep = ep;
     r->base = base;
     r->len = rlen;
-    r->key = tq_ofi_get_le64(b + 24);
+    r->key = tq_get_le64(b + 24);
     r->virt = (b[5] & TQ_OFI_REGION_F_VIRT) != 0;
     tq_list_insert_tail(&ep->regions, &r->link);
     *region_p = r;

@@ -145,43 +145,6 @@ static int tq_ucx_status(ucs_status_t st)
     }
 }
 
-static void tq_ucx_put_le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void tq_ucx_put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t tq_ucx_get_le32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
-static uint64_t tq_ucx_get_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-/* FNV-1a: any single changed byte changes the sum. */
-static uint32_t tq_ucx_fnv(uint32_t h, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h;
-}
-#define TQ_UCX_FNV_SEED 2166136261u
-
 static bool tq_ucx_is_conn_error(int rc)
 {
     return rc == TQ_ERR_CONNECTION || rc == TQ_ERR_TIMEOUT;
@@ -208,8 +171,8 @@ static int tq_ucx_local_peer(tq_transport *tr, const uint8_t *hdr)
         return -1;
     tq_proc_id_t peer;
     memcpy(peer.boot_id, hdr + 16, 16);
-    peer.pid = tq_ucx_get_le32(hdr + 32);
-    peer.start_time = tq_ucx_get_le64(hdr + 40);
+    peer.pid = tq_get_le32(hdr + 32);
+    peer.start_time = tq_get_le64(hdr + 40);
     return tq__proc_watch(&tr->self, &peer);
 }
 
@@ -661,19 +624,19 @@ static int tq_ucx_address(tq_transport *tr, void **blob_p, size_t *len_p)
         rc = TQ_ERR_NOMEM;
         goto err_addr;
     }
-    tq_ucx_put_le32(blob, TQ_UCX_ADDR_MAGIC);
+    tq_put_le32(blob, TQ_UCX_ADDR_MAGIC);
     blob[4] = TQ_UCX_BLOB_VERSION;
     blob[5] = tr->has_shm ? TQ_UCX_ADDR_F_SHM : 0;
     blob[6] = blob[7] = 0;
-    tq_ucx_put_le32(blob + 8, (uint32_t)alen);
+    tq_put_le32(blob + 8, (uint32_t)alen);
     memcpy(blob + 16, tr->self.boot_id, 16);
-    tq_ucx_put_le32(blob + 32, tr->self.pid);
-    tq_ucx_put_le32(blob + 36, 0);
-    tq_ucx_put_le64(blob + 40, tr->self.start_time);
+    tq_put_le32(blob + 32, tr->self.pid);
+    tq_put_le32(blob + 36, 0);
+    tq_put_le64(blob + 40, tr->self.start_time);
     memcpy(blob + TQ_UCX_ADDR_HDR, addr, alen);
-    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, blob, 12);
-    sum = tq_ucx_fnv(sum, blob + 16, TQ_UCX_ADDR_HDR - 16 + alen);
-    tq_ucx_put_le32(blob + 12, sum);
+    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, blob, 12);
+    sum = tq_fnv1a32(sum, blob + 16, TQ_UCX_ADDR_HDR - 16 + alen);
+    tq_put_le32(blob + 12, sum);
     ucp_worker_release_address(tr->worker, addr);
     *blob_p = blob;
     *len_p = TQ_UCX_ADDR_HDR + alen;
@@ -775,16 +738,16 @@ static int tq_ucx_mem_pack(tq_transport *tr, tq_transport_mem *mem, void **blob_
         rc = TQ_ERR_NOMEM;
         goto err_rkey;
     }
-    tq_ucx_put_le32(blob, TQ_UCX_REGION_MAGIC);
+    tq_put_le32(blob, TQ_UCX_REGION_MAGIC);
     blob[4] = TQ_UCX_BLOB_VERSION;
     blob[5] = blob[6] = blob[7] = 0;
-    tq_ucx_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
-    tq_ucx_put_le64(blob + 16, (uint64_t)mem->len);
-    tq_ucx_put_le32(blob + 24, (uint32_t)rlen);
+    tq_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
+    tq_put_le64(blob + 16, (uint64_t)mem->len);
+    tq_put_le32(blob + 24, (uint32_t)rlen);
     memcpy(blob + TQ_UCX_REGION_HDR, rkey, rlen);
-    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, blob, 28);
-    sum = tq_ucx_fnv(sum, blob + TQ_UCX_REGION_HDR, rlen);
-    tq_ucx_put_le32(blob + 28, sum);
+    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, blob, 28);
+    sum = tq_fnv1a32(sum, blob + TQ_UCX_REGION_HDR, rlen);
+    tq_put_le32(blob + 28, sum);
     ucp_rkey_buffer_release(rkey);
     *blob_p = blob;
     *len_p = TQ_UCX_REGION_HDR + rlen;
@@ -875,14 +838,14 @@ static int tq_ucx_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_
     if (tr == NULL || addr == NULL || ep_p == NULL || len <= TQ_UCX_ADDR_HDR ||
         len > TQ_UCX_ADDR_HDR + TQ_UCX_BLOB_MAX)
         return TQ_ERR_INVALID;
-    if (tq_ucx_get_le32(b) != TQ_UCX_ADDR_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
+    if (tq_get_le32(b) != TQ_UCX_ADDR_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
         (b[5] & ~TQ_UCX_ADDR_F_SHM) != 0 || b[6] != 0 || b[7] != 0 ||
-        tq_ucx_get_le32(b + 36) != 0 ||
-        tq_ucx_get_le32(b + 8) != len - TQ_UCX_ADDR_HDR)
+        tq_get_le32(b + 36) != 0 ||
+        tq_get_le32(b + 8) != len - TQ_UCX_ADDR_HDR)
         return TQ_ERR_INVALID;
-    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, b, 12);
-    sum = tq_ucx_fnv(sum, b + 16, len - 16);
-    if (sum != tq_ucx_get_le32(b + 12))
+    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, 12);
+    sum = tq_fnv1a32(sum, b + 16, len - 16);
+    if (sum != tq_get_le32(b + 12))
         return TQ_ERR_INVALID;
 
     tq_transport_ep *ep = calloc(1, sizeof(*ep));
@@ -1026,16 +989,16 @@ static int tq_ucx_region_unpack(tq_transport *tr, tq_transport_ep *ep, const voi
     if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL ||
         len <= TQ_UCX_REGION_HDR || len > TQ_UCX_REGION_HDR + TQ_UCX_BLOB_MAX)
         return TQ_ERR_INVALID;
-    if (tq_ucx_get_le32(b) != TQ_UCX_REGION_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
+    if (tq_get_le32(b) != TQ_UCX_REGION_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
         b[5] != 0 || b[6] != 0 || b[7] != 0 ||
-        tq_ucx_get_le32(b + 24) != len - TQ_UCX_REGION_HDR)
+        tq_get_le32(b + 24) != len - TQ_UCX_REGION_HDR)
         return TQ_ERR_INVALID;
-    uint32_t sum = tq_ucx_fnv(TQ_UCX_FNV_SEED, b, 28);
-    sum = tq_ucx_fnv(sum, b + TQ_UCX_REGION_HDR, len - TQ_UCX_REGION_HDR);
-    if (sum != tq_ucx_get_le32(b + 28))
+    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, 28);
+    sum = tq_fnv1a32(sum, b + TQ_UCX_REGION_HDR, len - TQ_UCX_REGION_HDR);
+    if (sum != tq_get_le32(b + 28))
         return TQ_ERR_INVALID;
-    uint64_t base = tq_ucx_get_le64(b + 8);
-    uint64_t rlen = tq_ucx_get_le64(b + 16);
+    uint64_t base = tq_get_le64(b + 8);
+    uint64_t rlen = tq_get_le64(b + 16);
     if (rlen == 0 || base + rlen < base)
         return TQ_ERR_INVALID;
     if (ep->failed)
