@@ -20,6 +20,7 @@
 #include "util/list.h"
 #include "util/log.h"
 #include "util/proc.h"
+#include "rma.h"
 
 /* Local buffers at least this long get a cached registration; smaller ones are
  * cheaper to let UCX copy. */
@@ -1080,6 +1081,20 @@ static int tq_ucx_issue(tq_transport *tr, tq_transport_ep *ep, tq_transport_regi
     return TQ_OK;
 }
 
+/* A post's fixed arguments, for the runs tq__rma_runs hands back. */
+typedef struct {
+    tq_transport        *tr;
+    tq_transport_ep     *ep;
+    tq_transport_region *region;
+    tq_rma_dir_t         dir;
+} tq_ucx_post_ctx_t;
+
+static int tq_ucx_issue_cb(void *arg, char *local, uint64_t off, size_t len)
+{
+    tq_ucx_post_ctx_t *p = arg;
+    return tq_ucx_issue(p->tr, p->ep, p->region, p->dir, local, off, len);
+}
+
 static int tq_ucx_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
                        tq_rma_dir_t dir, const tq_rma_iov_t *iov, size_t n)
 {
@@ -1089,44 +1104,16 @@ static int tq_ucx_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_regio
     if (region->ep != ep || region->rkey == NULL)
         return TQ_ERR_INVALID;
     /* Validate everything first, so a bad iov means nothing was posted. */
-    for (size_t i = 0; i < n; i++) {
-        if (iov[i].length == 0)
-            continue;
-        if (iov[i].local == NULL ||
-            (uintptr_t)iov[i].local + iov[i].length < (uintptr_t)iov[i].local ||
-            iov[i].remote_offset > region->len ||
-            (uint64_t)iov[i].length > region->len - iov[i].remote_offset)
-            return TQ_ERR_INVALID;
-    }
+    if (tq__rma_check(iov, n, region->len) != TQ_OK)
+        return TQ_ERR_INVALID;
     if (ep->failed || tq_ucx_peer_exited(ep))
         return TQ_ERR_CONNECTION;
     if (tr->inflight == 0)
         tq_ucx_cache_reap(tr);
 
     /* Coalesce runs contiguous on both sides into one operation. */
-    char *run = NULL;
-    uint64_t run_off = 0;
-    size_t run_len = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (iov[i].length == 0)
-            continue;
-        char *p = iov[i].local;
-        if (run != NULL && p == run + run_len && iov[i].remote_offset == run_off + run_len) {
-            run_len += iov[i].length;
-            continue;
-        }
-        if (run != NULL) {
-            int rc = tq_ucx_issue(tr, ep, region, dir, run, run_off, run_len);
-            if (rc != TQ_OK)
-                return rc;
-        }
-        run = p;
-        run_off = iov[i].remote_offset;
-        run_len = iov[i].length;
-    }
-    if (run != NULL)
-        return tq_ucx_issue(tr, ep, region, dir, run, run_off, run_len);
-    return TQ_OK;
+    tq_ucx_post_ctx_t ctx = {tr, ep, region, dir};
+    return tq__rma_runs(iov, n, tq_ucx_issue_cb, &ctx);
 }
 
 static int tq_ucx_flush(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)
