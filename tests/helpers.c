@@ -1,6 +1,9 @@
 /* helpers.c: shared test helpers: real daemon clusters, helper processes, clocks, raw sockets. */
 #include "helpers.h"
 
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -606,4 +609,46 @@ uint8_t *tq_test_hello_frame(uint64_t request_id, size_t *len_p)
                                                  (uint32_t)body.len, len_p);
     tq_wbuf_free(&body);
     return frame;
+}
+
+/* ---- one scenario, two setups ---- */
+
+tq_test_env_t   tq_test_env;
+tq_test_cluster tq_test_env_cluster;
+
+void tq_test_env_setup_cluster(void)
+{
+    cr_assert(eq(int, tq_test_cluster_start(&tq_test_env_cluster, 2, "64M"), 0),
+              "cannot start tq-controller and 2 tq-storage (see stderr)");
+    tq_client *c = NULL;
+    int rc = tq_open(tq_test_env_cluster.address, &c);
+    cr_assert(eq(int, rc, TQ_OK), "tq_open(%s): %s", tq_test_env_cluster.address,
+              tq_status_string(rc));
+    tq_test_env = (tq_test_env_t){c, tq_test_env_cluster.address};
+}
+
+void tq_test_env_setup_embedded(void)
+{
+    unsetenv("TQ_CONTROLLER");
+    tq_client *c = NULL;
+    int rc = tq_open("embedded", &c);
+    cr_assert(eq(int, rc, TQ_OK), "tq_open(embedded): %s", tq_status_string(rc));
+    tq_test_env = (tq_test_env_t){c, NULL};
+}
+
+/* After a scenario that passed: the daemons must exit cleanly on SIGTERM. */
+void tq_test_env_finish(void)
+{
+    tq_close(tq_test_env.c);
+    tq_test_env.c = NULL;
+    cr_assert(eq(int, tq_test_cluster_stop(&tq_test_env_cluster), 0),
+              "a daemon did not exit cleanly on SIGTERM (see stderr)");
+}
+
+/* Whatever a failed scenario left behind (Criterion ignores asserts here). */
+void tq_test_env_teardown(void)
+{
+    tq_close(tq_test_env.c);
+    tq_test_env.c = NULL;
+    tq_test_cluster_stop(&tq_test_env_cluster);
 }

@@ -46,6 +46,42 @@ bool tq_test_cluster_controller_alive(tq_test_cluster *cl);
 /* The controller's port. */
 uint16_t tq_test_cluster_port(const tq_test_cluster *cl);
 
+/*
+ * One scenario, two setups (as UCX's UCT_INSTANTIATE_TEST_CASE): a client of a
+ * real cluster (a controller and two storage units) or of the embedded
+ * default. TQ_TEST_BOTH(suite, name, secs) { ...body using e->c... } defines
+ * suite_cluster::name and suite_embedded::name; after a cluster scenario that
+ * passed, every daemon must exit cleanly on SIGTERM. Use in a Criterion file.
+ */
+typedef struct {
+    tq_client  *c;
+    const char *address; /* the controller, for other processes; NULL when embedded */
+} tq_test_env_t;
+
+extern tq_test_env_t   tq_test_env;
+extern tq_test_cluster tq_test_env_cluster;
+void tq_test_env_setup_cluster(void);
+void tq_test_env_setup_embedded(void);
+/* After a scenario that passed: close the client, stop the daemons, assert clean exits. */
+void tq_test_env_finish(void);
+/* Whatever a failed scenario left behind (Criterion ignores asserts in .fini). */
+void tq_test_env_teardown(void);
+
+#define TQ_TEST_BOTH(suite, name, secs)                                                  \
+    static void scenario_##name(const tq_test_env_t *e);                                 \
+    Test(suite##_cluster, name, .init = tq_test_env_setup_cluster,                       \
+         .fini = tq_test_env_teardown, .timeout = secs)                                  \
+    {                                                                                    \
+        scenario_##name(&tq_test_env);                                                   \
+        tq_test_env_finish();                                                            \
+    }                                                                                    \
+    Test(suite##_embedded, name, .init = tq_test_env_setup_embedded,                     \
+         .fini = tq_test_env_teardown, .timeout = secs)                                  \
+    {                                                                                    \
+        scenario_##name(&tq_test_env);                                                   \
+    }                                                                                    \
+    static void scenario_##name(const tq_test_env_t *e)
+
 /* Wait until a client of `address` sees exactly n live units.
  * @return 0, or -1 on timeout (with the last count on stderr). */
 int tq_test_wait_units(const char *address, unsigned n, int timeout_ms);

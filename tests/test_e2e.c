@@ -13,64 +13,8 @@
 #include "tq/tq.h"
 #include "wire.h"
 
-/* What a scenario runs against. */
-typedef struct {
-    tq_client  *c;
-    const char *address; /* the controller, for other processes; NULL when embedded */
-} e2e_env_t;
-
-static tq_test_cluster cluster;
-static e2e_env_t       env;
-
-static void setup_cluster(void)
-{
-    cr_assert(eq(int, tq_test_cluster_start(&cluster, 2, "64M"), 0),
-              "cannot start tq-controller and 2 tq-storage (see stderr)");
-    tq_client *c = NULL;
-    int rc = tq_open(cluster.address, &c);
-    cr_assert(eq(int, rc, TQ_OK), "tq_open(%s): %s", cluster.address, tq_status_string(rc));
-    env = (e2e_env_t){c, cluster.address};
-}
-
-static void setup_embedded(void)
-{
-    unsetenv("TQ_CONTROLLER");
-    tq_client *c = NULL;
-    int rc = tq_open("embedded", &c);
-    cr_assert(eq(int, rc, TQ_OK), "tq_open(embedded): %s", tq_status_string(rc));
-    env = (e2e_env_t){c, NULL};
-}
-
-/* After a scenario that passed: the daemons must exit cleanly on SIGTERM. */
-static void finish_cluster(void)
-{
-    tq_close(env.c);
-    env.c = NULL;
-    cr_assert(eq(int, tq_test_cluster_stop(&cluster), 0),
-              "a daemon did not exit cleanly on SIGTERM (see stderr)");
-}
-
-/* Whatever a failed scenario left behind (Criterion ignores asserts here). */
-static void teardown(void)
-{
-    tq_close(env.c);
-    env.c = NULL;
-    tq_test_cluster_stop(&cluster);
-}
-
-/* Write a scenario once; run it on both setups (as UCT_INSTANTIATE_TEST_CASE). */
-#define E2E_TEST(name)                                                                   \
-    static void scenario_##name(const e2e_env_t *e);                                     \
-    Test(e2e_cluster, name, .init = setup_cluster, .fini = teardown, .timeout = 60)     \
-    {                                                                                    \
-        scenario_##name(&env);                                                           \
-        finish_cluster();                                                                \
-    }                                                                                    \
-    Test(e2e_embedded, name, .init = setup_embedded, .fini = teardown, .timeout = 60)   \
-    {                                                                                    \
-        scenario_##name(&env);                                                           \
-    }                                                                                    \
-    static void scenario_##name(const e2e_env_t *e)
+/* Each scenario runs on a real cluster and on the embedded default. */
+#define E2E_TEST(name) TQ_TEST_BOTH(e2e, name, 60)
 
 /* ---- helpers ---- */
 
@@ -356,7 +300,7 @@ static void *writer_main(void *arg)
  * process when the controller is reachable from one, else a thread. A get of
  * batch rows (all of [0, batch)) must be woken by its commit well before its
  * 5 s timeout. */
-static void wait_for_writer(const e2e_env_t *e, const char *part, int64_t first, uint32_t count,
+static void wait_for_writer(const tq_test_env_t *e, const char *part, int64_t first, uint32_t count,
                             uint32_t batch)
 {
     static const char *const fields[] = {"v"};
@@ -937,29 +881,29 @@ static int live_units(tq_client *c)
 }
 
 /* NULL means $TQ_CONTROLLER when set, else embedded (one unit in process). */
-Test(e2e_open, null_target, .init = setup_cluster, .fini = teardown, .timeout = 60)
+Test(e2e_open, null_target, .init = tq_test_env_setup_cluster, .fini = tq_test_env_teardown, .timeout = 60)
 {
-    cr_assert(eq(int, live_units(env.c), 2));
+    cr_assert(eq(int, live_units(tq_test_env.c), 2));
     unsetenv("TQ_CONTROLLER");
     tq_client *c = NULL;
     cr_assert(eq(int, tq_open(NULL, &c), TQ_OK), "tq_open(NULL) without TQ_CONTROLLER");
     cr_assert(eq(int, live_units(c), 1), "the embedded default has one storage unit");
     tq_close(c);
-    setenv("TQ_CONTROLLER", cluster.address, 1);
+    setenv("TQ_CONTROLLER", tq_test_env_cluster.address, 1);
     c = NULL;
     cr_assert(eq(int, tq_open(NULL, &c), TQ_OK), "tq_open(NULL) with TQ_CONTROLLER=%s",
-              cluster.address);
+              tq_test_env_cluster.address);
     cr_assert(eq(int, live_units(c), 2), "TQ_CONTROLLER names the cluster");
     /* and the two see the same data */
     const char *part = tq_test_unique("env");
-    put_range(env.c, part, "v", 0, 3);
+    put_range(tq_test_env.c, part, "v", 0, 3);
     static const char *const fields[] = {"v"};
     tq_meta *m = fetch_ok(c, part, "t", fields, 1, 3, 0);
     assert_row_values(c, m, "v");
     tq_meta_free(m);
     tq_close(c);
     unsetenv("TQ_CONTROLLER");
-    finish_cluster();
+    tq_test_env_finish();
 }
 
 /* ---- one client shared by threads ---- */
@@ -1071,17 +1015,17 @@ static uint64_t pool_used(tq_client *c)
 
 /* Rows cleared while another connection holds them stay allocated until that
  * connection closes without releasing them; then every byte returns. */
-Test(e2e_cluster, pins_released_when_client_disconnects, .init = setup_cluster,
-     .fini = teardown, .timeout = 60)
+Test(e2e_cluster, pins_released_when_client_disconnects, .init = tq_test_env_setup_cluster,
+     .fini = tq_test_env_teardown, .timeout = 60)
 {
-    tq_client *c = env.c;
+    tq_client *c = tq_test_env.c;
     uint64_t before = pool_used(c);
     put_range(c, "pins", "v", 0, 16);
 
     /* a raw client: HELLO, then GET_META, then it vanishes */
-    uint16_t port = (uint16_t)atoi(strrchr(cluster.address, ':') + 1);
+    uint16_t port = (uint16_t)atoi(strrchr(tq_test_env_cluster.address, ':') + 1);
     int fd = tq_test_connect(port, 5000);
-    cr_assert(ge(int, fd, 0), "cannot connect to %s", cluster.address);
+    cr_assert(ge(int, fd, 0), "cannot connect to %s", tq_test_env_cluster.address);
     size_t len;
     uint8_t *frame = tq_test_hello_frame(1, &len);
     cr_assert(eq(int, tq_test_write_all(fd, frame, len), 0));
@@ -1113,5 +1057,5 @@ Test(e2e_cluster, pins_released_when_client_disconnects, .init = setup_cluster,
     while ((used = pool_used(c)) != before && tq_test_now_ms() < deadline)
         tq_test_sleep_ms(10);
     cr_assert(eq(u64, used, before), "pool use must return to where it was");
-    finish_cluster();
+    tq_test_env_finish();
 }

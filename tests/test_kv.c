@@ -13,64 +13,8 @@
 #include "helpers.h"
 #include "tq/tq.h"
 
-/* What a scenario runs against. */
-typedef struct {
-    tq_client  *c;
-    const char *address; /* the controller; NULL when embedded */
-} kv_env_t;
-
-static tq_test_cluster cluster;
-static kv_env_t        env;
-
-static void setup_cluster(void)
-{
-    cr_assert(eq(int, tq_test_cluster_start(&cluster, 2, "64M"), 0),
-              "cannot start tq-controller and 2 tq-storage (see stderr)");
-    tq_client *c = NULL;
-    int rc = tq_open(cluster.address, &c);
-    cr_assert(eq(int, rc, TQ_OK), "tq_open(%s): %s", cluster.address, tq_status_string(rc));
-    env = (kv_env_t){c, cluster.address};
-}
-
-static void setup_embedded(void)
-{
-    unsetenv("TQ_CONTROLLER");
-    tq_client *c = NULL;
-    int rc = tq_open("embedded", &c);
-    cr_assert(eq(int, rc, TQ_OK), "tq_open(embedded): %s", tq_status_string(rc));
-    env = (kv_env_t){c, NULL};
-}
-
-/* After a scenario that passed: the daemons must exit cleanly on SIGTERM. */
-static void finish_cluster(void)
-{
-    tq_close(env.c);
-    env.c = NULL;
-    cr_assert(eq(int, tq_test_cluster_stop(&cluster), 0),
-              "a daemon did not exit cleanly on SIGTERM (see stderr)");
-}
-
-/* Whatever a failed scenario left behind (Criterion ignores asserts here). */
-static void teardown(void)
-{
-    tq_close(env.c);
-    env.c = NULL;
-    tq_test_cluster_stop(&cluster);
-}
-
-/* Write a scenario once; run it on both setups (as UCT_INSTANTIATE_TEST_CASE). */
-#define KV_TEST(name)                                                                    \
-    static void scenario_##name(const kv_env_t *e);                                      \
-    Test(kv_cluster, name, .init = setup_cluster, .fini = teardown, .timeout = 60)      \
-    {                                                                                    \
-        scenario_##name(&env);                                                           \
-        finish_cluster();                                                                \
-    }                                                                                    \
-    Test(kv_embedded, name, .init = setup_embedded, .fini = teardown, .timeout = 60)    \
-    {                                                                                    \
-        scenario_##name(&env);                                                           \
-    }                                                                                    \
-    static void scenario_##name(const kv_env_t *e)
+/* Each scenario runs on a real cluster and on the embedded default. */
+#define KV_TEST(name) TQ_TEST_BOTH(kv, name, 60)
 
 /* ---- helpers ---- */
 
