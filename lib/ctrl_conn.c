@@ -45,10 +45,16 @@ static uint64_t deadline_after(int timeout_ms)
     return timeout_ms < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout_ms;
 }
 
-/* Wait until fd is ready for `events` or the deadline passes. */
+/* Wait until fd is ready for `events` or the deadline passes. An answer is
+ * polled for during the spin budget first: it usually comes sooner than a
+ * sleeping thread would wake. */
 static int wait_fd(int fd, short events, uint64_t deadline)
 {
     struct pollfd pfd = {.fd = fd, .events = events};
+    uint64_t spin_end = tq__now_ns() + tq__spin_ns();
+    while (events == POLLIN && tq__now_ns() < spin_end)
+        if (poll(&pfd, 1, 0) > 0)
+            return TQ_OK;
     for (;;) {
         int n = poll(&pfd, 1, ms_left(deadline));
         if (n > 0)

@@ -35,6 +35,7 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_SEAL] = "seal", [TQ_MSG_RELEASE_UNREAD] = "release_unread",
     [TQ_MSG_PRODUCTION_STATUS] = "production_status",
     [TQ_MSG_CONSUMPTION_STATUS] = "consumption_status", [TQ_MSG_CANCEL] = "cancel",
+    [TQ_MSG_UNIT_LEAVE] = "unit_leave",
 };
 
 /* ---- replies ---- */
@@ -74,7 +75,8 @@ void tq__reply_ok(conn_t *c, const tq_wire_header_t *h) { tq__reply_end(c, tq__r
 
 /* ---- units ---- */
 
-static void unit_mark_dead(tq_unit *u, const char *why)
+/* A unit is gone: a fault (warned) unless it said it was leaving. */
+static void unit_mark_dead(tq_unit *u, const char *why, bool left)
 {
     if (!u->alive)
         return;
@@ -82,7 +84,10 @@ static void unit_mark_dead(tq_unit *u, const char *why)
     if (u->conn != NULL)
         u->conn->unit = NULL;
     u->conn = NULL;
-    tq_warn("storage unit %u (incarnation %u) is dead: %s", u->id, u->incarnation, why);
+    if (left)
+        tq_info("storage unit %u (incarnation %u) left: %s", u->id, u->incarnation, why);
+    else
+        tq_warn("storage unit %u (incarnation %u) is dead: %s", u->id, u->incarnation, why);
 }
 
 bool tq__units_alive(const tq_controller *ctl)
@@ -392,6 +397,10 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
         if (storage && c->unit != NULL)
             c->unit->last_heartbeat_ms = tq__now_ms();
         return;
+    case TQ_MSG_UNIT_LEAVE:
+        if (storage && c->unit != NULL)
+            unit_mark_dead(c->unit, "it shut down", true);
+        return;
     case TQ_MSG_UNITS:         return handle_units(c, h, &r);
     case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, &r);
     case TQ_MSG_COMMIT:        return tq__handle_commit(c, h, &r);
@@ -436,7 +445,7 @@ static void conn_close(conn_t *c)
             tq__meta_free(m);
     }
     if (c->unit != NULL)
-        unit_mark_dead(c->unit, "its connection closed");
+        unit_mark_dead(c->unit, "its connection closed", false);
     tq_debug("connection fd %d closed", c->fd);
     epoll_ctl(ctl->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
@@ -593,7 +602,7 @@ static int run_timers(tq_controller *ctl)
         uint64_t due = u->last_heartbeat_ms + (uint64_t)ctl->heartbeat_timeout_ms;
         if (due <= now) {
             conn_t *c = u->conn;
-            unit_mark_dead(u, "no heartbeat");
+            unit_mark_dead(u, "no heartbeat", false);
             if (c != NULL)
                 c->closing = true, conn_want_flush(c);
         } else if (due < next) {
@@ -729,8 +738,11 @@ int tq__controller_run(tq_controller *ctl)
 {
     struct epoll_event events[64];
     tq_info("listening on %s", ctl->address);
+    uint64_t spin_until = 0; /* poll without sleeping until then: see tq__spin_ns */
     for (;;) {
         int timeout = run_timers(ctl);
+        if (tq__now_ns() < spin_until)
+            timeout = 0;
         /* before sleeping: flush every reply written since the last wake-up */
         tq_list *pos, *tmp;
         tq_list_for_each_safe(pos, tmp, &ctl->to_flush) {
@@ -746,6 +758,8 @@ int tq__controller_run(tq_controller *ctl)
             tq_error("epoll_wait: %m");
             return TQ_ERR_IO;
         }
+        if (n > 0)
+            spin_until = tq__now_ns() + tq__spin_ns();
         for (int i = 0; i < n; i++) {
             void *ptr = events[i].data.ptr;
             if (ptr == NULL) /* its connection was closed earlier in this batch */

@@ -1,8 +1,9 @@
-/* common.c: clock and argument parsing helpers. */
+/* common.c: clock, spin budget and argument parsing helpers. */
 #include "util/common.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -11,6 +12,25 @@ uint64_t tq__now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#define TQ_SPIN_US_DEFAULT 50
+#define TQ_SPIN_US_MAX     100000
+
+uint64_t tq__spin_ns(void)
+{
+    static _Atomic int64_t cached = -1; /* the environment is read once */
+    int64_t ns = cached;
+    if (ns < 0) {
+        const char *env = getenv("TQ_SPIN_US");
+        char *end = NULL;
+        unsigned long us = env ? strtoul(env, &end, 10) : TQ_SPIN_US_DEFAULT;
+        if (env != NULL && (end == env || *end != '\0'))
+            us = TQ_SPIN_US_DEFAULT;
+        ns = (int64_t)TQ_MIN(us, (unsigned long)TQ_SPIN_US_MAX) * 1000;
+        cached = ns;
+    }
+    return (uint64_t)ns;
 }
 
 int tq__parse_size(const char *text, uint64_t *bytes_p)

@@ -41,6 +41,13 @@
 uint64_t tq__now_ns(void);
 static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
 
+/*
+ * How long a thread that expects an answer soon polls before it sleeps, in ns:
+ * $TQ_SPIN_US microseconds, default 50, 0 never polls. Waking from sleep costs
+ * 20-30 us a side on virtual machines, more than a control round trip.
+ */
+uint64_t tq__spin_ns(void);
+
 /* Little-endian integers in byte buffers (blobs that cross the network). */
 static inline void tq_put_le32(uint8_t *p, uint32_t v)
 {
@@ -80,6 +87,12 @@ static inline uint32_t tq_fnv1a32(uint32_t h, const uint8_t *p, size_t n)
 }
 
 /* qsort/bsearch order of int64_t. */
+static inline int tq__cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static inline int tq__cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
