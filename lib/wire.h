@@ -50,6 +50,7 @@ typedef enum {
     TQ_MSG_PRODUCTION_STATUS, /* per row: every named field produced */
     TQ_MSG_CONSUMPTION_STATUS,/* per row: consumed by a task */
     TQ_MSG_CANCEL,            /* a connection (by id) stops waiting for rows */
+    TQ_MSG_UNIT_LEAVE,        /* storage unit: shutting down in order, no reply */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 

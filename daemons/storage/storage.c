@@ -213,8 +213,12 @@ int tq__storage_run(tq_storage *s)
             tq_error("poll: %m");
             return TQ_ERR_IO;
         }
-        if (n > 0 && pfd[0].revents)
+        if (n > 0 && pfd[0].revents) {
+            /* told to stop: say so, so the controller knows it is no fault */
+            char err[TQ_ERRMSG_MAX] = "";
+            tq__ctrl_send(&s->conn, tq__ctrl_begin(&s->conn, TQ_MSG_UNIT_LEAVE), err);
             return TQ_OK;
+        }
         if (n > 0 && pfd[1].revents) {
             /* the controller sends nothing unasked: this is a close or an error */
             char buf[256];
