@@ -117,7 +117,7 @@ row() { # row REDIS_LABEL RPS VALUE_BYTES TQ_LABEL TQ_FILE TQ_OP
   tbytes=$(tqf "$5" "$6" bytes_per_s)
   # shellcheck disable=SC2059
   printf "$row_fmt" "$1" "$(printf '%.0f' "$2")" "$(gbs "$rbytes")" "$4" \
-    "$(printf '%.0f' "$(tqf "$5" "$6" ops_per_s)")" "$(gbs "$tbytes")" "$(ratio "$tbytes" "$rbytes")"
+    "$(printf '%.0f' "$(tqf "$5" "$6" rows_per_s)")" "$(gbs "$tbytes")" "$(ratio "$tbytes" "$rbytes")"
 }
 row "SET 1MiB -c1 -P1" "$(rps r1m_p1 SET)" $MIB "kv_put 64 x 1MiB" t1m kv_put
 row "SET 1MiB -c1 -P8" "$(rps r1m_p8 SET)" $MIB "kv_put 64 x 1MiB" t1m kv_put
@@ -128,8 +128,8 @@ row "GET 4KiB -c1 -P64" "$(rps r4k GET)" 4096 "kv_get 64 x 4KiB" t4k kv_get
 seq_b=$(tqf tnb kv_get_seq bytes_per_s)
 nb_b=$(tqf tnb kv_get_nb bytes_per_s)
 # shellcheck disable=SC2059
-printf "$row_fmt" "kv_get_seq 8 x (64 x 1MiB)" "$(printf '%.0f' "$(tqf tnb kv_get_seq ops_per_s)")" \
-  "$(gbs "$seq_b")" "kv_get_nb 8 in flight" "$(printf '%.0f' "$(tqf tnb kv_get_nb ops_per_s)")" \
+printf "$row_fmt" "kv_get_seq 8 x (64 x 1MiB)" "$(printf '%.0f' "$(tqf tnb kv_get_seq rows_per_s)")" \
+  "$(gbs "$seq_b")" "kv_get_nb 8 in flight" "$(printf '%.0f' "$(tqf tnb kv_get_nb rows_per_s)")" \
   "$(gbs "$nb_b")" "$(ratio "$nb_b" "$seq_b")"
 
 # ---- the targets, against the better Redis figure of -P1 and -P8 ----

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,9 +53,11 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 {
     struct pollfd pfd = {.fd = fd, .events = events};
     uint64_t spin_end = tq__now_ns() + tq__spin_ns();
-    while (events == POLLIN && tq__now_ns() < spin_end)
+    while (events == POLLIN && tq__now_ns() < spin_end) {
         if (poll(&pfd, 1, 0) > 0)
             return TQ_OK;
+        sched_yield(); /* the answering thread may be waiting for this core */
+    }
     for (;;) {
         int n = poll(&pfd, 1, ms_left(deadline));
         if (n > 0)

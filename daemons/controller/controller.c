@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -741,8 +742,10 @@ int tq__controller_run(tq_controller *ctl)
     uint64_t spin_until = 0; /* poll without sleeping until then: see tq__spin_ns */
     for (;;) {
         int timeout = run_timers(ctl);
-        if (tq__now_ns() < spin_until)
+        if (tq__now_ns() < spin_until) {
             timeout = 0;
+            sched_yield(); /* a client on this core may be about to send */
+        }
         /* before sleeping: flush every reply written since the last wake-up */
         tq_list *pos, *tmp;
         tq_list_for_each_safe(pos, tmp, &ctl->to_flush) {
