@@ -112,8 +112,14 @@ int bench_run_job(tq_client *c, const bench_job_t *job, bool threads, bench_resu
 /* A worker process's side of bench_run_job: run job, send the samples on res_fd. */
 int bench_worker(tq_client *c, bench_job_t *job, int go_fd, int res_fd);
 
+/* This client's partition of job's mode, so clients and modes never meet. */
+void bench_partition(const bench_job_t *job, char *out, size_t cap);
+
 /* ---- results (report.c) ---- */
-int  bench_sample_alloc(bench_sample_t *s, const char *op, unsigned calls);
+/* Samples s[0..] for the NULL-terminated ops, room for `calls` times each;
+ * *num_p is set once all are made. @return 0, or 1 after a message. */
+int  bench_samples_alloc(bench_sample_t *s, const char *const *ops, unsigned calls,
+                         unsigned *num_p);
 void bench_sample_free(bench_sample_t *s);
 /* Merge samples of one op from every client into r (sorts their call_ns). */
 void bench_merge(const bench_job_t *job, const bench_sample_t *const *per_client, unsigned n,

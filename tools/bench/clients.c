@@ -313,7 +313,8 @@ static int read_samples(unsigned k, int fd, bench_sample_t *s, unsigned *num_p)
             rec.calls > 100000000u)
             goto bad;
         rec.op[sizeof(rec.op) - 1] = '\0';
-        if (bench_sample_alloc(&s[i], rec.op, rec.calls) != 0)
+        if (bench_samples_alloc(&s[i], (const char *const[]){rec.op, NULL}, rec.calls,
+                                &(unsigned){0}) != 0)
             return 1;
         s[i].bytes = rec.bytes, s[i].rows = rec.rows, s[i].wall_ns = rec.wall_ns;
         s[i].calls = rec.calls;

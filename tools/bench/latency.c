@@ -36,9 +36,15 @@ static int make_x_batch(tq_client *c, uint32_t rows, uint64_t row_bytes, tq_batc
     return 0;
 }
 
-static void partition_name(const bench_job_t *job, char *out, size_t cap)
+/* Field "x" of got must be rows x row_bytes bytes equal to data. */
+static int check_x(const tq_batch *got, const uint8_t *data, uint64_t bytes, const char *what)
 {
-    snprintf(out, cap, "bench-%s-%u", bench_mode_name(job->mode), job->client_id);
+    tq_field_info_t info;
+    if (tq_batch_field(got, "x", &info) == TQ_OK && info.bytes == bytes &&
+        (bytes == 0 || memcmp(info.data, data, bytes) == 0))
+        return 0;
+    fprintf(stderr, "tq-rdma-bench: %s: data read back differs from data written\n", what);
+    return 1;
 }
 
 /*
@@ -48,15 +54,15 @@ static void partition_name(const bench_job_t *job, char *out, size_t cap)
 int bench_latency(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     tq_batch *b = NULL;
     uint8_t *data = NULL;
     int64_t *indexes = malloc(job->rows * sizeof(int64_t));
     int err = indexes ? make_x_batch(c, job->rows, job->field_bytes, &b, &data)
                       : bench_out_of_memory();
-    if (err == 0 && (err = bench_sample_alloc(&s[0], "put+commit", job->iters)) == 0 &&
-        (err = bench_sample_alloc(&s[1], "get_meta+get", job->iters)) == 0)
-        *num_p = 2;
+    if (err == 0)
+        err = bench_samples_alloc(s, (const char *const[]){"put+commit", "get_meta+get", NULL},
+                                  job->iters, num_p);
     if (err == 0) {
         tq_clear_partition(c, part);
         err = bench_ready(job);
@@ -82,13 +88,7 @@ int bench_latency(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsig
             err = bench_fail(c, "get_meta + get_data", rc);
             break;
         }
-        tq_field_info_t info;
-        if (tq_batch_field(got, "x", &info) != TQ_OK ||
-            info.bytes != job->rows * job->field_bytes ||
-            (info.bytes && memcmp(info.data, data, info.bytes) != 0)) {
-            fprintf(stderr, "tq-rdma-bench: data read back differs from data written\n");
-            err = 1;
-        }
+        err = check_x(got, data, job->rows * job->field_bytes, "latency");
         tq_batch_destroy(got);
         if (it >= job->warmup) {
             s[0].call_ns[s[0].calls++] = t1 - t0;
@@ -116,15 +116,14 @@ int bench_latency(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsig
 int bench_meta(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     tq_batch *b = NULL;
     uint8_t *none = NULL;
     int64_t *indexes = malloc(job->rows * sizeof(int64_t));
     int err = indexes ? make_x_batch(c, job->rows, 0, &b, &none) : bench_out_of_memory();
-    if (err == 0 && (err = bench_sample_alloc(&s[0], "alloc_commit", job->iters)) == 0 &&
-        (err = bench_sample_alloc(&s[1], "get_meta", job->iters)) == 0 &&
-        (err = bench_sample_alloc(&s[2], "get_meta+commit", job->iters)) == 0)
-        *num_p = 3;
+    static const char *const ops[] = {"alloc_commit", "get_meta", "get_meta+commit", NULL};
+    if (err == 0)
+        err = bench_samples_alloc(s, ops, job->iters, num_p);
     if (err == 0) {
         tq_clear_partition(c, part); /* none left by a failed run; absent is fine */
         err = bench_ready(job);
@@ -215,12 +214,12 @@ static void *produce(void *arg)
 int bench_pipeline(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     uint8_t *data = NULL;
     producer_t p = {.job = job, .partition = part};
     int err = make_x_batch(c, job->rows, job->field_bytes, &p.batch, &data);
-    if (err == 0 && (err = bench_sample_alloc(&s[0], "pipeline", job->iters)) == 0)
-        *num_p = 1;
+    if (err == 0)
+        err = bench_samples_alloc(s, (const char *const[]){"pipeline", NULL}, job->iters, num_p);
     if (err != 0)
         goto out;
     tq_clear_partition(c, part);
@@ -251,13 +250,7 @@ int bench_pipeline(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsi
             err = bench_fail(c, "stream_next", rc);
             break;
         }
-        tq_field_info_t info;
-        if (tq_batch_field(got, "x", &info) != TQ_OK ||
-            info.bytes != job->rows * job->field_bytes ||
-            memcmp(info.data, data, info.bytes) != 0) {
-            fprintf(stderr, "tq-rdma-bench: pipeline: a batch differs from the one put\n");
-            err = 1;
-        }
+        err = check_x(got, data, job->rows * job->field_bytes, "pipeline");
         tq_batch_destroy(got);
         /* consumed rows are cleared, so the producer never runs out of room */
         if (err == 0 && (rc = tq_clear(c, part, tq_meta_rows(m), tq_meta_indexes(m))) < 0)
@@ -317,17 +310,20 @@ static int producer_silent(const char *what, int r)
 int bench_wakeup(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     unsigned total = job->warmup + job->iters;
     int64_t *indexes = malloc(total * sizeof(int64_t));
     size_t num_indexes = 0;
     int go_fd = -1, res_fd = -1, err = 1, rc, r;
     pid_t pid = -1;
     wake_rec_t rec;
-    if (indexes == NULL || bench_sample_alloc(&s[0], "put_to_wake", job->iters) != 0 ||
-        bench_sample_alloc(&s[1], "producer_put", job->iters) != 0)
+    if (indexes == NULL) {
+        bench_out_of_memory();
         goto out;
-    *num_p = 2;
+    }
+    if (bench_samples_alloc(s, (const char *const[]){"put_to_wake", "producer_put", NULL},
+                            job->iters, num_p) != 0)
+        goto out;
     /* a row left by a failed run would answer get_meta without parking */
     tq_clear_partition(c, part);
     signal(SIGPIPE, SIG_IGN); /* a dead producer is an error to report, not a reason to die */

@@ -29,12 +29,23 @@ int bench_out_of_memory(void)
     return 1;
 }
 
-int bench_sample_alloc(bench_sample_t *s, const char *op, unsigned calls)
+void bench_partition(const bench_job_t *job, char *out, size_t cap)
 {
-    memset(s, 0, sizeof(*s));
-    snprintf(s->op, sizeof(s->op), "%s", op);
-    s->call_ns = calloc(calls ? calls : 1, sizeof(uint64_t));
-    return s->call_ns != NULL ? 0 : bench_out_of_memory();
+    snprintf(out, cap, "bench-%s-%u", bench_mode_name(job->mode), job->client_id);
+}
+
+int bench_samples_alloc(bench_sample_t *s, const char *const *ops, unsigned calls,
+                        unsigned *num_p)
+{
+    unsigned n = 0;
+    for (; ops[n] != NULL && n < BENCH_MAX_SAMPLES; n++) {
+        memset(&s[n], 0, sizeof(s[n]));
+        snprintf(s[n].op, sizeof(s[n].op), "%s", ops[n]);
+        if ((s[n].call_ns = calloc(calls ? calls : 1, sizeof(uint64_t))) == NULL)
+            return bench_out_of_memory();
+    }
+    *num_p = n;
+    return 0;
 }
 
 void bench_sample_free(bench_sample_t *s)

@@ -159,12 +159,6 @@ static int check(const dataset_t *want, const tq_batch *got)
     return same ? 0 : 1;
 }
 
-/* This client's partition of a mode, so clients and modes never meet. */
-static void partition_name(const bench_job_t *job, char *out, size_t cap)
-{
-    snprintf(out, cap, "bench-%s-%u", bench_mode_name(job->mode), job->client_id);
-}
-
 static tq_fetch_args_t fetch_args(const char *partition, const dataset_t *d, uint32_t rows)
 {
     return (tq_fetch_args_t){.partition = partition, .task = "bench",
@@ -194,15 +188,14 @@ static int read_batch(tq_client *c, const tq_fetch_args_t *args, const dataset_t
 int bench_put(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     dataset_t d;
     int64_t *indexes = malloc(job->rows * sizeof(int64_t));
     int err = indexes == NULL ? bench_out_of_memory() : dataset_init(c, job, 0, &d);
     if (err == 0)
-        err = bench_sample_alloc(&s[0], "put", job->iters);
+        err = bench_samples_alloc(s, (const char *const[]){"put", NULL}, job->iters, num_p);
     if (err != 0)
         goto out;
-    *num_p = 1;
     tq_clear_partition(c, part); /* rows a failed run left; absent is fine */
     if ((err = bench_ready(job)) != 0)
         goto out;
@@ -240,14 +233,13 @@ out:
 int bench_get(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     dataset_t d;
     int err = dataset_init(c, job, 1, &d), rc;
     if (err == 0)
-        err = bench_sample_alloc(&s[0], "get", job->iters);
+        err = bench_samples_alloc(s, (const char *const[]){"get", NULL}, job->iters, num_p);
     if (err != 0)
         goto out;
-    *num_p = 1;
     tq_clear_partition(c, part);
     if ((rc = tq_put(c, part, d.batch, NULL, NULL)) != TQ_OK) {
         err = bench_fail(c, "put", rc);
@@ -330,12 +322,12 @@ static int kv_get(tq_client *c, const char *part, const bench_job_t *job, const 
 int bench_kv(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     keyset_t ks;
     int err = keyset_init(c, job, 0, &ks);
-    if (err == 0 && (err = bench_sample_alloc(&s[0], "kv_put", job->iters)) == 0 &&
-        (err = bench_sample_alloc(&s[1], "kv_get", job->iters)) == 0)
-        *num_p = 2;
+    if (err == 0)
+        err = bench_samples_alloc(s, (const char *const[]){"kv_put", "kv_get", NULL},
+                                  job->iters, num_p);
     if (err == 0)
         err = bench_ready(job);
     unsigned total = job->warmup + job->iters;
@@ -398,7 +390,7 @@ static int kv_get_inflight(tq_client *c, const char *part, const bench_job_t *jo
 int bench_kv_nb(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigned *num_p)
 {
     char part[48];
-    partition_name(job, part, sizeof(part));
+    bench_partition(job, part, sizeof(part));
     unsigned n = job->inflight, made = 0;
     keyset_t *sets = calloc(n, sizeof(*sets));
     tq_request **reqs = calloc(n, sizeof(*reqs));
@@ -406,9 +398,9 @@ int bench_kv_nb(tq_client *c, const bench_job_t *job, bench_sample_t *s, unsigne
     for (; err == 0 && made < n; made++)
         if ((err = keyset_init(c, job, made, &sets[made])) == 0)
             err = kv_put(c, part, job, &sets[made]);
-    if (err == 0 && (err = bench_sample_alloc(&s[0], "kv_get_seq", job->iters)) == 0 &&
-        (err = bench_sample_alloc(&s[1], "kv_get_nb", job->iters)) == 0)
-        *num_p = 2;
+    if (err == 0)
+        err = bench_samples_alloc(s, (const char *const[]){"kv_get_seq", "kv_get_nb", NULL},
+                                  job->iters, num_p);
     if (err == 0)
         err = bench_ready(job);
     unsigned total = job->warmup + job->iters;
