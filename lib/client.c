@@ -15,6 +15,7 @@
 #define DEFAULT_TIMEOUT_MS 5000
 #define DEFAULT_LANES      4
 #define RECV_CACHE_BYTES   (1ULL << 30) /* receive buffers kept for reuse */
+#define LEASE_MARGIN_MS    5000         /* see lease_trusted_until */
 
 /* ---- errors ---- */
 
@@ -374,13 +375,23 @@ static void lane_release(tq_client *c, tq__lane_t *l)
 
 static int open_config(tq_client *c, const char *path, char **target_p)
 {
-    char *controller = NULL, *token = NULL, *timeout = NULL, *lanes = NULL, err[512];
+    char *controller = NULL, *token = NULL, *token_file = NULL, *timeout = NULL, *lanes = NULL;
+    char err[512];
     tq_config_key_t keys[] = {{"controller", &controller}, {"token", &token},
-                              {"timeout_ms", &timeout}, {"lanes", &lanes}};
+                              {"token_file", &token_file}, {"timeout_ms", &timeout},
+                              {"lanes", &lanes}};
     int rc = TQ_OK;
     if (tq__config_load(path, keys, ARRAY_SIZE(keys), err, sizeof(err)) != 0) {
         rc = tq__set_error(c, TQ_ERR_INVALID, "%s", err);
         goto out;
+    }
+    if (token_file != NULL) {
+        free(token);
+        token = NULL;
+        if (tq__token_file_read(token_file, &token, err, sizeof(err)) != 0) {
+            rc = tq__set_error(c, TQ_ERR_INVALID, "config %s: %s", path, err);
+            goto out;
+        }
     }
     if (token != NULL) {
         free(c->token);
@@ -398,7 +409,7 @@ static int open_config(tq_client *c, const char *path, char **target_p)
     *target_p = controller; /* NULL: embedded */
     controller = NULL;
 out:
-    free(controller), free(token), free(timeout), free(lanes);
+    free(controller), free(token), free(token_file), free(timeout), free(lanes);
     return rc;
 }
 
@@ -473,6 +484,12 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->lane_freed, NULL);
     c->timeout_ms = DEFAULT_TIMEOUT_MS;
+    const char *env_timeout = getenv("TQ_TIMEOUT_MS");
+    if (env_timeout != NULL && (c->timeout_ms = atoi(env_timeout)) <= 0) {
+        c->timeout_ms = DEFAULT_TIMEOUT_MS;
+        tq_warn("TQ_TIMEOUT_MS=%s is not a positive number of ms: using %d", env_timeout,
+                DEFAULT_TIMEOUT_MS);
+    }
     c->max_lanes = DEFAULT_LANES;
     int rc = TQ_ERR_NOMEM;
     char *config_target = NULL;
@@ -538,6 +555,17 @@ TQ_EXPORT void tq_close(tq_client *c)
 
 /* ---- put ---- */
 
+/*
+ * The controller lets go of pins and allocations lease_ms after its reply. We
+ * count from when the reply arrived, which is later, so keep a margin for the
+ * reply's time in flight and the controller's timer: past the returned time,
+ * the extents may have been reused and nothing read or written is trusted.
+ */
+static uint64_t lease_trusted_until(uint32_t lease_ms)
+{
+    return tq__now_ms() + lease_ms - TQ_MIN(lease_ms / 4, LEASE_MARGIN_MS);
+}
+
 static void put_abort(tq_client *c, tq_ctrl_conn *cc, uint64_t alloc_id)
 {
     char err[TQ_ERRMSG_MAX];
@@ -586,9 +614,12 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
         return rc;
     uint16_t num_fields = b ? (uint16_t)b->num_fields : 0;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_ALLOC);
+    /* pools full: the controller holds the put until room frees, within our timeout */
+    uint32_t wait_ms = (uint32_t)(c->timeout_ms - TQ_MIN(c->timeout_ms / 4, 1000));
     tq_msg_alloc_t m = {.partition = {partition, (uint16_t)strlen(partition)},
                         .rows = rows, .row_mode = spec->mode,
-                        .indexes = tq_array_of(spec->indexes, rows), .num_fields = num_fields};
+                        .indexes = tq_array_of(spec->indexes, rows), .num_fields = num_fields,
+                        .wait_ms = wait_ms};
     tq_wire_encode_alloc(&cc->out, &m);
     for (uint32_t i = 0; spec->mode == TQ_ROWS_KEYS && i < rows; i++)
         tq_wire_encode_key(&cc->out, spec->keys[i], spec->tags ? spec->tags[i] : NULL);
@@ -600,6 +631,7 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
     if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)
         goto out;
     rc = tq_wire_decode_alloc_reply(&r, &a);
+    uint64_t trusted_until = lease_trusted_until(a.lease_ms);
     for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
         rc = tq_wire_decode_extent(&r, &ext[i]);
     if (num_fields == 0) { /* tags only: the controller committed at once */
@@ -618,6 +650,13 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
                                b->fields[i].name);
             goto abort;
         }
+    /* the writes must end (flush is bounded by the timeout) while the extents are ours */
+    if (tq__now_ms() + (uint64_t)c->timeout_ms >= trusted_until) {
+        rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the allocation's %u ms lease is too short to "
+                                              "write within the %d ms timeout", a.lease_ms,
+                           c->timeout_ms);
+        goto abort;
+    }
     if ((rc = put_columns(c, b, ext)) != TQ_OK)
         goto abort;
     off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
@@ -680,6 +719,7 @@ int tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     m->client = c;
     m->id = h.meta_id;
+    m->trusted_until_ms = lease_trusted_until(h.lease_ms);
     m->rows = h.rows;
     m->num_fields = h.num_fields;
     m->indexes = malloc((size_t)h.rows * 8 + 1);
@@ -898,6 +938,9 @@ int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
     int frc = units_flush(c, l);
     lane_release(c, l);
     rc = rc != TQ_OK ? rc : frc;
+    if (rc == TQ_OK && tq__now_ms() >= m->trusted_until_ms)
+        rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the meta's lease ran out before its data was "
+                                              "read: the rows may have been cleared meanwhile");
 
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++) {
         tq__batch_field_t bf;

@@ -75,6 +75,7 @@ typedef struct {
 struct tq_meta {
     tq_client        *client;
     uint64_t          id;
+    uint64_t          trusted_until_ms; /* its rows stay pinned at least until then */
     uint32_t          rows;
     int64_t          *indexes;
     uint16_t          num_fields;

@@ -117,10 +117,19 @@ static int connect_tcp(const char *target, uint64_t deadline, int *fd_p, char *e
                         strerror(soerr));
         }
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    tq__ctrl_socket_tune(fd);
     *fd_p = fd;
     return TQ_OK;
+}
+
+void tq__ctrl_socket_tune(int fd)
+{
+    int one = 1, idle = 5, interval = 1, count = 5;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
 }
 
 int tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, uint8_t role,

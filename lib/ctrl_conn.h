@@ -24,6 +24,10 @@ typedef struct {
 #define TQ_ERRMSG_MAX 512
 
 /* Connect to "host:port" (or "tcp://host:port"), say HELLO with token and role. */
+/* Tune a control-plane TCP socket, either end: no Nagle delay, and keepalive
+ * probes that find a peer gone without a word (a dead host) in about 10 s. */
+void tq__ctrl_socket_tune(int fd);
+
 int  tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, uint8_t role,
                       int timeout_ms, char *err);
 void tq__ctrl_close(tq_ctrl_conn *cc);

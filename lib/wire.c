@@ -356,6 +356,7 @@ void tq_wire_encode_alloc(tq_wbuf *w, const tq_msg_alloc_t *m)
     if (m->row_mode == TQ_ROWS_INDEXES)
         tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->rows * 8);
     tq_wire_put_u16(w, m->num_fields);
+    tq_wire_put_u32(w, m->wait_ms);
 }
 
 int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
@@ -369,6 +370,7 @@ int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
     m->indexes = m->row_mode == TQ_ROWS_INDEXES ? tq_wire_get_array(r, m->rows)
                                                 : (tq_array_t){NULL, 0};
     m->num_fields = tq_wire_get_u16(r);
+    m->wait_ms = tq_wire_get_u32(r);
     if ((m->num_fields == 0 && m->row_mode != TQ_ROWS_KEYS) || m->num_fields > TQ_WIRE_MAX_FIELDS)
         return TQ_ERR_PROTOCOL;
     return decoded(r);
@@ -433,6 +435,7 @@ int tq_wire_decode_extent(tq_rbuf *r, tq_wire_extent_t *m)
 void tq_wire_encode_alloc_reply(tq_wbuf *w, const tq_msg_alloc_reply_t *m)
 {
     tq_wire_put_u64(w, m->alloc_id);
+    tq_wire_put_u32(w, m->lease_ms);
     tq_wire_put_u32(w, m->rows);
     tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->rows * 8);
     tq_wire_put_u16(w, m->num_fields);
@@ -441,6 +444,7 @@ void tq_wire_encode_alloc_reply(tq_wbuf *w, const tq_msg_alloc_reply_t *m)
 int tq_wire_decode_alloc_reply(tq_rbuf *r, tq_msg_alloc_reply_t *m)
 {
     m->alloc_id = tq_wire_get_u64(r);
+    m->lease_ms = tq_wire_get_u32(r);
     m->rows = tq_wire_get_u32(r);
     if (m->rows > TQ_WIRE_MAX_ROWS)
         return TQ_ERR_PROTOCOL;
@@ -493,6 +497,7 @@ int tq_wire_decode_get_meta(tq_rbuf *r, tq_msg_get_meta_t *m)
 void tq_wire_encode_get_meta_reply(tq_wbuf *w, const tq_msg_get_meta_reply_t *m)
 {
     tq_wire_put_u64(w, m->meta_id);
+    tq_wire_put_u32(w, m->lease_ms);
     tq_wire_put_u32(w, m->rows);
     tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->rows * 8);
     tq_wire_put_u16(w, m->num_fields);
@@ -501,6 +506,7 @@ void tq_wire_encode_get_meta_reply(tq_wbuf *w, const tq_msg_get_meta_reply_t *m)
 int tq_wire_decode_get_meta_reply(tq_rbuf *r, tq_msg_get_meta_reply_t *m)
 {
     m->meta_id = tq_wire_get_u64(r);
+    m->lease_ms = tq_wire_get_u32(r);
     m->rows = tq_wire_get_u32(r);
     if (m->rows > TQ_WIRE_MAX_ROWS)
         return TQ_ERR_PROTOCOL;

@@ -209,6 +209,7 @@ typedef struct {
     uint8_t    row_mode;
     tq_array_t indexes; /* rows entries for TQ_ROWS_INDEXES */
     uint16_t   num_fields;
+    uint32_t   wait_ms;  /* pools full: wait this long for room before TQ_ERR_NOSPACE */
 } tq_msg_alloc_t;
 
 /* Where one run of a column lives: length bytes at offset of unit's pool. */
@@ -222,6 +223,7 @@ typedef struct {
 /* ALLOC reply: the fixed part, then num_fields tq_wire_extent_t, one per field. */
 typedef struct {
     uint64_t   alloc_id;
+    uint32_t   lease_ms; /* the allocation is dropped this long after the reply */
     uint32_t   rows;
     tq_array_t indexes;
     uint16_t   num_fields;
@@ -247,6 +249,7 @@ typedef struct {
  * followed by its num_runs tq_wire_extent_t. */
 typedef struct {
     uint64_t   meta_id;
+    uint32_t   lease_ms; /* the rows are unpinned this long after the reply */
     uint32_t   rows;
     tq_array_t indexes;
     uint16_t   num_fields;

@@ -189,6 +189,7 @@ static tq_msg_alloc_t fx_alloc(bool with_indexes, tq_wire_field_t f[4])
         .row_mode = with_indexes ? TQ_ROWS_INDEXES : TQ_ROWS_NEW,
         .indexes = with_indexes ? ARR(idx4) : NO_ARR,
         .num_fields = 4,
+        .wait_ms = with_indexes ? 5000 : 0,
     };
 }
 
@@ -199,7 +200,7 @@ static const tq_wire_extent_t fx_extents[] = {
 };
 
 static const tq_msg_alloc_reply_t fx_alloc_reply = {
-    .alloc_id = 0x0123456789ABCDEFull, .rows = 4, .indexes = {(const uint8_t *)idx4, 4}, .num_fields = 3};
+    .alloc_id = 0x0123456789ABCDEFull, .lease_ms = 60000, .rows = 4, .indexes = {(const uint8_t *)idx4, 4}, .num_fields = 3};
 
 static const tq_msg_id_t fx_id = {.id = 0xFEDCBA9876543210ull};
 
@@ -228,7 +229,7 @@ static const uint64_t tok_row_bytes[] = {24, 0, 136};
 static const uint64_t text_row_bytes[] = {5, 0, 100};
 
 static const tq_msg_get_meta_reply_t fx_meta_reply = {
-    .meta_id = 0xA5A5A5A55A5A5A5Aull, .rows = 3, .indexes = {(const uint8_t *)meta_idx, 3}, .num_fields = 3};
+    .meta_id = 0xA5A5A5A55A5A5A5Aull, .lease_ms = 0xFFFFFFFFu, .rows = 3, .indexes = {(const uint8_t *)meta_idx, 3}, .num_fields = 3};
 
 typedef struct {
     tq_wire_meta_field_t f;
@@ -719,6 +720,7 @@ static void check_alloc_roundtrip(bool with_indexes)
         cr_expect(eq(u32, got.indexes.count, 0));
     }
     cr_assert(eq(u16, got.num_fields, 4));
+    cr_expect(eq(u32, got.wait_ms, want.wait_ms));
     for (int i = 0; i < 4; i++) {
         tq_wire_field_t f;
         cr_assert(eq(int, tq_wire_decode_field(&t.r, got.rows, &f), TQ_OK), "field %d", i);
@@ -763,6 +765,7 @@ Test(wire, roundtrip_alloc_reply)
     tq_msg_alloc_reply_t got;
     cr_assert(eq(int, tq_wire_decode_alloc_reply(&t.r, &got), TQ_OK));
     cr_expect(eq(u64, got.alloc_id, fx_alloc_reply.alloc_id));
+    cr_expect(eq(u32, got.lease_ms, fx_alloc_reply.lease_ms));
     cr_expect(eq(u32, got.rows, fx_alloc_reply.rows));
     expect_array(got.indexes, fx_alloc_reply.indexes, "indexes");
     cr_assert(eq(u16, got.num_fields, 3));
@@ -829,6 +832,7 @@ Test(wire, roundtrip_get_meta_reply)
     tq_msg_get_meta_reply_t got;
     cr_assert(eq(int, tq_wire_decode_get_meta_reply(&t.r, &got), TQ_OK));
     cr_expect(eq(u64, got.meta_id, fx_meta_reply.meta_id));
+    cr_expect(eq(u32, got.lease_ms, fx_meta_reply.lease_ms));
     cr_expect(eq(u32, got.rows, fx_meta_reply.rows));
     expect_array(got.indexes, fx_meta_reply.indexes, "indexes");
     cr_assert(eq(u16, got.num_fields, 3));
@@ -1100,6 +1104,7 @@ static void put_alloc_raw(tq_wbuf *w, const char *part, size_t plen, uint32_t ro
     for (uint32_t i = 0; i < idx_entries; i++)
         tq_wire_put_u64(w, i);
     tq_wire_put_u16(w, num_fields);
+    tq_wire_put_u32(w, 1000); /* wait_ms */
 }
 
 /* A field with n dims entries. */
@@ -1283,22 +1288,27 @@ Test(wire, hostile_alloc_rows_and_fields)
 
     /* the replies allow empty answers but not more than the limits */
     tq_wire_put_u64(&w, 1);
+    tq_wire_put_u32(&w, 60000); /* lease_ms */
     tq_wire_put_u32(&w, 0);
     tq_wire_put_u16(&w, 0);
     EXPECT_RC(&w, dec_alloc_reply, TQ_OK, "alloc_reply of nothing");
     tq_wire_put_u64(&w, 1);
+    tq_wire_put_u32(&w, 60000); /* lease_ms */
     tq_wire_put_u32(&w, 0);
     tq_wire_put_u16(&w, TQ_WIRE_MAX_FIELDS + 1);
     EXPECT_RC(&w, dec_alloc_reply, TQ_ERR_PROTOCOL, "alloc_reply num_fields over the limit");
     tq_wire_put_u64(&w, 1);
+    tq_wire_put_u32(&w, 60000); /* lease_ms */
     tq_wire_put_u32(&w, TQ_WIRE_MAX_ROWS + 1);
     tq_wire_put_u16(&w, 1);
     EXPECT_RC(&w, dec_alloc_reply, TQ_ERR_PROTOCOL, "alloc_reply rows over the limit");
     tq_wire_put_u64(&w, 1);
+    tq_wire_put_u32(&w, 60000); /* lease_ms */
     tq_wire_put_u32(&w, 0);
     tq_wire_put_u16(&w, TQ_WIRE_MAX_FIELDS + 1);
     EXPECT_RC(&w, dec_meta_reply, TQ_ERR_PROTOCOL, "get_meta_reply num_fields over the limit");
     tq_wire_put_u64(&w, 1);
+    tq_wire_put_u32(&w, 60000); /* lease_ms */
     tq_wire_put_u32(&w, 0);
     tq_wire_put_u16(&w, 0);
     EXPECT_RC(&w, dec_meta_reply, TQ_OK, "get_meta_reply of nothing");

@@ -18,6 +18,7 @@
 
 #include "controller/internal.h"
 #include "controller/sampler.h"
+#include "ctrl_conn.h"
 #include "tq/tq.h"
 #include "util/common.h"
 #include "util/log.h"
@@ -25,6 +26,8 @@
 #define POOL_ALIGN          64            /* cache-line aligned columns */
 #define READ_CHUNK          (64u << 10)
 #define MAX_OUTPUT          (256u << 20)  /* a peer that reads nothing is dropped */
+#define HELLO_TIMEOUT_MS    10000         /* a connection must authenticate by then */
+#define MAX_HELLO_BODY      4096          /* frames before hello: no large buffers for strangers */
 
 static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_HELLO] = "hello", [TQ_MSG_REGISTER_UNIT] = "register",
@@ -91,6 +94,30 @@ static void unit_mark_dead(tq_unit *u, const char *why, bool left)
         tq_warn("storage unit %u (incarnation %u) is dead: %s", u->id, u->incarnation, why);
 }
 
+bool tq__unit_could_fit(const tq_controller *ctl, uint64_t size)
+{
+    const tq_list *pos;
+    for (pos = ctl->units.next; pos != &ctl->units; pos = pos->next) {
+        const tq_unit *u = tq_list_entry(pos, tq_unit, link);
+        if (u->alive && tq_pool_capacity(u->pool) >= size)
+            return true;
+    }
+    return false;
+}
+
+/* Bytes free in the pools of live units. */
+static uint64_t units_free(const tq_controller *ctl)
+{
+    uint64_t bytes = 0;
+    const tq_list *pos;
+    for (pos = ctl->units.next; pos != &ctl->units; pos = pos->next) {
+        const tq_unit *u = tq_list_entry(pos, tq_unit, link);
+        if (u->alive)
+            bytes += tq_pool_capacity(u->pool) - tq_pool_used(u->pool);
+    }
+    return bytes;
+}
+
 bool tq__units_alive(const tq_controller *ctl)
 {
     const tq_list *pos;
@@ -130,6 +157,30 @@ tq_partition_t *tq__find_partition(tq_controller *ctl, const char *name)
             return p;
     }
     return NULL;
+}
+
+tq_partition_t *tq__partition_add(tq_controller *ctl, const char *name, int *status_p,
+                                  const char **why_p)
+{
+    if (ctl->num_partitions >= ctl->max_partitions) {
+        *status_p = TQ_ERR_INVALID, *why_p = "too many partitions: clear one first";
+        return NULL;
+    }
+    tq_partition_t *p = tq__partition_create(name);
+    if (p == NULL) {
+        *status_p = TQ_ERR_NOMEM, *why_p = "out of memory";
+        return NULL;
+    }
+    tq_list_insert_tail(&ctl->partitions, &p->link);
+    ctl->num_partitions++;
+    return p;
+}
+
+void tq__partition_remove(tq_controller *ctl, tq_partition_t *p)
+{
+    tq_list_remove(&p->link);
+    tq__partition_destroy(p);
+    ctl->num_partitions--;
 }
 
 tq_partition_t *tq__find_partition_str(tq_controller *ctl, tq_str_t name)
@@ -302,8 +353,7 @@ static void handle_clear_partition(conn_t *c, const tq_wire_header_t *h, tq_rbuf
         tq_list_remove(&a->part_link);
         a->part = NULL;
     }
-    tq_list_remove(&p->link);
-    tq__partition_destroy(p);
+    tq__partition_remove(c->ctl, p);
     tq__reply_ok(c, h);
 }
 
@@ -335,9 +385,10 @@ static void handle_seal(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     tq_partition_t *p = tq__find_partition_str(c->ctl, m.partition);
     if (p == NULL) { /* sealing before any row came: consumers end at once */
         char name[TQ_WIRE_NAME_MAX + 1];
-        if ((p = tq__partition_create(tq__name_cstr(m.partition, name))) == NULL)
-            return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
-        tq_list_insert_tail(&c->ctl->partitions, &p->link);
+        int status;
+        const char *why;
+        if ((p = tq__partition_add(c->ctl, tq__name_cstr(m.partition, name), &status, &why)) == NULL)
+            return tq__reply_error(c, h, status, "%s", why);
     }
     p->sealed = true;
     tq__reply_ok(c, h);
@@ -403,7 +454,7 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
             unit_mark_dead(c->unit, "it shut down", true);
         return;
     case TQ_MSG_UNITS:         return handle_units(c, h, &r);
-    case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, &r);
+    case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, body);
     case TQ_MSG_COMMIT:        return tq__handle_commit(c, h, &r);
     case TQ_MSG_ABORT:         return tq__handle_abort(c, h, &r);
     case TQ_MSG_GET_META:      return tq__handle_get_meta(c, h, body);
@@ -451,6 +502,7 @@ static void conn_close(conn_t *c)
     epoll_ctl(ctl->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     tq_list_remove(&c->link);
+    ctl->num_connections--;
     tq_list_remove(&c->flush_link);
     tq_wbuf_free(&c->out);
     free(c->in);
@@ -466,6 +518,11 @@ static void conn_process(conn_t *c)
         if (tq_wire_parse_header(c->in + pos, &h) != TQ_OK) {
             /* no way to find the next frame: drop the connection */
             tq_warn("bad frame header from fd %d, closing", c->fd);
+            c->closing = true;
+            break;
+        }
+        if (!c->greeted && h.body_len > MAX_HELLO_BODY) {
+            tq__reply_error(c, &h, TQ_ERR_AUTH, "the first message must be a hello");
             c->closing = true;
             break;
         }
@@ -555,8 +612,12 @@ static void accept_all(tq_controller *ctl)
                 tq_warn("accept: %m");
             return;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (ctl->num_connections >= ctl->max_connections) {
+            tq_warn("%u connections: the limit; one more closed", ctl->num_connections);
+            close(fd);
+            continue;
+        }
+        tq__ctrl_socket_tune(fd);
         conn_t *c = calloc(1, sizeof(*c));
         if (c == NULL) {
             close(fd);
@@ -565,6 +626,7 @@ static void accept_all(tq_controller *ctl)
         c->ctl = ctl;
         c->fd = fd;
         c->id = ++ctl->next_id;
+        c->hello_due_ms = tq__now_ms() + HELLO_TIMEOUT_MS;
         tq_wbuf_init(&c->out);
         tq_list_init(&c->flush_link);
         tq_list_init(&c->allocs);
@@ -577,11 +639,58 @@ static void accept_all(tq_controller *ctl)
             continue;
         }
         tq_list_insert_tail(&ctl->conns, &c->link);
+        ctl->num_connections++;
         tq_debug("connection fd %d accepted", fd);
     }
 }
 
-/* Expire parked requests and silent units; returns ms until the next deadline. */
+/*
+ * A stuck client must not hold memory forever: an allocation not committed
+ * and rows not released within the lease are let go. The client knows the
+ * lease too, and never writes or trusts a read past it (lib/client.c).
+ */
+static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
+{
+    tq_list *cpos, *pos, *tmp;
+    for (cpos = ctl->conns.next; cpos != &ctl->conns; cpos = cpos->next) {
+        conn_t *c = tq_list_entry(cpos, conn_t, link);
+        tq_list_for_each_safe(pos, tmp, &c->allocs) {
+            alloc_t *a = tq_list_entry(pos, alloc_t, conn_link);
+            if (a->lease_end_ms <= now) {
+                tq_warn("allocation %llu of connection %llu not committed within its %u ms "
+                        "lease: aborted", (unsigned long long)a->id,
+                        (unsigned long long)c->id, ctl->lease_ms);
+                tq__alloc_abort(a);
+            } else {
+                next = TQ_MIN(next, a->lease_end_ms);
+            }
+        }
+        tq_list_for_each_safe(pos, tmp, &c->metas) {
+            meta_t *m = tq_list_entry(pos, meta_t, conn_link);
+            if (m->lease_end_ms <= now) {
+                tq_warn("meta %llu of connection %llu not released within its %u ms lease: "
+                        "unpinned", (unsigned long long)m->id, (unsigned long long)c->id,
+                        ctl->lease_ms);
+                tq__meta_free(m);
+            } else {
+                next = TQ_MIN(next, m->lease_end_ms);
+            }
+        }
+        if (!c->greeted && !c->closing) {
+            if (c->hello_due_ms <= now) {
+                tq_warn("connection %llu sent no hello in time: closed",
+                        (unsigned long long)c->id);
+                c->closing = true;
+                conn_want_flush(c);
+            } else {
+                next = TQ_MIN(next, c->hello_due_ms);
+            }
+        }
+    }
+    return next;
+}
+
+/* Expire parked requests, leases and silent units; returns ms until the next deadline. */
 static int run_timers(tq_controller *ctl)
 {
     uint64_t now = tq__now_ms(), next = now + 1000;
@@ -589,13 +698,19 @@ static int run_timers(tq_controller *ctl)
     tq_list_for_each_safe(pos, tmp, &ctl->parked) {
         parked_t *pk = tq_list_entry(pos, parked_t, link);
         if (pk->deadline_ms <= now) {
-            tq_wire_header_t h = {.type = TQ_MSG_GET_META, .request_id = pk->request_id};
-            tq__reply_error(pk->conn, &h, TQ_ERR_TIMEOUT, "too few ready rows before the timeout");
+            tq_wire_header_t h = {.type = pk->type, .request_id = pk->request_id};
+            if (pk->type == TQ_MSG_ALLOC)
+                tq__reply_error(pk->conn, &h, TQ_ERR_NOSPACE,
+                                "no storage unit had room before the timeout");
+            else
+                tq__reply_error(pk->conn, &h, TQ_ERR_TIMEOUT,
+                                "too few ready rows before the timeout");
             tq__parked_free(pk);
         } else if (pk->deadline_ms < next) {
             next = pk->deadline_ms;
         }
     }
+    next = expire_leases(ctl, now, next);
     for (pos = ctl->units.next; pos != &ctl->units; pos = pos->next) {
         tq_unit *u = tq_list_entry(pos, tq_unit, link);
         if (!u->alive)
@@ -696,6 +811,9 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     tq_list_init(&ctl->partitions);
     tq_list_init(&ctl->parked);
     ctl->heartbeat_timeout_ms = cfg->heartbeat_timeout_ms > 0 ? cfg->heartbeat_timeout_ms : 3000;
+    ctl->lease_ms = cfg->lease_ms ? cfg->lease_ms : 60000;
+    ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
+    ctl->max_partitions = cfg->max_partitions ? cfg->max_partitions : 65536;
     int rc = TQ_ERR_NOMEM;
     if (cfg->token != NULL && cfg->token[0] != '\0' && (ctl->token = strdup(cfg->token)) == NULL)
         goto err;
@@ -742,6 +860,10 @@ int tq__controller_run(tq_controller *ctl)
     uint64_t spin_until = 0; /* poll without sleeping until then: see tq__spin_ns */
     for (;;) {
         int timeout = run_timers(ctl);
+        /* room freed since parked puts were last tried: try them again */
+        if (units_free(ctl) > ctl->free_seen)
+            tq__retry_parked_allocs(ctl);
+        ctl->free_seen = units_free(ctl);
         if (tq__now_ns() < spin_until) {
             timeout = 0;
             sched_yield(); /* a client on this core may be about to send */

@@ -11,6 +11,10 @@ typedef struct {
     const char *token;                /* NULL or "": no authentication */
     int         heartbeat_timeout_ms; /* a unit silent this long is dead; 0: 3000 */
     const char *sampler_plugins;      /* ':'-separated shared objects, or NULL */
+    /* Leases and limits; 0 takes the default in parentheses. */
+    unsigned    lease_ms;             /* pins and uncommitted allocations (60000) */
+    unsigned    max_connections;      /* more are closed at once (4096) */
+    unsigned    max_partitions;       /* a put that would create more fails (65536) */
 } tq_controller_config_t;
 
 /* Bind and listen. TQ_ERR_INVALID for a bad address, TQ_ERR_IO when binding fails. */

@@ -56,8 +56,9 @@ void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
         goto out;
     }
     size_t off = tq__reply_begin(c, h);
+    meta->lease_end_ms = tq__now_ms() + c->ctl->lease_ms;
     tq_wire_encode_get_meta_reply(&c->out, &(tq_msg_get_meta_reply_t){
-        meta->id, n, tq_array_of(rows, n), nf});
+        meta->id, c->ctl->lease_ms, n, tq_array_of(rows, n), nf});
     uint32_t pin = 0;
     for (uint16_t k = 0; k < nf; k++) {
         const tq_field_t *f = fields[k];
@@ -535,24 +536,34 @@ void tq__handle_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *bo
         free(partition);
         return;
     }
-    parked_t *pk = NULL;
     if (c->no_park)
         timeout = 0;
-    if (timeout == 0 || partition == NULL || (pk = calloc(1, sizeof(*pk))) == NULL ||
-        (pk->body = malloc(h->body_len ? h->body_len : 1)) == NULL) {
+    if (timeout == 0 || partition == NULL) {
+        free(partition);
+        return tq__reply_error(c, h, TQ_ERR_TIMEOUT, "too few ready rows");
+    }
+    if (tq__park(c, h, body, timeout, partition) != TQ_OK)
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+}
+
+int tq__park(conn_t *c, const tq_wire_header_t *h, const uint8_t *body, int64_t timeout_ms,
+             char *partition)
+{
+    parked_t *pk = calloc(1, sizeof(*pk));
+    if (pk == NULL || (pk->body = malloc(h->body_len ? h->body_len : 1)) == NULL) {
         free(pk);
         free(partition);
-        if (timeout == 0)
-            return tq__reply_error(c, h, TQ_ERR_TIMEOUT, "too few ready rows");
-        return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return TQ_ERR_NOMEM;
     }
     memcpy(pk->body, body, h->body_len);
     pk->body_len = h->body_len;
     pk->conn = c;
+    pk->type = h->type;
     pk->request_id = h->request_id;
     pk->partition = partition;
-    pk->deadline_ms = timeout < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout;
+    pk->deadline_ms = timeout_ms < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout_ms;
     tq_list_insert_tail(&c->ctl->parked, &pk->link);
+    return TQ_OK;
 }
 
 /* A commit to `partition` may satisfy parked requests: try them in arrival order. */
@@ -561,7 +572,7 @@ void tq__wake_parked(tq_controller *ctl, const char *partition)
     tq_list *pos, *tmp;
     tq_list_for_each_safe(pos, tmp, &ctl->parked) {
         parked_t *pk = tq_list_entry(pos, parked_t, link);
-        if (strcmp(pk->partition, partition) != 0)
+        if (pk->type != TQ_MSG_GET_META || strcmp(pk->partition, partition) != 0)
             continue;
         tq_wire_header_t h = {.type = TQ_MSG_GET_META, .request_id = pk->request_id,
                               .body_len = pk->body_len};
@@ -624,7 +635,7 @@ void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     }
     tq_list_for_each_safe(pos, tmp, &c->ctl->parked) {
         parked_t *pk = tq_list_entry(pos, parked_t, link);
-        if (pk->conn->id == m.id) {
+        if (pk->type == TQ_MSG_GET_META && pk->conn->id == m.id) {
             tq_wire_header_t ph = {.type = TQ_MSG_GET_META, .request_id = pk->request_id};
             tq__reply_error(pk->conn, &ph, TQ_ERR_TIMEOUT, "cancelled");
             tq__parked_free(pk);

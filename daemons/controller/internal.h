@@ -57,6 +57,7 @@ typedef struct conn {
     tq_unit       *unit;
     tq_list        allocs;       /* alloc_t.conn_link */
     tq_list        metas;        /* meta_t.conn_link */
+    uint64_t       hello_due_ms; /* closed if not greeted by then */
 } conn_t;
 
 /* A field's share of a pending put: its extent and the cells it will become. */
@@ -80,6 +81,7 @@ typedef struct {
     cJSON         **tags;        /* keyed put: a tag object or NULL per key */
     uint16_t        num_fields;
     alloc_field_t  *fields;
+    uint64_t        lease_end_ms; /* aborted then if not committed */
 } alloc_t;
 
 /* Rows handed out by GET_META: their extents stay pinned until RELEASE. A
@@ -93,17 +95,20 @@ typedef struct {
     int64_t    *rows;
     uint32_t    num_rows;
     uint64_t    reply_end;        /* its answer is sent once conn->sent reaches this */
+    uint64_t    lease_end_ms;     /* unpinned then if not released */
 } meta_t;
 
-/* A GET_META that waits for rows: its body is kept to be tried again. */
+/* A request that waits, its body kept to be tried again: a GET_META for rows,
+ * or an ALLOC for room in the pools. */
 typedef struct {
     tq_list   link;
     conn_t   *conn;
+    uint16_t  type;              /* TQ_MSG_GET_META or TQ_MSG_ALLOC */
     uint64_t  request_id;
     uint8_t  *body;
     uint32_t  body_len;
     uint64_t  deadline_ms;       /* UINT64_MAX: none */
-    char     *partition;
+    char     *partition;         /* GET_META: whose commits may satisfy it */
 } parked_t;
 
 struct tq_controller {
@@ -111,8 +116,11 @@ struct tq_controller {
     char     address[80];
     char    *token;
     int      heartbeat_timeout_ms;
+    uint32_t lease_ms;
+    unsigned max_connections, num_connections, max_partitions, num_partitions;
     uint64_t next_id;
     uint32_t next_unit_id;
+    uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
     tq_list  conns, to_flush, units, partitions, parked;
 };
 
@@ -127,17 +135,26 @@ void   tq__reply_end(conn_t *c, size_t offset);
 void   tq__reply_ok(conn_t *c, const tq_wire_header_t *h);
 
 bool     tq__units_alive(const tq_controller *ctl);
+/* Could a live unit ever hold size bytes (once enough is freed)? */
+bool     tq__unit_could_fit(const tq_controller *ctl, uint64_t size);
 /* The live unit with the largest free range that fits `size`, or NULL. */
 tq_unit *tq__unit_pick(tq_controller *ctl, uint64_t size);
 
 tq_partition_t *tq__find_partition(tq_controller *ctl, const char *name);
+/* A new partition, within the limit on how many there may be. @return NULL
+ * with *status_p TQ_ERR_INVALID (the limit) or TQ_ERR_NOMEM, and *why_p. */
+tq_partition_t *tq__partition_add(tq_controller *ctl, const char *name, int *status_p,
+                                  const char **why_p);
+void            tq__partition_remove(tq_controller *ctl, tq_partition_t *p);
 tq_partition_t *tq__find_partition_str(tq_controller *ctl, tq_str_t name);
 /* Copy a decoded name into a NUL-terminated buffer of TQ_WIRE_NAME_MAX + 1. */
 const char *tq__name_cstr(tq_str_t s, char *buf);
 
 /* ---- put.c ---- */
 
-void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, const uint8_t *body);
+/* Pools gained room: try the parked ALLOCs again, oldest first. */
+void tq__retry_parked_allocs(tq_controller *ctl);
 void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 /* Give up a pending put: rows it reserved become free again. */
@@ -154,6 +171,11 @@ void tq__wake_parked(tq_controller *ctl, const char *partition);
 /* Write a GET_META-shaped answer for rows and pin their cells under meta. */
 void tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
                     uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
+/* Keep request h (its body) to try again until timeout_ms passes (< 0: never);
+ * partition (owned by the parked request) is what a GET_META waits on.
+ * @return TQ_OK, or TQ_ERR_NOMEM (partition freed). */
+int     tq__park(conn_t *c, const tq_wire_header_t *h, const uint8_t *body, int64_t timeout_ms,
+                 char *partition);
 meta_t *tq__meta_find(tq_controller *ctl, uint64_t id);
 void    tq__meta_free(meta_t *m);
 /* Unpin the rows of a meta nobody read and make them ready for its task again. */

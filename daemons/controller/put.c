@@ -178,16 +178,32 @@ static const char *sealed_refuses(const tq_partition_t *p, const tq_msg_alloc_t 
     return NULL;
 }
 
-void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+/* How an ALLOC ended: answered, or short of room with leave to wait for it. */
+typedef enum { ALLOC_ANSWERED, ALLOC_WAIT } alloc_outcome_t;
+
+/*
+ * Reserve rows and extents for the ALLOC in body and answer it, or, when the
+ * pools are short of room that frees could make and may_wait, answer nothing
+ * and return ALLOC_WAIT with the time it may wait in *wait_ms_p.
+ */
+static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uint8_t *body,
+                                 bool may_wait, uint32_t *wait_ms_p)
 {
     tq_controller *ctl = c->ctl;
+    tq_rbuf rb = tq_rbuf_make(body, h->body_len), *r = &rb;
     tq_msg_alloc_t m;
-    if (tq_wire_decode_alloc(r, &m) != TQ_OK)
-        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed alloc");
+    if (tq_wire_decode_alloc(r, &m) != TQ_OK) {
+        tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed alloc");
+        return ALLOC_ANSWERED;
+    }
+    *wait_ms_p = m.wait_ms;
+    bool wait = false;
 
     alloc_t *a = calloc(1, sizeof(*a));
-    if (a == NULL)
-        return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    if (a == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return ALLOC_ANSWERED;
+    }
     tq_list_init(&a->conn_link);
     tq_list_init(&a->part_link);
     a->rows = m.rows;
@@ -247,10 +263,8 @@ void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         goto err;
     }
     if (p == NULL) {
-        status = TQ_ERR_NOMEM, why = "out of memory";
-        if ((p = tq__partition_create(pname)) == NULL)
+        if ((p = tq__partition_add(ctl, pname, &status, &why)) == NULL)
             goto err;
-        tq_list_insert_tail(&ctl->partitions, &p->link);
         created = true;
     }
     if (m.row_mode == TQ_ROWS_INDEXES) {
@@ -276,6 +290,8 @@ void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         if (u == NULL || tq_pool_alloc(u->pool, totals[i], &block) != TQ_OK) {
             status = TQ_ERR_NOSPACE;
             why = tq__units_alive(ctl) ? "no storage unit has room for a field" : "no live storage unit";
+            /* room may come as others clear, unless no unit could ever hold it */
+            wait = may_wait && m.wait_ms > 0 && tq__unit_could_fit(ctl, totals[i]);
             goto err;
         }
         af->ext = calloc(1, sizeof(tq_extent));
@@ -291,20 +307,24 @@ void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 
     a->id = ++ctl->next_id;
     a->part = p;
+    a->lease_end_ms = tq__now_ms() + ctl->lease_ms;
     tq_list_insert_tail(&c->allocs, &a->conn_link);
     tq_list_insert_tail(&p->allocs, &a->part_link);
 
     if (a->num_fields == 0) { /* tags only: nothing to write, so commit now */
         status = alloc_commit(ctl, a, &why);
-        if (status != TQ_OK)
-            return tq__reply_error(c, h, status, "%s", why);
+        if (status != TQ_OK) {
+            tq__reply_error(c, h, status, "%s", why);
+            return ALLOC_ANSWERED;
+        }
         size_t off = tq__reply_begin(c, h);
-        tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){0, 0, {NULL, 0}, 0});
-        return tq__reply_end(c, off);
+        tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){0, 0, 0, {NULL, 0}, 0});
+        tq__reply_end(c, off);
+        return ALLOC_ANSWERED;
     }
     size_t off = tq__reply_begin(c, h);
     tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){
-        a->id, a->rows, tq_array_of(a->indexes, a->rows), a->num_fields});
+        a->id, ctl->lease_ms, a->rows, tq_array_of(a->indexes, a->rows), a->num_fields});
     for (uint16_t i = 0; i < a->num_fields; i++) {
         tq_extent *e = a->fields[i].ext;
         tq_wire_extent_t x = {TQ_WIRE_NO_UNIT, 0, 0};
@@ -313,17 +333,43 @@ void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         tq_wire_encode_extent(&c->out, &x);
     }
     tq__reply_end(c, off);
-    return;
+    return ALLOC_ANSWERED;
 
 err:
     if (reserved)
         tq__partition_unreserve(p, a->rows, a->indexes);
-    if (created && p->live_rows == 0 && tq_list_empty(&p->allocs)) {
-        tq_list_remove(&p->link);
-        tq__partition_destroy(p);
-    }
+    if (created && p->live_rows == 0 && tq_list_empty(&p->allocs))
+        tq__partition_remove(ctl, p);
     alloc_free(a);
+    if (wait)
+        return ALLOC_WAIT;
     tq__reply_error(c, h, status, "%s", why);
+    return ALLOC_ANSWERED;
+}
+
+/* Back-pressure: a put that finds the pools full waits, parked, for room. */
+void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
+{
+    uint32_t wait_ms = 0;
+    if (try_alloc(c, h, body, true, &wait_ms) == ALLOC_ANSWERED)
+        return;
+    if (tq__park(c, h, body, wait_ms, NULL) != TQ_OK)
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+}
+
+void tq__retry_parked_allocs(tq_controller *ctl)
+{
+    tq_list *pos, *tmp;
+    tq_list_for_each_safe(pos, tmp, &ctl->parked) {
+        parked_t *pk = tq_list_entry(pos, parked_t, link);
+        if (pk->type != TQ_MSG_ALLOC)
+            continue;
+        tq_wire_header_t h = {.type = TQ_MSG_ALLOC, .request_id = pk->request_id,
+                              .body_len = pk->body_len};
+        uint32_t wait_ms;
+        if (try_alloc(pk->conn, &h, pk->body, true, &wait_ms) == ALLOC_ANSWERED)
+            tq__parked_free(pk);
+    }
 }
 
 /* Bind the put's keys to rows: a key that exists keeps its row (and the row

@@ -27,23 +27,29 @@ static void usage(FILE *out)
             "  --controller HOST:PORT  the controller to register with ($TQ_CONTROLLER)\n"
             "  --pool-size SIZE        bytes of pinned pool, K/M/G suffixes (default 1G)\n"
             "  --transport NAME|all    transports to serve the pool with (default all)\n"
-            "  --config FILE           JSON object with keys controller, pool_size, transport, token\n"
+            "  --config FILE           JSON object with keys controller, pool_size, transport,\n"
+            "                          token, token_file\n"
+            "  --token-file PATH       the shared secret, first line of PATH (wins over TQ_TOKEN)\n"
             "environment: TQ_TOKEN (shared secret), TQ_LOG (error|warn|info|debug)\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *controller = NULL, *pool = NULL, *transport = NULL, *token = NULL, *config = NULL;
+    const char *controller = NULL, *pool = NULL, *transport = NULL, *config = NULL;
+    const char *token_file = NULL;
     char *f_controller = NULL, *f_pool = NULL, *f_transport = NULL, *f_token = NULL;
+    char *f_token_file = NULL, *token = NULL, err[512];
     static const struct option opts[] = {
         {"controller", required_argument, NULL, 'c'}, {"pool-size", required_argument, NULL, 's'},
         {"transport", required_argument, NULL, 't'},  {"config", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},             {"version", no_argument, NULL, 'V'},
+        {"token-file", required_argument, NULL, 'k'},
         {NULL, 0, NULL, 0},
     };
     int opt, rc = TQ_ERR_INVALID;
-    while ((opt = getopt_long(argc, argv, "c:s:t:f:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:s:t:f:k:hV", opts, NULL)) != -1) {
         switch (opt) {
+        case 'k': token_file = optarg; break;
         case 'c': controller = optarg; break;
         case 's': pool = optarg; break;
         case 't': transport = optarg; break;
@@ -58,10 +64,10 @@ int main(int argc, char **argv)
         return 2;
     }
     if (config != NULL) {
-        char err[512];
         tq_config_key_t keys[] = {{"controller", &f_controller}, {"pool_size", &f_pool},
-                                  {"transport", &f_transport}, {"token", &f_token}};
-        if (tq__config_load(config, keys, 4, err, sizeof(err)) != 0) {
+                                  {"transport", &f_transport}, {"token", &f_token},
+                                  {"token_file", &f_token_file}};
+        if (tq__config_load(config, keys, 5, err, sizeof(err)) != 0) {
             fprintf(stderr, "tq-storage: %s\n", err);
             rc = TQ_ERR_INVALID;
             goto out;
@@ -69,12 +75,13 @@ int main(int argc, char **argv)
         controller = controller ? controller : f_controller;
         pool = pool ? pool : f_pool;
         transport = transport ? transport : f_transport;
-        token = f_token;
     }
     if (controller == NULL && getenv("TQ_CONTROLLER") != NULL)
         controller = getenv("TQ_CONTROLLER");
-    if (getenv("TQ_TOKEN") != NULL)
-        token = getenv("TQ_TOKEN");
+    if (tq__token_resolve(token_file, f_token_file, f_token, &token, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tq-storage: %s\n", err);
+        goto out;
+    }
     uint64_t pool_size = 1ULL << 30;
     if (controller == NULL) {
         fprintf(stderr, "tq-storage: --controller HOST:PORT is required\n");
@@ -115,5 +122,7 @@ out:
     free(f_pool);
     free(f_transport);
     free(f_token);
+    free(f_token_file);
+    free(token);
     return rc == TQ_OK ? 0 : rc == TQ_ERR_INVALID ? 2 : 1;
 }
