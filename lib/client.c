@@ -237,9 +237,29 @@ static int unit_connect(tq_client *c, tq__lane_t *l, uint32_t id, tq__unit_t **u
 static int units_cover(tq_client *c, tq__lane_t *l, const tq_wire_extent_t *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)
+        if (x[i].length > 0 && x[i].unit == TQ_WIRE_LOST_UNIT)
+            return tq__set_error(c, TQ_ERR_LOST, "the storage unit that held these rows died");
+    for (size_t i = 0; i < n; i++)
         if (x[i].length > 0 && unit_find(l, x[i].unit) == NULL)
             return units_refresh(c, l);
     return TQ_OK;
+}
+
+/* A transfer with a unit failed: if the controller now knows it dead, its
+ * bytes are lost (rc becomes TQ_ERR_LOST); else rc stands. */
+static int lost_or(tq_client *c, tq__lane_t *l, const tq_wire_extent_t *x, size_t n, int rc)
+{
+    if (rc != TQ_ERR_CONNECTION && rc != TQ_ERR_IO && rc != TQ_ERR_TIMEOUT)
+        return rc;
+    if (units_refresh(c, l) != TQ_OK)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        const tq__unit_t *u = x[i].length > 0 ? unit_find(l, x[i].unit) : NULL;
+        if (u != NULL && !u->alive)
+            return tq__set_error(c, TQ_ERR_LOST, "storage unit %u died during the transfer",
+                                 u->id);
+    }
+    return rc;
 }
 
 /* Wait for every unit posted to; an endpoint that failed is dropped, so the
@@ -936,8 +956,10 @@ int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
         rc = post_column(c, l, TQ_RMA_GET, m->fields[k].runs, m->fields[k].num_runs, row_ptrs[k],
                          m->fields[k].row_bytes, m->rows);
     int frc = units_flush(c, l);
-    lane_release(c, l);
     rc = rc != TQ_OK ? rc : frc;
+    for (uint16_t k = 0; rc != TQ_OK && rc != TQ_ERR_LOST && k < m->num_fields; k++)
+        rc = lost_or(c, l, m->fields[k].runs, m->fields[k].num_runs, rc);
+    lane_release(c, l);
     if (rc == TQ_OK && tq__now_ms() >= m->trusted_until_ms)
         rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the meta's lease ran out before its data was "
                                               "read: the rows may have been cleared meanwhile");

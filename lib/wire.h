@@ -218,7 +218,8 @@ typedef struct {
     uint64_t offset;
     uint64_t length;
 } tq_wire_extent_t;
-#define TQ_WIRE_NO_UNIT UINT32_MAX /* an empty extent */
+#define TQ_WIRE_NO_UNIT   UINT32_MAX       /* an empty extent */
+#define TQ_WIRE_LOST_UNIT (UINT32_MAX - 1) /* bytes on a unit that died: unreadable */
 
 /* ALLOC reply: the fixed part, then num_fields tq_wire_extent_t, one per field. */
 typedef struct {

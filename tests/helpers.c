@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctrl_conn.h"
+#include "util/common.h"
 #include "wire.h"
 
 extern char **environ;
@@ -269,7 +271,45 @@ static int wait_port_file(tq_test_cluster *cl, const char *path)
     return -1;
 }
 
+/* argv of a daemon: the fixed part, then extra (NULL-terminated, or NULL). */
+static char **daemon_argv(const char *const *fixed, size_t n, const char *const *extra)
+{
+    size_t m = 0;
+    while (extra != NULL && extra[m] != NULL)
+        m++;
+    char **argv = calloc(n + m + 1, sizeof(char *));
+    for (size_t i = 0; argv != NULL && i < n + m; i++)
+        argv[i] = (char *)(i < n ? fixed[i] : extra[i - n]);
+    return argv;
+}
+
+int tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
+                             const char *const *unit_args)
+{
+    if (cl->num_units == TQ_TEST_MAX_UNITS) {
+        fprintf(stderr, "helpers: at most %d units\n", TQ_TEST_MAX_UNITS);
+        return -1;
+    }
+    const char *storage_bin = TQ_BIN_DIR "/storage/tq-storage";
+    char log[128];
+    snprintf(log, sizeof(log), "%s/unit%u.log", cl->dir, cl->num_units);
+    const char *fixed[] = {storage_bin, "--controller", cl->address, "--pool-size", pool_size};
+    char **argv = daemon_argv(fixed, ARRAY_SIZE(fixed), unit_args);
+    pid_t pid = argv ? spawn(storage_bin, argv, environ, log) : -1;
+    free(argv);
+    if (pid < 0)
+        return -1;
+    cl->units[cl->num_units++] = pid;
+    return 0;
+}
+
 int tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *pool_size)
+{
+    return tq_test_cluster_start_with(cl, num_units, pool_size, NULL, NULL);
+}
+
+int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                               const char *const *controller_args, const char *const *unit_args)
 {
     memset(cl, 0, sizeof(*cl));
     if (num_units > TQ_TEST_MAX_UNITS) {
@@ -286,27 +326,19 @@ int tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *p
     snprintf(port_file, sizeof(port_file), "%s/port", cl->dir);
     snprintf(log, sizeof(log), "%s/controller.log", cl->dir);
     const char *controller_bin = TQ_BIN_DIR "/controller/tq-controller";
-    const char *storage_bin = TQ_BIN_DIR "/storage/tq-storage";
-
-    char *cargv[] = {(char *)controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file,
-                     NULL};
-    cl->controller = spawn(controller_bin, cargv, environ, log);
+    const char *fixed[] = {controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file};
+    char **cargv = daemon_argv(fixed, ARRAY_SIZE(fixed), controller_args);
+    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log) : -1;
+    free(cargv);
     if (cl->controller < 0) {
         cl->controller = 0;
         goto err;
     }
     if (wait_port_file(cl, port_file) != 0)
         goto err;
-
-    for (unsigned i = 0; i < num_units; i++) {
-        snprintf(log, sizeof(log), "%s/unit%u.log", cl->dir, i);
-        char *sargv[] = {(char *)storage_bin, "--controller", cl->address, "--pool-size",
-                         (char *)pool_size, NULL};
-        pid_t pid = spawn(storage_bin, sargv, environ, log);
-        if (pid < 0)
+    for (unsigned i = 0; i < num_units; i++)
+        if (tq_test_cluster_add_unit(cl, pool_size, unit_args) != 0)
             goto err;
-        cl->units[cl->num_units++] = pid;
-    }
     if (tq_test_wait_units(cl->address, num_units, TQ_TEST_START_TIMEOUT_MS) != 0)
         goto err;
     return 0;
@@ -365,6 +397,33 @@ uint16_t tq_test_cluster_port(const tq_test_cluster *cl)
 
 /* ---- helper processes ---- */
 
+pid_t tq_test_spawn_job(const char *job, const char *const *args)
+{
+    const char *fixed[] = {"tq-test-helper", job};
+    char **argv = daemon_argv(fixed, 2, args);
+    /* environ plus the marker that makes the constructor below take over */
+    size_t n = 0;
+    while (environ[n] != NULL)
+        n++;
+    char **envp = calloc(n + 2, sizeof(char *));
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    pid_t pid = -1;
+    if (argv != NULL && envp != NULL && len > 0) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (strncmp(environ[i], HELPER_ENV "=", sizeof(HELPER_ENV)) != 0)
+                envp[k++] = environ[i];
+        envp[k++] = HELPER_ENV "=1";
+        envp[k] = NULL;
+        self[len] = '\0';
+        pid = spawn(self, argv, envp, NULL);
+    }
+    free(envp);
+    free(argv);
+    return pid;
+}
+
 pid_t tq_test_spawn_put_range(const char *address, const char *partition, const char *field,
                               int64_t first, uint32_t count, int delay_ms)
 {
@@ -372,31 +431,8 @@ pid_t tq_test_spawn_put_range(const char *address, const char *partition, const 
     snprintf(s_first, sizeof(s_first), "%lld", (long long)first);
     snprintf(s_count, sizeof(s_count), "%u", count);
     snprintf(s_delay, sizeof(s_delay), "%d", delay_ms);
-    char *argv[] = {"tq-test-helper", "put_range", (char *)address, (char *)partition,
-                    (char *)field, s_first, s_count, s_delay, NULL};
-    /* environ plus the marker that makes the constructor below take over */
-    size_t n = 0;
-    while (environ[n] != NULL)
-        n++;
-    char **envp = calloc(n + 2, sizeof(char *));
-    if (envp == NULL)
-        return -1;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], HELPER_ENV "=", sizeof(HELPER_ENV)) != 0)
-            envp[k++] = environ[i];
-    envp[k++] = HELPER_ENV "=1";
-    envp[k] = NULL;
-    char self[4096];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (len <= 0) {
-        free(envp);
-        return -1;
-    }
-    self[len] = '\0';
-    pid_t pid = spawn(self, argv, envp, NULL);
-    free(envp);
-    return pid;
+    const char *args[] = {address, partition, field, s_first, s_count, s_delay, NULL};
+    return tq_test_spawn_job("put_range", args);
 }
 
 static int helper_put_range(int argc, char **argv)
@@ -436,6 +472,69 @@ static int helper_put_range(int argc, char **argv)
     return rc == TQ_OK ? 0 : 4;
 }
 
+#define JOB_MAX_MS 60000 /* a helper job ends by then whatever happens */
+
+static int helper_put_loop(int argc, char **argv)
+{
+    if (argc != 6)
+        return 2;
+    const char *address = argv[2], *partition = argv[3];
+    uint64_t row_bytes = strtoull(argv[4], NULL, 10);
+    uint32_t rows = (uint32_t)atoi(argv[5]);
+    tq_client *c;
+    int rc = tq_open(address, &c);
+    if (rc != TQ_OK)
+        return 3;
+    uint8_t *data = calloc(rows, row_bytes);
+    tq_batch *b = NULL;
+    int64_t shape[1] = {(int64_t)row_bytes};
+    rc = data != NULL ? tq_batch_create(rows, &b) : TQ_ERR_NOMEM;
+    if (rc == TQ_OK)
+        rc = tq_batch_add_tensor(b, "x", TQ_DTYPE_U8, 1, shape, data);
+    uint64_t end = tq_test_now_ms() + JOB_MAX_MS;
+    while (rc == TQ_OK && tq_test_now_ms() < end) /* until killed: that is the test */
+        rc = tq_put(c, partition, b, NULL, NULL);
+    tq_batch_destroy(b);
+    free(data);
+    tq_close(c);
+    return rc == TQ_OK ? 0 : 4;
+}
+
+/* An ALLOC over a raw control connection, never committed. */
+static int helper_alloc_hold(int argc, char **argv)
+{
+    if (argc != 6)
+        return 2;
+    const char *address = argv[2], *partition = argv[3], *ready = argv[5];
+    uint64_t bytes = strtoull(argv[4], NULL, 10);
+    tq_ctrl_conn cc;
+    char err[TQ_ERRMSG_MAX] = "";
+    if (tq__ctrl_connect(&cc, address, getenv("TQ_TOKEN"), TQ_ROLE_CLIENT, 5000, err) != TQ_OK) {
+        fprintf(stderr, "helper alloc_hold: %s\n", err);
+        return 3;
+    }
+    int64_t dims[1] = {(int64_t)bytes};
+    tq_wire_field_t f = {.name = {"x", 1}, .kind = TQ_FIELD_TENSOR, .dtype = TQ_DTYPE_U8,
+                         .ndim = 1, .dims = tq_array_of(dims, 1)};
+    size_t off = tq__ctrl_begin(&cc, TQ_MSG_ALLOC);
+    tq_wire_encode_alloc(&cc.out, &(tq_msg_alloc_t){.partition = {partition,
+                                                    (uint16_t)strlen(partition)},
+                                                    .rows = 1, .row_mode = TQ_ROWS_NEW,
+                                                    .num_fields = 1});
+    tq_wire_encode_field(&cc.out, &f);
+    tq_rbuf r;
+    if (tq__ctrl_call(&cc, off, 5000, &r, err) != TQ_OK) {
+        fprintf(stderr, "helper alloc_hold: %s\n", err);
+        return 4;
+    }
+    int fd = open(ready, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
+    tq_test_sleep_ms(JOB_MAX_MS);
+    tq__ctrl_close(&cc);
+    return 0;
+}
+
 /* Runs before Criterion's main: a re-executed test binary marked as a helper
  * does its job and exits without ever starting the test runner. */
 __attribute__((constructor)) static void helper_dispatch(int argc, char **argv, char **envp)
@@ -448,6 +547,10 @@ __attribute__((constructor)) static void helper_dispatch(int argc, char **argv, 
     int rc = 2;
     if (strcmp(argv[1], "put_range") == 0)
         rc = helper_put_range(argc, argv);
+    else if (strcmp(argv[1], "put_loop") == 0)
+        rc = helper_put_loop(argc, argv);
+    else if (strcmp(argv[1], "alloc_hold") == 0)
+        rc = helper_alloc_hold(argc, argv);
     else
         fprintf(stderr, "helper: unknown job %s\n", argv[1]);
     fflush(NULL);

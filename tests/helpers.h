@@ -35,6 +35,14 @@ typedef struct {
  * @return 0, or -1 after printing why (everything started is stopped again).
  */
 int  tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *pool_size);
+/* The same, with more arguments for the controller and for every unit
+ * (NULL-terminated lists, or NULL). */
+int  tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                                const char *const *controller_args, const char *const *unit_args);
+/* Start one more unit; it is unit cl->num_units - 1. @return 0, or -1 after
+ * printing why. It is not waited for: see tq_test_wait_units. */
+int  tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
+                              const char *const *unit_args);
 /* SIGTERM every daemon (units first), reap each within a bounded time, SIGKILL
  * the stubborn ones, remove the directory. Safe on a zeroed or stopped cluster.
  * @return how many daemons did not exit with status 0 (each named on stderr). */
@@ -98,6 +106,16 @@ int tq_test_wait_units(const char *address, unsigned n, int timeout_ms);
  */
 pid_t tq_test_spawn_put_range(const char *address, const char *partition, const char *field,
                               int64_t first, uint32_t count, int delay_ms);
+/*
+ * This test binary run again as a helper process doing one job (see
+ * helper_dispatch in helpers.c), with args after the job's name:
+ *   put_loop ADDRESS PARTITION ROW_BYTES ROWS: tq_put of ROWS rows of ROW_BYTES
+ *     bytes each, again and again, for at most 60 s;
+ *   alloc_hold ADDRESS PARTITION BYTES READY_FILE: an ALLOC of BYTES with no
+ *     COMMIT, READY_FILE created once it is answered, then held for 60 s.
+ * @return its pid (it dies with the test), or -1.
+ */
+pid_t tq_test_spawn_job(const char *job, const char *const *args);
 static inline int64_t tq_test_row_value(int64_t index) { return index * 7 + 3; }
 
 /* Reap child pid within timeout_ms (SIGKILL after that). @return its exit status

@@ -73,13 +73,13 @@ void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
             }
             if (cell->length == 0)
                 continue;
+            /* a dead unit's cells are named lost: the client fails fast, reads nothing */
+            uint32_t unit = cell->ext->unit->alive ? cell->ext->unit->id : TQ_WIRE_LOST_UNIT;
             tq_wire_extent_t *last = num_runs ? &runs[num_runs - 1] : NULL;
-            if (last != NULL && last->unit == cell->ext->unit->id &&
-                last->offset + last->length == cell->offset)
+            if (last != NULL && last->unit == unit && last->offset + last->length == cell->offset)
                 last->length += cell->length; /* adjacent cells: one read */
             else
-                runs[num_runs++] = (tq_wire_extent_t){cell->ext->unit->id, cell->offset,
-                                                      cell->length};
+                runs[num_runs++] = (tq_wire_extent_t){unit, cell->offset, cell->length};
         }
         bool tensor = f->kind == TQ_FIELD_TENSOR, nested = f->kind == TQ_FIELD_NESTED;
         tq_wire_meta_field_t w = {
