@@ -70,7 +70,8 @@ void tq__bufpool_unref(tq__bufpool *bp)
 void *tq__bufpool_get(tq__bufpool *bp, size_t size, size_t *cap_p)
 {
     size = size ? size : 1;
-    if (size < MAP_MIN) {
+    /* the capacity, not the size, says where a buffer came from (see release) */
+    if (TQ_ALIGN_UP(size, 64) < MAP_MIN) {
         void *buf = aligned_alloc(64, TQ_ALIGN_UP(size, 64));
         if (buf == NULL)
             return NULL;
