@@ -41,7 +41,7 @@ static void expect_no_leaks(void)
 
 static tq_partition_t *make_partition(const char *name)
 {
-    tq_partition_t *p = tq__partition_create(name);
+    tq_partition_t *p = tq__partition_create(name, NULL);
     cr_assert(ne(ptr, p, NULL));
     cr_assert(eq(str, p->name, (char *)name));
     cr_assert(eq(u64, p->num_slots, 0));

@@ -166,7 +166,7 @@ tq_partition_t *tq__partition_add(tq_controller *ctl, const char *name, int *sta
         *status_p = TQ_ERR_INVALID, *why_p = "too many partitions: clear one first";
         return NULL;
     }
-    tq_partition_t *p = tq__partition_create(name);
+    tq_partition_t *p = tq__partition_create(name, &ctl->meta_budget);
     if (p == NULL) {
         *status_p = TQ_ERR_NOMEM, *why_p = "out of memory";
         return NULL;
@@ -814,6 +814,7 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     ctl->lease_ms = cfg->lease_ms ? cfg->lease_ms : 60000;
     ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
     ctl->max_partitions = cfg->max_partitions ? cfg->max_partitions : 65536;
+    ctl->meta_budget.max = cfg->max_metadata ? cfg->max_metadata : 4ULL << 30;
     int rc = TQ_ERR_NOMEM;
     if (cfg->token != NULL && cfg->token[0] != '\0' && (ctl->token = strdup(cfg->token)) == NULL)
         goto err;

@@ -15,6 +15,7 @@ typedef struct {
     unsigned    lease_ms;             /* pins and uncommitted allocations (60000) */
     unsigned    max_connections;      /* more are closed at once (4096) */
     unsigned    max_partitions;       /* a put that would create more fails (65536) */
+    unsigned long long max_metadata;  /* bytes of row metadata of all partitions (4 GiB) */
 } tq_controller_config_t;
 
 /* Bind and listen. TQ_ERR_INVALID for a bad address, TQ_ERR_IO when binding fails. */

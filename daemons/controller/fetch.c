@@ -1,5 +1,6 @@
 /* fetch.c: GET_META: samplers, parked requests, and the pins of rows handed out. */
 #define TQ_LOG_COMPONENT "controller"
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,12 +185,19 @@ static meta_outcome_t reply_end_of_stream(conn_t *c, const tq_wire_header_t *h, 
     return META_DONE;
 }
 
-/* A kept batch still usable: every row still live. */
-static bool kept_valid(const tq_partition_t *p, const tq_kept_t *k)
+/* A kept batch still usable by this fetch: every row still live, with every
+ * field this caller names produced (another caller may have named others). */
+static bool kept_valid(const fetch_t *f, const tq_kept_t *k)
 {
-    for (uint32_t i = 0; i < k->num_rows; i++)
-        if ((uint64_t)k->rows[i] >= p->num_slots || p->state[k->rows[i]] != TQ_ROW_LIVE)
+    const tq_partition_t *p = f->p;
+    for (uint32_t i = 0; i < k->num_rows; i++) {
+        int64_t r = k->rows[i];
+        if ((uint64_t)r >= p->num_slots || p->state[r] != TQ_ROW_LIVE)
             return false;
+        for (uint16_t j = 0; j < f->m.num_fields; j++)
+            if (f->fields[j] == NULL || !f->fields[j]->cells[r].produced)
+                return false;
+    }
     return true;
 }
 
@@ -231,7 +239,7 @@ static meta_outcome_t sample_rank_aware(conn_t *c, const tq_wire_header_t *h, fe
     char key[TQ_WIRE_NAME_MAX + 64];
     snprintf(key, sizeof(key), "rank_aware\x1f%s\x1f%lld\x1f%lld", f->task, rank, index);
     tq_kept_t *k = tq__partition_kept(f->p, key);
-    if (k != NULL && kept_valid(f->p, k))
+    if (k != NULL && kept_valid(f, k))
         return serve_kept(c, h, f, k);
     if (k != NULL)
         tq__partition_unkeep(f->p, k); /* its rows were cleared: sample afresh */
@@ -349,7 +357,7 @@ static meta_outcome_t sample_seqlen(conn_t *c, const tq_wire_header_t *h, fetch_
     char key[TQ_WIRE_NAME_MAX + 96];
     snprintf(key, sizeof(key), "seqlen\x1f%s\x1f%lld\x1f%lld", f->task, index, rank);
     tq_kept_t *k = tq__partition_kept(f->p, key);
-    if (k != NULL && kept_valid(f->p, k))
+    if (k != NULL && kept_valid(f, k))
         return serve_kept(c, h, f, k);
 
     size_t want = (size_t)(f->m.batch_size / n) * (size_t)size;
@@ -509,7 +517,14 @@ static meta_outcome_t try_get_meta(conn_t *c, const tq_wire_header_t *h, const u
         f.have_fields = true;
         for (uint16_t i = 0; i < m->num_fields; i++)
             f.have_fields &= (f.fields[i] = tq__partition_field(f.p, tq__name_cstr(m->fields[i], name))) != NULL;
+        errno = 0;
         f.t = tq__partition_task(f.p, f.task, true);
+        if (f.t == NULL && errno == ENOSPC) {
+            tq__reply_error(c, h, TQ_ERR_NOSPACE, "no room for task %s: the controller's row "
+                            "metadata budget (--max-metadata) is spent", f.task);
+            out = META_DONE;
+            goto done;
+        }
         if (f.t == NULL || fetch_scan(&f) != TQ_OK) {
             tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
             out = META_DONE;

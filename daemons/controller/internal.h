@@ -121,6 +121,7 @@ struct tq_controller {
     uint64_t next_id;
     uint32_t next_unit_id;
     uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
+    tq_meta_budget_t meta_budget; /* all partitions' per-row arrays */
     tq_list  conns, to_flush, units, partitions, parked;
 };
 

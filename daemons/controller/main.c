@@ -23,16 +23,20 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: tq-controller [--listen HOST:PORT] [--port-file PATH] [--config FILE]\n"
             "                     [--token-file PATH] [--lease-ms N] [--max-connections N]\n"
-            "                     [--max-partitions N] [--sampler-plugin PATH.so]\n"
+            "                     [--max-partitions N] [--max-metadata SIZE]\n"
+            "                     [--sampler-plugin PATH.so]\n"
             "  --listen HOST:PORT  address to serve (default 127.0.0.1:7781; port 0 picks one)\n"
             "  --port-file PATH    write the bound HOST:PORT there\n"
             "  --config FILE       JSON object with keys listen, port_file, token, token_file,\n"
-            "                      sampler_plugin, lease_ms, max_connections, max_partitions\n"
+            "                      sampler_plugin, lease_ms, max_connections, max_partitions,\n"
+            "                      max_metadata\n"
             "  --token-file PATH   the shared secret, first line of PATH (wins over TQ_TOKEN)\n"
             "  --lease-ms N        pins and uncommitted allocations are let go after N ms\n"
             "                      (default 60000)\n"
             "  --max-connections N more connections are closed at once (default 4096)\n"
             "  --max-partitions N  puts that would create more fail (default 65536)\n"
+            "  --max-metadata SIZE row metadata of all partitions, about 100 bytes a row and\n"
+            "                      field; past it puts fail with NOSPACE (default 4G)\n"
             "  --sampler-plugin PATH.so  load custom samplers (tq/sampler.h); repeatable\n"
             "environment: TQ_TOKEN (shared secret), TQ_SAMPLER_PLUGIN (':'-separated .so paths),\n"
             "             TQ_LOG (error|warn|info|debug)\n");
@@ -42,6 +46,8 @@ int main(int argc, char **argv)
 {
     const char *listen = NULL, *port_file = NULL, *config = NULL, *token_file = NULL;
     const char *limits[3] = {NULL, NULL, NULL}; /* lease_ms, max_connections, max_partitions */
+    const char *max_metadata = NULL;
+    char *f_max_metadata = NULL;
     char *f_listen = NULL, *f_port_file = NULL, *f_token = NULL, *f_plugin = NULL; /* --config */
     char *f_token_file = NULL, *f_limits[3] = {NULL, NULL, NULL}, *token = NULL;
     char plugins[8192] = ""; /* every --sampler-plugin, ':'-separated */
@@ -52,16 +58,18 @@ int main(int argc, char **argv)
         {"token-file", required_argument, NULL, 't'}, {"lease-ms", required_argument, NULL, 'L'},
         {"max-connections", required_argument, NULL, 'C'},
         {"max-partitions", required_argument, NULL, 'P'},
+        {"max-metadata", required_argument, NULL, 'M'},
         {NULL, 0, NULL, 0},
     };
     int opt, rc = TQ_OK;
-    while ((opt = getopt_long(argc, argv, "l:p:c:s:t:L:C:P:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "l:p:c:s:t:L:C:P:M:hV", opts, NULL)) != -1) {
         switch (opt) {
         case 'l': listen = optarg; break;
         case 't': token_file = optarg; break;
         case 'L': limits[0] = optarg; break;
         case 'C': limits[1] = optarg; break;
         case 'P': limits[2] = optarg; break;
+        case 'M': max_metadata = optarg; break;
         case 'p': port_file = optarg; break;
         case 'c': config = optarg; break;
         case 's':
@@ -89,7 +97,8 @@ int main(int argc, char **argv)
                                   {"token", &f_token}, {"sampler_plugin", &f_plugin},
                                   {"token_file", &f_token_file}, {"lease_ms", &f_limits[0]},
                                   {"max_connections", &f_limits[1]},
-                                  {"max_partitions", &f_limits[2]}};
+                                  {"max_partitions", &f_limits[2]},
+                                  {"max_metadata", &f_max_metadata}};
         if (tq__config_load(config, keys, ARRAY_SIZE(keys), err, sizeof(err)) != 0) {
             fprintf(stderr, "tq-controller: %s\n", err);
             rc = TQ_ERR_INVALID;
@@ -99,6 +108,7 @@ int main(int argc, char **argv)
         port_file = port_file ? port_file : f_port_file;
         for (size_t i = 0; i < ARRAY_SIZE(limits); i++)
             limits[i] = limits[i] ? limits[i] : f_limits[i];
+        max_metadata = max_metadata ? max_metadata : f_max_metadata;
     }
     char err[512];
     if (tq__token_resolve(token_file, f_token_file, f_token, &token, err, sizeof(err)) != 0) {
@@ -121,12 +131,21 @@ int main(int argc, char **argv)
         }
         limit_values[i] = (unsigned)v;
     }
+    uint64_t metadata_bytes = 0;
+    if (max_metadata != NULL && (tq__parse_size(max_metadata, &metadata_bytes) != 0 ||
+                                 metadata_bytes < (1u << 20))) {
+        fprintf(stderr, "tq-controller: bad --max-metadata '%s' (a size of 1M or more)\n",
+                max_metadata);
+        rc = TQ_ERR_INVALID;
+        goto out;
+    }
 
     const char *plugin_list = plugins[0] ? plugins : f_plugin ? f_plugin : getenv("TQ_SAMPLER_PLUGIN");
     tq_controller_config_t cfg = {.listen = listen ? listen : "127.0.0.1:7781", .token = token,
                                   .sampler_plugins = plugin_list, .lease_ms = limit_values[0],
                                   .max_connections = limit_values[1],
-                                  .max_partitions = limit_values[2]};
+                                  .max_partitions = limit_values[2],
+                                  .max_metadata = metadata_bytes};
     rc = tq__controller_create(&cfg, &the_controller);
     if (rc != TQ_OK) {
         fprintf(stderr, "tq-controller: cannot start: %s\n", tq_status_string(rc));
@@ -162,6 +181,7 @@ out:
     free(f_token);
     free(f_plugin);
     free(f_token_file);
+    free(f_max_metadata);
     free(token);
     for (size_t i = 0; i < ARRAY_SIZE(f_limits); i++)
         free(f_limits[i]);

@@ -1,6 +1,7 @@
 /* partition.c: rows, fields, production and consumption of one partition. */
 #include "controller/partition.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,11 +16,31 @@ void tq__extent_unref(tq_extent *ext)
     free(ext);
 }
 
-tq_partition_t *tq__partition_create(const char *name)
+/* What the per-row arrays take at cap slots, with fields fields and tasks tasks. */
+static uint64_t meta_bytes(uint64_t cap, uint32_t fields, uint32_t tasks)
+{
+    return cap * (1 + sizeof(tq_kv_key_t *) + fields * sizeof(tq_cell_t) + tasks);
+}
+
+/* Charge the partition's arrays at that shape to its budget, if it fits. */
+static bool budget_charge(tq_partition_t *p, uint64_t cap, uint32_t fields, uint32_t tasks)
+{
+    uint64_t want = meta_bytes(cap, fields, tasks);
+    if (p->budget == NULL)
+        return true;
+    if (want > p->charged && p->budget->used + (want - p->charged) > p->budget->max)
+        return false;
+    p->budget->used = p->budget->used - p->charged + want;
+    p->charged = want;
+    return true;
+}
+
+tq_partition_t *tq__partition_create(const char *name, tq_meta_budget_t *budget)
 {
     tq_partition_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
+    p->budget = budget;
     p->name = strdup(name);
     if (p->name == NULL) {
         free(p);
@@ -81,6 +102,8 @@ void tq__partition_destroy(tq_partition_t *p)
         tq__partition_unkeep(p, tq_list_entry(pos, tq_kept_t, link));
     tq_hashmap_destroy(p->keys);
     tq_hashmap_destroy(p->kept);
+    if (p->budget != NULL)
+        p->budget->used -= p->charged;
     free(p->row_keys);
     free(p->fields);
     free(p->state);
@@ -100,6 +123,8 @@ static int grow_slots(tq_partition_t *p, uint64_t slots)
     while (cap < slots)
         cap *= 2;
     uint64_t old = p->cap_slots;
+    if (!budget_charge(p, cap, p->num_fields, p->num_tasks))
+        return TQ_ERR_NOSPACE;
 
 #define GROW(ptr, elem)                                                        \
     do {                                                                       \
@@ -133,6 +158,10 @@ tq_field_t *tq__partition_field(tq_partition_t *p, const char *name)
 tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
                                     tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape)
 {
+    if (!budget_charge(p, p->cap_slots, p->num_fields + 1, p->num_tasks)) {
+        errno = ENOSPC;
+        return NULL;
+    }
     if (p->num_fields == p->cap_fields) {
         uint32_t cap = p->cap_fields ? p->cap_fields * 2 : 8;
         tq_field_t *fields = realloc(p->fields, cap * sizeof(*fields));
@@ -334,6 +363,10 @@ tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create)
     }
     if (!create)
         return NULL;
+    if (!budget_charge(p, p->cap_slots, p->num_fields, p->num_tasks + 1)) {
+        errno = ENOSPC;
+        return NULL;
+    }
     tq_task_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return NULL;
@@ -346,6 +379,7 @@ tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create)
         return NULL;
     }
     tq_list_insert_tail(&p->tasks, &t->link);
+    p->num_tasks++;
     return t;
 }
 

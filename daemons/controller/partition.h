@@ -96,24 +96,40 @@ typedef struct tq_partition {
     bool        sealed;      /* no new rows will come */
     tq_hashmap *kept;        /* key -> tq_kept_t */
     tq_list     kept_order;
+    uint32_t    num_tasks;
+    struct tq_meta_budget *budget; /* NULL: no limit */
+    uint64_t    charged;     /* bytes of per-row arrays charged to the budget */
 } tq_partition_t;
+
+/*
+ * Bytes the per-row arrays of all partitions may take together. Row metadata
+ * costs about 100 bytes a row and field whether or not the row holds data, so
+ * without a bound one small request (a huge row index, a million empty rows)
+ * could take the controller's memory.
+ */
+typedef struct tq_meta_budget {
+    uint64_t used, max;
+} tq_meta_budget_t;
 
 /* Largest row index + 1 a partition accepts. */
 #define TQ_MAX_ROWS_PER_PARTITION (1LL << 31)
 
-tq_partition_t *tq__partition_create(const char *name);
+/* A partition charging its row metadata to budget (NULL: unbounded). */
+tq_partition_t *tq__partition_create(const char *name, tq_meta_budget_t *budget);
 /* Frees every cell reference; pending allocs must be detached first. */
 void tq__partition_destroy(tq_partition_t *p);
 
 tq_field_t *tq__partition_field(tq_partition_t *p, const char *name);
-/* Add a field with that schema; NULL when out of memory. */
+/* Add a field with that schema; NULL when out of memory or past the budget. */
 tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
                                     tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape);
 
-/* Reserve n new rows, lowest free index first, writing them to out. */
+/* Reserve n new rows, lowest free index first, writing them to out.
+ * TQ_ERR_NOSPACE when the metadata budget cannot hold them. */
 int tq__partition_reserve_new(tq_partition_t *p, uint32_t n, int64_t *out);
 /* Reserve the given rows (live ones stay live: an overwrite). TQ_ERR_INVALID
- * for an index out of range or repeated; nothing is reserved then. */
+ * for an index out of range or repeated, TQ_ERR_NOSPACE past the metadata
+ * budget; nothing is reserved then. */
 int tq__partition_reserve(tq_partition_t *p, uint32_t n, const int64_t *indexes);
 /* Give back rows reserved but never committed. */
 void tq__partition_unreserve(tq_partition_t *p, uint32_t n, const int64_t *indexes);

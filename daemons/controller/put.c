@@ -1,5 +1,6 @@
 /* put.c: the two-phase put: ALLOC reserves rows and extents, COMMIT makes them visible. */
 #define TQ_LOG_COMPONENT "controller"
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,9 @@
 #include "util/common.h"
 #include "util/hashmap.h"
 #include "util/log.h"
+
+#define METADATA_SPENT    "the controller's row metadata budget (--max-metadata) is spent"
+#define MAX_CELLS_PER_PUT (1u << 22) /* rows x fields: bounds one request's work and memory */
 
 static void alloc_free(alloc_t *a)
 {
@@ -198,6 +202,11 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     }
     *wait_ms_p = m.wait_ms;
     bool wait = false;
+    if ((uint64_t)m.rows * (m.num_fields ? m.num_fields : 1) > MAX_CELLS_PER_PUT) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "a put may hold at most %u cells (rows x fields)",
+                        MAX_CELLS_PER_PUT);
+        return ALLOC_ANSWERED;
+    }
 
     alloc_t *a = calloc(1, sizeof(*a));
     if (a == NULL) {
@@ -270,12 +279,13 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     if (m.row_mode == TQ_ROWS_INDEXES) {
         memcpy(a->indexes, m.indexes.ptr, (size_t)m.rows * 8);
         status = tq__partition_reserve(p, m.rows, a->indexes);
-        why = "an index is negative, too large or repeated";
+        why = status == TQ_ERR_NOSPACE ? METADATA_SPENT
+                                       : "an index is negative, too large or repeated";
     } else {
         /* keyed rows get fresh rows too: commit binds each key to its row then,
          * so a key cleared or created meanwhile cannot take someone else's row */
         status = tq__partition_reserve_new(p, m.rows, a->indexes);
-        why = "too many rows";
+        why = status == TQ_ERR_NOSPACE ? METADATA_SPENT : "too many rows";
     }
     if (status != TQ_OK)
         goto err;
@@ -425,9 +435,10 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
         if (f == NULL) {
             f = tq__partition_add_field(p, af->name, af->kind, af->dtype, af->ndim, af->row_shape);
             if (f == NULL) {
+                bool budget = errno == ENOSPC;
                 tq__alloc_abort(a);
-                *why = "out of memory";
-                return TQ_ERR_NOMEM;
+                *why = budget ? METADATA_SPENT : "out of memory";
+                return budget ? TQ_ERR_NOSPACE : TQ_ERR_NOMEM;
             }
         } else if (f->kind == TQ_FIELD_TENSOR &&
                    (af->kind != TQ_FIELD_TENSOR ||
