@@ -10,6 +10,7 @@
 
 #include "tq/tq.h"
 #include "wire.h"
+#include "wire_touch.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 #define STR(lit)   ((tq_str_t){(lit), (uint16_t)(sizeof(lit) - 1)})
@@ -19,26 +20,6 @@
 
 /* ---- helpers ---- */
 
-/* Reading every byte a decoder hands out makes ASan catch a pointer past the body. */
-static volatile uint64_t sink;
-
-static void touch(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    uint64_t s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += b[i];
-    sink += s;
-}
-static void touch_str(tq_str_t s) { touch(s.ptr, s.len); }
-static void touch_blob(tq_blob_t b) { touch(b.ptr, b.len); }
-static void touch_array(tq_array_t a)
-{
-    uint64_t s = 0;
-    for (uint32_t i = 0; i < a.count; i++)
-        s += tq_array_u64(a, i);
-    sink += s;
-}
 
 /* A copy of n bytes in a heap block of exactly n bytes; for n == 0 the pointer is
  * the end of a 1-byte block, so even a 1-byte read is an overflow. */

@@ -8,6 +8,7 @@
 
 #include "tq/tq.h"
 #include "wire.h"
+#include "../wire_touch.h"
 
 /*
  * The input is a byte stream cut into frames as the controller's connection
@@ -38,25 +39,6 @@ static void fail(const char *fmt, ...)
 
 /* ---- reading what decoders hand out ---- */
 
-static volatile uint64_t sink;
-
-static void touch(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    uint64_t s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += b[i];
-    sink += s;
-}
-static void touch_str(tq_str_t s) { touch(s.ptr, s.len); }
-static void touch_blob(tq_blob_t b) { touch(b.ptr, b.len); }
-static void touch_array(tq_array_t a)
-{
-    uint64_t s = 0;
-    for (uint32_t i = 0; i < a.count; i++)
-        s += tq_array_u64(a, i);
-    sink += s;
-}
 
 /* A name as wire.h defines it, or "" where the message allows an empty one. */
 static void want_name(const char *what, tq_str_t s, bool may_be_empty)
@@ -432,7 +414,7 @@ static void reply(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     case TQ_MSG_GET_META:
     case TQ_MSG_KV_GET: meta_reply(r, w); break;
     case TQ_MSG_CLEAR:
-    case TQ_MSG_KV_CLEAR: sink += tq_wire_get_u32(r); break;
+    case TQ_MSG_KV_CLEAR: wire_touch_sink += tq_wire_get_u32(r); break;
     case TQ_MSG_KV_LIST: {
         uint32_t n = tq_wire_get_u32(r);
         for (uint32_t i = 0; !r->failed && i < n; i++) {
@@ -518,7 +500,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             request(h.type, &r, &w);
         if (r.p < body || r.p > r.end)
             fail("a decoder moved the cursor outside the body");
-        sink += tq_rbuf_done(&r);
+        wire_touch_sink += tq_rbuf_done(&r);
         free(base);
         pos += h.body_len;
     }
