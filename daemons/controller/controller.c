@@ -716,6 +716,16 @@ static int run_timers(tq_controller *ctl)
         if (!u->alive)
             continue;
         uint64_t due = u->last_heartbeat_ms + (uint64_t)ctl->heartbeat_timeout_ms;
+        if (due <= now && u->conn != NULL) {
+            /* if this loop was the one stalled (stopped, swapped out), the unit's
+             * heartbeats are waiting in its socket: read them before judging it */
+            conn_t *c = u->conn;
+            if (!conn_read(c))
+                conn_close(c); /* the unit is dead now, for its closed connection */
+            due = u->last_heartbeat_ms + (uint64_t)ctl->heartbeat_timeout_ms;
+        }
+        if (!u->alive)
+            continue;
         if (due <= now) {
             conn_t *c = u->conn;
             unit_mark_dead(u, "no heartbeat", false);
