@@ -26,6 +26,9 @@ for p in "$prefix"/bin/*; do
   "$p" --version | grep -q "0\.1" || { echo "$(basename "$p") --version: no version"; exit 1; }
   echo "$(basename "$p"): --help, --version"
 done
+for unit in tq-controller tq-storage; do
+  [ -f "$prefix/share/tqrdma/systemd/$unit.service" ] || { echo "no $unit.service installed"; exit 1; }
+done
 for page in "$prefix"/share/man/man1/*.1; do
   [ -e "$page" ] || { echo "no man pages installed"; exit 1; }
   grep -q '^\.TH' "$page" || { echo "$page: not a man page"; exit 1; }
