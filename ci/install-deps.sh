@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang
   libibverbs-dev librdmacm-dev libucx-dev ucx-utils libfabric-dev
-  libcjson-dev libcriterion-dev iproute2
+  libcjson-dev libcriterion-dev iproute2 python3 python3-numpy
   "$@"
 )
 
