@@ -393,44 +393,53 @@ static void lane_release(tq_client *c, tq__lane_t *l)
 
 /* ---- open and close ---- */
 
-static int open_config(tq_client *c, const char *path, char **target_p)
+/* A client's settings: tq_open's target wins, then the environment, then the
+ * config file (a target or $TQ_CONTROLLER ending in .json). */
+enum { CO_CONTROLLER, CO_TOKEN_FILE, CO_TOKEN, CO_TIMEOUT_MS, CO_LANES, CO_TRANSPORT,
+       CO_POOL_SIZE, CO_COUNT };
+
+static const tq_config_opt_t client_options[CO_COUNT] = {
+    [CO_CONTROLLER] = {NULL, "TQ_CONTROLLER", "controller", NULL, "", NULL},
+    [CO_TOKEN_FILE] = {NULL, "TQ_TOKEN_FILE", "token_file", NULL, "", NULL},
+    [CO_TOKEN] = {NULL, "TQ_TOKEN", "token", NULL, "", NULL},
+    [CO_TIMEOUT_MS] = {NULL, "TQ_TIMEOUT_MS", "timeout_ms", NULL, "", NULL},
+    [CO_LANES] = {NULL, "TQ_LANES", "lanes", NULL, "", NULL},
+    [CO_TRANSPORT] = {NULL, "TQ_TRANSPORT", "transport", NULL, "", "auto"},
+    [CO_POOL_SIZE] = {NULL, "TQ_POOL_SIZE", "pool_size", NULL, "", "256M"},
+};
+
+static bool is_config_path(const char *s)
 {
-    char *controller = NULL, *token = NULL, *token_file = NULL, *timeout = NULL, *lanes = NULL;
-    char err[512];
-    tq_config_key_t keys[] = {{"controller", &controller}, {"token", &token},
-                              {"token_file", &token_file}, {"timeout_ms", &timeout},
-                              {"lanes", &lanes}};
-    int rc = TQ_OK;
-    if (tq__config_load(path, keys, ARRAY_SIZE(keys), err, sizeof(err)) != 0) {
-        rc = tq__set_error(c, TQ_ERR_INVALID, "%s", err);
-        goto out;
+    size_t len = s ? strlen(s) : 0;
+    return len > 5 && strcmp(s + len - 5, ".json") == 0;
+}
+
+/* Resolve and check every setting; values go to c, the controller's target to opts. */
+static int client_settings(tq_client *c, const char *target, tq_config_opt_t *opts,
+                           uint64_t *pool_size)
+{
+    const char *config = NULL;
+    if (is_config_path(target)) {
+        config = target;
+    } else if (target != NULL) {
+        if ((opts[CO_CONTROLLER].value = strdup(target)) == NULL)
+            return TQ_ERR_NOMEM;
+        opts[CO_CONTROLLER].from = TQ_FROM_FLAG;
+    } else if (is_config_path(getenv("TQ_CONTROLLER"))) {
+        config = getenv("TQ_CONTROLLER");
+        opts[CO_CONTROLLER].env = NULL; /* it named the file, not the controller */
     }
-    if (token_file != NULL) {
-        free(token);
-        token = NULL;
-        if (tq__token_file_read(token_file, &token, err, sizeof(err)) != 0) {
-            rc = tq__set_error(c, TQ_ERR_INVALID, "config %s: %s", path, err);
-            goto out;
-        }
-    }
-    if (token != NULL) {
-        free(c->token);
-        c->token = token;
-        token = NULL;
-    }
-    if (timeout != NULL && (c->timeout_ms = atoi(timeout)) <= 0) {
-        rc = tq__set_error(c, TQ_ERR_INVALID, "config %s: timeout_ms must be positive", path);
-        goto out;
-    }
-    if (lanes != NULL && ((c->max_lanes = (unsigned)atoi(lanes)) < 1 || c->max_lanes > TQ_MAX_LANES)) {
-        rc = tq__set_error(c, TQ_ERR_INVALID, "config %s: lanes must be 1 to %d", path, TQ_MAX_LANES);
-        goto out;
-    }
-    *target_p = controller; /* NULL: embedded */
-    controller = NULL;
-out:
-    free(controller), free(token), free(token_file), free(timeout), free(lanes);
-    return rc;
+    char err[TQ_ERRMSG_MAX];
+    unsigned long timeout = DEFAULT_TIMEOUT_MS, lanes = DEFAULT_LANES;
+    if (tq__config_resolve(opts, CO_COUNT, config, err, sizeof(err)) != 0 ||
+        tq__config_uint(&opts[CO_TIMEOUT_MS], 1, INT32_MAX, &timeout, err, sizeof(err)) != 0 ||
+        tq__config_uint(&opts[CO_LANES], 1, TQ_MAX_LANES, &lanes, err, sizeof(err)) != 0 ||
+        tq__config_size(&opts[CO_POOL_SIZE], 1u << 20, pool_size, err, sizeof(err)) != 0 ||
+        tq__token_resolve(&opts[CO_TOKEN_FILE], &opts[CO_TOKEN], &c->token, err, sizeof(err)) != 0)
+        return tq__set_error(c, TQ_ERR_INVALID, "%s", err);
+    c->timeout_ms = (int)timeout;
+    c->max_lanes = (unsigned)lanes;
+    return TQ_OK;
 }
 
 static int shared_transports(tq_client *c, void *ctx, uint32_t i, uint32_t n,
@@ -503,33 +512,19 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
         return TQ_ERR_NOMEM;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->lane_freed, NULL);
-    c->timeout_ms = DEFAULT_TIMEOUT_MS;
-    const char *env_timeout = getenv("TQ_TIMEOUT_MS");
-    if (env_timeout != NULL && (c->timeout_ms = atoi(env_timeout)) <= 0) {
-        c->timeout_ms = DEFAULT_TIMEOUT_MS;
-        tq_warn("TQ_TIMEOUT_MS=%s is not a positive number of ms: using %d", env_timeout,
-                DEFAULT_TIMEOUT_MS);
-    }
-    c->max_lanes = DEFAULT_LANES;
+    tq_config_opt_t opts[CO_COUNT];
+    memcpy(opts, client_options, sizeof(opts));
+    uint64_t pool_size = 0;
     int rc = TQ_ERR_NOMEM;
-    char *config_target = NULL;
     if ((c->recv = tq__bufpool_create(RECV_CACHE_BYTES)) == NULL)
         goto err;
-    const char *env_token = getenv("TQ_TOKEN");
-    if (env_token != NULL && (c->token = strdup(env_token)) == NULL)
+    if ((rc = client_settings(c, target, opts, &pool_size)) != TQ_OK)
         goto err;
-    if (target == NULL)
-        target = getenv("TQ_CONTROLLER");
-
-    size_t len = target ? strlen(target) : 0;
-    if (len > 5 && strcmp(target + len - 5, ".json") == 0) {
-        if ((rc = open_config(c, target, &config_target)) != TQ_OK)
-            goto err;
-        target = config_target;
-    }
+    target = opts[CO_CONTROLLER].value;
     char err[TQ_ERRMSG_MAX] = "", address[128];
     if (target == NULL || target[0] == '\0' || strcmp(target, "embedded") == 0) {
-        rc = tq__embedded_start(c->token, address, sizeof(address), err, &c->embedded);
+        rc = tq__embedded_start(c->token, pool_size, address, sizeof(address), err,
+                                &c->embedded);
         if (rc != TQ_OK) {
             call_error(c, rc, err);
             goto err;
@@ -547,18 +542,18 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
     rc = TQ_ERR_NOMEM;
     if ((c->target = strdup(target)) == NULL)
         goto err;
-    if ((rc = pick_transport(c, getenv("TQ_TRANSPORT"))) != TQ_OK)
+    if ((rc = pick_transport(c, opts[CO_TRANSPORT].value)) != TQ_OK)
         goto err;
     /* one lane now: the controller and a transport are reachable, or we fail here */
     tq__lane_t *lane;
     if ((rc = lane_acquire(c, &lane)) != TQ_OK)
         goto err;
     lane_release(c, lane);
-    free(config_target);
+    tq__config_free(opts, CO_COUNT);
     *client_p = c;
     return TQ_OK;
 err:
-    free(config_target);
+    tq__config_free(opts, CO_COUNT);
     /* keep the detail readable after the client is gone: tie it to no client */
     last_error.client = NULL;
     client_free(c);

@@ -12,8 +12,6 @@
 #include "tq/tq.h"
 #include "util/common.h"
 
-#define EMBEDDED_POOL_DEFAULT (256ULL << 20)
-
 struct tq__embedded {
     tq_controller *controller;
     tq_storage    *storage;
@@ -33,15 +31,9 @@ static void *storage_main(void *arg)
     return NULL;
 }
 
-int tq__embedded_start(const char *token, char *address, size_t cap, char *err,
-                       tq__embedded **e_p)
+int tq__embedded_start(const char *token, uint64_t pool, char *address, size_t cap,
+                       char *err, tq__embedded **e_p)
 {
-    uint64_t pool = EMBEDDED_POOL_DEFAULT;
-    const char *env = getenv("TQ_POOL_SIZE");
-    if (env != NULL && tq__parse_size(env, &pool) != 0) {
-        snprintf(err, TQ_ERRMSG_MAX, "bad TQ_POOL_SIZE '%s' (e.g. 256M, 4G)", env);
-        return TQ_ERR_INVALID;
-    }
     tq__embedded *e = calloc(1, sizeof(*e));
     if (e == NULL)
         return TQ_ERR_NOMEM;

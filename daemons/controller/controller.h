@@ -9,6 +9,7 @@ typedef struct tq_controller tq_controller;
 typedef struct {
     const char *listen;               /* "host:port"; port 0 picks a free one */
     const char *token;                /* NULL or "": no authentication */
+    const char *metrics;              /* "host:port" to serve /metrics on, or NULL */
     int         heartbeat_timeout_ms; /* a unit silent this long is dead; 0: 3000 */
     const char *sampler_plugins;      /* ':'-separated shared objects, or NULL */
     /* Leases and limits; 0 takes the default in parentheses. */

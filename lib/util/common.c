@@ -17,10 +17,16 @@ uint64_t tq__now_ns(void)
 #define TQ_SPIN_US_DEFAULT 50
 #define TQ_SPIN_US_MAX     100000
 
+static _Atomic int64_t spin_ns = -1; /* -1: read $TQ_SPIN_US on first use */
+
+void tq__spin_set_us(unsigned us)
+{
+    spin_ns = (int64_t)TQ_MIN(us, (unsigned)TQ_SPIN_US_MAX) * 1000;
+}
+
 uint64_t tq__spin_ns(void)
 {
-    static _Atomic int64_t cached = -1; /* the environment is read once */
-    int64_t ns = cached;
+    int64_t ns = spin_ns;
     if (ns < 0) {
         const char *env = getenv("TQ_SPIN_US");
         char *end = NULL;
@@ -28,7 +34,7 @@ uint64_t tq__spin_ns(void)
         if (env != NULL && (end == env || *end != '\0'))
             us = TQ_SPIN_US_DEFAULT;
         ns = (int64_t)TQ_MIN(us, (unsigned long)TQ_SPIN_US_MAX) * 1000;
-        cached = ns;
+        spin_ns = ns;
     }
     return (uint64_t)ns;
 }

@@ -47,6 +47,8 @@ static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
  * 20-30 us a side on virtual machines, more than a control round trip.
  */
 uint64_t tq__spin_ns(void);
+/* Override $TQ_SPIN_US (a daemon's --spin-us). */
+void tq__spin_set_us(unsigned us);
 
 /* Little-endian integers in byte buffers (blobs that cross the network). */
 static inline void tq_put_le32(uint8_t *p, uint32_t v)

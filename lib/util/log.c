@@ -12,14 +12,36 @@ static tq_log_level_t log_level = TQ_LOG_WARN;
 static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 static const char *const log_names[] = {"error", "warn", "info", "debug"};
 
+static int level_named(const char *name)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, log_names[i]) == 0)
+            return i;
+    return -1;
+}
+
 static void log_init(void)
 {
     const char *env = getenv("TQ_LOG");
-    if (env == NULL)
-        return;
-    for (int i = 0; i < 4; i++)
-        if (strcmp(env, log_names[i]) == 0)
-            log_level = (tq_log_level_t)i;
+    int level = env ? level_named(env) : -1;
+    if (level >= 0)
+        log_level = (tq_log_level_t)level;
+    else if (env != NULL)
+        tq__log(TQ_LOG_WARN, "tq", "TQ_LOG=%s is not error, warn, info or debug: using warn", env);
+}
+
+int tq__log_set_level(const char *name, char *err, size_t cap)
+{
+    pthread_once(&log_once, log_init);
+    if (name == NULL)
+        return 0;
+    int level = level_named(name);
+    if (level < 0) {
+        snprintf(err, cap, "bad log level '%s': want error, warn, info or debug", name);
+        return -1;
+    }
+    log_level = (tq_log_level_t)level;
+    return 0;
 }
 
 tq_log_level_t tq__log_level(void)

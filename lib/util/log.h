@@ -4,8 +4,13 @@
 
 typedef enum { TQ_LOG_ERROR, TQ_LOG_WARN, TQ_LOG_INFO, TQ_LOG_DEBUG } tq_log_level_t;
 
+#include <stddef.h>
+
 /* The level comes from $TQ_LOG on first use (default warn). */
 tq_log_level_t tq__log_level(void);
+/* Set the level by name before threads start (NULL: keep it). -1 and a
+ * message in err for an unknown name. */
+int tq__log_set_level(const char *name, char *err, size_t cap);
 void tq__log(tq_log_level_t level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
