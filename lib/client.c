@@ -1079,9 +1079,16 @@ static int info_unit(tq_client *c, void *ctx, uint32_t i, uint32_t n, const tq_w
     infos_t *infos = ctx;
     if (i == 0 && (infos->units = calloc(n ? n : 1, sizeof(tq_unit_info_t))) == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-    if (w != NULL)
-        infos->units[infos->n++] = (tq_unit_info_t){w->id, w->incarnation, w->capacity, w->used,
-                                                    w->alive};
+    if (w == NULL)
+        return TQ_OK;
+    tq_unit_info_t *u = &infos->units[infos->n++];
+    *u = (tq_unit_info_t){w->id, w->incarnation, w->capacity, w->used, w->alive, ""};
+    size_t len = 0;
+    for (uint8_t t = 0; t < w->num_transports; t++) {
+        int k = snprintf(u->transports + len, sizeof(u->transports) - len, "%s%.*s",
+                         t ? "," : "", (int)w->transports[t].name.len, w->transports[t].name.ptr);
+        len = TQ_MIN(len + (size_t)TQ_MAX(k, 0), sizeof(u->transports) - 1);
+    }
     return TQ_OK;
 }
 
@@ -1099,6 +1106,36 @@ TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
     }
     *units_p = infos.units;
     return (int)infos.n;
+}
+
+TQ_EXPORT int tq_partitions(tq_client *c, const char *partition, char **json_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    if (json_p == NULL || (partition != NULL && !tq__valid_name(partition)))
+        return tq__set_error(c, TQ_ERR_INVALID, "json_p is NULL or partition is not a name");
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_PARTITIONS);
+    tq_wire_encode_partition_filter(&cc->out, partition);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK) {
+        tq_blob_t b = tq_wire_get_blob(&r);
+        char *text = tq_rbuf_done(&r) ? malloc((size_t)b.len + 1) : NULL;
+        if (!tq_rbuf_done(&r))
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed partitions reply");
+        else if (text == NULL)
+            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+        else {
+            memcpy(text, b.ptr, b.len);
+            text[b.len] = '\0';
+            *json_p = text;
+        }
+    }
+    tq__conn_release(c, cc);
+    return rc;
 }
 
 TQ_EXPORT int tq_partition_seal(tq_client *c, const char *partition)

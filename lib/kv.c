@@ -210,7 +210,7 @@ TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **en
     if (rc != TQ_OK)
         return rc;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_LIST);
-    tq_wire_encode_kv_list(&cc->out, partition);
+    tq_wire_encode_partition_filter(&cc->out, partition);
     tq_rbuf r;
     tq_kv_entries *e = NULL;
     if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)

@@ -638,9 +638,9 @@ int tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m)
     return decoded(r);
 }
 
-void tq_wire_encode_kv_list(tq_wbuf *w, const char *partition) { tq_wire_put_cstr(w, partition); }
+void tq_wire_encode_partition_filter(tq_wbuf *w, const char *partition) { tq_wire_put_cstr(w, partition); }
 
-int tq_wire_decode_kv_list(tq_rbuf *r, tq_str_t *partition)
+int tq_wire_decode_partition_filter(tq_rbuf *r, tq_str_t *partition)
 {
     *partition = tq_wire_get_str(r);
     if (!r->failed && partition->len > 0 && !tq_str_is_name(*partition))

@@ -51,6 +51,7 @@ typedef enum {
     TQ_MSG_CONSUMPTION_STATUS,/* per row: consumed by a task */
     TQ_MSG_CANCEL,            /* a connection (by id) stops waiting for rows */
     TQ_MSG_UNIT_LEAVE,        /* storage unit: shutting down in order, no reply */
+    TQ_MSG_PARTITIONS,        /* rows, fields and tasks of partitions */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -288,8 +289,11 @@ typedef struct {
 } tq_msg_kv_get_t;
 
 /* KV_CLEAR request: partition, u32 count, then count keys. Reply: u32 removed.
- * KV_LIST request: partition ("" for every partition). Reply: u32 count, then
- * count tq_wire_kv_entry_t. */
+ * KV_LIST request: a partition filter. Reply: u32 count, then count
+ * tq_wire_kv_entry_t.
+ * PARTITIONS request: a partition filter. Reply: a blob of JSON, an array of
+ * {"partition", "sealed", "rows", "fields": {name: produced},
+ *  "tasks": {name: {"consumed", "ready"}}}. */
 typedef struct {
     tq_str_t partition;
     uint32_t count;
@@ -349,8 +353,9 @@ void tq_wire_encode_kv_get(tq_wbuf *w, const tq_msg_kv_get_t *m);
 int  tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m);
 void tq_wire_encode_kv_keys(tq_wbuf *w, const tq_msg_kv_keys_t *m);
 int  tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m);
-void tq_wire_encode_kv_list(tq_wbuf *w, const char *partition /* NULL: all */);
-int  tq_wire_decode_kv_list(tq_rbuf *r, tq_str_t *partition);
+/* A partition's name, or "" for every partition. */
+void tq_wire_encode_partition_filter(tq_wbuf *w, const char *partition /* NULL: all */);
+int  tq_wire_decode_partition_filter(tq_rbuf *r, tq_str_t *partition);
 void tq_wire_encode_status(tq_wbuf *w, const tq_msg_status_t *m);
 int  tq_wire_decode_status(tq_rbuf *r, tq_msg_status_t *m);
 void tq_wire_encode_kv_entry(tq_wbuf *w, const tq_wire_kv_entry_t *m);

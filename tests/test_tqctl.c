@@ -77,3 +77,86 @@ Test(tqctl, status_keys_clear_and_seal, .timeout = 120)
     tq_close(c);
     cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
 }
+
+/* Field "prompt" on 8 rows, "response" on the first 5; task "train" takes 3. */
+static void put_rollout(tq_client *c)
+{
+    int32_t prompt[8], response[5];
+    int64_t one = 1, rows[5] = {0, 1, 2, 3, 4};
+    for (int i = 0; i < 8; i++)
+        prompt[i] = i;
+    for (int i = 0; i < 5; i++)
+        response[i] = 100 + i;
+    tq_batch *b;
+    cr_assert(eq(int, tq_batch_create(8, &b), TQ_OK));
+    cr_assert(eq(int, tq_batch_add_tensor(b, "prompt", TQ_DTYPE_I32, 1, &one, prompt), TQ_OK));
+    cr_assert(eq(int, tq_put(c, "rl", b, NULL, NULL), TQ_OK));
+    tq_batch_destroy(b);
+    cr_assert(eq(int, tq_batch_create(5, &b), TQ_OK));
+    cr_assert(eq(int, tq_batch_add_tensor(b, "response", TQ_DTYPE_I32, 1, &one, response), TQ_OK));
+    cr_assert(eq(int, tq_put(c, "rl", b, rows, NULL), TQ_OK));
+    tq_batch_destroy(b);
+    const char *fields[] = {"prompt", "response"};
+    tq_fetch_args_t args = {.partition = "rl", .task = "train", .fields = fields,
+                            .num_fields = 2, .batch_size = 3};
+    tq_meta *m;
+    cr_assert(eq(int, tq_get_meta(c, &args, &m), TQ_OK));
+    tq_meta_free(m);
+}
+
+static double number_at(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b != NULL)
+        x = cJSON_GetObjectItemCaseSensitive(x, b);
+    return cJSON_IsNumber(x) ? x->valuedouble : -1;
+}
+
+Test(tqctl, partitions, .timeout = 120)
+{
+    tq_test_cluster cl;
+    cr_assert(eq(int, tq_test_cluster_start(&cl, 1, "32M"), 0));
+    tq_client *c;
+    cr_assert(eq(int, tq_open(cl.address, &c), TQ_OK));
+    put_rollout(c);
+    cr_assert(eq(int, tq_kv_put(c, "kv", "k", NULL, "{}"), TQ_OK));
+
+    static char out[1 << 16];
+    char args[256];
+    snprintf(args, sizeof(args), "--controller %s --json partitions", cl.address);
+    cr_assert(eq(int, tqctl(args, out, sizeof(out)), 0));
+    cJSON *doc = cJSON_Parse(out);
+    cr_assert(cJSON_IsArray(doc), "not a JSON array: %s", out);
+    cr_expect(eq(int, cJSON_GetArraySize(doc), 2));
+    const cJSON *rl = cJSON_GetArrayItem(doc, 0);
+    cr_expect(eq(str, cJSON_GetStringValue(cJSON_GetObjectItem(rl, "partition")), "rl"));
+    cr_expect(eq(dbl, number_at(rl, "rows", NULL), 8));
+    const cJSON *fields = cJSON_GetObjectItem(rl, "fields"), *tasks = cJSON_GetObjectItem(rl, "tasks");
+    cr_expect(eq(dbl, number_at(fields, "prompt", NULL), 8));
+    cr_expect(eq(dbl, number_at(fields, "response", NULL), 5));
+    cr_expect(eq(dbl, number_at(tasks, "train", "consumed"), 3));
+    cr_expect(eq(dbl, number_at(tasks, "train", "ready"), 2), "%s", out);
+    cJSON_Delete(doc);
+
+    /* one partition, the table, an unknown one */
+    snprintf(args, sizeof(args), "--controller %s partitions rl", cl.address);
+    cr_assert(eq(int, tqctl(args, out, sizeof(out)), 0));
+    cr_expect(strstr(out, "task  train") && strstr(out, "consumed 3, ready 2"), "%s", out);
+    cr_expect(strstr(out, "kv") == NULL, "a filtered listing showed another partition: %s", out);
+    snprintf(args, sizeof(args), "--controller %s partitions nope", cl.address);
+    cr_expect(eq(int, tqctl(args, out, sizeof(out)), 1));
+    snprintf(args, sizeof(args), "--controller %s partitions a b", cl.address);
+    cr_expect(eq(int, tqctl(args, out, sizeof(out)), 2));
+
+    /* status names the transports each unit serves */
+    snprintf(args, sizeof(args), "--controller %s --json status", cl.address);
+    cr_assert(eq(int, tqctl(args, out, sizeof(out)), 0));
+    doc = cJSON_Parse(out);
+    const cJSON *t = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "units"), 0),
+                                         "transports");
+    cr_expect(cJSON_IsArray(t) && cJSON_GetArraySize(t) >= 1, "%s", out);
+    cr_expect(strstr(out, "\"ucx\"") != NULL, "%s", out);
+    cJSON_Delete(doc);
+    tq_close(c);
+    cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
+}

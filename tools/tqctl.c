@@ -1,4 +1,4 @@
-/* tqctl.c: administer a tqrdma controller: units, keys, clearing and sealing partitions. */
+/* tqctl.c: administer a tqrdma controller: units, partitions, keys, clearing and sealing. */
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,7 +14,9 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: tqctl [--controller HOST:PORT] [--json] COMMAND [ARG]\n"
             "commands:\n"
-            "  status               storage units: id, incarnation, alive, pool size and use\n"
+            "  status               storage units: id, incarnation, alive, pool size and use,\n"
+            "                       transports\n"
+            "  partitions [PARTITION]  rows, fields produced, rows consumed and ready per task\n"
             "  kv-list [PARTITION]  keys and their tags (of every partition without one)\n"
             "  clear PARTITION      drop a partition: its rows, keys and consumption\n"
             "  seal PARTITION       no more rows will come: consumers end once done\n"
@@ -45,8 +47,9 @@ static int print_json(cJSON *doc)
     return 0;
 }
 
-static int cmd_status(tq_client *c, bool json)
+static int cmd_status(tq_client *c, const char *cmd, const char *arg, bool json)
 {
+    (void)cmd, (void)arg;
     tq_unit_info_t *u = NULL;
     int n = tq_units(c, &u);
     if (n < 0)
@@ -61,25 +64,63 @@ static int cmd_status(tq_client *c, bool json)
             cJSON_AddBoolToObject(o, "alive", u[i].alive);
             cJSON_AddNumberToObject(o, "capacity", (double)u[i].capacity);
             cJSON_AddNumberToObject(o, "used", (double)u[i].used);
+            cJSON *transports = cJSON_AddArrayToObject(o, "transports");
+            for (char *save = NULL, *t = strtok_r(u[i].transports, ",", &save); t != NULL;
+                 t = strtok_r(NULL, ",", &save))
+                cJSON_AddItemToArray(transports, cJSON_CreateString(t));
             cJSON_AddItemToArray(units, o);
         }
         free(u);
         return print_json(doc);
     }
     printf("controller %s: %d storage unit%s\n", tq_controller_address(c), n, n == 1 ? "" : "s");
-    printf("%6s %11s %6s %14s %14s %6s\n", "unit", "incarnation", "alive", "capacity", "used",
-           "use");
+    printf("%6s %11s %6s %14s %14s %6s  %s\n", "unit", "incarnation", "alive", "capacity",
+           "used", "use", "transports");
     for (int i = 0; i < n; i++)
-        printf("%6u %11u %6s %14llu %14llu %5.1f%%\n", u[i].id, u[i].incarnation,
+        printf("%6u %11u %6s %14llu %14llu %5.1f%%  %s\n", u[i].id, u[i].incarnation,
                u[i].alive ? "yes" : "no", (unsigned long long)u[i].capacity,
                (unsigned long long)u[i].used,
-               u[i].capacity ? 100.0 * (double)u[i].used / (double)u[i].capacity : 0.0);
+               u[i].capacity ? 100.0 * (double)u[i].used / (double)u[i].capacity : 0.0,
+               u[i].transports);
     free(u);
     return 0;
 }
 
-static int cmd_kv_list(tq_client *c, const char *partition, bool json)
+static int cmd_partitions(tq_client *c, const char *cmd, const char *partition, bool json)
 {
+    char *text = NULL;
+    int rc = tq_partitions(c, partition, &text);
+    if (rc != TQ_OK)
+        return fail(c, cmd, rc);
+    cJSON *doc = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsArray(doc)) {
+        cJSON_Delete(doc);
+        fprintf(stderr, "tqctl: %s: the controller's answer is not a JSON array\n", cmd);
+        return 1;
+    }
+    if (json)
+        return print_json(doc);
+    printf("%-32s %12s %6s\n", "partition", "rows", "sealed");
+    const cJSON *p, *item;
+    cJSON_ArrayForEach(p, doc) {
+        printf("%-32s %12.0f %6s\n", cJSON_GetStringValue(cJSON_GetObjectItem(p, "partition")),
+               cJSON_GetNumberValue(cJSON_GetObjectItem(p, "rows")),
+               cJSON_IsTrue(cJSON_GetObjectItem(p, "sealed")) ? "yes" : "no");
+        cJSON_ArrayForEach(item, cJSON_GetObjectItem(p, "fields"))
+            printf("  field %-24s produced %.0f\n", item->string, cJSON_GetNumberValue(item));
+        cJSON_ArrayForEach(item, cJSON_GetObjectItem(p, "tasks"))
+            printf("  task  %-24s consumed %.0f, ready %.0f\n", item->string,
+                   cJSON_GetNumberValue(cJSON_GetObjectItem(item, "consumed")),
+                   cJSON_GetNumberValue(cJSON_GetObjectItem(item, "ready")));
+    }
+    cJSON_Delete(doc);
+    return 0;
+}
+
+static int cmd_kv_list(tq_client *c, const char *cmd, const char *partition, bool json)
+{
+    (void)cmd;
     tq_kv_entries *e = NULL;
     int rc = tq_kv_list(c, partition, &e);
     if (rc != TQ_OK)
@@ -123,6 +164,20 @@ static int cmd_partition(tq_client *c, const char *cmd, const char *partition, b
     return 0;
 }
 
+typedef struct {
+    const char *name;
+    enum { PARTITION_NONE, PARTITION_OPTIONAL, PARTITION_REQUIRED } partition;
+    int (*run)(tq_client *c, const char *cmd, const char *partition, bool json);
+} command_t;
+
+static const command_t commands[] = {
+    {"status", PARTITION_NONE, cmd_status},
+    {"partitions", PARTITION_OPTIONAL, cmd_partitions},
+    {"kv-list", PARTITION_OPTIONAL, cmd_kv_list},
+    {"clear", PARTITION_REQUIRED, cmd_partition},
+    {"seal", PARTITION_REQUIRED, cmd_partition},
+};
+
 int main(int argc, char **argv)
 {
     const char *controller = NULL;
@@ -144,12 +199,14 @@ int main(int argc, char **argv)
     }
     const char *cmd = optind < argc ? argv[optind] : NULL;
     const char *arg = optind + 1 < argc ? argv[optind + 1] : NULL;
-    bool needs_partition = cmd && (strcmp(cmd, "clear") == 0 || strcmp(cmd, "seal") == 0);
-    bool known = cmd && (strcmp(cmd, "status") == 0 || strcmp(cmd, "kv-list") == 0 ||
-                         needs_partition);
-    int max_args = cmd && strcmp(cmd, "status") == 0 ? 1 : 2;
-    if (!known || (needs_partition && arg == NULL) || argc - optind > max_args) {
-        if (cmd != NULL && !known)
+    const command_t *command = NULL;
+    for (size_t i = 0; cmd != NULL && i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            command = &commands[i];
+    int given = argc - optind - 1;
+    if (command == NULL || given > (command->partition == PARTITION_NONE ? 0 : 1) ||
+        (command->partition == PARTITION_REQUIRED && given == 0)) {
+        if (cmd != NULL && command == NULL)
             fprintf(stderr, "tqctl: unknown command '%s'\n", cmd);
         else if (cmd != NULL)
             fprintf(stderr, "tqctl: %s: wrong arguments\n", cmd);
@@ -165,13 +222,7 @@ int main(int argc, char **argv)
     int rc = tq_open(controller, &c);
     if (rc != TQ_OK)
         return fail(NULL, "cannot reach the controller", rc);
-    int err;
-    if (strcmp(cmd, "status") == 0)
-        err = cmd_status(c, json);
-    else if (strcmp(cmd, "kv-list") == 0)
-        err = cmd_kv_list(c, arg, json);
-    else
-        err = cmd_partition(c, cmd, arg, json);
+    int err = command->run(c, cmd, arg, json);
     tq_close(c);
     return err;
 }

@@ -39,7 +39,7 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_SEAL] = "seal", [TQ_MSG_RELEASE_UNREAD] = "release_unread",
     [TQ_MSG_PRODUCTION_STATUS] = "production_status",
     [TQ_MSG_CONSUMPTION_STATUS] = "consumption_status", [TQ_MSG_CANCEL] = "cancel",
-    [TQ_MSG_UNIT_LEAVE] = "unit_leave",
+    [TQ_MSG_UNIT_LEAVE] = "unit_leave", [TQ_MSG_PARTITIONS] = "partitions",
 };
 
 /* ---- replies ---- */
@@ -426,6 +426,56 @@ static void handle_status(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     free(bytes);
 }
 
+static cJSON *partition_json(const tq_partition_t *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "partition", p->name);
+    cJSON_AddBoolToObject(o, "sealed", p->sealed);
+    cJSON_AddNumberToObject(o, "rows", (double)p->live_rows);
+    cJSON *fields = cJSON_AddObjectToObject(o, "fields");
+    for (uint32_t i = 0; i < p->num_fields; i++)
+        cJSON_AddNumberToObject(fields, p->fields[i].name,
+                                (double)tq__field_produced(p, &p->fields[i]));
+    cJSON *tasks = cJSON_AddObjectToObject(o, "tasks");
+    const tq_list *pos;
+    for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next) {
+        const tq_task_t *t = tq_list_entry(pos, tq_task_t, link);
+        uint64_t consumed, ready;
+        tq__task_counts(p, t, &consumed, &ready);
+        cJSON *to = cJSON_AddObjectToObject(tasks, t->name);
+        cJSON_AddNumberToObject(to, "consumed", (double)consumed);
+        cJSON_AddNumberToObject(to, "ready", (double)ready);
+    }
+    return o;
+}
+
+static void handle_partitions(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_str_t want;
+    if (tq_wire_decode_partition_filter(r, &want) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed partitions request");
+    cJSON *doc = cJSON_CreateArray();
+    tq_list *pos;
+    for (pos = c->ctl->partitions.next; doc != NULL && pos != &c->ctl->partitions;
+         pos = pos->next) {
+        tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
+        if (want.len == 0 || tq_str_eq(want, p->name))
+            cJSON_AddItemToArray(doc, partition_json(p));
+    }
+    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
+    cJSON_Delete(doc);
+    if (text == NULL)
+        return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    if (want.len > 0 && strcmp(text, "[]") == 0)
+        tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %.*s", want.len, want.ptr);
+    else {
+        size_t off = tq__reply_begin(c, h);
+        tq_wire_put_blob(&c->out, text, (uint32_t)strlen(text));
+        tq__reply_end(c, off);
+    }
+    free(text);
+}
+
 static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 {
     tq_rbuf r = tq_rbuf_make(body, h->body_len);
@@ -470,6 +520,7 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
     case TQ_MSG_CANCEL:        return tq__handle_cancel(c, h, &r);
     case TQ_MSG_PRODUCTION_STATUS:
     case TQ_MSG_CONSUMPTION_STATUS: return handle_status(c, h, &r);
+    case TQ_MSG_PARTITIONS:    return handle_partitions(c, h, &r);
     default:
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "unknown message type %u", h->type);
     }

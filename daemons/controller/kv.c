@@ -116,7 +116,7 @@ static void encode_partition_keys(tq_wbuf *w, const tq_partition_t *p)
 void tq__handle_kv_list(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_str_t want;
-    if (tq_wire_decode_kv_list(r, &want) != TQ_OK || !tq_rbuf_done(r))
+    if (tq_wire_decode_partition_filter(r, &want) != TQ_OK || !tq_rbuf_done(r))
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_list");
     uint32_t n = 0;
     tq_list *pos;

@@ -445,6 +445,34 @@ bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields,
     return true;
 }
 
+uint64_t tq__field_produced(const tq_partition_t *p, const tq_field_t *f)
+{
+    uint64_t n = 0;
+    for (uint64_t r = 0; r < p->num_slots; r++)
+        n += p->state[r] == TQ_ROW_LIVE && f->cells[r].produced;
+    return n;
+}
+
+void tq__task_counts(const tq_partition_t *p, const tq_task_t *t, uint64_t *consumed_p,
+                     uint64_t *ready_p)
+{
+    uint64_t consumed = 0, ready = 0;
+    for (uint64_t r = 0; r < p->num_slots; r++) {
+        if (p->state[r] != TQ_ROW_LIVE)
+            continue;
+        if (t->consumed[r]) {
+            consumed++;
+            continue;
+        }
+        bool complete = true;
+        for (uint32_t k = 0; complete && k < p->num_fields; k++)
+            complete = p->fields[k].cells[r].produced;
+        ready += complete;
+    }
+    *consumed_p = consumed;
+    *ready_p = ready;
+}
+
 uint32_t tq__partition_sample_sequential(const tq_partition_t *p, tq_field_t *const *fields,
                                          uint32_t nf, const tq_task_t *task, uint32_t want,
                                          int64_t *out)

@@ -167,6 +167,13 @@ void tq__partition_unkeep(tq_partition_t *p, tq_kept_t *k);
 bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
                              const tq_task_t *task, uint64_t row);
 
+/* For status and metrics, each a pass over the rows: live rows whose field f
+ * is produced; of the live rows, those task consumed and those ready for it
+ * (every field produced, not consumed). */
+uint64_t tq__field_produced(const tq_partition_t *p, const tq_field_t *f);
+void     tq__task_counts(const tq_partition_t *p, const tq_task_t *t, uint64_t *consumed_p,
+                         uint64_t *ready_p);
+
 /* The sequential sampler: the lowest `want` ready rows into out; returns how
  * many it found (at most want). Consumes nothing. */
 uint32_t tq__partition_sample_sequential(const tq_partition_t *p, tq_field_t *const *fields,

@@ -313,6 +313,7 @@ typedef struct {
     uint64_t capacity;   /**< bytes in its pool */
     uint64_t used;       /**< bytes allocated, committed or not */
     int      alive;
+    char     transports[64]; /**< the transports it serves, comma-separated */
 } tq_unit_info_t;
 
 /**
@@ -321,6 +322,16 @@ typedef struct {
  * @return the number of units, or an error.
  */
 TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p);
+
+/**
+ * Rows, fields and tasks of one partition (NULL: every partition), as a JSON
+ * array of {"partition", "sealed", "rows", "fields": {name: rows produced},
+ * "tasks": {name: {"consumed", "ready"}}}; ready rows have every field
+ * produced and are not consumed by the task.
+ * @param [out] json_p  text to free with free(), written only on success.
+ * @return TQ_OK, TQ_ERR_NOT_FOUND for an unknown partition, or an error.
+ */
+TQ_EXPORT int tq_partitions(tq_client *c, const char *partition, char **json_p);
 
 #ifdef __cplusplus
 }

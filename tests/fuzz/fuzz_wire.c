@@ -332,11 +332,11 @@ static void request(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     case TQ_MSG_KV_GET: kv_get_request(r, w); break;
     case TQ_MSG_KV_LIST: {
         tq_str_t p;
-        if (tq_wire_decode_kv_list(r, &p) != TQ_OK)
+        if (tq_wire_decode_partition_filter(r, &p) != TQ_OK)
             break;
         want_name("kv_list", p, true);
         char *c = p.len ? cstr(p) : NULL;
-        tq_wire_encode_kv_list(w, c);
+        tq_wire_encode_partition_filter(w, c);
         free(c);
         want_same("kv_list", from, r, w);
         break;
