@@ -755,3 +755,28 @@ void tq_test_env_teardown(void)
     tq_test_env.c = NULL;
     tq_test_cluster_stop(&tq_test_env_cluster);
 }
+
+void tq_test_put_rollout(tq_client *c, const char *partition)
+{
+    int32_t prompt[8], response[5];
+    int64_t one = 1, rows[5] = {0, 1, 2, 3, 4};
+    for (int i = 0; i < 8; i++)
+        prompt[i] = i;
+    for (int i = 0; i < 5; i++)
+        response[i] = 100 + i;
+    tq_batch *b;
+    cr_assert(eq(int, tq_batch_create(8, &b), TQ_OK));
+    cr_assert(eq(int, tq_batch_add_tensor(b, "prompt", TQ_DTYPE_I32, 1, &one, prompt), TQ_OK));
+    cr_assert(eq(int, tq_put(c, partition, b, NULL, NULL), TQ_OK));
+    tq_batch_destroy(b);
+    cr_assert(eq(int, tq_batch_create(5, &b), TQ_OK));
+    cr_assert(eq(int, tq_batch_add_tensor(b, "response", TQ_DTYPE_I32, 1, &one, response), TQ_OK));
+    cr_assert(eq(int, tq_put(c, partition, b, rows, NULL), TQ_OK));
+    tq_batch_destroy(b);
+    const char *fields[] = {"prompt", "response"};
+    tq_fetch_args_t args = {.partition = partition, .task = "train", .fields = fields,
+                            .num_fields = 2, .batch_size = 3};
+    tq_meta *m;
+    cr_assert(eq(int, tq_get_meta(c, &args, &m), TQ_OK));
+    tq_meta_free(m);
+}

@@ -78,32 +78,6 @@ Test(tqctl, status_keys_clear_and_seal, .timeout = 120)
     cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
 }
 
-/* Field "prompt" on 8 rows, "response" on the first 5; task "train" takes 3. */
-static void put_rollout(tq_client *c)
-{
-    int32_t prompt[8], response[5];
-    int64_t one = 1, rows[5] = {0, 1, 2, 3, 4};
-    for (int i = 0; i < 8; i++)
-        prompt[i] = i;
-    for (int i = 0; i < 5; i++)
-        response[i] = 100 + i;
-    tq_batch *b;
-    cr_assert(eq(int, tq_batch_create(8, &b), TQ_OK));
-    cr_assert(eq(int, tq_batch_add_tensor(b, "prompt", TQ_DTYPE_I32, 1, &one, prompt), TQ_OK));
-    cr_assert(eq(int, tq_put(c, "rl", b, NULL, NULL), TQ_OK));
-    tq_batch_destroy(b);
-    cr_assert(eq(int, tq_batch_create(5, &b), TQ_OK));
-    cr_assert(eq(int, tq_batch_add_tensor(b, "response", TQ_DTYPE_I32, 1, &one, response), TQ_OK));
-    cr_assert(eq(int, tq_put(c, "rl", b, rows, NULL), TQ_OK));
-    tq_batch_destroy(b);
-    const char *fields[] = {"prompt", "response"};
-    tq_fetch_args_t args = {.partition = "rl", .task = "train", .fields = fields,
-                            .num_fields = 2, .batch_size = 3};
-    tq_meta *m;
-    cr_assert(eq(int, tq_get_meta(c, &args, &m), TQ_OK));
-    tq_meta_free(m);
-}
-
 static double number_at(const cJSON *o, const char *a, const char *b)
 {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
@@ -118,7 +92,7 @@ Test(tqctl, partitions, .timeout = 120)
     cr_assert(eq(int, tq_test_cluster_start(&cl, 1, "32M"), 0));
     tq_client *c;
     cr_assert(eq(int, tq_open(cl.address, &c), TQ_OK));
-    put_rollout(c);
+    tq_test_put_rollout(c, "rl");
     cr_assert(eq(int, tq_kv_put(c, "kv", "k", NULL, "{}"), TQ_OK));
 
     static char out[1 << 16];

@@ -42,6 +42,11 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_UNIT_LEAVE] = "unit_leave", [TQ_MSG_PARTITIONS] = "partitions",
 };
 
+const char *tq__msg_name(uint16_t type)
+{
+    return type < TQ_MSG_TYPE_MAX && msg_names[type] ? msg_names[type] : "unknown";
+}
+
 /* ---- replies ---- */
 
 static void conn_want_flush(conn_t *c)
@@ -58,7 +63,9 @@ void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const cha
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    tq_debug("%s from fd %d: %s: %s", msg_names[h->type], c->fd, tq_status_string(status), msg);
+    tq_debug("%s from fd %d: %s: %s", tq__msg_name(h->type), c->fd, tq_status_string(status),
+             msg);
+    tq__metrics_answered(c->ctl, h->type, status);
     tq_wire_begin_reply(&c->out, h->type, h->request_id, status, msg);
     conn_want_flush(c);
 }
@@ -66,6 +73,7 @@ void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const cha
 /* Begin a success reply; the caller writes the body and calls reply_end. */
 size_t tq__reply_begin(conn_t *c, const tq_wire_header_t *h)
 {
+    tq__metrics_answered(c->ctl, h->type, TQ_OK);
     return tq_wire_begin_reply(&c->out, h->type, h->request_id, TQ_OK, NULL);
 }
 
@@ -479,6 +487,7 @@ static void handle_partitions(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 {
     tq_rbuf r = tq_rbuf_make(body, h->body_len);
+    c->ctl->request_start_ns = tq__now_ns();
     if (h->flags & TQ_WIRE_FLAG_REPLY) {
         tq__reply_error(c, h, TQ_ERR_PROTOCOL, "a reply sent to the controller");
         return;
@@ -563,6 +572,8 @@ static void conn_close(conn_t *c)
 /* Handle every whole frame in the input buffer. */
 static void conn_process(conn_t *c)
 {
+    if (c->http)
+        return tq__metrics_http(c);
     size_t pos = 0;
     while (!c->closing && c->in_len - pos >= TQ_WIRE_HEADER_SIZE) {
         tq_wire_header_t h;
@@ -654,10 +665,11 @@ static bool conn_flush(conn_t *c)
     return !(c->closing && !pending);
 }
 
-static void accept_all(tq_controller *ctl)
+/* Accept every pending connection on listen_fd: the wire protocol, or HTTP scrapes. */
+static void accept_all(tq_controller *ctl, int listen_fd, bool http)
 {
     for (;;) {
-        int fd = accept4(ctl->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 tq_warn("accept: %m");
@@ -676,6 +688,7 @@ static void accept_all(tq_controller *ctl)
         }
         c->ctl = ctl;
         c->fd = fd;
+        c->http = http;
         c->id = ++ctl->next_id;
         c->hello_due_ms = tq__now_ms() + HELLO_TIMEOUT_MS;
         tq_wbuf_init(&c->out);
@@ -750,6 +763,7 @@ static int run_timers(tq_controller *ctl)
         parked_t *pk = tq_list_entry(pos, parked_t, link);
         if (pk->deadline_ms <= now) {
             tq_wire_header_t h = {.type = pk->type, .request_id = pk->request_id};
+            tq__parked_resume(pk);
             if (pk->type == TQ_MSG_ALLOC)
                 tq__reply_error(pk->conn, &h, TQ_ERR_NOSPACE,
                                 "no storage unit had room before the timeout");
@@ -865,7 +879,7 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     tq_controller *ctl = calloc(1, sizeof(*ctl));
     if (ctl == NULL)
         return TQ_ERR_NOMEM;
-    ctl->epfd = ctl->listen_fd = ctl->stop_fd = -1;
+    ctl->epfd = ctl->listen_fd = ctl->stop_fd = ctl->metrics_fd = -1;
     tq_list_init(&ctl->conns);
     tq_list_init(&ctl->to_flush);
     tq_list_init(&ctl->units);
@@ -883,6 +897,9 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
         goto err;
     rc = listen_on(cfg->listen ? cfg->listen : "127.0.0.1:0", &ctl->listen_fd, ctl->address,
                    sizeof(ctl->address));
+    if (rc == TQ_OK && cfg->metrics != NULL)
+        rc = listen_on(cfg->metrics, &ctl->metrics_fd, ctl->metrics_address,
+                       sizeof(ctl->metrics_address));
     if (rc != TQ_OK)
         goto err;
     rc = TQ_ERR_IO;
@@ -894,8 +911,11 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &ctl->listen_fd};
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &ctl->stop_fd};
+    struct epoll_event mev = {.events = EPOLLIN, .data.ptr = &ctl->metrics_fd};
     if (epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, ctl->listen_fd, &ev) != 0 ||
-        epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, ctl->stop_fd, &sev) != 0) {
+        epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, ctl->stop_fd, &sev) != 0 ||
+        (ctl->metrics_fd >= 0 &&
+         epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, ctl->metrics_fd, &mev) != 0)) {
         tq_error("epoll_ctl: %m");
         goto err;
     }
@@ -908,6 +928,11 @@ err:
 
 const char *tq__controller_address(const tq_controller *ctl) { return ctl->address; }
 
+const char *tq__controller_metrics_address(const tq_controller *ctl)
+{
+    return ctl->metrics_fd >= 0 ? ctl->metrics_address : NULL;
+}
+
 void tq__controller_stop(tq_controller *ctl)
 {
     uint64_t one = 1;
@@ -919,6 +944,8 @@ int tq__controller_run(tq_controller *ctl)
 {
     struct epoll_event events[64];
     tq_info("listening on %s", ctl->address);
+    if (ctl->metrics_fd >= 0)
+        tq_info("metrics at http://%s/metrics", ctl->metrics_address);
     uint64_t spin_until = 0; /* poll without sleeping until then: see tq__spin_ns */
     for (;;) {
         int timeout = run_timers(ctl);
@@ -953,8 +980,8 @@ int tq__controller_run(tq_controller *ctl)
                 continue;
             if (ptr == &ctl->stop_fd)
                 return TQ_OK;
-            if (ptr == &ctl->listen_fd) {
-                accept_all(ctl);
+            if (ptr == &ctl->listen_fd || ptr == &ctl->metrics_fd) {
+                accept_all(ctl, *(int *)ptr, ptr == &ctl->metrics_fd);
                 continue;
             }
             conn_t *c = ptr;
@@ -1002,6 +1029,8 @@ void tq__controller_destroy(tq_controller *ctl)
         close(ctl->listen_fd);
     if (ctl->stop_fd >= 0)
         close(ctl->stop_fd);
+    if (ctl->metrics_fd >= 0)
+        close(ctl->metrics_fd);
     if (ctl->epfd >= 0)
         close(ctl->epfd);
     free(ctl->token);

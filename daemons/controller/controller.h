@@ -21,8 +21,9 @@ typedef struct {
 
 /* Bind and listen. TQ_ERR_INVALID for a bad address, TQ_ERR_IO when binding fails. */
 int  tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl_p);
-/* The bound "host:port". */
+/* The bound "host:port", and that of /metrics (NULL when not served). */
 const char *tq__controller_address(const tq_controller *ctl);
+const char *tq__controller_metrics_address(const tq_controller *ctl);
 /* Serve until tq__controller_stop; returns TQ_OK or the error that ended it. */
 int  tq__controller_run(tq_controller *ctl);
 /* Ask run() to return; safe from any thread and from a signal handler. */

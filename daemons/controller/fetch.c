@@ -577,6 +577,7 @@ int tq__park(conn_t *c, const tq_wire_header_t *h, const uint8_t *body, int64_t 
     pk->request_id = h->request_id;
     pk->partition = partition;
     pk->deadline_ms = timeout_ms < 0 ? UINT64_MAX : tq__now_ms() + (uint64_t)timeout_ms;
+    pk->received_ns = c->ctl->request_start_ns;
     tq_list_insert_tail(&c->ctl->parked, &pk->link);
     return TQ_OK;
 }
@@ -591,6 +592,7 @@ void tq__wake_parked(tq_controller *ctl, const char *partition)
             continue;
         tq_wire_header_t h = {.type = TQ_MSG_GET_META, .request_id = pk->request_id,
                               .body_len = pk->body_len};
+        tq__parked_resume(pk);
         if (try_get_meta(pk->conn, &h, pk->body, pk->body_len, NULL, NULL) == META_DONE)
             tq__parked_free(pk);
     }
@@ -652,6 +654,7 @@ void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         parked_t *pk = tq_list_entry(pos, parked_t, link);
         if (pk->type == TQ_MSG_GET_META && pk->conn->id == m.id) {
             tq_wire_header_t ph = {.type = TQ_MSG_GET_META, .request_id = pk->request_id};
+            tq__parked_resume(pk);
             tq__reply_error(pk->conn, &ph, TQ_ERR_TIMEOUT, "cancelled");
             tq__parked_free(pk);
         }

@@ -39,6 +39,16 @@ typedef struct tq_unit {
     unit_transport_t transports[TQ_WIRE_MAX_TRANSPORTS];
 } tq_unit;
 
+/* Counters for /metrics (metrics.c). */
+#define TQ_METRICS_BUCKETS  19 /* latency bounds, 10 us to 10 s; one more slot past them */
+#define TQ_METRICS_STATUSES 16 /* -status of every tq_status_t */
+typedef struct {
+    uint64_t answered[TQ_MSG_TYPE_MAX][TQ_METRICS_STATUSES];
+    uint64_t latency[TQ_MSG_TYPE_MAX][TQ_METRICS_BUCKETS + 1];
+    double   latency_sum[TQ_MSG_TYPE_MAX];
+    uint64_t bytes_allocated, bytes_committed;
+} tq_metrics_t;
+
 typedef struct conn {
     tq_list        link;
     tq_list        flush_link;   /* in ctl->to_flush while it has output */
@@ -58,6 +68,7 @@ typedef struct conn {
     tq_list        allocs;       /* alloc_t.conn_link */
     tq_list        metas;        /* meta_t.conn_link */
     uint64_t       hello_due_ms; /* closed if not greeted by then */
+    bool           http;         /* a metrics scrape (metrics.c), not the wire protocol */
 } conn_t;
 
 /* A field's share of a pending put: its extent and the cells it will become. */
@@ -108,12 +119,13 @@ typedef struct {
     uint8_t  *body;
     uint32_t  body_len;
     uint64_t  deadline_ms;       /* UINT64_MAX: none */
+    uint64_t  received_ns;       /* when it arrived: its latency runs from then */
     char     *partition;         /* GET_META: whose commits may satisfy it */
 } parked_t;
 
 struct tq_controller {
-    int      epfd, listen_fd, stop_fd;
-    char     address[80];
+    int      epfd, listen_fd, stop_fd, metrics_fd;
+    char     address[80], metrics_address[80];
     char    *token;
     int      heartbeat_timeout_ms;
     uint32_t lease_ms;
@@ -123,9 +135,14 @@ struct tq_controller {
     uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
     tq_meta_budget_t meta_budget; /* all partitions' per-row arrays */
     tq_list  conns, to_flush, units, partitions, parked;
+    tq_metrics_t metrics;
+    uint64_t request_start_ns;   /* arrival of the request being answered */
 };
 
 /* ---- controller.c ---- */
+
+/* "alloc", "get_meta", ...: for logs and metrics. */
+const char *tq__msg_name(uint16_t type);
 
 /* Queue an error reply (flushed before the loop sleeps). */
 void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const char *fmt, ...)
@@ -182,6 +199,16 @@ void    tq__meta_free(meta_t *m);
 /* Unpin the rows of a meta nobody read and make them ready for its task again. */
 void    tq__meta_give_back(tq_controller *ctl, meta_t *m);
 void    tq__parked_free(parked_t *pk);
+
+/* Answering a parked request: its latency runs from its arrival. */
+static inline void tq__parked_resume(parked_t *pk) { pk->conn->ctl->request_start_ns = pk->received_ns; }
+
+/* ---- metrics.c ---- */
+
+/* Count an answer to a request of type, timed from ctl->request_start_ns. */
+void tq__metrics_answered(tq_controller *ctl, uint16_t type, int status);
+/* Serve the HTTP request in c's input: /metrics, or an error; then close. */
+void tq__metrics_http(conn_t *c);
 
 /* ---- kv.c ---- */
 

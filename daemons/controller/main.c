@@ -129,6 +129,8 @@ int main(int argc, char **argv)
         goto out;
     }
     printf("%s\n", address);
+    if (tq__controller_metrics_address(the_controller) != NULL)
+        printf("metrics http://%s/metrics\n", tq__controller_metrics_address(the_controller));
     fflush(stdout);
     rc = tq__controller_run(the_controller);
     tq__controller_destroy(the_controller);

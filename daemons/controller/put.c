@@ -315,6 +315,8 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
             af->cells[k].offset += af->ext->offset;
     }
 
+    for (uint16_t i = 0; i < a->num_fields; i++)
+        ctl->metrics.bytes_allocated += a->fields[i].ext ? a->fields[i].ext->length : 0;
     a->id = ++ctl->next_id;
     a->part = p;
     a->lease_end_ms = tq__now_ms() + ctl->lease_ms;
@@ -376,6 +378,7 @@ void tq__retry_parked_allocs(tq_controller *ctl)
             continue;
         tq_wire_header_t h = {.type = TQ_MSG_ALLOC, .request_id = pk->request_id,
                               .body_len = pk->body_len};
+        tq__parked_resume(pk);
         uint32_t wait_ms;
         if (try_alloc(pk->conn, &h, pk->body, true, &wait_ms) == ALLOC_ANSWERED)
             tq__parked_free(pk);
@@ -445,6 +448,7 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
                     memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0)) {
             f->kind = TQ_FIELD_NESTED; /* rows of another shape make a tensor ragged */
         }
+        ctl->metrics.bytes_committed += af->ext ? af->ext->length : 0;
         for (uint32_t k = 0; k < a->rows; k++) {
             tq_cell_t cell = af->cells[k];
             cell.ext = af->ext;

@@ -1,0 +1,167 @@
+/* test_metrics.c: tq-controller --metrics scraped over HTTP after real traffic. */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+#include <pthread.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "tq/tq.h"
+
+/* The metrics port the controller printed into its log. */
+static uint16_t metrics_port(const tq_test_cluster *cl)
+{
+    char path[128], line[256];
+    snprintf(path, sizeof(path), "%s/controller.log", cl->dir);
+    unsigned port = 0;
+    for (int tries = 0; port == 0 && tries < 100; tries++) {
+        FILE *f = fopen(path, "r");
+        while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+            if (sscanf(line, "metrics http://127.0.0.1:%u/metrics", &port) == 1)
+                break;
+        if (f != NULL)
+            fclose(f);
+        if (port == 0)
+            tq_test_sleep_ms(20);
+    }
+    cr_assert(gt(u32, port, 0), "no metrics address in %s", path);
+    return (uint16_t)port;
+}
+
+/* Send request (raw bytes) and read the whole answer until the server closes. */
+static char *http(uint16_t port, const char *request, size_t len)
+{
+    int fd = tq_test_connect(port, 5000);
+    cr_assert(ge(int, fd, 0), "cannot connect to the metrics port");
+    cr_assert(eq(int, tq_test_write_all(fd, request, len), 0));
+    size_t cap = 1 << 20, n = 0;
+    char *out = malloc(cap + 1);
+    uint64_t deadline = tq_test_now_ms() + 5000;
+    for (;;) {
+        ssize_t got = tq_test_read_exact(fd, out + n, 1, deadline);
+        if (got <= 0 || ++n == cap)
+            break;
+    }
+    close(fd);
+    cr_assert(lt(sz, n, cap), "an answer of a MiB or more");
+    out[n] = '\0';
+    return out;
+}
+
+/* The value of the sample named exactly `series` (name and labels), or -1. */
+static double sample(const char *text, const char *series)
+{
+    size_t len = strlen(series);
+    for (const char *p = text; (p = strstr(p, series)) != NULL; p += len)
+        if ((p == text || p[-1] == '\n') && p[len] == ' ')
+            return strtod(p + len + 1, NULL);
+    return -1;
+}
+
+static void *wait_for_rows(void *arg)
+{
+    const char *fields[] = {"prompt"};
+    tq_fetch_args_t args = {.partition = "empty", .task = "t", .fields = fields,
+                            .num_fields = 1, .batch_size = 1, .timeout_ms = 1500};
+    tq_meta *m = NULL;
+    return (void *)(intptr_t)tq_get_meta(arg, &args, &m);
+}
+
+Test(metrics, scrape_after_traffic, .timeout = 120)
+{
+    tq_test_cluster cl;
+    const char *ctl_args[] = {"--metrics", "127.0.0.1:0", NULL};
+    cr_assert(eq(int, tq_test_cluster_start_with(&cl, 1, "32M", ctl_args, NULL), 0));
+    uint16_t port = metrics_port(&cl);
+    tq_client *c, *waiter;
+    cr_assert(eq(int, tq_open(cl.address, &c), TQ_OK));
+    cr_assert(eq(int, tq_open(cl.address, &waiter), TQ_OK));
+    tq_test_put_rollout(c, "rl");
+    const char *fields[] = {"prompt"};
+    tq_fetch_args_t none = {.partition = "rl", .task = "eval", .fields = fields,
+                            .num_fields = 1, .batch_size = 100, .timeout_ms = 0};
+    tq_meta *m = NULL;
+    cr_assert(eq(int, tq_get_meta(c, &none, &m), TQ_ERR_TIMEOUT));
+
+    /* a get_meta parked while we scrape */
+    pthread_t t;
+    cr_assert(eq(int, pthread_create(&t, NULL, wait_for_rows, waiter), 0));
+    tq_test_sleep_ms(300);
+    static const char get[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    char *out = http(port, get, sizeof(get) - 1);
+    void *waited;
+    pthread_join(t, &waited);
+    cr_expect(eq(int, (int)(intptr_t)waited, TQ_ERR_TIMEOUT));
+
+    cr_assert(eq(int, strncmp(out, "HTTP/1.1 200 OK\r\n", 17), 0), "%.200s", out);
+    cr_expect(strstr(out, "Content-Type: text/plain; version=0.0.4") != NULL);
+    char *body = strstr(out, "\r\n\r\n");
+    cr_assert(body != NULL);
+    body += 4;
+    size_t declared = 0;
+    cr_assert(eq(int, sscanf(strstr(out, "Content-Length: "), "Content-Length: %zu", &declared), 1));
+    cr_expect(eq(sz, declared, strlen(body)));
+
+    /* every line is a comment or `name{labels} value`, every name starts with tq_ */
+    regex_t line_re;
+    cr_assert(eq(int, regcomp(&line_re,
+                              "^(# (HELP|TYPE) tq_[a-z_]+ .+|tq_[a-z_]+(\\{[a-z_]+=\"[^\"]*\""
+                              "(,[a-z_]+=\"[^\"]*\")*\\})? [-+0-9.e]+|tq_[a-z_]+\\{[^}]*le=\"\\+Inf\"\\} [0-9]+)$",
+                              REG_EXTENDED | REG_NOSUB), 0));
+    char *copy = strdup(body), *save = NULL;
+    unsigned lines = 0;
+    for (char *l = strtok_r(copy, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save), lines++)
+        cr_expect(eq(int, regexec(&line_re, l, 0, NULL, 0), 0), "malformed line: %s", l);
+    regfree(&line_re);
+    free(copy);
+    cr_expect(gt(u32, lines, 50));
+
+    /* what the traffic above must have counted */
+    cr_expect(eq(dbl, sample(body, "tq_requests_total{type=\"alloc\",status=\"ok\"}"), 2));
+    cr_expect(eq(dbl, sample(body, "tq_requests_total{type=\"commit\",status=\"ok\"}"), 2));
+    cr_expect(eq(dbl, sample(body, "tq_requests_total{type=\"get_meta\",status=\"ok\"}"), 1));
+    cr_expect(eq(dbl, sample(body, "tq_requests_total{type=\"get_meta\",status=\"timeout\"}"), 1));
+    cr_expect(eq(dbl, sample(body, "tq_bytes_allocated_total"), 52));
+    cr_expect(eq(dbl, sample(body, "tq_bytes_committed_total"), 52));
+    cr_expect(eq(dbl, sample(body, "tq_unit_pool_bytes{unit=\"1\",incarnation=\"1\"}"), 32 << 20));
+    cr_expect(eq(dbl, sample(body, "tq_unit_alive{unit=\"1\",incarnation=\"1\"}"), 1));
+    cr_expect(ge(dbl, sample(body, "tq_unit_pool_used_bytes{unit=\"1\",incarnation=\"1\"}"), 52));
+    cr_expect(eq(dbl, sample(body, "tq_partition_rows{partition=\"rl\"}"), 8));
+    cr_expect(eq(dbl, sample(body, "tq_field_rows_produced{partition=\"rl\",field=\"response\"}"), 5));
+    cr_expect(eq(dbl, sample(body, "tq_task_rows_ready{partition=\"rl\",task=\"train\"}"), 2));
+    cr_expect(eq(dbl, sample(body, "tq_task_rows_consumed{partition=\"rl\",task=\"train\"}"), 3));
+    cr_expect(eq(dbl, sample(body, "tq_parked_requests{type=\"get_meta\"}"), 1));
+    cr_expect(eq(dbl, sample(body, "tq_parked_requests{type=\"alloc\"}"), 0));
+    /* histograms: cumulative buckets, +Inf equal to the count */
+    double alloc_count = sample(body, "tq_request_duration_seconds_count{type=\"alloc\"}");
+    cr_expect(eq(dbl, alloc_count, 2));
+    cr_expect(eq(dbl, sample(body, "tq_request_duration_seconds_bucket{type=\"alloc\",le=\"+Inf\"}"),
+                 alloc_count));
+    cr_expect(le(dbl, sample(body, "tq_request_duration_seconds_bucket{type=\"alloc\",le=\"0.001\"}"),
+                 sample(body, "tq_request_duration_seconds_bucket{type=\"alloc\",le=\"0.01\"}")));
+    cr_expect(gt(dbl, sample(body, "tq_request_duration_seconds_sum{type=\"alloc\"}"), 0));
+    free(out);
+
+    /* what is not a scrape gets an HTTP error, and the controller serves on */
+    static const char post[] = "POST /metrics HTTP/1.1\r\n\r\n", other[] = "GET / HTTP/1.0\r\n\r\n";
+    out = http(port, post, sizeof(post) - 1);
+    cr_expect(eq(int, strncmp(out, "HTTP/1.1 405", 12), 0), "%.100s", out);
+    free(out);
+    out = http(port, other, sizeof(other) - 1);
+    cr_expect(eq(int, strncmp(out, "HTTP/1.1 404", 12), 0), "%.100s", out);
+    free(out);
+    char *huge = malloc(9000); /* over the 8 KiB limit, all read at once: no reset */
+    memset(huge, 'a', 9000);
+    out = http(port, huge, 9000);
+    cr_expect(eq(int, strncmp(out, "HTTP/1.1 431", 12), 0), "%.100s", out);
+    free(out);
+    free(huge);
+    cr_expect(eq(int, tq_kv_put(c, "kv", "k", NULL, "{}"), TQ_OK));
+
+    tq_close(waiter);
+    tq_close(c);
+    cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
+}
