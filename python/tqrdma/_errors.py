@@ -1,0 +1,34 @@
+"""libtqrdma's status codes as Python exceptions."""
+from ._capi import lib
+
+# tq_status_t, as include/tq/tq.h numbers them (part of the ABI)
+OK = 0
+(ERR_INVALID, ERR_NOT_FOUND, ERR_EXISTS, ERR_TIMEOUT, ERR_NOSPACE, ERR_LOST, ERR_CONNECTION,
+ ERR_PROTOCOL, ERR_AUTH, ERR_NOMEM, ERR_UNSUPPORTED, ERR_END, ERR_IO) = range(-1, -14, -1)
+
+
+class TQError(Exception):
+    """A libtqrdma call failed; ``status`` is its tq_status_t (a negative int, ``ERR_*``)."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidArgumentError(TQError, ValueError):
+    """A bad argument (``ERR_INVALID``); nothing was written."""
+
+
+class NotFoundError(TQError, LookupError):
+    """An unknown partition, key or field (``ERR_NOT_FOUND``); the message names it."""
+
+
+_CLASSES = {ERR_INVALID: InvalidArgumentError, ERR_NOT_FOUND: NotFoundError}
+
+
+def error(status, what, detail=""):
+    """The exception for a failed call: its class from the status, its text from the library."""
+    message = f"{what}: {lib.tq_status_string(status).decode()}"
+    if detail:
+        message += f": {detail}"
+    return _CLASSES.get(status, TQError)(status, message)
