@@ -780,3 +780,15 @@ void tq_test_put_rollout(tq_client *c, const char *partition)
     cr_assert(eq(int, tq_get_meta(c, &args, &m), TQ_OK));
     tq_meta_free(m);
 }
+
+int tq_test_run(const char *cmd, char *out, size_t cap)
+{
+    char bounded[2048];
+    snprintf(bounded, sizeof(bounded), "timeout -s KILL 60 %s", cmd);
+    FILE *p = popen(bounded, "r");
+    cr_assert(p != NULL, "popen %s", cmd);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

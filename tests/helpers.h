@@ -54,6 +54,10 @@ bool tq_test_cluster_controller_alive(tq_test_cluster *cl);
 /* The controller's port. */
 uint16_t tq_test_cluster_port(const tq_test_cluster *cl);
 
+/* Run a shell command (bounded to 60 s); what it writes to stdout into out (cap
+ * bytes, truncated). @return its exit status, or -1 when it did not exit. */
+int tq_test_run(const char *cmd, char *out, size_t cap);
+
 /* A small RL step in partition: int32 field "prompt" on rows 0-7, "response"
  * on rows 0-4 (52 bytes in all), then task "train" takes 3 ready rows. */
 void tq_test_put_rollout(tq_client *c, const char *partition);

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -70,14 +69,8 @@ Test(config, flag_beats_environment_beats_file, .timeout = 120)
 static int run(const char *env, const char *program, const char *args, char *err, size_t cap)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "env %s timeout -s KILL 20 %s %s 2>&1 >/dev/null", env, program,
-             args);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p != NULL);
-    size_t n = fread(err, 1, cap - 1, p);
-    err[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof(cmd), "env %s %s %s 2>&1 >/dev/null", env, program, args);
+    return tq_test_run(cmd, err, cap);
 }
 
 Test(config, bad_values_are_refused_naming_their_origin, .timeout = 120)
@@ -128,11 +121,7 @@ Test(config, bad_values_are_refused_naming_their_origin, .timeout = 120)
 Test(config, help_names_every_flag_variable_and_key, .timeout = 60)
 {
     char out[8192];
-    FILE *p = popen(CONTROLLER " --help", "r");
-    cr_assert(p != NULL);
-    size_t n = fread(out, 1, sizeof(out) - 1, p);
-    out[n] = '\0';
-    cr_expect(eq(int, pclose(p), 0));
+    cr_expect(eq(int, tq_test_run(CONTROLLER " --help", out, sizeof(out)), 0));
     static const char *const expect[] = {
         "--listen HOST:PORT", "$TQ_LISTEN", "config \"listen\"", "--metrics HOST:PORT",
         "$TQ_METRICS", "$TQ_TOKEN,", "--lease-ms N", "default 60000", "--max-metadata SIZE",
@@ -141,10 +130,7 @@ Test(config, help_names_every_flag_variable_and_key, .timeout = 60)
     };
     for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++)
         cr_expect(strstr(out, expect[i]) != NULL, "--help lacks \"%s\"", expect[i]);
-    p = popen(STORAGE " --version", "r");
-    n = fread(out, 1, sizeof(out) - 1, p);
-    out[n] = '\0';
-    cr_expect(eq(int, pclose(p), 0));
+    cr_expect(eq(int, tq_test_run(STORAGE " --version", out, sizeof(out)), 0));
     cr_expect(eq(str, out, "tq-storage " TQ_VERSION_STRING "\n"));
 }
 

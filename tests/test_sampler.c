@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "helpers.h"
 #include "tq/tq.h"
@@ -109,12 +108,7 @@ Test(sampler, bad_plugin_is_a_startup_error, .timeout = 30)
     snprintf(cmd, sizeof(cmd),
              "%s/controller/tq-controller --listen 127.0.0.1:0 --sampler-plugin /nonexistent.so "
              "2>&1", TQ_BIN_DIR);
-    FILE *out = popen(cmd, "r");
-    cr_assert(ne(ptr, (void *)out, NULL));
-    char text[4096] = "";
-    size_t n = fread(text, 1, sizeof(text) - 1, out);
-    text[n] = '\0';
-    int status = pclose(out);
-    cr_assert(eq(int, WIFEXITED(status) ? WEXITSTATUS(status) : -1, 2), "output: %s", text);
+    char text[4096];
+    cr_assert(eq(int, tq_test_run(cmd, text, sizeof(text)), 2), "output: %s", text);
     cr_assert(ne(ptr, (void *)strstr(text, "/nonexistent.so"), NULL), "output: %s", text);
 }

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "helpers.h"
 #include "tq/tq.h"
@@ -16,13 +15,8 @@
 static int tqctl(const char *args, char *out, size_t cap)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "timeout -s KILL 60 %s %s 2>/dev/null", TQCTL, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p != NULL);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    snprintf(cmd, sizeof(cmd), "%s %s 2>/dev/null", TQCTL, args);
+    return tq_test_run(cmd, out, cap);
 }
 
 Test(tqctl, status_keys_clear_and_seal, .timeout = 120)
