@@ -712,9 +712,11 @@ static struct fi_info *tq_ofi_hints(void)
     return h;
 }
 
-/* The first entry fi_getinfo offers for hints on the interface we must stay
- * on, copied into *info_p. Returns 0 or a negative FI_E* code. */
-static int tq_ofi_getinfo(struct fi_info *hints, const char *iface, struct fi_info **info_p)
+/* Entry `skip` (0: the first) of those fi_getinfo offers for hints on the
+ * interface we must stay on, copied into *info_p. Returns 0 or a negative
+ * FI_E* code (-FI_ENODATA past the last). */
+static int tq_ofi_getinfo(struct fi_info *hints, const char *iface, unsigned skip,
+                          struct fi_info **info_p)
 {
     struct fi_info *list = NULL;
     int ret = tq_ofi_lib.getinfo(TQ_OFI_API, NULL, NULL, 0, hints, &list);
@@ -727,7 +729,7 @@ static int tq_ofi_getinfo(struct fi_info *hints, const char *iface, struct fi_in
     }
     struct fi_info *pick = NULL;
     for (struct fi_info *i = list; i != NULL && pick == NULL; i = i->next)
-        if (tq_ofi_on_iface(i, iface, ifs))
+        if (tq_ofi_on_iface(i, iface, ifs) && skip-- == 0)
             pick = i;
     if (ifs != NULL)
         freeifaddrs(ifs);
@@ -754,15 +756,15 @@ static int tq_ofi_refine(const struct fi_info *base, const char *iface, uint64_t
     hints->fabric_attr->prov_name = strdup(base->fabric_attr->prov_name);
     hints->domain_attr->name = strdup(base->domain_attr->name);
     if (hints->fabric_attr->prov_name != NULL && hints->domain_attr->name != NULL)
-        ret = tq_ofi_getinfo(hints, iface, info_p);
+        ret = tq_ofi_getinfo(hints, iface, 0, info_p);
     tq_ofi_lib.freeinfo(hints); /* frees the names too */
     return ret;
 }
 
-/* The fi_info entry to open (a copy): libfabric's first choice, honouring
- * FI_PROVIDER (libfabric does) and the interface, then refined.
+/* The fi_info entry to open (a copy): libfabric's choice number `skip`,
+ * honouring FI_PROVIDER (libfabric does) and the interface, then refined.
  * *delivery_p: writes complete only once their data landed at the target. */
-static int tq_ofi_choose(struct fi_info **info_p, bool *delivery_p)
+static int tq_ofi_choose(unsigned skip, struct fi_info **info_p, bool *delivery_p)
 {
     const char *iface = tq_ofi_iface();
     struct fi_info *info = NULL, *better = NULL;
@@ -770,8 +772,10 @@ static int tq_ofi_choose(struct fi_info **info_p, bool *delivery_p)
     struct fi_info *hints = tq_ofi_hints();
     if (hints == NULL)
         return TQ_ERR_NOMEM;
-    int ret = tq_ofi_getinfo(hints, iface, &info);
+    int ret = tq_ofi_getinfo(hints, iface, skip, &info);
     tq_ofi_lib.freeinfo(hints);
+    if (ret != 0 && skip > 0) /* tried every candidate */
+        return TQ_ERR_UNSUPPORTED;
     if (ret != 0) {
         const char *prov = getenv("FI_PROVIDER");
         tq_warn("no libfabric provider with RDM endpoints and RMA%s%s%s%s: %s",
@@ -843,29 +847,13 @@ static void tq_ofi_cntr_open(tq_transport *tr)
     }
 }
 
-static int tq_ofi_init(tq_transport **tr_p)
+/* Open fabric, domain, queues and endpoint of tr->info and name the endpoint.
+ * Returns 0, or a negative FI_E* code with *what naming the step that failed
+ * (everything opened is closed again). */
+static int tq_ofi_open(tq_transport *tr, bool delivery, const char **what)
 {
-    bool delivery = false;
-    const char *what;
-    int ret = 0, rc;
-
-    if (tr_p == NULL)
-        return TQ_ERR_INVALID;
-    if (pthread_once(&tq_ofi_lib_once, tq_ofi_lib_load) != 0 || !tq_ofi_lib.loaded)
-        return TQ_ERR_UNSUPPORTED;
-    tq_transport *tr = calloc(1, sizeof(*tr));
-    if (tr == NULL)
-        return TQ_ERR_NOMEM;
-    tq_list_init(&tr->eps);
-    tq_list_init(&tr->mems);
-    tq_list_init(&tr->zombies);
-    tr->cq_fd = -1;
-    tq__proc_self(&tr->self);
-
-    rc = tq_ofi_choose(&tr->info, &delivery);
-    if (rc != TQ_OK)
-        goto err_free;
     struct fi_info *info = tr->info;
+    int ret;
     tr->mr_mode = info->domain_attr->mr_mode;
     /* TQ_OFI_MR_LOCAL=1 registers local buffers even when the provider does
      * not need it: the path hardware providers take, testable anywhere. */
@@ -887,36 +875,36 @@ static int tq_ofi_init(tq_transport **tr_p)
                                      ? tq_ofi_ip(info->src_addr, info->src_addrlen) : NULL;
     tr->loopback = src != NULL && tq_ofi_is_loopback(src);
 
-    what = "fi_fabric";
+    *what = "fi_fabric";
     if ((ret = tq_ofi_lib.fabric(info->fabric_attr, &tr->fabric, NULL)) != 0)
-        goto err_info;
-    what = "fi_domain";
+        return ret;
+    *what = "fi_domain";
     if ((ret = fi_domain(tr->fabric, info, &tr->domain, NULL)) != 0)
         goto err_fabric;
-    what = "fi_cq_open";
+    *what = "fi_cq_open";
     if ((ret = tq_ofi_cq_open(tr)) != 0)
         goto err_domain;
     struct fi_av_attr aa = {.type = info->domain_attr->av_type != FI_AV_UNSPEC
                                         ? info->domain_attr->av_type : FI_AV_TABLE};
-    what = "fi_av_open";
+    *what = "fi_av_open";
     if ((ret = fi_av_open(tr->domain, &aa, &tr->av, NULL)) != 0)
         goto err_cq;
-    what = "fi_endpoint";
+    *what = "fi_endpoint";
     if ((ret = fi_endpoint(tr->domain, info, &tr->ep, NULL)) != 0)
         goto err_av;
-    what = "binding the endpoint";
+    *what = "binding the endpoint";
     if ((ret = fi_ep_bind(tr->ep, &tr->av->fid, 0)) != 0 ||
         (ret = fi_ep_bind(tr->ep, &tr->cq->fid, FI_TRANSMIT | FI_RECV)) != 0)
         goto err_ep;
     if (tr->manual && (info->caps & FI_RMA_EVENT))
         tq_ofi_cntr_open(tr);
-    what = "fi_enable";
+    *what = "fi_enable";
     if ((ret = fi_enable(tr->ep)) != 0)
         goto err_ep;
 
     uint8_t name[256];
     size_t nlen = sizeof(name);
-    what = "fi_getname";
+    *what = "fi_getname";
     ret = fi_getname(&tr->ep->fid, name, &nlen);
     if (ret == -FI_ETOOSMALL && nlen <= TQ_OFI_NAME_MAX && (tr->name = malloc(nlen)) != NULL)
         ret = fi_getname(&tr->ep->fid, tr->name, &nlen);
@@ -929,35 +917,81 @@ static int tq_ofi_init(tq_transport **tr_p)
     if (ret != 0)
         goto err_name;
     tr->name_len = nlen;
-
-    tq_info("provider %s, domain %s, mr_mode [%s], %s data progress, %s%s, %s completion",
-            info->fabric_attr->prov_name, info->domain_attr->name,
-            tq_ofi_lib.tostr(&tr->mr_mode, FI_TYPE_MR_MODE), tr->manual ? "manual" : "auto",
-            tr->cq_fd >= 0 ? "wait fd" : "no wait object",
-            tr->cntr != NULL ? ", remote access counter" : "", delivery ? "delivery" : "transmit");
-    *tr_p = tr;
-    return TQ_OK;
+    return 0;
 
 err_name:
     free(tr->name);
+    tr->name = NULL;
 err_ep:
     fi_close(&tr->ep->fid);
     if (tr->cntr != NULL)
         fi_close(&tr->cntr->fid);
+    tr->cntr = NULL;
 err_av:
     fi_close(&tr->av->fid);
 err_cq:
     fi_close(&tr->cq->fid);
+    tr->cq_fd = -1;
 err_domain:
     fi_close(&tr->domain->fid);
 err_fabric:
     fi_close(&tr->fabric->fid);
-err_info:
-    tq_warn("%s (%s): %s", what, info->fabric_attr->prov_name, tq_ofi_strerror(-ret));
-    rc = ret == -FI_ENODEV || ret == -FI_ENODATA || ret == -FI_ENOSYS ? TQ_ERR_UNSUPPORTED
-                                                                      : tq_ofi_status(ret);
-    tq_ofi_lib.freeinfo(tr->info);
-err_free:
+    return ret;
+}
+
+/* Candidates are tried in libfabric's order until one opens: a provider
+ * listed may still fail here (verbs;ofi_rxm on a soft-RoCE device refuses
+ * fi_enable), and the next one (tcp;ofi_rxm) then serves. */
+#define TQ_OFI_CANDIDATES 8
+
+static int tq_ofi_init(tq_transport **tr_p)
+{
+    if (tr_p == NULL)
+        return TQ_ERR_INVALID;
+    if (pthread_once(&tq_ofi_lib_once, tq_ofi_lib_load) != 0 || !tq_ofi_lib.loaded)
+        return TQ_ERR_UNSUPPORTED;
+    tq_transport *tr = calloc(1, sizeof(*tr));
+    if (tr == NULL)
+        return TQ_ERR_NOMEM;
+    tq_list_init(&tr->eps);
+    tq_list_init(&tr->mems);
+    tq_list_init(&tr->zombies);
+    tr->cq_fd = -1;
+    tq__proc_self(&tr->self);
+
+    int rc = TQ_ERR_UNSUPPORTED;
+    char failure[512] = "";
+    for (unsigned skip = 0; skip < TQ_OFI_CANDIDATES; skip++) {
+        bool delivery = false;
+        const char *what = NULL;
+        int chosen = tq_ofi_choose(skip, &tr->info, &delivery);
+        if (chosen != TQ_OK) {
+            rc = skip == 0 ? chosen : rc; /* past the last: the last failure stands */
+            break;
+        }
+        int ret = tq_ofi_open(tr, delivery, &what);
+        struct fi_info *info = tr->info;
+        if (ret == 0) {
+            tq_info("provider %s, domain %s, mr_mode [%s], %s data progress, %s%s, %s completion",
+                    info->fabric_attr->prov_name, info->domain_attr->name,
+                    tq_ofi_lib.tostr(&tr->mr_mode, FI_TYPE_MR_MODE),
+                    tr->manual ? "manual" : "auto",
+                    tr->cq_fd >= 0 ? "wait fd" : "no wait object",
+                    tr->cntr != NULL ? ", remote access counter" : "",
+                    delivery ? "delivery" : "transmit");
+            *tr_p = tr;
+            return TQ_OK;
+        }
+        snprintf(failure, sizeof(failure), "%s (%s): %s", what, info->fabric_attr->prov_name,
+                 tq_ofi_strerror(-ret));
+        tq_info("%s; trying the next provider", failure);
+        rc = ret == -FI_ENODEV || ret == -FI_ENODATA || ret == -FI_ENOSYS ? TQ_ERR_UNSUPPORTED
+                                                                          : tq_ofi_status(ret);
+        tq_ofi_lib.freeinfo(tr->info);
+        tr->info = NULL;
+    }
+    if (failure[0] != '\0')
+        tq_warn("%s", failure);
     free(tr);
     return rc;
 }
