@@ -9,6 +9,9 @@ extern const tq_transport_ops tq_ucx_ops;
 #ifdef TQ_HAVE_OFI
 extern const tq_transport_ops tq_ofi_ops;
 #endif
+#ifdef TQ_HAVE_VERBS
+extern const tq_transport_ops tq_verbs_ops;
+#endif
 
 const tq_transport_ops *const tq__transports[] = {
 #ifdef TQ_HAVE_UCX
@@ -16,6 +19,9 @@ const tq_transport_ops *const tq__transports[] = {
 #endif
 #ifdef TQ_HAVE_OFI
     &tq_ofi_ops,
+#endif
+#ifdef TQ_HAVE_VERBS
+    &tq_verbs_ops, /* last: "auto" prefers the others where units serve them too */
 #endif
     NULL,
 };
