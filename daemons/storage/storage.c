@@ -78,7 +78,9 @@ static int serve(tq_storage *s, const tq_transport_ops *ops)
     sv->ops = ops;
     int rc = ops->init(&sv->tr);
     if (rc != TQ_OK) {
-        tq_warn("transport %s unavailable: %s", ops->name, tq_status_string(rc));
+        /* a transport whose hardware is not here is no fault: say so quietly */
+        tq_log_at(rc == TQ_ERR_UNSUPPORTED ? TQ_LOG_INFO : TQ_LOG_WARN,
+                  "transport %s unavailable: %s", ops->name, tq_status_string(rc));
         return rc;
     }
     if (s->pool == NULL) { /* the first transport picks the memory peers reach best */
