@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install dependencies, build, and run the whole test suite twice: an optimised
-# -Werror build, then a debug one under AddressSanitizer and UndefinedBehaviorSanitizer.
+# -Werror build (and its verbs suites on soft-RoCE in a VM), then a debug one
+# under AddressSanitizer and UndefinedBehaviorSanitizer; then fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
@@ -15,6 +16,10 @@ run_suite() { # build-dir, build type, extra cmake args...
 
 echo "== build (optimised, as benchmarked) and test =="
 run_suite build Release
+echo "== the verbs transport on soft-RoCE: Debian's kernel with rdma_rxe in a VM =="
+# This kernel may have no RDMA subsystem (then ci/softroce.sh alone would only
+# say so): boot one that has, and run the verbs suites there on rxe.
+ci/softroce-vm.sh --build build
 echo "== build and test with address,undefined sanitizers =="
 # Daemons and forked test workers report to files: a report from a process
 # whose exit status nobody checks must still fail the run.
