@@ -16,7 +16,8 @@
 # CMD's status (124 when a time limit hit, 125 when the VM itself failed).
 #
 # The guest has fresh tmpfs on /tmp, /run and /var/tmp: host files there are
-# not visible, so keep CMD's scripts and inputs elsewhere.
+# not visible, except this source tree and the build directory, which are
+# shared at their own paths wherever they are (a CI clone may be in /tmp).
 #
 # Kernel 6.1's rxe works in the initial network namespace only. One rxe
 # device talking to itself (loopback) needs nothing; two rxe devices on the
@@ -129,7 +130,7 @@ EOF
 {
   echo '#!/bin/busybox sh'
   echo '# PID 1 stays here (in the initramfs) so it can always report and power off.'
-  printf 'kver=%q kdir=%q build=%q\n' "$kver" "$kdir" "$build"
+  printf 'kver=%q kdir=%q src=%q build=%q\n' "$kver" "$kdir" "$root" "$build"
 } >"$ir/init"
 cat >>"$ir/init" <<'EOF'
 /bin/busybox --install -s /bin
@@ -149,6 +150,8 @@ for d in /tmp /run /var/tmp; do mount -t tmpfs -o mode=1777 tmp $n$d; done
 mkdir -p $n/run/tqrdma-vm "$n/lib/modules/$kver"
 mount --bind /results $n/run/tqrdma-vm
 mount --bind "$n$kdir/lib/modules/$kver" "$n/lib/modules/$kver" || fail "modules"
+mkdir -p "$n$src"
+mount -t 9p -o "$o9p,ro,cache=loose" src "$n$src" || fail "mount source tree"
 if [ -n "$build" ]; then
   mkdir -p "$n$build"
   mount -t 9p -o "$o9p,cache=mmap" build "$n$build" || fail "mount build dir"
@@ -168,6 +171,7 @@ fi
 echo $rc >/results/rc
 sync
 [ -n "$build" ] && umount "$n$build"
+umount "$n$src"
 umount /results
 poweroff -f
 EOF
@@ -180,7 +184,7 @@ chmod +x "$ir/init" "$ir/sbin/modprobe"
   for name in $(compgen -e); do
     case $name in TQRDMA_*|CI) printf 'export %s=%q\n' "$name" "${!name}" ;; esac
   done
-  # The host's cwd when it exists in the guest (it does unless under /tmp).
+  # The host's cwd when it exists in the guest (it does unless elsewhere under /tmp).
   printf 'cd %q 2>/dev/null || cd %q\n' "$PWD" "$root"
   printf 'exec'; printf ' %q' "${cmd[@]}"; echo
 } >"$results/cmd.sh"
@@ -208,7 +212,9 @@ echo $((timeout_s >= 80 ? timeout_s - 20 : timeout_s * 3 / 4)) >"$results/limit"
 shares=(-fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"
         -device "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"
         -fsdev "local,id=results,path=${results//,/,,},security_model=none"
-        -device "virtio-9p-pci,fsdev=results,mount_tag=results")
+        -device "virtio-9p-pci,fsdev=results,mount_tag=results"
+        -fsdev "local,id=src,path=${root//,/,,},security_model=none,readonly=on"
+        -device "virtio-9p-pci,fsdev=src,mount_tag=src")
 [ -z "$build" ] || shares+=(-fsdev "local,id=build,path=${build//,/,,},security_model=none"
                            -device "virtio-9p-pci,fsdev=build,mount_tag=build")
 
