@@ -1,8 +1,10 @@
 /* rma.c: what every transport's post does alike: check the iovs, merge them into runs. */
 #include "rma.h"
 
-int tq__rma_check(const tq_rma_iov_t *iov, size_t n, uint64_t region_len)
+int tq__rma_check(tq_rma_dir_t dir, const tq_rma_iov_t *iov, size_t n, uint64_t region_len)
 {
+    if ((dir != TQ_RMA_PUT && dir != TQ_RMA_GET) || (iov == NULL && n > 0))
+        return TQ_ERR_INVALID;
     for (size_t i = 0; i < n; i++) {
         if (iov[i].length == 0)
             continue;
@@ -15,7 +17,7 @@ int tq__rma_check(const tq_rma_iov_t *iov, size_t n, uint64_t region_len)
     return TQ_OK;
 }
 
-int tq__rma_runs(const tq_rma_iov_t *iov, size_t n, tq__rma_issue_fn issue, void *ctx)
+int tq__rma_runs(tq__rma_post_t *post, const tq_rma_iov_t *iov, size_t n, tq__rma_issue_fn issue)
 {
     char *run = NULL;
     uint64_t run_off = 0;
@@ -30,7 +32,7 @@ int tq__rma_runs(const tq_rma_iov_t *iov, size_t n, tq__rma_issue_fn issue, void
             continue;
         }
         if (run != NULL) {
-            int rc = issue(ctx, run, run_off, run_len);
+            int rc = issue(post, run, run_off, run_len);
             if (rc != TQ_OK)
                 return rc;
         }
@@ -38,5 +40,5 @@ int tq__rma_runs(const tq_rma_iov_t *iov, size_t n, tq__rma_issue_fn issue, void
         run_off = iov[i].remote_offset;
         run_len = iov[i].length;
     }
-    return run != NULL ? issue(ctx, run, run_off, run_len) : TQ_OK;
+    return run != NULL ? issue(post, run, run_off, run_len) : TQ_OK;
 }

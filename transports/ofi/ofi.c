@@ -25,6 +25,7 @@
 #include "util/log.h"
 #include "util/proc.h"
 #include "rma.h"
+#include "rma_blob.h"
 
 /* After util/common.h: fabric.h defines container_of only if it is not yet. */
 #include <rdma/fabric.h>
@@ -244,13 +245,6 @@ static int tq_ofi_status(ssize_t ret)
 static int tq_ofi_comp_status(int err)
 {
     return tq_ofi_status(-(ssize_t)err) == TQ_ERR_CONNECTION ? TQ_ERR_CONNECTION : TQ_ERR_IO;
-}
-
-/* Checksum of a blob whose sum sits at [at, at+4). */
-static uint32_t tq_ofi_blob_sum(const uint8_t *b, size_t len, size_t at)
-{
-    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, at);
-    return tq_fnv1a32(sum, b + at + 4, len - at - 4);
 }
 
 /* Peer-supplied text, fit for a log line. */
@@ -605,15 +599,12 @@ static int tq_ofi_mem_pack(tq_transport *tr, tq_transport_mem *mem, void **blob_
     uint8_t *blob = malloc(TQ_OFI_REGION_LEN);
     if (blob == NULL)
         return TQ_ERR_NOMEM;
-    tq_put_le32(blob, TQ_OFI_REGION_MAGIC);
-    blob[4] = TQ_OFI_BLOB_VERSION;
-    blob[5] = (tr->mr_mode & FI_MR_VIRT_ADDR) ? TQ_OFI_REGION_F_VIRT : 0;
-    blob[6] = blob[7] = 0;
-    tq_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
-    tq_put_le64(blob + 16, (uint64_t)mem->len);
+    tq__rma_blob_region_put(blob, TQ_OFI_REGION_MAGIC, TQ_OFI_BLOB_VERSION,
+                            (tr->mr_mode & FI_MR_VIRT_ADDR) ? TQ_OFI_REGION_F_VIRT : 0,
+                            (uint64_t)(uintptr_t)mem->addr, (uint64_t)mem->len);
     tq_put_le64(blob + 24, mem->key);
     tq_put_le32(blob + 36, 0);
-    tq_put_le32(blob + 32, tq_ofi_blob_sum(blob, TQ_OFI_REGION_LEN, 32));
+    tq__rma_blob_seal(blob, TQ_OFI_REGION_LEN, 32);
     *blob_p = blob;
     *len_p = TQ_OFI_REGION_LEN;
     return TQ_OK;
@@ -1056,8 +1047,7 @@ static int tq_ofi_address(tq_transport *tr, void **blob_p, size_t *len_p)
     uint8_t *blob = malloc(len);
     if (blob == NULL)
         return TQ_ERR_NOMEM;
-    tq_put_le32(blob, TQ_OFI_ADDR_MAGIC);
-    blob[4] = TQ_OFI_BLOB_VERSION;
+    tq__rma_blob_head_put(blob, TQ_OFI_ADDR_MAGIC, TQ_OFI_BLOB_VERSION);
     blob[5] = 0;
     blob[6] = (uint8_t)plen;
     blob[7] = 0;
@@ -1068,7 +1058,7 @@ static int tq_ofi_address(tq_transport *tr, void **blob_p, size_t *len_p)
     memcpy(blob + 32, tr->self.boot_id, 16);
     memcpy(blob + TQ_OFI_ADDR_HDR, prov, plen);
     memcpy(blob + TQ_OFI_ADDR_HDR + plen, tr->name, tr->name_len);
-    tq_put_le32(blob + 16, tq_ofi_blob_sum(blob, len, 16));
+    tq__rma_blob_seal(blob, len, 16);
     *blob_p = blob;
     *len_p = len;
     return TQ_OK;
@@ -1113,10 +1103,9 @@ static int tq_ofi_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_
         return TQ_ERR_INVALID;
     size_t plen = b[6];
     size_t nlen = tq_get_le32(b + 12);
-    if (tq_get_le32(b) != TQ_OFI_ADDR_MAGIC || b[4] != TQ_OFI_BLOB_VERSION || b[5] != 0 ||
+    if (!tq__rma_blob_check(b, len, TQ_OFI_ADDR_MAGIC, TQ_OFI_BLOB_VERSION, 16) || b[5] != 0 ||
         b[7] != 0 || plen == 0 || nlen == 0 || nlen > TQ_OFI_NAME_MAX ||
-        len != TQ_OFI_ADDR_HDR + plen + nlen ||
-        tq_get_le32(b + 16) != tq_ofi_blob_sum(b, len, 16))
+        len != TQ_OFI_ADDR_HDR + plen + nlen)
         return TQ_ERR_INVALID;
 
     /* Intact, but perhaps from a peer on another provider. */
@@ -1203,17 +1192,12 @@ static int tq_ofi_region_unpack(tq_transport *tr, tq_transport_ep *ep, const voi
                                 size_t len, tq_transport_region **region_p)
 {
     const uint8_t *b = blob;
+    uint64_t base, rlen;
 
-    if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL || len != TQ_OFI_REGION_LEN)
-        return TQ_ERR_INVALID;
-    if (tq_get_le32(b) != TQ_OFI_REGION_MAGIC || b[4] != TQ_OFI_BLOB_VERSION ||
-        (b[5] & ~TQ_OFI_REGION_F_VIRT) != 0 || b[6] != 0 || b[7] != 0 ||
-        tq_get_le32(b + 36) != 0 ||
-        tq_get_le32(b + 32) != tq_ofi_blob_sum(b, len, 32))
-        return TQ_ERR_INVALID;
-    uint64_t base = tq_get_le64(b + 8);
-    uint64_t rlen = tq_get_le64(b + 16);
-    if (rlen == 0 || base + rlen < base)
+    if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL || len != TQ_OFI_REGION_LEN ||
+        !tq__rma_blob_region_get(b, len, TQ_OFI_REGION_MAGIC, TQ_OFI_BLOB_VERSION,
+                                 TQ_OFI_REGION_F_VIRT, 32, &base, &rlen) ||
+        tq_get_le32(b + 36) != 0)
         return TQ_ERR_INVALID;
     if (ep->failed)
         return TQ_ERR_CONNECTION;
@@ -1244,9 +1228,12 @@ static void tq_ofi_region_release(tq_transport *tr, tq_transport_region *region)
 /* ---- data movement ---------------------------------------------------------- */
 
 /* Post one operation, waiting for room while the provider's queue is full. */
-static int tq_ofi_issue(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
-                        tq_rma_dir_t dir, void *local, uint64_t off, size_t len)
+static int tq_ofi_issue(const tq__rma_post_t *p, void *local, uint64_t off, size_t len)
 {
+    tq_transport *tr = p->tr;
+    tq_transport_ep *ep = p->ep;
+    tq_transport_region *region = p->region;
+    tq_rma_dir_t dir = p->dir;
     int rc;
     tq_ofi_op *op = tq_ofi_op_get(tr, ep);
     if (op == NULL)
@@ -1322,12 +1309,11 @@ err_op:
 }
 
 /* A run contiguous on both sides, split at the provider's largest transfer. */
-static int tq_ofi_issue_run(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
-                            tq_rma_dir_t dir, char *local, uint64_t off, size_t len)
+static int tq_ofi_issue_run(tq__rma_post_t *p, char *local, uint64_t off, size_t len)
 {
     while (len > 0) {
-        size_t n = TQ_MIN(len, tr->max_xfer);
-        int rc = tq_ofi_issue(tr, ep, region, dir, local, off, n);
+        size_t n = TQ_MIN(len, p->tr->max_xfer);
+        int rc = tq_ofi_issue(p, local, off, n);
         if (rc != TQ_OK)
             return rc;
         local += n;
@@ -1337,37 +1323,19 @@ static int tq_ofi_issue_run(tq_transport *tr, tq_transport_ep *ep, tq_transport_
     return TQ_OK;
 }
 
-/* A post's fixed arguments, for the runs tq__rma_runs hands back. */
-typedef struct {
-    tq_transport        *tr;
-    tq_transport_ep     *ep;
-    tq_transport_region *region;
-    tq_rma_dir_t         dir;
-} tq_ofi_post_ctx_t;
-
-static int tq_ofi_issue_cb(void *arg, char *local, uint64_t off, size_t len)
-{
-    tq_ofi_post_ctx_t *p = arg;
-    return tq_ofi_issue_run(p->tr, p->ep, p->region, p->dir, local, off, len);
-}
-
 static int tq_ofi_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
                        tq_rma_dir_t dir, const tq_rma_iov_t *iov, size_t n)
 {
-    if (tr == NULL || ep == NULL || region == NULL || (iov == NULL && n > 0) ||
-        (dir != TQ_RMA_PUT && dir != TQ_RMA_GET))
-        return TQ_ERR_INVALID;
-    if (region->ep != ep)
-        return TQ_ERR_INVALID;
     /* Validate everything first, so a bad iov means nothing was posted. */
-    if (tq__rma_check(iov, n, region->len) != TQ_OK)
+    if (tr == NULL || ep == NULL || region == NULL || region->ep != ep ||
+        tq__rma_check(dir, iov, n, region->len) != TQ_OK)
         return TQ_ERR_INVALID;
     if (ep->failed || tq_ofi_peer_exited(ep))
         return TQ_ERR_CONNECTION;
 
     /* Coalesce runs contiguous on both sides into one operation. */
-    tq_ofi_post_ctx_t ctx = {tr, ep, region, dir};
-    return tq__rma_runs(iov, n, tq_ofi_issue_cb, &ctx);
+    tq__rma_post_t p = {tr, ep, region, dir};
+    return tq__rma_runs(&p, iov, n, tq_ofi_issue_run);
 }
 
 static int tq_ofi_flush(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)

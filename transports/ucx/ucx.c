@@ -3,7 +3,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,12 +19,13 @@
 #include "util/list.h"
 #include "util/log.h"
 #include "util/proc.h"
+#include "regcache.h"
 #include "rma.h"
+#include "rma_blob.h"
 
 /* Local buffers at least this long get a cached registration; smaller ones are
  * cheaper to let UCX copy. */
 #define TQ_UCX_CACHE_MIN_LEN   (64u * 1024u)
-#define TQ_UCX_CACHE_SLOTS     64
 /* Bounds on waits the caller did not ask for (close, draining a failed ep). */
 #define TQ_UCX_CLOSE_MS        3000
 #define TQ_UCX_DRAIN_MS        2000
@@ -49,16 +49,6 @@
 #define TQ_UCX_REGION_HDR      32u
 #define TQ_UCX_BLOB_MAX        (1u << 20) /* far above any real address or rkey */
 
-enum { TQ_UCX_SLOT_FREE, TQ_UCX_SLOT_PENDING, TQ_UCX_SLOT_VALID, TQ_UCX_SLOT_INVALID };
-
-/* One cached registration of a page-aligned range [start, end). */
-typedef struct {
-    uintptr_t start, end;
-    ucp_mem_h memh;
-    uint64_t  last_use;
-    int       state;
-} tq_ucx_slot;
-
 struct tq_transport {
     ucp_context_h ctx;
     ucp_worker_h  worker;
@@ -69,14 +59,11 @@ struct tq_transport {
     uint64_t      inflight; /* requests not yet completed, over all eps */
     bool          woke;      /* the last wait saw the event fd ready */
     uint32_t      fruitless; /* wakeups in a row that found nothing to progress */
-    size_t        page;
-
-    /* Registration cache. The lock is taken by the munmap hook from any
-     * thread, so nothing that may allocate or unmap runs under it. */
-    bool               cache_on;
-    pthread_spinlock_t cache_lock;
-    uint64_t           cache_clock;
-    tq_ucx_slot        cache[TQ_UCX_CACHE_SLOTS];
+    /* Registrations of callers' buffers, kept while we hear of every unmap
+     * (cache_on). Nothing holds an entry: evicting or reaping one waits
+     * until nothing at all is in flight. */
+    tq__regcache *cache;
+    bool          cache_on;
 };
 
 struct tq_transport_ep {
@@ -345,124 +332,47 @@ static int tq_ucx_progress(tq_transport *tr, int timeout_ms)
 /* ---- registration cache ------------------------------------------------ */
 
 /* Runs inside munmap/mremap/shmdt/... of any thread: no allocation, no UCX
- * calls, just mark overlapping entries; the transport's own thread
- * deregisters them later. */
+ * calls; the transport's own thread deregisters what it marks later. */
 static void tq_ucx_vm_unmapped(ucm_event_type_t type, ucm_event_t *ev, void *arg)
 {
+    if (type == UCM_EVENT_VM_UNMAPPED)
+        tq__regcache_unmapped(arg, ev->vm_unmapped.address, ev->vm_unmapped.size);
+}
+
+static void *tq_ucx_cache_reg(void *arg, void *addr, size_t len)
+{
     tq_transport *tr = arg;
-    if (type != UCM_EVENT_VM_UNMAPPED)
-        return;
-    uintptr_t s = (uintptr_t)ev->vm_unmapped.address;
-    uintptr_t e = s + ev->vm_unmapped.size;
-    if (e < s)
-        e = UINTPTR_MAX;
-    pthread_spin_lock(&tr->cache_lock);
-    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++) {
-        tq_ucx_slot *sl = &tr->cache[i];
-        if ((sl->state == TQ_UCX_SLOT_VALID || sl->state == TQ_UCX_SLOT_PENDING) &&
-            sl->start < e && s < sl->end)
-            sl->state = TQ_UCX_SLOT_INVALID;
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+        .address = addr,
+        .length = len,
+    };
+    ucp_mem_h memh = NULL;
+    ucs_status_t st = ucp_mem_map(tr->ctx, &mp, &memh);
+    if (st != UCS_OK) {
+        tq_debug("registration cache: ucp_mem_map failed: %s", ucs_status_string(st));
+        return NULL;
     }
-    pthread_spin_unlock(&tr->cache_lock);
+    tq_debug("registration cache: registered %#lx..%#lx", (unsigned long)(uintptr_t)addr,
+             (unsigned long)((uintptr_t)addr + len));
+    return memh;
+}
+
+static void tq_ucx_cache_dereg(void *arg, void *memh)
+{
+    tq_transport *tr = arg;
+    ucp_mem_unmap(tr->ctx, memh);
 }
 
 /* Deregister invalidated entries. Only when nothing is in flight, since an
  * in-flight operation may still use a memh. */
 static void tq_ucx_cache_reap(tq_transport *tr)
 {
-    ucp_mem_h dead[TQ_UCX_CACHE_SLOTS];
-    int n = 0;
     if (!tr->cache_on)
         return;
-    pthread_spin_lock(&tr->cache_lock);
-    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++) {
-        tq_ucx_slot *sl = &tr->cache[i];
-        if (sl->state == TQ_UCX_SLOT_INVALID) {
-            if (sl->memh != NULL)
-                dead[n++] = sl->memh;
-            sl->memh = NULL;
-            sl->state = TQ_UCX_SLOT_FREE;
-        }
-    }
-    pthread_spin_unlock(&tr->cache_lock);
-    for (int i = 0; i < n; i++)
-        ucp_mem_unmap(tr->ctx, dead[i]);
+    unsigned n = tq__regcache_reap(tr->cache, false);
     if (n > 0)
-        tq_debug("registration cache: dropped %d unmapped entries", n);
-}
-
-/* A registration covering [buf, buf+len), or NULL: UCX then copies or
- * registers internally, which is always correct, just slower. */
-static ucp_mem_h tq_ucx_cache_get(tq_transport *tr, const void *buf, size_t len)
-{
-    uintptr_t s = (uintptr_t)buf & ~(uintptr_t)(tr->page - 1);
-    uintptr_t e = (uintptr_t)TQ_ALIGN_UP((uintptr_t)buf + len, tr->page);
-    ucp_mem_h memh = NULL, victim = NULL;
-    int slot = -1;
-
-    pthread_spin_lock(&tr->cache_lock);
-    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++) {
-        tq_ucx_slot *sl = &tr->cache[i];
-        if (sl->state == TQ_UCX_SLOT_VALID && sl->start <= s && e <= sl->end) {
-            sl->last_use = ++tr->cache_clock;
-            memh = sl->memh;
-            break;
-        }
-    }
-    if (memh == NULL) {
-        for (int i = 0; i < TQ_UCX_CACHE_SLOTS && slot < 0; i++)
-            if (tr->cache[i].state == TQ_UCX_SLOT_FREE)
-                slot = i;
-        /* Evicting means deregistering, only safe with nothing in flight. */
-        if (slot < 0 && tr->inflight == 0) {
-            for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++)
-                if (tr->cache[i].state == TQ_UCX_SLOT_VALID &&
-                    (slot < 0 || tr->cache[i].last_use < tr->cache[slot].last_use))
-                    slot = i;
-            if (slot >= 0)
-                victim = tr->cache[slot].memh;
-        }
-        if (slot >= 0) {
-            tr->cache[slot].state = TQ_UCX_SLOT_PENDING;
-            tr->cache[slot].start = s;
-            tr->cache[slot].end = e;
-            tr->cache[slot].memh = NULL;
-        }
-    }
-    pthread_spin_unlock(&tr->cache_lock);
-    if (memh != NULL || slot < 0)
-        return memh;
-    if (victim != NULL)
-        ucp_mem_unmap(tr->ctx, victim);
-
-    ucp_mem_map_params_t mp = {
-        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
-        .address = (void *)s,
-        .length = e - s,
-    };
-    ucp_mem_h fresh = NULL;
-    ucs_status_t st = ucp_mem_map(tr->ctx, &mp, &fresh);
-
-    pthread_spin_lock(&tr->cache_lock);
-    tq_ucx_slot *sl = &tr->cache[slot];
-    if (st != UCS_OK) {
-        sl->state = TQ_UCX_SLOT_FREE;
-    } else if (sl->state == TQ_UCX_SLOT_PENDING) {
-        sl->state = TQ_UCX_SLOT_VALID;
-        sl->memh = fresh;
-        sl->last_use = ++tr->cache_clock;
-        memh = fresh;
-    } else {
-        /* Unmapped while we registered it: never use it, reap it later. */
-        sl->memh = fresh;
-    }
-    pthread_spin_unlock(&tr->cache_lock);
-    if (st != UCS_OK)
-        tq_debug("registration cache: ucp_mem_map failed: %s", ucs_status_string(st));
-    else
-        tq_debug("registration cache: registered %#lx..%#lx%s", (unsigned long)s,
-                 (unsigned long)e, memh == NULL ? " (unmapped meanwhile)" : "");
-    return memh;
+        tq_debug("registration cache: dropped %u unmapped entries", n);
 }
 
 /* The memh to pass with a local buffer: the transport's own registration
@@ -478,7 +388,11 @@ static ucp_mem_h tq_ucx_local_memh(tq_transport *tr, const void *buf, size_t len
     }
     if (!tr->cache_on || len < TQ_UCX_CACHE_MIN_LEN)
         return NULL;
-    return tq_ucx_cache_get(tr, buf, len);
+    /* Else UCX copies or registers internally: always correct, just slower.
+     * Evicting means deregistering, only safe with nothing in flight. */
+    void *memh = NULL;
+    (void)tq__regcache_get(tr->cache, NULL, buf, len, tr->inflight == 0, &memh);
+    return memh;
 }
 
 /* ---- init / fini -------------------------------------------------------- */
@@ -501,10 +415,9 @@ static int tq_ucx_init(tq_transport **tr_p)
     tq_list_init(&tr->eps);
     tq_list_init(&tr->mems);
     tq_list_init(&tr->zombies);
-    long page = sysconf(_SC_PAGESIZE);
-    tr->page = page > 0 ? (size_t)page : 4096u;
     tq__proc_self(&tr->self);
-    if (pthread_spin_init(&tr->cache_lock, PTHREAD_PROCESS_PRIVATE) != 0) {
+    tr->cache = tq__regcache_create(tq_ucx_cache_reg, tq_ucx_cache_dereg, tr);
+    if (tr->cache == NULL) {
         rc = TQ_ERR_NOMEM;
         goto err_free;
     }
@@ -513,7 +426,7 @@ static int tq_ucx_init(tq_transport **tr_p)
     if (st != UCS_OK) {
         tq_error("ucp_config_read: %s", ucs_status_string(st));
         rc = tq_ucx_status(st);
-        goto err_lock;
+        goto err_cache;
     }
     ucp_params_t params = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
@@ -526,7 +439,7 @@ static int tq_ucx_init(tq_transport **tr_p)
         tq_warn("ucp_init: %s", ucs_status_string(st));
         rc = st == UCS_ERR_NO_DEVICE || st == UCS_ERR_UNSUPPORTED || st == UCS_ERR_NO_ELEM
                  ? TQ_ERR_UNSUPPORTED : tq_ucx_status(st);
-        goto err_lock;
+        goto err_cache;
     }
 
     /* Callers serialise, possibly from different threads. */
@@ -549,7 +462,7 @@ static int tq_ucx_init(tq_transport **tr_p)
     }
 
     /* Cached registrations are only safe if we hear of every unmap. */
-    st = ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 1000, tq_ucx_vm_unmapped, tr);
+    st = ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 1000, tq_ucx_vm_unmapped, tr->cache);
     if (st == UCS_OK)
         tr->cache_on = true;
     else
@@ -563,8 +476,8 @@ err_worker:
     ucp_worker_destroy(tr->worker);
 err_ctx:
     ucp_cleanup(tr->ctx);
-err_lock:
-    pthread_spin_destroy(&tr->cache_lock);
+err_cache:
+    tq__regcache_destroy(tr->cache);
 err_free:
     free(tr);
     return rc;
@@ -576,7 +489,7 @@ static void tq_ucx_fini(tq_transport *tr)
         return;
     /* Unset first: afterwards the hook never runs on tr again. */
     if (tr->cache_on)
-        ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, tq_ucx_vm_unmapped, tr);
+        ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, tq_ucx_vm_unmapped, tr->cache);
     while (!tq_list_empty(&tr->eps)) {
         tq_warn("fini: closing an endpoint left open");
         tq_ucx_ep_close(tr, tq_list_entry(tr->eps.next, tq_transport_ep, link));
@@ -585,9 +498,7 @@ static void tq_ucx_fini(tq_transport *tr)
         tq_warn("fini: deregistering memory left registered");
         tq_ucx_mem_deregister(tr, tq_list_entry(tr->mems.next, tq_transport_mem, link));
     }
-    for (int i = 0; i < TQ_UCX_CACHE_SLOTS; i++)
-        if (tr->cache[i].memh != NULL)
-            ucp_mem_unmap(tr->ctx, tr->cache[i].memh);
+    tq__regcache_destroy(tr->cache);
     ucp_worker_destroy(tr->worker);
     ucp_cleanup(tr->ctx);
     /* Endpoints whose requests never completed: the worker is gone, so
@@ -597,7 +508,6 @@ static void tq_ucx_fini(tq_transport *tr)
         tq_list_remove(it);
         tq_ucx_ep_free(tq_list_entry(it, tq_transport_ep, link));
     }
-    pthread_spin_destroy(&tr->cache_lock);
     free(tr);
 }
 
@@ -625,8 +535,7 @@ static int tq_ucx_address(tq_transport *tr, void **blob_p, size_t *len_p)
         rc = TQ_ERR_NOMEM;
         goto err_addr;
     }
-    tq_put_le32(blob, TQ_UCX_ADDR_MAGIC);
-    blob[4] = TQ_UCX_BLOB_VERSION;
+    tq__rma_blob_head_put(blob, TQ_UCX_ADDR_MAGIC, TQ_UCX_BLOB_VERSION);
     blob[5] = tr->has_shm ? TQ_UCX_ADDR_F_SHM : 0;
     blob[6] = blob[7] = 0;
     tq_put_le32(blob + 8, (uint32_t)alen);
@@ -635,9 +544,7 @@ static int tq_ucx_address(tq_transport *tr, void **blob_p, size_t *len_p)
     tq_put_le32(blob + 36, 0);
     tq_put_le64(blob + 40, tr->self.start_time);
     memcpy(blob + TQ_UCX_ADDR_HDR, addr, alen);
-    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, blob, 12);
-    sum = tq_fnv1a32(sum, blob + 16, TQ_UCX_ADDR_HDR - 16 + alen);
-    tq_put_le32(blob + 12, sum);
+    tq__rma_blob_seal(blob, TQ_UCX_ADDR_HDR + alen, 12);
     ucp_worker_release_address(tr->worker, addr);
     *blob_p = blob;
     *len_p = TQ_UCX_ADDR_HDR + alen;
@@ -739,16 +646,11 @@ static int tq_ucx_mem_pack(tq_transport *tr, tq_transport_mem *mem, void **blob_
         rc = TQ_ERR_NOMEM;
         goto err_rkey;
     }
-    tq_put_le32(blob, TQ_UCX_REGION_MAGIC);
-    blob[4] = TQ_UCX_BLOB_VERSION;
-    blob[5] = blob[6] = blob[7] = 0;
-    tq_put_le64(blob + 8, (uint64_t)(uintptr_t)mem->addr);
-    tq_put_le64(blob + 16, (uint64_t)mem->len);
+    tq__rma_blob_region_put(blob, TQ_UCX_REGION_MAGIC, TQ_UCX_BLOB_VERSION, 0,
+                            (uint64_t)(uintptr_t)mem->addr, (uint64_t)mem->len);
     tq_put_le32(blob + 24, (uint32_t)rlen);
     memcpy(blob + TQ_UCX_REGION_HDR, rkey, rlen);
-    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, blob, 28);
-    sum = tq_fnv1a32(sum, blob + TQ_UCX_REGION_HDR, rlen);
-    tq_put_le32(blob + 28, sum);
+    tq__rma_blob_seal(blob, TQ_UCX_REGION_HDR + rlen, 28);
     ucp_rkey_buffer_release(rkey);
     *blob_p = blob;
     *len_p = TQ_UCX_REGION_HDR + rlen;
@@ -839,14 +741,10 @@ static int tq_ucx_ep_connect(tq_transport *tr, const void *addr, size_t len, tq_
     if (tr == NULL || addr == NULL || ep_p == NULL || len <= TQ_UCX_ADDR_HDR ||
         len > TQ_UCX_ADDR_HDR + TQ_UCX_BLOB_MAX)
         return TQ_ERR_INVALID;
-    if (tq_get_le32(b) != TQ_UCX_ADDR_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
+    if (!tq__rma_blob_check(b, len, TQ_UCX_ADDR_MAGIC, TQ_UCX_BLOB_VERSION, 12) ||
         (b[5] & ~TQ_UCX_ADDR_F_SHM) != 0 || b[6] != 0 || b[7] != 0 ||
         tq_get_le32(b + 36) != 0 ||
         tq_get_le32(b + 8) != len - TQ_UCX_ADDR_HDR)
-        return TQ_ERR_INVALID;
-    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, 12);
-    sum = tq_fnv1a32(sum, b + 16, len - 16);
-    if (sum != tq_get_le32(b + 12))
         return TQ_ERR_INVALID;
 
     tq_transport_ep *ep = calloc(1, sizeof(*ep));
@@ -986,21 +884,13 @@ static int tq_ucx_region_unpack(tq_transport *tr, tq_transport_ep *ep, const voi
                                 size_t len, tq_transport_region **region_p)
 {
     const uint8_t *b = blob;
+    uint64_t base, rlen;
 
     if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL ||
-        len <= TQ_UCX_REGION_HDR || len > TQ_UCX_REGION_HDR + TQ_UCX_BLOB_MAX)
-        return TQ_ERR_INVALID;
-    if (tq_get_le32(b) != TQ_UCX_REGION_MAGIC || b[4] != TQ_UCX_BLOB_VERSION ||
-        b[5] != 0 || b[6] != 0 || b[7] != 0 ||
+        len <= TQ_UCX_REGION_HDR || len > TQ_UCX_REGION_HDR + TQ_UCX_BLOB_MAX ||
+        !tq__rma_blob_region_get(b, len, TQ_UCX_REGION_MAGIC, TQ_UCX_BLOB_VERSION, 0, 28, &base,
+                                 &rlen) ||
         tq_get_le32(b + 24) != len - TQ_UCX_REGION_HDR)
-        return TQ_ERR_INVALID;
-    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, 28);
-    sum = tq_fnv1a32(sum, b + TQ_UCX_REGION_HDR, len - TQ_UCX_REGION_HDR);
-    if (sum != tq_get_le32(b + 28))
-        return TQ_ERR_INVALID;
-    uint64_t base = tq_get_le64(b + 8);
-    uint64_t rlen = tq_get_le64(b + 16);
-    if (rlen == 0 || base + rlen < base)
         return TQ_ERR_INVALID;
     if (ep->failed)
         return TQ_ERR_CONNECTION;
@@ -1044,9 +934,13 @@ static void tq_ucx_region_release(tq_transport *tr, tq_transport_region *region)
 
 /* ---- data movement ---------------------------------------------------------- */
 
-static int tq_ucx_issue(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
-                        tq_rma_dir_t dir, void *local, uint64_t off, size_t len)
+/* One run contiguous on both sides: one operation. */
+static int tq_ucx_issue(tq__rma_post_t *p, char *local, uint64_t off, size_t len)
 {
+    tq_transport *tr = p->tr;
+    tq_transport_ep *ep = p->ep;
+    tq_transport_region *region = p->region;
+    tq_rma_dir_t dir = p->dir;
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
         .cb.send = tq_ucx_op_done,
@@ -1081,30 +975,12 @@ static int tq_ucx_issue(tq_transport *tr, tq_transport_ep *ep, tq_transport_regi
     return TQ_OK;
 }
 
-/* A post's fixed arguments, for the runs tq__rma_runs hands back. */
-typedef struct {
-    tq_transport        *tr;
-    tq_transport_ep     *ep;
-    tq_transport_region *region;
-    tq_rma_dir_t         dir;
-} tq_ucx_post_ctx_t;
-
-static int tq_ucx_issue_cb(void *arg, char *local, uint64_t off, size_t len)
-{
-    tq_ucx_post_ctx_t *p = arg;
-    return tq_ucx_issue(p->tr, p->ep, p->region, p->dir, local, off, len);
-}
-
 static int tq_ucx_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
                        tq_rma_dir_t dir, const tq_rma_iov_t *iov, size_t n)
 {
-    if (tr == NULL || ep == NULL || region == NULL || (iov == NULL && n > 0) ||
-        (dir != TQ_RMA_PUT && dir != TQ_RMA_GET))
-        return TQ_ERR_INVALID;
-    if (region->ep != ep || region->rkey == NULL)
-        return TQ_ERR_INVALID;
     /* Validate everything first, so a bad iov means nothing was posted. */
-    if (tq__rma_check(iov, n, region->len) != TQ_OK)
+    if (tr == NULL || ep == NULL || region == NULL || region->ep != ep || region->rkey == NULL ||
+        tq__rma_check(dir, iov, n, region->len) != TQ_OK)
         return TQ_ERR_INVALID;
     if (ep->failed || tq_ucx_peer_exited(ep))
         return TQ_ERR_CONNECTION;
@@ -1112,8 +988,8 @@ static int tq_ucx_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_regio
         tq_ucx_cache_reap(tr);
 
     /* Coalesce runs contiguous on both sides into one operation. */
-    tq_ucx_post_ctx_t ctx = {tr, ep, region, dir};
-    return tq__rma_runs(iov, n, tq_ucx_issue_cb, &ctx);
+    tq__rma_post_t p = {tr, ep, region, dir};
+    return tq__rma_runs(&p, iov, n, tq_ucx_issue);
 }
 
 static int tq_ucx_flush(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)

@@ -8,7 +8,6 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,7 +28,9 @@
 #include "util/common.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "regcache.h"
 #include "rma.h"
+#include "rma_blob.h"
 
 /*
  * Addressing: a storage unit listens with rdma_cm on one IP address of an
@@ -58,7 +59,6 @@
  * the endpoint instead of registering the caller's memory. */
 #define TQ_VERBS_STAGE_MAX     (8u << 10)
 #define TQ_VERBS_STAGE_LEN     (1u << 20)
-#define TQ_VERBS_CACHE_SLOTS   64
 #define TQ_VERBS_RD_ATOM       16u /* RDMA READs in flight per QP, at most */
 #define TQ_VERBS_MAX_PASSIVE   65536u /* connections a target accepts (and the device) */
 /* 4.096 us * 2^16: 0.27 s per try, 7 retries: a silent peer fails in ~2 s. */
@@ -85,7 +85,6 @@
 enum { TQ_VERBS_ID_ACTIVE = 1, TQ_VERBS_ID_PASSIVE };
 enum { TQ_VERBS_QP_CONNECTING, TQ_VERBS_QP_UP, TQ_VERBS_QP_DOWN };
 enum { TQ_VERBS_PEND_NONE, TQ_VERBS_PEND_STAGED, TQ_VERBS_PEND_REG };
-enum { TQ_VERBS_SLOT_FREE, TQ_VERBS_SLOT_PENDING, TQ_VERBS_SLOT_VALID, TQ_VERBS_SLOT_INVALID };
 
 /* One RC queue pair of an endpoint and the batch of work requests being built for it. */
 typedef struct {
@@ -124,16 +123,6 @@ typedef struct {
     size_t off, len;
 } tq_verbs_out;
 
-/* One cached registration of a page-aligned range [start, end). */
-typedef struct {
-    uintptr_t              start, end;
-    struct ibv_mr         *mr;
-    uint64_t               last_use;
-    unsigned               refs;   /* endpoints whose operations in flight use it */
-    int                    state;
-    uint64_t               holder; /* the epoch that took the last reference */
-} tq_verbs_slot;
-
 struct tq_transport {
     struct rdma_event_channel *cm_ch;   /* non-blocking */
     struct rdma_cm_id         *anchor;  /* bound to our address: holds the device */
@@ -148,18 +137,15 @@ struct tq_transport {
     uint8_t                    secret[8];
     unsigned                   nqp, sq_depth, batch, max_sge, max_sge_rd, rd_atom, resp_res;
     int                        max_cqe;
-    size_t                     max_xfer, page;
+    size_t                     max_xfer;
     bool                       odp;
     tq_list                    eps, mems, passive;
     unsigned                   npassive, max_passive;
 
-    /* Registration cache. The lock is taken by the munmap hook from any
-     * thread, so nothing that may allocate or unmap runs under it. */
-    bool               cache_on, hooked, hook_failed;
-    pthread_spinlock_t cache_lock;
-    uint64_t           cache_clock;
-    uint64_t           epochs; /* numbers every ep's epochs, so none repeats */
-    tq_verbs_slot      cache[TQ_VERBS_CACHE_SLOTS];
+    /* Registrations of callers' buffers, kept while usable (see the
+     * registration cache below); the epochs of eps' holds come from it too. */
+    tq__regcache              *cache;
+    bool                       cache_on, hooked, hook_failed;
 };
 
 struct tq_transport_ep {
@@ -182,11 +168,9 @@ struct tq_transport_ep {
     size_t         stage_used;
     tq_verbs_out  *outs;
     size_t         nouts, cap_outs;
-    /* Registrations the operations in flight use: cache slots held, and
+    /* Registrations the operations in flight use: cache entries held, and
      * registrations made for them alone. Released when they complete. */
-    unsigned      *held;
-    size_t         nheld, cap_held;
-    uint64_t       epoch; /* from one flush to the next */
+    tq__regcache_holds_t holds;
     struct ibv_mr **temps;
     size_t         ntemps, cap_temps;
 };
@@ -206,12 +190,6 @@ struct tq_transport_region {
 };
 
 /* ---- small helpers ----------------------------------------------------- */
-
-static uint32_t tq_verbs_blob_sum(const uint8_t *b, size_t len, size_t at)
-{
-    uint32_t sum = tq_fnv1a32(TQ_FNV32_SEED, b, at);
-    return tq_fnv1a32(sum, b + at + 4, len - at - 4);
-}
 
 static void tq_verbs_nonblock(int fd)
 {
@@ -635,37 +613,21 @@ static int tq_verbs_drain(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)
 /* ---- registration cache ------------------------------------------------ */
 
 /*
- * Local buffers are registered on first use and the registration kept, keyed
- * by the page-aligned range, least recently used evicted. A kept
- * registration pins the pages it was made for: if the memory is unmapped and
- * mapped anew at the same address, it would silently move the old pages.
- * So it is kept only while we hear of every unmap, through UCX's memory
- * hooks (libucm), or when the device pages on demand (ODP), which follows
- * the mapping itself. Without either (or with TQ_VERBS_CACHE=0), a
+ * Local buffers go through the registration cache (regcache.h). A kept
+ * registration is only right while we hear of every unmap, through UCX's
+ * memory hooks (libucm), or when the device pages on demand (ODP), which
+ * follows the mapping itself. Without either (or with TQ_VERBS_CACHE=0), a
  * registration lives until the flush of the operations that use it.
  * TQ_VERBS_ODP=0 ignores on-demand paging.
  */
 
 #ifdef TQ_VERBS_HAVE_UCM
 /* Runs inside munmap/mremap/madvise/... of any thread: no allocation, no
- * verbs calls, just mark overlapping entries; the owner deregisters them. */
+ * verbs calls; the owner deregisters what it marks. */
 static void tq_verbs_vm_unmapped(ucm_event_type_t type, ucm_event_t *ev, void *arg)
 {
-    tq_transport *tr = arg;
-    if (type != UCM_EVENT_VM_UNMAPPED)
-        return;
-    uintptr_t s = (uintptr_t)ev->vm_unmapped.address;
-    uintptr_t e = s + ev->vm_unmapped.size;
-    if (e < s)
-        e = UINTPTR_MAX;
-    pthread_spin_lock(&tr->cache_lock);
-    for (int i = 0; i < TQ_VERBS_CACHE_SLOTS; i++) {
-        tq_verbs_slot *sl = &tr->cache[i];
-        if ((sl->state == TQ_VERBS_SLOT_VALID || sl->state == TQ_VERBS_SLOT_PENDING) &&
-            sl->start < e && s < sl->end)
-            sl->state = TQ_VERBS_SLOT_INVALID;
-    }
-    pthread_spin_unlock(&tr->cache_lock);
+    if (type == UCM_EVENT_VM_UNMAPPED)
+        tq__regcache_unmapped(arg, ev->vm_unmapped.address, ev->vm_unmapped.size);
 }
 #endif
 
@@ -678,7 +640,8 @@ static bool tq_verbs_cache_usable(tq_transport *tr)
         return true;
 #ifdef TQ_VERBS_HAVE_UCM
     if (!tr->hook_failed) {
-        ucs_status_t st = ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 1000, tq_verbs_vm_unmapped, tr);
+        ucs_status_t st = ucm_set_event_handler(UCM_EVENT_VM_UNMAPPED, 1000, tq_verbs_vm_unmapped,
+                                                tr->cache);
         if (st == UCS_OK)
             return tr->hooked = true;
         tq_info("memory events unavailable (%s): registrations last until the flush",
@@ -689,36 +652,31 @@ static bool tq_verbs_cache_usable(tq_transport *tr)
     return false;
 }
 
-/* Deregister entries invalidated or given up, once no operation uses them.
- * all_idle: also every valid one without users (memory is short). */
-static unsigned tq_verbs_cache_reap(tq_transport *tr, bool all_idle)
-{
-    struct ibv_mr *dead[TQ_VERBS_CACHE_SLOTS];
-    unsigned n = 0;
-    pthread_spin_lock(&tr->cache_lock);
-    for (int i = 0; i < TQ_VERBS_CACHE_SLOTS; i++) {
-        tq_verbs_slot *sl = &tr->cache[i];
-        if (sl->refs == 0 && (sl->state == TQ_VERBS_SLOT_INVALID ||
-                              (all_idle && sl->state == TQ_VERBS_SLOT_VALID))) {
-            if (sl->mr != NULL)
-                dead[n++] = sl->mr;
-            sl->mr = NULL;
-            sl->state = TQ_VERBS_SLOT_FREE;
-        }
-    }
-    pthread_spin_unlock(&tr->cache_lock);
-    for (unsigned i = 0; i < n; i++)
-        ibv_dereg_mr(dead[i]);
-    return n;
-}
-
 /* ibv_reg_mr; when pinned memory runs short, drop idle cached entries and try again. */
 static struct ibv_mr *tq_verbs_reg(tq_transport *tr, void *addr, size_t len, int access)
 {
     struct ibv_mr *mr = ibv_reg_mr(tr->pd, addr, len, access);
-    if (mr == NULL && (errno == ENOMEM || errno == EAGAIN) && tq_verbs_cache_reap(tr, true) > 0)
+    if (mr == NULL && (errno == ENOMEM || errno == EAGAIN) && tq__regcache_reap(tr->cache, true) > 0)
         mr = ibv_reg_mr(tr->pd, addr, len, access);
     return mr;
+}
+
+static void *tq_verbs_cache_reg(void *arg, void *addr, size_t len)
+{
+    tq_transport *tr = arg;
+    int access = IBV_ACCESS_LOCAL_WRITE | (tr->odp ? IBV_ACCESS_ON_DEMAND : 0);
+    struct ibv_mr *mr = tq_verbs_reg(tr, addr, len, access);
+    if (mr == NULL) { /* read-only memory, say: the caller tries alone */
+        int err = errno;
+        tq_debug("registration cache: ibv_reg_mr(%zu bytes): %s", len, strerror(err));
+    }
+    return mr;
+}
+
+static void tq_verbs_cache_dereg(void *arg, void *mr)
+{
+    (void)arg;
+    ibv_dereg_mr(mr);
 }
 
 static int tq_verbs_reg_status(int err)
@@ -741,98 +699,14 @@ static bool tq_verbs_grow(void **arr, size_t *cap, size_t need, size_t elem)
     return true;
 }
 
-/* Note that ep's operations use slot i (under the lock; room made before). */
-static void tq_verbs_slot_hold(tq_transport_ep *ep, tq_verbs_slot *sl, unsigned i)
-{
-    if (sl->holder == ep->epoch)
-        return; /* held already */
-    sl->refs++;
-    sl->holder = ep->epoch;
-    ep->held[ep->nheld++] = i;
-}
-
-/* The lkey of a cached registration covering [buf, buf+len), made if need
- * be. TQ_ERR_NOT_FOUND: no slot to spare; register for this flush only. */
-static int tq_verbs_cache_lkey(tq_transport *tr, tq_transport_ep *ep, void *buf, size_t len,
-                               uint32_t *lkey_p)
-{
-    uintptr_t s = (uintptr_t)buf & ~(uintptr_t)(tr->page - 1);
-    uintptr_t e = (uintptr_t)TQ_ALIGN_UP((uintptr_t)buf + len, tr->page);
-    struct ibv_mr *victim = NULL;
-    int slot = -1;
-
-    if (!tq_verbs_grow((void **)&ep->held, &ep->cap_held, ep->nheld + 1, sizeof(*ep->held)))
-        return TQ_ERR_NOMEM;
-    pthread_spin_lock(&tr->cache_lock);
-    for (int i = 0; i < TQ_VERBS_CACHE_SLOTS; i++) {
-        tq_verbs_slot *sl = &tr->cache[i];
-        if (sl->state == TQ_VERBS_SLOT_VALID && sl->start <= s && e <= sl->end) {
-            sl->last_use = ++tr->cache_clock;
-            tq_verbs_slot_hold(ep, sl, (unsigned)i);
-            *lkey_p = sl->mr->lkey;
-            pthread_spin_unlock(&tr->cache_lock);
-            return TQ_OK;
-        }
-    }
-    for (int i = 0; i < TQ_VERBS_CACHE_SLOTS && slot < 0; i++)
-        if (tr->cache[i].state == TQ_VERBS_SLOT_FREE)
-            slot = i;
-    if (slot < 0) /* the least recently used one without users */
-        for (int i = 0; i < TQ_VERBS_CACHE_SLOTS; i++)
-            if (tr->cache[i].state == TQ_VERBS_SLOT_VALID && tr->cache[i].refs == 0 &&
-                (slot < 0 || tr->cache[i].last_use < tr->cache[slot].last_use))
-                slot = i;
-    if (slot >= 0) {
-        tq_verbs_slot *sl = &tr->cache[slot];
-        victim = sl->mr;
-        *sl = (tq_verbs_slot){.start = s, .end = e, .state = TQ_VERBS_SLOT_PENDING};
-    }
-    pthread_spin_unlock(&tr->cache_lock);
-    if (slot < 0)
-        return TQ_ERR_NOT_FOUND;
-    if (victim != NULL)
-        ibv_dereg_mr(victim);
-
-    int access = IBV_ACCESS_LOCAL_WRITE | (tr->odp ? IBV_ACCESS_ON_DEMAND : 0);
-    struct ibv_mr *mr = tq_verbs_reg(tr, (void *)s, e - s, access);
-    int err = errno;
-    int rc = TQ_OK;
-    pthread_spin_lock(&tr->cache_lock);
-    tq_verbs_slot *sl = &tr->cache[slot];
-    if (mr == NULL) {
-        sl->state = TQ_VERBS_SLOT_FREE;
-        rc = TQ_ERR_NOT_FOUND; /* read-only memory, say: the caller tries alone */
-    } else if (sl->state == TQ_VERBS_SLOT_PENDING) {
-        sl->state = TQ_VERBS_SLOT_VALID;
-        sl->mr = mr;
-        sl->last_use = ++tr->cache_clock;
-        tq_verbs_slot_hold(ep, sl, (unsigned)slot);
-        *lkey_p = mr->lkey;
-    } else {
-        sl->mr = mr; /* unmapped while we registered it: reaped later */
-        rc = TQ_ERR_NOT_FOUND;
-    }
-    pthread_spin_unlock(&tr->cache_lock);
-    if (mr == NULL)
-        tq_debug("registration cache: ibv_reg_mr(%zu bytes): %s", (size_t)(e - s), strerror(err));
-    return rc;
-}
-
 /* Give back what ep's finished operations held. */
 static void tq_verbs_release_regs(tq_transport *tr, tq_transport_ep *ep)
 {
-    if (ep->nheld > 0) {
-        pthread_spin_lock(&tr->cache_lock);
-        for (size_t i = 0; i < ep->nheld; i++)
-            tr->cache[ep->held[i]].refs--;
-        pthread_spin_unlock(&tr->cache_lock);
-        ep->nheld = 0;
-    }
-    ep->epoch = ++tr->epochs;
+    tq__regcache_release(tr->cache, &ep->holds);
     for (size_t i = 0; i < ep->ntemps; i++)
         ibv_dereg_mr(ep->temps[i]);
     ep->ntemps = 0;
-    tq_verbs_cache_reap(tr, false);
+    tq__regcache_reap(tr->cache, false);
 }
 
 /* The lkey for [buf, buf+len): our own registrations, then the cache, else
@@ -850,7 +724,11 @@ static int tq_verbs_lkey(tq_transport *tr, tq_transport_ep *ep, void *buf, size_
         }
     }
     if (tq_verbs_cache_usable(tr)) {
-        int rc = tq_verbs_cache_lkey(tr, ep, buf, len, lkey_p);
+        /* TQ_ERR_NOT_FOUND: no entry to spare; register for this flush only. */
+        void *mr;
+        int rc = tq__regcache_get(tr->cache, &ep->holds, buf, len, true, &mr);
+        if (rc == TQ_OK)
+            *lkey_p = ((struct ibv_mr *)mr)->lkey;
         if (rc != TQ_ERR_NOT_FOUND)
             return rc;
     }
@@ -922,17 +800,9 @@ static int tq_verbs_qp_post(tq_transport *tr, tq_transport_ep *ep, tq_verbs_qp *
     return TQ_OK;
 }
 
-/* A post's fixed arguments, for the runs tq__rma_runs hands back. */
-typedef struct {
-    tq_transport        *tr;
-    tq_transport_ep     *ep;
-    tq_transport_region *region;
-    tq_rma_dir_t         dir;
-} tq_verbs_post_ctx_t;
-
 /* Turn the gathered work request into one of a QP's batch (round robin, so
  * large runs stripe over the QPs). */
-static int tq_verbs_emit(tq_verbs_post_ctx_t *c)
+static int tq_verbs_emit(tq__rma_post_t *c)
 {
     tq_transport_ep *ep = c->ep;
     tq_verbs_pend *p = &ep->pend;
@@ -962,7 +832,7 @@ static int tq_verbs_emit(tq_verbs_post_ctx_t *c)
 }
 
 /* Everything gathered and batched goes to the device. */
-static int tq_verbs_post_all(tq_verbs_post_ctx_t *c)
+static int tq_verbs_post_all(tq__rma_post_t *c)
 {
     int rc = tq_verbs_emit(c);
     for (unsigned i = 0; i < c->ep->nqp; i++) {
@@ -986,7 +856,7 @@ static void tq_verbs_epoch_end(tq_transport *tr, tq_transport_ep *ep)
 }
 
 /* Post what is pending and wait for all of ep's operations. */
-static int tq_verbs_quiesce(tq_verbs_post_ctx_t *c, int timeout_ms)
+static int tq_verbs_quiesce(tq__rma_post_t *c, int timeout_ms)
 {
     int rc = c->region != NULL ? tq_verbs_post_all(c) : TQ_OK;
     if (tq_verbs_drain(c->tr, c->ep, timeout_ms) == TQ_ERR_TIMEOUT) {
@@ -1022,7 +892,7 @@ static bool tq_verbs_stage_ready(tq_transport *tr, tq_transport_ep *ep)
 
 /* A short run through the staging buffer: copied in now for a put, out at
  * the flush for a get; remote-contiguous runs share one work request. */
-static int tq_verbs_stage_run(tq_verbs_post_ctx_t *c, char *local, uint64_t off, size_t len)
+static int tq_verbs_stage_run(tq__rma_post_t *c, char *local, uint64_t off, size_t len)
 {
     tq_transport_ep *ep = c->ep;
     tq_verbs_pend *p = &ep->pend;
@@ -1053,9 +923,8 @@ static int tq_verbs_stage_run(tq_verbs_post_ctx_t *c, char *local, uint64_t off,
 /* One run contiguous on both sides: staged if short, else from the
  * caller's memory, gathered with remote-contiguous neighbours into one
  * work request of several SGEs and split at max_xfer. */
-static int tq_verbs_issue_cb(void *arg, char *local, uint64_t off, size_t len)
+static int tq_verbs_issue(tq__rma_post_t *c, char *local, uint64_t off, size_t len)
 {
-    tq_verbs_post_ctx_t *c = arg;
     tq_transport *tr = c->tr;
     tq_transport_ep *ep = c->ep;
     tq_verbs_pend *p = &ep->pend;
@@ -1088,19 +957,15 @@ static int tq_verbs_issue_cb(void *arg, char *local, uint64_t off, size_t len)
 static int tq_verbs_post(tq_transport *tr, tq_transport_ep *ep, tq_transport_region *region,
                          tq_rma_dir_t dir, const tq_rma_iov_t *iov, size_t n)
 {
-    if (tr == NULL || ep == NULL || region == NULL || (iov == NULL && n > 0) ||
-        (dir != TQ_RMA_PUT && dir != TQ_RMA_GET))
-        return TQ_ERR_INVALID;
-    if (region->ep != ep)
-        return TQ_ERR_INVALID;
     /* Validate everything first, so a bad iov means nothing was posted. */
-    if (tq__rma_check(iov, n, region->len) != TQ_OK)
+    if (tr == NULL || ep == NULL || region == NULL || region->ep != ep ||
+        tq__rma_check(dir, iov, n, region->len) != TQ_OK)
         return TQ_ERR_INVALID;
     if (ep->failed)
         return TQ_ERR_CONNECTION;
 
-    tq_verbs_post_ctx_t c = {tr, ep, region, dir};
-    int rc = tq__rma_runs(iov, n, tq_verbs_issue_cb, &c);
+    tq__rma_post_t c = {tr, ep, region, dir};
+    int rc = tq__rma_runs(&c, iov, n, tq_verbs_issue);
     int prc = tq_verbs_post_all(&c);
     if (rc == TQ_OK)
         rc = prc;
@@ -1116,7 +981,7 @@ static int tq_verbs_flush(tq_transport *tr, tq_transport_ep *ep, int timeout_ms)
     /* A disconnect may be all that tells of a dead peer (operations that
      * complete before we ever sleep would not read it): look once. */
     tq_verbs_cm_drain(tr);
-    tq_verbs_post_ctx_t c = {tr, ep, NULL, TQ_RMA_PUT}; /* post already sent everything */
+    tq__rma_post_t c = {tr, ep, NULL, TQ_RMA_PUT}; /* post already sent everything */
     int rc = tq_verbs_quiesce(&c, timeout_ms);
     if (rc == TQ_ERR_TIMEOUT) {
         tq_warn("flush: operations not complete after %d ms", timeout_ms);
@@ -1201,7 +1066,7 @@ static void tq_verbs_ep_destroy(tq_transport *tr, tq_transport_ep *ep)
         tq_list_entry(it, tq_transport_region, link)->ep = NULL;
     }
     free(ep->outs);
-    free(ep->held);
+    tq__regcache_holds_fini(&ep->holds);
     free(ep->temps);
     free(ep);
 }
@@ -1209,10 +1074,9 @@ static void tq_verbs_ep_destroy(tq_transport *tr, tq_transport_ep *ep)
 static bool tq_verbs_parse_blob(const uint8_t *b, size_t len, struct sockaddr_storage *ss,
                                 uint8_t *secret)
 {
-    if (len != TQ_VERBS_ADDR_LEN || tq_get_le32(b) != TQ_VERBS_ADDR_MAGIC ||
-        b[4] != TQ_VERBS_BLOB_VERSION || b[5] != 0 || (b[6] != 4 && b[6] != 6) || b[7] != 0 ||
-        b[10] != 0 || b[11] != 0 ||
-        tq_get_le32(b + 36) != tq_verbs_blob_sum(b, TQ_VERBS_ADDR_LEN, 36))
+    if (len != TQ_VERBS_ADDR_LEN ||
+        !tq__rma_blob_check(b, len, TQ_VERBS_ADDR_MAGIC, TQ_VERBS_BLOB_VERSION, 36) ||
+        b[5] != 0 || (b[6] != 4 && b[6] != 6) || b[7] != 0 || b[10] != 0 || b[11] != 0)
         return false;
     uint16_t port = (uint16_t)(b[8] | b[9] << 8);
     if (port == 0)
@@ -1251,7 +1115,7 @@ static int tq_verbs_ep_connect(tq_transport *tr, const void *addr, size_t len,
     if (ep == NULL)
         return TQ_ERR_NOMEM;
     ep->tr = tr;
-    ep->epoch = ++tr->epochs;
+    tq__regcache_holds_init(tr->cache, &ep->holds);
     tq_list_init(&ep->regions);
     memcpy(ep->secret, secret, sizeof(secret));
     ep->max_inline = UINT32_MAX;
@@ -1325,7 +1189,7 @@ static void tq_verbs_ep_close(tq_transport *tr, tq_transport_ep *ep)
     if (tr == NULL || ep == NULL)
         return;
     if (!ep->failed && tq_verbs_busy(ep)) {
-        tq_verbs_post_ctx_t c = {tr, ep, NULL, TQ_RMA_PUT};
+        tq__rma_post_t c = {tr, ep, NULL, TQ_RMA_PUT};
         (void)tq_verbs_quiesce(&c, TQ_VERBS_CLOSE_MS);
     }
     tq_list_remove(&ep->link);
@@ -1338,14 +1202,10 @@ static int tq_verbs_region_unpack(tq_transport *tr, tq_transport_ep *ep, const v
                                   size_t len, tq_transport_region **region_p)
 {
     const uint8_t *b = blob;
-    if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL || len != TQ_VERBS_REGION_LEN)
-        return TQ_ERR_INVALID;
-    if (tq_get_le32(b) != TQ_VERBS_REGION_MAGIC || b[4] != TQ_VERBS_BLOB_VERSION || b[5] != 0 ||
-        b[6] != 0 || b[7] != 0 || tq_get_le32(b + 28) != tq_verbs_blob_sum(b, len, 28))
-        return TQ_ERR_INVALID;
-    uint64_t base = tq_get_le64(b + 8);
-    uint64_t rlen = tq_get_le64(b + 16);
-    if (rlen == 0 || base + rlen < base)
+    uint64_t base, rlen;
+    if (tr == NULL || ep == NULL || blob == NULL || region_p == NULL || len != TQ_VERBS_REGION_LEN ||
+        !tq__rma_blob_region_get(b, len, TQ_VERBS_REGION_MAGIC, TQ_VERBS_BLOB_VERSION, 0, 28, &base,
+                                 &rlen))
         return TQ_ERR_INVALID;
     if (ep->failed)
         return TQ_ERR_CONNECTION;
@@ -1411,12 +1271,10 @@ static int tq_verbs_mem_pack(tq_transport *tr, tq_transport_mem *mem, void **blo
     uint8_t *b = calloc(1, TQ_VERBS_REGION_LEN);
     if (b == NULL)
         return TQ_ERR_NOMEM;
-    tq_put_le32(b, TQ_VERBS_REGION_MAGIC);
-    b[4] = TQ_VERBS_BLOB_VERSION;
-    tq_put_le64(b + 8, (uint64_t)(uintptr_t)mem->addr);
-    tq_put_le64(b + 16, (uint64_t)mem->len);
+    tq__rma_blob_region_put(b, TQ_VERBS_REGION_MAGIC, TQ_VERBS_BLOB_VERSION, 0,
+                            (uint64_t)(uintptr_t)mem->addr, (uint64_t)mem->len);
     tq_put_le32(b + 24, mem->mr->rkey);
-    tq_put_le32(b + 28, tq_verbs_blob_sum(b, TQ_VERBS_REGION_LEN, 28));
+    tq__rma_blob_seal(b, TQ_VERBS_REGION_LEN, 28);
     *blob_p = b;
     *len_p = TQ_VERBS_REGION_LEN;
     return TQ_OK;
@@ -1484,8 +1342,7 @@ static int tq_verbs_address(tq_transport *tr, void **blob_p, size_t *len_p)
     uint8_t *b = calloc(1, TQ_VERBS_ADDR_LEN);
     if (b == NULL)
         return TQ_ERR_NOMEM;
-    tq_put_le32(b, TQ_VERBS_ADDR_MAGIC);
-    b[4] = TQ_VERBS_BLOB_VERSION;
+    tq__rma_blob_head_put(b, TQ_VERBS_ADDR_MAGIC, TQ_VERBS_BLOB_VERSION);
     b[6] = tr->addr.ss_family == AF_INET ? 4 : 6;
     b[8] = (uint8_t)tr->listen_port;
     b[9] = (uint8_t)(tr->listen_port >> 8);
@@ -1494,7 +1351,7 @@ static int tq_verbs_address(tq_transport *tr, void **blob_p, size_t *len_p)
     else
         memcpy(b + 12, &((struct sockaddr_in6 *)&tr->addr)->sin6_addr, 16);
     memcpy(b + 28, tr->secret, sizeof(tr->secret));
-    tq_put_le32(b + 36, tq_verbs_blob_sum(b, TQ_VERBS_ADDR_LEN, 36));
+    tq__rma_blob_seal(b, TQ_VERBS_ADDR_LEN, 36);
     *blob_p = b;
     *len_p = TQ_VERBS_ADDR_LEN;
     return TQ_OK;
@@ -1617,9 +1474,8 @@ static int tq_verbs_init(tq_transport **tr_p)
     tq_list_init(&tr->eps);
     tq_list_init(&tr->mems);
     tq_list_init(&tr->passive);
-    long page = sysconf(_SC_PAGESIZE);
-    tr->page = page > 0 ? (size_t)page : 4096u;
-    if (pthread_spin_init(&tr->cache_lock, PTHREAD_PROCESS_PRIVATE) != 0) {
+    tr->cache = tq__regcache_create(tq_verbs_cache_reg, tq_verbs_cache_dereg, tr);
+    if (tr->cache == NULL) {
         free(tr);
         return TQ_ERR_NOMEM;
     }
@@ -1693,7 +1549,7 @@ static void tq_verbs_fini(tq_transport *tr)
 #ifdef TQ_VERBS_HAVE_UCM
     /* Unset first: afterwards the hook never runs on tr again. */
     if (tr->hooked)
-        ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, tq_verbs_vm_unmapped, tr);
+        ucm_unset_event_handler(UCM_EVENT_VM_UNMAPPED, tq_verbs_vm_unmapped, tr->cache);
 #endif
     while (!tq_list_empty(&tr->eps)) {
         tq_warn("fini: closing an endpoint left open");
@@ -1708,9 +1564,7 @@ static void tq_verbs_fini(tq_transport *tr)
         tq_verbs_conn_destroy(tr, tq_list_entry(tr->passive.next, tq_verbs_conn, link), true);
     if (tr->listener != NULL)
         rdma_destroy_id(tr->listener);
-    for (int i = 0; i < TQ_VERBS_CACHE_SLOTS; i++)
-        if (tr->cache[i].mr != NULL)
-            ibv_dereg_mr(tr->cache[i].mr);
+    tq__regcache_destroy(tr->cache);
     if (tr->passive_cq != NULL)
         ibv_destroy_cq(tr->passive_cq);
     if (tr->comp_ch != NULL)
@@ -1721,7 +1575,6 @@ static void tq_verbs_fini(tq_transport *tr)
         rdma_destroy_id(tr->anchor);
     if (tr->cm_ch != NULL)
         rdma_destroy_event_channel(tr->cm_ch);
-    pthread_spin_destroy(&tr->cache_lock);
     free(tr);
 }
 
