@@ -70,7 +70,7 @@ static void emit(tq_wbuf *w, const char *fmt, ...)
 static const char *label(const char *s, char *buf)
 {
     size_t n = 0;
-    for (; *s != '\0' && n < 2 * TQ_WIRE_NAME_MAX; s++) {
+    for (; *s != '\0' && n + 2 <= 2 * TQ_WIRE_NAME_MAX; s++) { /* names are shorter */
         if (*s == '\\' || *s == '"' || *s == '\n')
             buf[n++] = '\\';
         buf[n++] = *s == '\n' ? 'n' : *s;
