@@ -33,20 +33,6 @@ extern char **environ;
 
 /* ---- time ---- */
 
-uint64_t tq_test_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-void tq_test_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 int64_t tq_test_first_diff(const void *a, const void *b, size_t n)
 {
     const uint8_t *x = a, *y = b;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "clock.h"
 #include "tq/tq.h"
 
 #define TQ_TEST_MAX_UNITS 8
@@ -148,10 +149,6 @@ int64_t tq_test_first_diff(const void *a, const void *b, size_t n);
         cr_assert(eq(i64, d_, -1), "%s: first difference at byte %lld: got 0x%02x, want 0x%02x", \
                   (what), (long long)d_, d_ >= 0 ? g_[d_] : 0, d_ >= 0 ? w_[d_] : 0);         \
     } while (0)
-
-/* Monotonic milliseconds. */
-uint64_t tq_test_now_ms(void);
-void     tq_test_sleep_ms(int ms);
 
 /* A name unique in this test run: "<prefix>_<pid>_<counter>", in a static
  * ring of buffers (valid for the next 16 calls). */

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "tq/tq.h"
 
 /*
@@ -75,20 +76,6 @@ static int fail(tq_client *c, const char *what, int rc)
 {
     fprintf(stderr, "mh_client: %s: %s (%s)\n", what, tq_status_string(rc), tq_last_error(c));
     return MH_EXIT_FAIL;
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 /* ---- the patterns, recomputed from a row index or key number ---- */
@@ -352,7 +339,7 @@ static int role_put(tq_client *c, const mh_opts_t *o, const char *kv_part)
     if (out == NULL)
         return fail(c, "put", TQ_ERR_NOMEM);
     int rc = TQ_OK;
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tq_test_now_ms();
     for (uint32_t first = 0; rc == TQ_OK && first < o->rows; first += o->batch) {
         uint32_t n = o->rows - first < o->batch ? o->rows - first : o->batch;
         row_batch_t rb;
@@ -369,12 +356,12 @@ static int role_put(tq_client *c, const mh_opts_t *o, const char *kv_part)
             }
         row_batch_free(&rb, n);
         if (rc == TQ_OK && o->delay_ms > 0 && first + n < o->rows)
-            sleep_ms(o->delay_ms); /* let the consumer park between commits */
+            tq_test_sleep_ms(o->delay_ms); /* let the consumer park between commits */
     }
     free(out);
     if (rc == TQ_OK)
         printf("put: %u rows in batches of %u in %llu ms\n", o->rows, o->batch,
-               (unsigned long long)(now_ms() - t0));
+               (unsigned long long)(tq_test_now_ms() - t0));
     if (rc == TQ_OK && o->keys > 0 && (rc = put_keys(c, o, kv_part)) == TQ_OK)
         printf("put: %u keys with tags into %s\n", o->keys, kv_part);
     if (rc == TQ_OK && (rc = tq_partition_seal(c, o->partition)) != TQ_OK)
@@ -481,7 +468,7 @@ static int get_stream(tq_client *c, const mh_opts_t *o)
     uint32_t count = 0, batches = 0;
     /* a bounded loop: every row once, one smaller last batch, and the end */
     uint32_t max_batches = o->rows / o->batch + 2;
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tq_test_now_ms();
     while (rc == TQ_OK) {
         tq_batch *b = NULL;
         tq_meta *m = NULL;
@@ -513,7 +500,7 @@ static int get_stream(tq_client *c, const mh_opts_t *o)
                 break;
             }
         printf("get: streamed %u rows in %u batches in %llu ms, then the end\n", count, batches,
-               (unsigned long long)(now_ms() - t0));
+               (unsigned long long)(tq_test_now_ms() - t0));
     }
     free(seen), free(t_want), free(n_want), free(b_want);
     return rc;

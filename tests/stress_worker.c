@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "tq/tq.h"
 
 /*
@@ -136,20 +137,6 @@ static void fail_call(const char *what, int rc)
 }
 
 /* ---- time and randomness ---- */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 /* Time spent in each library call, to tell a slow cluster from a stuck one. */
 typedef enum { OP_OPEN, OP_PUT, OP_GET_META, OP_GET_DATA, OP_META_FREE, OP_CLEAR, OP_KV_PUT,
@@ -428,9 +415,9 @@ static int put_batch(void)
     }
     for (uint32_t i = 0; i < n; i++)
         out[i] = -1;
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tq_test_now_ms();
     rc = TIMED(OP_PUT, tq_put(w.c, w.partition, b, NULL, out));
-    bool waited = now_ms() - t0 >= PUT_WAITED_MS;
+    bool waited = tq_test_now_ms() - t0 >= PUT_WAITED_MS;
     tq_batch_destroy(b);
     if (rc == TQ_ERR_NOSPACE || (rc == TQ_OK && waited)) { /* back off */
         w.hold = w.hold / 2 > HOLD_MIN ? w.hold / 2 : HOLD_MIN;
@@ -599,7 +586,7 @@ static int make_room(void)
             return -1;
         return clear_oldest(0);
     }
-    sleep_ms((int)rnd(1, NOSPACE_SLEEP_MAX_MS));
+    tq_test_sleep_ms((int)rnd(1, NOSPACE_SLEEP_MAX_MS));
     return 0;
 }
 
@@ -795,10 +782,10 @@ static int kv_step(void)
 
 static void run(uint64_t deadline)
 {
-    while (now_ms() < deadline) {
+    while (tq_test_now_ms() < deadline) {
         /* put, making room as long as the pools are full */
         int rc;
-        while ((rc = put_batch()) == 1 && now_ms() < deadline)
+        while ((rc = put_batch()) == 1 && tq_test_now_ms() < deadline)
             if (make_room() != 0)
                 return;
         if (rc < 0)
@@ -892,7 +879,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "stress_worker %s: out of memory\n", w.partition);
         return 1;
     }
-    uint64_t deadline = now_ms() + (uint64_t)seconds * 1000u;
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)seconds * 1000u;
 
     int rc = TIMED(OP_OPEN, tq_open(address, &w.c));
     if (rc != TQ_OK) {

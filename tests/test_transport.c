@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "tq/transport.h"
 #include "transport_registry.h"
 
@@ -90,13 +91,6 @@ static const char *status_name(int rc)
                      status_name(rc_), want_, status_name(want_));                      \
     } while (0)
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Mixed, so a block landing at a wrong offset never matches. */
 static uint8_t pattern_byte(size_t i, unsigned seed)
 {
@@ -170,8 +164,8 @@ typedef struct {
 static void *target_loop(void *arg)
 {
     target_t *t = arg;
-    uint64_t end = now_ms() + THREAD_CAP_MS;
-    while (!atomic_load(&t->stop) && now_ms() < end)
+    uint64_t end = tq_test_now_ms() + THREAD_CAP_MS;
+    while (!atomic_load(&t->stop) && tq_test_now_ms() < end)
         t->ops->progress(t->tr, 10);
     return NULL;
 }
@@ -545,7 +539,7 @@ static void *initiator_thread(void *arg)
     initiator_t in = {.ops = ops};
     const size_t len = 256 * 1024 + 13;
     uint8_t *src = malloc(len), *dst = malloc(len);
-    uint64_t end = now_ms() + 20000;
+    uint64_t end = tq_test_now_ms() + 20000;
     int rc;
 
     w->failed_round = -1;
@@ -562,7 +556,7 @@ static void *initiator_thread(void *arg)
         snprintf(w->what, sizeof(w->what), "setup: %d (%s)", rc, status_name(rc));
         goto out_tr;
     }
-    for (int r = 0; r < w->rounds && now_ms() < end; r++) {
+    for (int r = 0; r < w->rounds && tq_test_now_ms() < end; r++) {
         size_t n = 1 + (size_t)r * 9973 % len;
         fill(src, n, w->seed + (unsigned)r);
         if ((rc = xfer(&in, TQ_RMA_PUT, src, w->base, n)) != TQ_OK ||
@@ -783,10 +777,10 @@ static void check_peer_gone(const tq_transport_ops *ops)
     round_trip(&t, &in, buf, back, 0, 1000, 6); /* connected for real */
     target_destroy(&t);
 
-    uint64_t start = now_ms();
+    uint64_t start = tq_test_now_ms();
     int rc = TQ_OK;
     /* The loss may show on a post or a flush; allow a few attempts for it to be noticed. */
-    for (int i = 0; i < 50 && rc == TQ_OK && now_ms() - start < 8000; i++)
+    for (int i = 0; i < 50 && rc == TQ_OK && tq_test_now_ms() - start < 8000; i++)
         rc = xfer(&in, TQ_RMA_PUT, buf, 0, sizeof(buf));
     cr_assert(rc == TQ_ERR_CONNECTION || rc == TQ_ERR_TIMEOUT,
               "after the peer went away: got %d (%s), expected %d or %d", rc, status_name(rc),
@@ -794,8 +788,8 @@ static void check_peer_gone(const tq_transport_ops *ops)
     /* Failed stays failed. */
     tq_rma_iov_t iov = {.local = buf, .remote_offset = 0, .length = 8};
     EXPECT_RC(in.ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, &iov, 1), TQ_ERR_CONNECTION);
-    cr_assert_lt(now_ms() - start, (uint64_t)10000, "noticing the loss took %llu ms",
-                 (unsigned long long)(now_ms() - start));
+    cr_assert_lt(tq_test_now_ms() - start, (uint64_t)10000, "noticing the loss took %llu ms",
+                 (unsigned long long)(tq_test_now_ms() - start));
     initiator_close(&in);
 }
 
@@ -819,7 +813,7 @@ static bool read_all(int fd, void *p, size_t n, uint64_t deadline)
     uint8_t *b = p;
     while (n > 0) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        uint64_t now = now_ms();
+        uint64_t now = tq_test_now_ms();
         if (now >= deadline || poll(&pfd, 1, (int)(deadline - now)) <= 0)
             return false;
         ssize_t k = read(fd, b, n);
@@ -853,8 +847,8 @@ static void child_target(const tq_transport_ops *ops, int fd, bool use_register,
         !write_all(fd, &a64, 8) || !write_all(fd, ab, al) || !write_all(fd, &r64, 8) ||
         !write_all(fd, rb, rl))
         _exit(1);
-    uint64_t end = now_ms() + 20000; /* the parent kills us long before */
-    while (now_ms() < end)
+    uint64_t end = tq_test_now_ms() + 20000; /* the parent kills us long before */
+    while (tq_test_now_ms() < end)
         ops->progress(tr, 10);
     _exit(0);
 }
@@ -873,7 +867,7 @@ static bool child_connect(const tq_transport_ops *ops, bool use_register, size_t
         child_target(ops, fds[1], use_register, pool_len);
     }
     close(fds[1]);
-    uint64_t deadline = now_ms() + 10000;
+    uint64_t deadline = tq_test_now_ms() + 10000;
     uint32_t status = 0;
     uint64_t al = 0, rl = 0;
     cr_assert(read_all(fds[0], &status, sizeof(status), deadline), "no word from the child");
@@ -922,17 +916,17 @@ static void peer_process_dies(const tq_transport_ops *ops, bool use_register)
 
     cr_assert_eq(kill(child, SIGKILL), 0);
     cr_assert_eq(waitpid(child, NULL, 0), child);
-    uint64_t start = now_ms();
+    uint64_t start = tq_test_now_ms();
     int rc = TQ_OK;
-    for (int i = 0; i < 50 && rc == TQ_OK && now_ms() - start < 8000; i++)
+    for (int i = 0; i < 50 && rc == TQ_OK && tq_test_now_ms() - start < 8000; i++)
         rc = xfer(&in, i % 2 ? TQ_RMA_GET : TQ_RMA_PUT, dst, 100, sizeof(dst));
     cr_assert(rc == TQ_ERR_CONNECTION || rc == TQ_ERR_TIMEOUT,
               "after the peer process died: got %d (%s), expected %d or %d", rc,
               status_name(rc), TQ_ERR_CONNECTION, TQ_ERR_TIMEOUT);
     tq_rma_iov_t iov = {.local = dst, .remote_offset = 0, .length = 8};
     EXPECT_RC(ops->post(in.tr, in.ep, in.region, TQ_RMA_GET, &iov, 1), TQ_ERR_CONNECTION);
-    cr_assert_lt(now_ms() - start, (uint64_t)10000, "noticing the death took %llu ms",
-                 (unsigned long long)(now_ms() - start));
+    cr_assert_lt(tq_test_now_ms() - start, (uint64_t)10000, "noticing the death took %llu ms",
+                 (unsigned long long)(tq_test_now_ms() - start));
     initiator_close(&in);
     free(ab);
     free(rb);
@@ -947,14 +941,14 @@ static void check_peer_process_dies(const tq_transport_ops *ops)
 typedef struct {
     pid_t pid;
     int after_ms;
-    uint64_t killed_at; /* now_ms() of the kill */
+    uint64_t killed_at; /* tq_test_now_ms() of the kill */
 } killer_t;
 
 static void *killer_thread(void *arg)
 {
     killer_t *k = arg;
     (void)poll(NULL, 0, k->after_ms);
-    k->killed_at = now_ms();
+    k->killed_at = tq_test_now_ms();
     kill(k->pid, SIGKILL);
     return NULL;
 }
@@ -991,7 +985,7 @@ static void check_peer_dies_mid_batch(const tq_transport_ops *ops)
     killer_t k = {.pid = child, .after_ms = 100};
     pthread_t th;
     int prc;
-    uint64_t start = now_ms();
+    uint64_t start = tq_test_now_ms();
     if (flavour_no_kill_in_post == NULL) {
         cr_assert_eq(pthread_create(&th, NULL, killer_thread, &k), 0);
         prc = ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, iov, n);
@@ -1004,9 +998,9 @@ static void check_peer_dies_mid_batch(const tq_transport_ops *ops)
         cr_assert_eq(waitpid(child, NULL, 0), child);
         prc = ops->post(in.tr, in.ep, in.region, TQ_RMA_PUT, iov + n / 2, n - n / 2);
     }
-    uint64_t flush_start = now_ms();
+    uint64_t flush_start = tq_test_now_ms();
     int frc = ops->flush(in.tr, in.ep, flush_ms);
-    uint64_t end = now_ms();
+    uint64_t end = tq_test_now_ms();
     if (flavour_no_kill_in_post == NULL) {
         pthread_join(th, NULL);
         cr_assert_eq(waitpid(child, NULL, 0), child);

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../clock.h"
 #include "controller/controller.h"
 #include "tq/tq.h"
 #include "wire.h"
@@ -84,13 +85,6 @@ static void fail(const char *fmt, ...)
     fprintf(stderr, "\n");
     va_end(ap);
     abort();
-}
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* ---- the controller ---- */
@@ -276,7 +270,7 @@ static void reader_drain(reader_t *rd, int fd)
 static void reader_wait(reader_t *rd, int fd, uint64_t until, uint64_t deadline)
 {
     uint64_t now;
-    while (!rd->eof && !(until != 0 && rd->last_sentinel == until) && (now = now_ms()) < deadline) {
+    while (!rd->eof && !(until != 0 && rd->last_sentinel == until) && (now = tq_test_now_ms()) < deadline) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int n = poll(&pfd, 1, until != 0 ? (int)(deadline - now) : IDLE_MS);
         if (n < 0 && errno == EINTR)
@@ -339,8 +333,8 @@ static bool ping(void)
     /* header, then status and connection id */
     uint8_t reply[TQ_WIRE_HEADER_SIZE + 12];
     size_t got = 0;
-    uint64_t deadline = now_ms() + PING_MS;
-    while (ok && got < sizeof(reply) && now_ms() < deadline) {
+    uint64_t deadline = tq_test_now_ms() + PING_MS;
+    while (ok && got < sizeof(reply) && tq_test_now_ms() < deadline) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         if (poll(&pfd, 1, 100) <= 0)
             continue;
@@ -372,7 +366,7 @@ typedef struct {
 static void session_open(session_t *s, uint8_t flags)
 {
     *s = (session_t){.fd = ctl_connect(), .flags = flags, .writable = true,
-                     .deadline = now_ms() + INPUT_MS};
+                     .deadline = tq_test_now_ms() + INPUT_MS};
 }
 
 /* Send out while reading replies; stop early if the controller closes. */
@@ -380,7 +374,7 @@ static void session_send(session_t *s, const uint8_t *out, size_t len)
 {
     static const size_t pieces[] = {1, 3, 7, 2, 24, 5, 13, 64};
     size_t sent = 0;
-    while (sent < len && s->writable && !s->rd.eof && now_ms() < s->deadline) {
+    while (sent < len && s->writable && !s->rd.eof && tq_test_now_ms() < s->deadline) {
         struct pollfd pfd = {.fd = s->fd, .events = POLLIN | POLLOUT};
         int n = poll(&pfd, 1, IDLE_MS);
         if (n < 0 && errno == EINTR)
