@@ -506,7 +506,7 @@ static int helper_alloc_hold(int argc, char **argv)
     tq_wire_encode_alloc(&cc.out, &(tq_msg_alloc_t){.partition = {partition,
                                                     (uint16_t)strlen(partition)},
                                                     .rows = 1, .row_mode = TQ_ROWS_NEW,
-                                                    .num_fields = 1});
+                                                    .num_fields = 1, .commit_ms = 60000});
     tq_wire_encode_field(&cc.out, &f);
     tq_rbuf r;
     if (tq__ctrl_call(&cc, off, 5000, &r, err) != TQ_OK) {

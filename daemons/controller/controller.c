@@ -27,6 +27,7 @@
 #define READ_CHUNK          (64u << 10)
 #define MAX_OUTPUT          (256u << 20)  /* a peer that reads nothing is dropped */
 #define HELLO_TIMEOUT_MS    10000         /* a connection must authenticate by then */
+#define CONN_EVENTS         (EPOLLIN | EPOLLRDHUP) /* RDHUP: see conn_t.peer_gone */
 #define MAX_HELLO_BODY      4096          /* frames before hello: no large buffers for strangers */
 
 static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
@@ -236,7 +237,7 @@ static void handle_hello(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     c->greeted = true;
     c->role = m.role;
     size_t off = tq__reply_begin(c, h);
-    tq_wire_encode_id(&c->out, &(tq_msg_id_t){c->id});
+    tq_wire_encode_hello_reply(&c->out, &(tq_msg_hello_reply_t){c->id, c->ctl->epoch});
     tq__reply_end(c, off);
 }
 
@@ -484,10 +485,21 @@ static void handle_partitions(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     free(text);
 }
 
+/* Messages that only notify or give back: still handled once the peer is gone. */
+static bool gives_only(uint16_t type)
+{
+    return type == TQ_MSG_HEARTBEAT || type == TQ_MSG_UNIT_LEAVE || type == TQ_MSG_RELEASE ||
+           type == TQ_MSG_RELEASE_UNREAD || type == TQ_MSG_ABORT;
+}
+
 static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 {
     tq_rbuf r = tq_rbuf_make(body, h->body_len);
     c->ctl->request_start_ns = tq__now_ns();
+    /* a peer that closed its end gave up on every answer it was owed (a
+     * client past its timeout): what it asked for must change nothing */
+    if (c->peer_gone && !gives_only(h->type))
+        return;
     if (h->flags & TQ_WIRE_FLAG_REPLY) {
         tq__reply_error(c, h, TQ_ERR_PROTOCOL, "a reply sent to the controller");
         return;
@@ -658,11 +670,17 @@ static bool conn_flush(conn_t *c)
         return false;
     bool pending = c->out.len > 0;
     if (pending != c->epollout) {
-        struct epoll_event ev = {.events = EPOLLIN | (pending ? EPOLLOUT : 0), .data.ptr = c};
+        struct epoll_event ev = {.events = CONN_EVENTS | (pending ? EPOLLOUT : 0), .data.ptr = c};
         epoll_ctl(c->ctl->epfd, EPOLL_CTL_MOD, c->fd, &ev);
         c->epollout = pending;
     }
     return !(c->closing && !pending);
+}
+
+void tq__reply_send_now(conn_t *c)
+{
+    if (!conn_flush(c))
+        c->closing = true; /* closed by the loop, which owns the connection */
 }
 
 /* Accept every pending connection on listen_fd: the wire protocol, or HTTP scrapes. */
@@ -695,7 +713,7 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
         tq_list_init(&c->flush_link);
         tq_list_init(&c->allocs);
         tq_list_init(&c->metas);
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        struct epoll_event ev = {.events = CONN_EVENTS, .data.ptr = c};
         if (epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
             tq_warn("epoll_ctl: %m");
             close(fd);
@@ -890,7 +908,12 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
     ctl->max_partitions = cfg->max_partitions ? cfg->max_partitions : 65536;
     ctl->meta_budget.max = cfg->max_metadata ? cfg->max_metadata : 4ULL << 30;
-    int rc = TQ_ERR_NOMEM;
+    int rc = TQ_ERR_IO;
+    if (tq__random_bytes(&ctl->epoch, sizeof(ctl->epoch)) != 0) {
+        tq_error("no random epoch: %m");
+        goto err;
+    }
+    rc = TQ_ERR_NOMEM;
     if (cfg->token != NULL && cfg->token[0] != '\0' && (ctl->token = strdup(cfg->token)) == NULL)
         goto err;
     if ((rc = load_plugins(cfg->sampler_plugins)) != TQ_OK)
@@ -986,9 +1009,11 @@ int tq__controller_run(tq_controller *ctl)
             }
             conn_t *c = ptr;
             bool alive = true;
+            if (events[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                c->peer_gone = true; /* before reading what it left behind */
             if (events[i].events & EPOLLOUT)
                 alive = conn_flush(c);
-            if (alive && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+            if (alive && (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
                 alive = conn_read(c);
             if (!alive) {
                 conn_close(c);
