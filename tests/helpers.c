@@ -63,11 +63,13 @@ static int fd_limit(void)
 
 /*
  * fork + exec path with argv and envp, stdout and stderr to log (or inherited
- * when log is NULL). Between fork and exec only async-signal-safe calls: the
- * test process has threads. The child gets SIGKILL when the forking thread
- * dies, so a crashed or killed test leaves no daemon behind.
+ * when log is NULL), with RLIMIT_NOFILE set to *nofile (or inherited when
+ * NULL). Between fork and exec only async-signal-safe calls: the test process
+ * has threads. The child gets SIGKILL when the forking thread dies, so a
+ * crashed or killed test leaves no daemon behind.
  */
-static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log)
+static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log,
+                   const struct rlimit *nofile)
 {
     pid_t parent = getpid();
     int max_fd = fd_limit();
@@ -82,6 +84,8 @@ static pid_t spawn(const char *path, char *const argv[], char *const envp[], con
         _exit(126);
     for (int fd = 3; fd < max_fd; fd++)
         close(fd);
+    if (nofile != NULL && setrlimit(RLIMIT_NOFILE, nofile) != 0)
+        _exit(126);
     if (log != NULL) {
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd < 0)
@@ -129,6 +133,42 @@ int tq_test_reap(pid_t pid, int timeout_ms)
     if (WIFSIGNALED(status))
         return 128 + WTERMSIG(status);
     return -1;
+}
+
+uint64_t tq_test_proc_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command may contain spaces */
+    if (p == NULL)
+        return 0;
+    unsigned long long utime = 0, stime = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return 0;
+    long hz = sysconf(_SC_CLK_TCK);
+    return (utime + stime) * 1000u / (unsigned long long)(hz > 0 ? hz : 100);
+}
+
+long tq_test_proc_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long kb = -1;
+    while (kb < 0 && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
 }
 
 /* SIGTERM, reap within the stop timeout, SIGKILL after. @return 0 for a
@@ -281,7 +321,7 @@ int tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
     snprintf(log, sizeof(log), "%s/unit%u.log", cl->dir, cl->num_units);
     const char *fixed[] = {storage_bin, "--controller", cl->address, "--pool-size", pool_size};
     char **argv = daemon_argv(fixed, ARRAY_SIZE(fixed), unit_args);
-    pid_t pid = argv ? spawn(storage_bin, argv, environ, log) : -1;
+    pid_t pid = argv ? spawn(storage_bin, argv, environ, log, NULL) : -1;
     free(argv);
     if (pid < 0)
         return -1;
@@ -296,6 +336,15 @@ int tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *p
 
 int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
                                const char *const *controller_args, const char *const *unit_args)
+{
+    return tq_test_cluster_start_limited(cl, num_units, pool_size, controller_args, unit_args,
+                                         NULL);
+}
+
+int tq_test_cluster_start_limited(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                                  const char *const *controller_args,
+                                  const char *const *unit_args,
+                                  const struct rlimit *controller_nofile)
 {
     memset(cl, 0, sizeof(*cl));
     if (num_units > TQ_TEST_MAX_UNITS) {
@@ -314,7 +363,7 @@ int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const ch
     const char *controller_bin = TQ_BIN_DIR "/controller/tq-controller";
     const char *fixed[] = {controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file};
     char **cargv = daemon_argv(fixed, ARRAY_SIZE(fixed), controller_args);
-    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log) : -1;
+    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log, controller_nofile) : -1;
     free(cargv);
     if (cl->controller < 0) {
         cl->controller = 0;
@@ -403,7 +452,7 @@ pid_t tq_test_spawn_job(const char *job, const char *const *args)
         envp[k++] = HELPER_ENV "=1";
         envp[k] = NULL;
         self[len] = '\0';
-        pid = spawn(self, argv, envp, NULL);
+        pid = spawn(self, argv, envp, NULL, NULL);
     }
     free(envp);
     free(argv);

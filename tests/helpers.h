@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include "clock.h"
@@ -40,6 +41,12 @@ int  tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *
  * (NULL-terminated lists, or NULL). */
 int  tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
                                 const char *const *controller_args, const char *const *unit_args);
+/* The same, the controller run with RLIMIT_NOFILE set to *controller_nofile
+ * (NULL: inherited). */
+int  tq_test_cluster_start_limited(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                                   const char *const *controller_args,
+                                   const char *const *unit_args,
+                                   const struct rlimit *controller_nofile);
 /* Start one more unit; it is unit cl->num_units - 1. @return 0, or -1 after
  * printing why. It is not waited for: see tq_test_wait_units. */
 int  tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
@@ -126,6 +133,11 @@ pid_t tq_test_spawn_put_range(const char *address, const char *partition, const 
  */
 pid_t tq_test_spawn_job(const char *job, const char *const *args);
 static inline int64_t tq_test_row_value(int64_t index) { return index * 7 + 3; }
+
+/* CPU time (user + system) of a process so far, from /proc; 0 when unknown. */
+uint64_t tq_test_proc_cpu_ms(pid_t pid);
+/* The VmRSS of a process in kB, or -1. */
+long     tq_test_proc_rss_kb(pid_t pid);
 
 /* Reap child pid within timeout_ms (SIGKILL after that). @return its exit status
  * (0..255), 128 + signal when killed, or -1 if it could not be reaped. */

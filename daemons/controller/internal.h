@@ -125,6 +125,8 @@ typedef struct {
 
 struct tq_controller {
     int      epfd, listen_fd, stop_fd, metrics_fd;
+    int      spare_fd;           /* /dev/null, given up to shed a connection when out of fds */
+    uint64_t accept_paused_until_ms; /* out of fds with no spare: listeners off until then */
     char     address[80], metrics_address[80];
     char    *token;
     int      heartbeat_timeout_ms;

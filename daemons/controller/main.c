@@ -40,7 +40,8 @@ static tq_config_opt_t opts[OPT_COUNT] = {
                           "a storage unit silent this long is dead (they beat each second)",
                           "3000"},
     [OPT_MAX_CONNECTIONS] = {"max-connections", "TQ_MAX_CONNECTIONS", "max_connections", "N",
-                             "more connections are closed at once", "4096"},
+                             "more connections are closed at once; RLIMIT_NOFILE is raised "
+                             "to fit, up to the hard limit", "4096"},
     [OPT_MAX_PARTITIONS] = {"max-partitions", "TQ_MAX_PARTITIONS", "max_partitions", "N",
                             "puts that would create more partitions fail", "65536"},
     [OPT_MAX_METADATA] = {"max-metadata", "TQ_MAX_METADATA", "max_metadata", "SIZE",
@@ -76,7 +77,8 @@ static int settings(tq_controller_config_t *cfg, char **token, char *err, size_t
                                     .lease_ms = (unsigned)lease,
                                     .max_connections = (unsigned)conns,
                                     .max_partitions = (unsigned)parts,
-                                    .max_metadata = metadata};
+                                    .max_metadata = metadata,
+                                    .fit_fd_limit = true};
     return 0;
 }
 
