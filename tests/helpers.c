@@ -624,6 +624,32 @@ err:
     return -1;
 }
 
+size_t tq_test_drain(int fd, uint64_t deadline_ms, char *head, size_t head_cap)
+{
+    static char chunk[1 << 16];
+    size_t total = 0;
+    if (head_cap > 0)
+        head[0] = '\0';
+    for (;;) {
+        uint64_t now = tq_test_now_ms();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (now >= deadline_ms || poll(&p, 1, (int)(deadline_ms - now)) != 1)
+            break;
+        ssize_t n = recv(fd, chunk, sizeof(chunk), MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            break;
+        if (total + 1 < head_cap) {
+            size_t k = TQ_MIN((size_t)n, head_cap - 1 - total);
+            memcpy(head + total, chunk, k);
+            head[total + k] = '\0';
+        }
+        total += (size_t)n;
+    }
+    return total;
+}
+
 int tq_test_write_all(int fd, const void *buf, size_t len)
 {
     const char *p = buf;
@@ -814,6 +840,33 @@ void tq_test_put_rollout(tq_client *c, const char *partition)
     tq_meta *m;
     cr_assert(eq(int, tq_get_meta(c, &args, &m), TQ_OK));
     tq_meta_free(m);
+}
+
+void tq_test_make_partitions(tq_client *c, unsigned partitions, unsigned fields)
+{
+    char part[256], names[TQ_TEST_MAX_FIELDS][256];
+    int64_t one = 1, value = 7;
+    cr_assert(le(u32, fields, TQ_TEST_MAX_FIELDS));
+    for (unsigned k = 0; k < fields; k++) {
+        memset(names[k], 'f', 200);
+        snprintf(names[k] + 200, 56, "_%u", k);
+    }
+    memset(part, 'p', 200);
+    uint64_t t0 = tq_test_now_ms();
+    for (unsigned i = 0; i < partitions; i++) {
+        snprintf(part + 200, 56, "_%u", i);
+        tq_batch *b;
+        cr_assert(eq(int, tq_batch_create(1, &b), TQ_OK));
+        for (unsigned k = 0; k < fields; k++)
+            cr_assert(eq(int, tq_batch_add_tensor(b, names[k], TQ_DTYPE_I64, 1, &one, &value),
+                         TQ_OK));
+        int rc = tq_put(c, part, b, NULL, NULL);
+        tq_batch_destroy(b);
+        cr_assert(eq(int, rc, TQ_OK), "put %u: %s", i, tq_last_error(c));
+        cr_assert(lt(u64, tq_test_now_ms() - t0, 120000), "only %u partitions in 120 s", i);
+    }
+    fprintf(stderr, "helpers: %u partitions of %u fields in %llu ms\n", partitions, fields,
+            (unsigned long long)(tq_test_now_ms() - t0));
 }
 
 int tq_test_run(const char *cmd, char *out, size_t cap)

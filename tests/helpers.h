@@ -70,6 +70,12 @@ int tq_test_run(const char *cmd, char *out, size_t cap);
  * on rows 0-4 (52 bytes in all), then task "train" takes 3 ready rows. */
 void tq_test_put_rollout(tq_client *c, const char *partition);
 
+/* partitions partitions "ppp...p_<i>" of one row, each with fields I64 fields
+ * "fff...f_<k>": names of ~200 bytes, for answers (metrics, partitions) that
+ * are large for few puts. Bounded to 120 s. */
+#define TQ_TEST_MAX_FIELDS 64
+void tq_test_make_partitions(tq_client *c, unsigned partitions, unsigned fields);
+
 /*
  * One scenario, two setups (as UCX's UCT_INSTANTIATE_TEST_CASE): a client of a
  * real cluster (a controller and two storage units) or of the embedded
@@ -172,6 +178,9 @@ const char *tq_test_unique(const char *prefix);
 int tq_test_connect(uint16_t port, int timeout_ms);
 /* Write all of buf (MSG_NOSIGNAL). @return 0, or -1 (e.g. the peer closed). */
 int tq_test_write_all(int fd, const void *buf, size_t len);
+/* Read whatever comes until the peer closes (or resets) or the deadline; the
+ * first head_cap - 1 bytes into head, NUL-terminated. @return the bytes read. */
+size_t  tq_test_drain(int fd, uint64_t deadline_ms, char *head, size_t head_cap);
 /* Read exactly len bytes before the deadline. @return len, 0 when the peer
  * closed (or reset) first, -1 on timeout or error. */
 ssize_t tq_test_read_exact(int fd, void *buf, size_t len, uint64_t deadline_ms);

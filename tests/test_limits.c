@@ -1,4 +1,4 @@
-/* test_limits.c: the controller out of file descriptors: no busy loop, no log flood, service after. */
+/* test_limits.c: the controller out of descriptors or with unread answers: bounded, idle, serving. */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <dirent.h>
@@ -15,6 +15,7 @@
 
 #include "helpers.h"
 #include "tq/tq.h"
+#include "wire.h"
 
 #define RAW_CONNECTIONS 200 /* more than 64 descriptors hold */
 #define WATCH_MS        2000
@@ -303,4 +304,71 @@ Test(limits, embedded_sheds_when_out_of_fds, .timeout = 60)
 
     put_and_get(c, "after"); /* and it serves on */
     tq_close(c);
+}
+
+#define BIG_REPLIES 6 /* partitions listings of ~4.5 MB each, never read */
+
+/*
+ * Issue 14, item 10, for the wire protocol: a connection the controller is
+ * closing (here after a bad frame header) with answers its peer never reads
+ * is closed within the close timeout (10 s), and its memory goes with it.
+ */
+Test(limits, closing_connection_times_out, .timeout = 120)
+{
+    tq_test_cluster cl;
+    cr_assert(eq(int, tq_test_cluster_start(&cl, 1, "64M"), 0));
+    tq_client *c;
+    cr_assert(eq(int, tq_open(cl.address, &c), TQ_OK));
+    tq_test_make_partitions(c, 2500, 8);
+    char *json = NULL;
+    cr_assert(eq(int, tq_partitions(c, NULL, &json), TQ_OK));
+    size_t answers = BIG_REPLIES * strlen(json);
+    free(json);
+    tq_test_sleep_ms(200);
+    long base_kb = tq_test_proc_rss_kb(cl.controller);
+
+    int fd = tq_test_connect(tq_test_cluster_port(&cl), 5000);
+    cr_assert(ge(int, fd, 0));
+    size_t len;
+    uint8_t *frame = tq_test_hello_frame(1, &len);
+    cr_assert(eq(int, tq_test_write_all(fd, frame, len), 0));
+    free(frame);
+    tq_test_answer_t a;
+    cr_assert(eq(int, tq_test_read_answer(fd, 5000, &a), 0));
+    cr_assert(eq(int, a.status, TQ_OK), "hello: %s", a.message);
+    tq_test_answer_free(&a);
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_wire_encode_partition_filter(&body, NULL); /* every partition */
+    for (uint64_t i = 0; i < BIG_REPLIES; i++) {
+        frame = tq_test_frame(TQ_MSG_PARTITIONS, 0, 2 + i, body.data, (uint32_t)body.len, &len);
+        cr_assert(eq(int, tq_test_write_all(fd, frame, len), 0));
+        free(frame);
+    }
+    tq_wbuf_free(&body);
+    static const uint8_t garbage[TQ_WIRE_HEADER_SIZE] = "not a frame header";
+    cr_assert(eq(int, tq_test_write_all(fd, garbage, sizeof(garbage)), 0));
+    uint64_t t0 = tq_test_now_ms();
+    tq_test_sleep_ms(1000);
+    long held_kb = tq_test_proc_rss_kb(cl.controller);
+    bool gone = false;
+    while (!gone && tq_test_now_ms() < t0 + 14000) { /* 10 s, and the timer's second */
+        tq_test_sleep_ms(250);
+        gone = tq_test_proc_rss_kb(cl.controller) - base_kb < (held_kb - base_kb) / 2;
+    }
+    uint64_t took = tq_test_now_ms() - t0;
+    long after_kb = tq_test_proc_rss_kb(cl.controller);
+    char head[64];
+    size_t received = tq_test_drain(fd, tq_test_now_ms() + 5000, head, sizeof(head));
+    close(fd);
+    fprintf(stderr, "limits: controller VmRSS %ld kB, %ld kB with %d unread answers (%zu "
+            "bytes), %ld kB after %llu ms; %zu bytes reached the peer\n", base_kb, held_kb,
+            BIG_REPLIES, answers, after_kb, (unsigned long long)took, received);
+    cr_expect(gt(long, held_kb - base_kb, 8 * 1024), "the answers were not held: no test");
+    cr_expect(gone, "the closing connection still holds %ld kB after %llu ms",
+              after_kb - base_kb, (unsigned long long)took);
+    /* closed with its answers unsent, not kept until the peer read them all */
+    cr_expect(lt(sz, received, answers / 2), "%zu of %zu bytes sent", received, answers);
+    tq_close(c);
+    cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
 }

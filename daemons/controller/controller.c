@@ -28,6 +28,7 @@
 #define READ_CHUNK          (64u << 10)
 #define MAX_OUTPUT          (256u << 20)  /* a peer that reads nothing is dropped */
 #define HELLO_TIMEOUT_MS    10000         /* a connection must authenticate by then */
+#define CLOSE_TIMEOUT_MS    10000         /* a closing connection's last answer: read by then */
 #define ACCEPT_PAUSE_MS     100           /* out of descriptors with no spare: stop accepting */
 #define FD_RESERVE          32            /* descriptors besides connections: stdio, listeners,
                                              epoll, eventfd, the spare, logs, plugins */
@@ -746,7 +747,8 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
         c->fd = fd;
         c->http = http;
         c->id = ++ctl->next_id;
-        c->hello_due_ms = tq__now_ms() + HELLO_TIMEOUT_MS;
+        /* a scrape has this long to send its request and read the answer */
+        c->hello_due_ms = tq__now_ms() + (http ? ctl->metrics_timeout_ms : HELLO_TIMEOUT_MS);
         tq_wbuf_init(&c->out);
         tq_list_init(&c->flush_link);
         tq_list_init(&c->allocs);
@@ -771,8 +773,8 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
  */
 static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
 {
-    tq_list *cpos, *pos, *tmp;
-    for (cpos = ctl->conns.next; cpos != &ctl->conns; cpos = cpos->next) {
+    tq_list *cpos, *ctmp, *pos, *tmp;
+    tq_list_for_each_safe(cpos, ctmp, &ctl->conns) {
         conn_t *c = tq_list_entry(cpos, conn_t, link);
         tq_list_for_each_safe(pos, tmp, &c->allocs) {
             alloc_t *a = tq_list_entry(pos, alloc_t, conn_link);
@@ -796,7 +798,29 @@ static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
                 next = TQ_MIN(next, m->lease_end_ms);
             }
         }
-        if (!c->greeted && !c->closing) {
+        if (c->http) {
+            /* answered or not, read or not: a scrape's memory goes at its deadline */
+            if (c->hello_due_ms <= now) {
+                tq_warn_limited("metrics connection %llu not done within %u ms: closed "
+                                "(%zu bytes unsent)", (unsigned long long)c->id,
+                                ctl->metrics_timeout_ms, c->out.len);
+                conn_close(c);
+                continue;
+            }
+            next = TQ_MIN(next, c->hello_due_ms);
+        } else if (c->closing) {
+            /* a peer that never reads its last answer does not keep it here */
+            if (c->close_due_ms == 0)
+                c->close_due_ms = now + CLOSE_TIMEOUT_MS;
+            if (c->close_due_ms <= now) {
+                tq_warn_limited("connection %llu did not read its last %zu bytes within %d ms: "
+                                "closed", (unsigned long long)c->id, c->out.len,
+                                CLOSE_TIMEOUT_MS);
+                conn_close(c);
+                continue;
+            }
+            next = TQ_MIN(next, c->close_due_ms);
+        } else if (!c->greeted) {
             if (c->hello_due_ms <= now) {
                 tq_warn_limited("connection %llu sent no hello in time: closed",
                                 (unsigned long long)c->id);
@@ -990,6 +1014,7 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     ctl->heartbeat_timeout_ms = cfg->heartbeat_timeout_ms > 0 ? cfg->heartbeat_timeout_ms : 3000;
     ctl->lease_ms = cfg->lease_ms ? cfg->lease_ms : 60000;
     ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
+    ctl->metrics_timeout_ms = cfg->metrics_timeout_ms ? cfg->metrics_timeout_ms : 10000;
     ctl->max_partitions = cfg->max_partitions ? cfg->max_partitions : 65536;
     ctl->meta_budget.max = cfg->max_metadata ? cfg->max_metadata : 4ULL << 30;
     int rc = TQ_ERR_NOMEM;

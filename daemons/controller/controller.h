@@ -16,6 +16,7 @@ typedef struct {
     /* Leases and limits; 0 takes the default in parentheses. */
     unsigned    lease_ms;             /* pins and uncommitted allocations (60000) */
     unsigned    max_connections;      /* more are closed at once (4096) */
+    unsigned    metrics_timeout_ms;   /* a scrape is closed this long after it connected (10000) */
     unsigned    max_partitions;       /* a put that would create more fails (65536) */
     unsigned long long max_metadata;  /* bytes of row metadata of all partitions (4 GiB) */
     /* The process is the controller's own (the daemon, not a client embedding
