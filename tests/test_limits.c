@@ -364,9 +364,11 @@ Test(limits, closing_connection_times_out, .timeout = 120)
     fprintf(stderr, "limits: controller VmRSS %ld kB, %ld kB with %d unread answers (%zu "
             "bytes), %ld kB after %llu ms; %zu bytes reached the peer\n", base_kb, held_kb,
             BIG_REPLIES, answers, after_kb, (unsigned long long)took, received);
-    cr_expect(gt(long, held_kb - base_kb, 8 * 1024), "the answers were not held: no test");
-    cr_expect(gone, "the closing connection still holds %ld kB after %llu ms",
-              after_kb - base_kb, (unsigned long long)took);
+    if (TQ_TEST_RSS_MEANINGFUL) {
+        cr_expect(gt(long, held_kb - base_kb, 8 * 1024), "the answers were not held: no test");
+        cr_expect(gone, "the closing connection still holds %ld kB after %llu ms",
+                  after_kb - base_kb, (unsigned long long)took);
+    }
     /* closed with its answers unsent, not kept until the peer read them all */
     cr_expect(lt(sz, received, answers / 2), "%zu of %zu bytes sent", received, answers);
     tq_close(c);

@@ -248,12 +248,14 @@ Test(metrics, slow_readers_bounded, .timeout = 240)
     }
     tq_test_sleep_ms(SCRAPE_MS / 2 + 1500); /* past the timeout */
     long after_kb = tq_test_proc_rss_kb(cl.controller);
-    unsigned ok = 0, busy = 0;
+    /* what reaches us now: an answer cut short where the controller closed
+     * (what the kernel had buffered), or all of it where it is still sending */
+    unsigned ok = 0, busy = 0, cut = 0;
     for (int i = 0; i < SCRAPERS; i++) {
-        /* what reached us: the status line */
-        tq_test_drain(fds[i], tq_test_now_ms() + 200, head, 16);
+        size_t got = tq_test_drain(fds[i], tq_test_now_ms() + 5000, head, 16);
         ok += strncmp(head, "HTTP/1.1 200", 12) == 0;
         busy += strncmp(head, "HTTP/1.1 503", 12) == 0;
+        cut += strncmp(head, "HTTP/1.1 200", 12) == 0 && got < scrape;
         close(fds[i]);
     }
 
@@ -268,18 +270,21 @@ Test(metrics, slow_readers_bounded, .timeout = 240)
     close(fd);
 
     fprintf(stderr, "metrics: a scrape of %zu bytes; controller VmRSS %ld kB, %ld kB peak with "
-            "%d unread scrapes (%u answered 200, %u 503), %ld kB %d ms after them; pipelined: "
-            "%u answers, %zu bytes\n", scrape, base_kb, peak_kb, SCRAPERS, ok, busy, after_kb,
-            SCRAPE_MS + 1500, answers, pipelined_bytes);
+            "%d unread scrapes (%u answered 200, %u of them cut short, %u 503), %ld kB %d ms "
+            "after them; pipelined: %u answers, %zu bytes\n", scrape, base_kb, peak_kb,
+            SCRAPERS, ok, cut, busy, after_kb, SCRAPE_MS + 1500, answers, pipelined_bytes);
     cr_expect(gt(sz, scrape, 8u << 20), "a scrape of only %zu bytes: the test proves little",
               scrape);
-    /* at most 64 MiB of answers held at once, and one render on its way */
-    cr_expect(lt(long, peak_kb - base_kb, 100 * 1024), "%ld kB more with unread scrapes",
-              peak_kb - base_kb);
-    cr_expect(lt(long, after_kb - base_kb, 16 * 1024), "%ld kB still held past the timeout",
-              after_kb - base_kb);
+    if (TQ_TEST_RSS_MEANINGFUL) {
+        /* at most 64 MiB of answers held at once, and one render on its way */
+        cr_expect(lt(long, peak_kb - base_kb, 100 * 1024), "%ld kB more with unread scrapes",
+                  peak_kb - base_kb);
+        cr_expect(lt(long, after_kb - base_kb, 16 * 1024), "%ld kB still held past the timeout",
+                  after_kb - base_kb);
+    }
     cr_expect(eq(u32, ok + busy, SCRAPERS));
     cr_expect(le(u32, ok, (64u << 20) / scrape + 1));
+    cr_expect(eq(u32, cut, ok), "scrapes still served past the metrics timeout");
     cr_expect(eq(u32, answers, 1), "a pipelined GET answered again");
 
     tq_close(c);
