@@ -156,6 +156,13 @@ uint64_t tq_test_proc_cpu_ms(pid_t pid)
     return (utime + stime) * 1000u / (unsigned long long)(hz > 0 ? hz : 100);
 }
 
+uint64_t tq_test_self_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 long tq_test_proc_rss_kb(pid_t pid)
 {
     char path[64], line[256];

@@ -155,6 +155,8 @@ static inline int64_t tq_test_row_value(int64_t index) { return index * 7 + 3; }
 
 /* CPU time (user + system) of a process so far, from /proc; 0 when unknown. */
 uint64_t tq_test_proc_cpu_ms(pid_t pid);
+/* CPU time of this process (all its threads) so far. */
+uint64_t tq_test_self_cpu_ms(void);
 /* The VmRSS of a process in kB, or -1. */
 long     tq_test_proc_rss_kb(pid_t pid);
 

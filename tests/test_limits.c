@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -207,13 +206,6 @@ Test(limits, soft_fd_limit_raised, .timeout = 120)
     cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
 }
 
-static uint64_t self_cpu_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* The highest descriptor open in this process, or -1. */
 static int highest_fd(void)
 {
@@ -264,7 +256,7 @@ Test(limits, embedded_sheds_when_out_of_fds, .timeout = 60)
     while (num_fillers < 4 * SHED && (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
         fillers[num_fillers++] = fd;
     int full_errno = errno;
-    uint64_t t0 = tq_test_now_ms(), cpu0 = self_cpu_ms();
+    uint64_t t0 = tq_test_now_ms(), cpu0 = tq_test_self_cpu_ms();
     pid_t child = fork();
     if (child == 0) { /* async-signal-safe calls only: this process has threads */
         int raw[SHED];
@@ -279,7 +271,7 @@ Test(limits, embedded_sheds_when_out_of_fds, .timeout = 60)
         _exit(connected == SHED ? (int)shed : 100 + (int)connected);
     }
     int status = tq_test_reap(child, WATCH_MS + 5000);
-    uint64_t wall = tq_test_now_ms() - t0, cpu = self_cpu_ms() - cpu0;
+    uint64_t wall = tq_test_now_ms() - t0, cpu = tq_test_self_cpu_ms() - cpu0;
     unsigned connected = status >= 0 && status <= SHED ? SHED : status >= 100 ? status - 100 : 0;
     unsigned shed = status >= 0 && status <= SHED ? (unsigned)status : 0;
     while (num_fillers > 0)
