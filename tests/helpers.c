@@ -63,11 +63,13 @@ static int fd_limit(void)
 
 /*
  * fork + exec path with argv and envp, stdout and stderr to log (or inherited
- * when log is NULL). Between fork and exec only async-signal-safe calls: the
- * test process has threads. The child gets SIGKILL when the forking thread
- * dies, so a crashed or killed test leaves no daemon behind.
+ * when log is NULL), with RLIMIT_NOFILE set to *nofile (or inherited when
+ * NULL). Between fork and exec only async-signal-safe calls: the test process
+ * has threads. The child gets SIGKILL when the forking thread dies, so a
+ * crashed or killed test leaves no daemon behind.
  */
-static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log)
+static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log,
+                   const struct rlimit *nofile)
 {
     pid_t parent = getpid();
     int max_fd = fd_limit();
@@ -82,6 +84,8 @@ static pid_t spawn(const char *path, char *const argv[], char *const envp[], con
         _exit(126);
     for (int fd = 3; fd < max_fd; fd++)
         close(fd);
+    if (nofile != NULL && setrlimit(RLIMIT_NOFILE, nofile) != 0)
+        _exit(126);
     if (log != NULL) {
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd < 0)
@@ -129,6 +133,49 @@ int tq_test_reap(pid_t pid, int timeout_ms)
     if (WIFSIGNALED(status))
         return 128 + WTERMSIG(status);
     return -1;
+}
+
+uint64_t tq_test_proc_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command may contain spaces */
+    if (p == NULL)
+        return 0;
+    unsigned long long utime = 0, stime = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return 0;
+    long hz = sysconf(_SC_CLK_TCK);
+    return (utime + stime) * 1000u / (unsigned long long)(hz > 0 ? hz : 100);
+}
+
+uint64_t tq_test_self_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+long tq_test_proc_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long kb = -1;
+    while (kb < 0 && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
 }
 
 /* SIGTERM, reap within the stop timeout, SIGKILL after. @return 0 for a
@@ -281,7 +328,7 @@ int tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
     snprintf(log, sizeof(log), "%s/unit%u.log", cl->dir, cl->num_units);
     const char *fixed[] = {storage_bin, "--controller", cl->address, "--pool-size", pool_size};
     char **argv = daemon_argv(fixed, ARRAY_SIZE(fixed), unit_args);
-    pid_t pid = argv ? spawn(storage_bin, argv, environ, log) : -1;
+    pid_t pid = argv ? spawn(storage_bin, argv, environ, log, NULL) : -1;
     free(argv);
     if (pid < 0)
         return -1;
@@ -296,6 +343,15 @@ int tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *p
 
 int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
                                const char *const *controller_args, const char *const *unit_args)
+{
+    return tq_test_cluster_start_limited(cl, num_units, pool_size, controller_args, unit_args,
+                                         NULL);
+}
+
+int tq_test_cluster_start_limited(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                                  const char *const *controller_args,
+                                  const char *const *unit_args,
+                                  const struct rlimit *controller_nofile)
 {
     memset(cl, 0, sizeof(*cl));
     if (num_units > TQ_TEST_MAX_UNITS) {
@@ -314,7 +370,7 @@ int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const ch
     const char *controller_bin = TQ_BIN_DIR "/controller/tq-controller";
     const char *fixed[] = {controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file};
     char **cargv = daemon_argv(fixed, ARRAY_SIZE(fixed), controller_args);
-    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log) : -1;
+    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log, controller_nofile) : -1;
     free(cargv);
     if (cl->controller < 0) {
         cl->controller = 0;
@@ -403,7 +459,7 @@ pid_t tq_test_spawn_job(const char *job, const char *const *args)
         envp[k++] = HELPER_ENV "=1";
         envp[k] = NULL;
         self[len] = '\0';
-        pid = spawn(self, argv, envp, NULL);
+        pid = spawn(self, argv, envp, NULL, NULL);
     }
     free(envp);
     free(argv);
@@ -573,6 +629,32 @@ int tq_test_connect(uint16_t port, int timeout_ms)
 err:
     close(fd);
     return -1;
+}
+
+size_t tq_test_drain(int fd, uint64_t deadline_ms, char *head, size_t head_cap)
+{
+    static char chunk[1 << 16];
+    size_t total = 0;
+    if (head_cap > 0)
+        head[0] = '\0';
+    for (;;) {
+        uint64_t now = tq_test_now_ms();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (now >= deadline_ms || poll(&p, 1, (int)(deadline_ms - now)) != 1)
+            break;
+        ssize_t n = recv(fd, chunk, sizeof(chunk), MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            break;
+        if (total + 1 < head_cap) {
+            size_t k = TQ_MIN((size_t)n, head_cap - 1 - total);
+            memcpy(head + total, chunk, k);
+            head[total + k] = '\0';
+        }
+        total += (size_t)n;
+    }
+    return total;
 }
 
 int tq_test_write_all(int fd, const void *buf, size_t len)
@@ -765,6 +847,33 @@ void tq_test_put_rollout(tq_client *c, const char *partition)
     tq_meta *m;
     cr_assert(eq(int, tq_get_meta(c, &args, &m), TQ_OK));
     tq_meta_free(m);
+}
+
+void tq_test_make_partitions(tq_client *c, unsigned partitions, unsigned fields)
+{
+    char part[256], names[TQ_TEST_MAX_FIELDS][256];
+    int64_t one = 1, value = 7;
+    cr_assert(le(u32, fields, TQ_TEST_MAX_FIELDS));
+    for (unsigned k = 0; k < fields; k++) {
+        memset(names[k], 'f', 200);
+        snprintf(names[k] + 200, 56, "_%u", k);
+    }
+    memset(part, 'p', 200);
+    uint64_t t0 = tq_test_now_ms();
+    for (unsigned i = 0; i < partitions; i++) {
+        snprintf(part + 200, 56, "_%u", i);
+        tq_batch *b;
+        cr_assert(eq(int, tq_batch_create(1, &b), TQ_OK));
+        for (unsigned k = 0; k < fields; k++)
+            cr_assert(eq(int, tq_batch_add_tensor(b, names[k], TQ_DTYPE_I64, 1, &one, &value),
+                         TQ_OK));
+        int rc = tq_put(c, part, b, NULL, NULL);
+        tq_batch_destroy(b);
+        cr_assert(eq(int, rc, TQ_OK), "put %u: %s", i, tq_last_error(c));
+        cr_assert(lt(u64, tq_test_now_ms() - t0, 120000), "only %u partitions in 120 s", i);
+    }
+    fprintf(stderr, "helpers: %u partitions of %u fields in %llu ms\n", partitions, fields,
+            (unsigned long long)(tq_test_now_ms() - t0));
 }
 
 int tq_test_run(const char *cmd, char *out, size_t cap)

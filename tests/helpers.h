@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include "clock.h"
@@ -40,6 +41,12 @@ int  tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *
  * (NULL-terminated lists, or NULL). */
 int  tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
                                 const char *const *controller_args, const char *const *unit_args);
+/* The same, the controller run with RLIMIT_NOFILE set to *controller_nofile
+ * (NULL: inherited). */
+int  tq_test_cluster_start_limited(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                                   const char *const *controller_args,
+                                   const char *const *unit_args,
+                                   const struct rlimit *controller_nofile);
 /* Start one more unit; it is unit cl->num_units - 1. @return 0, or -1 after
  * printing why. It is not waited for: see tq_test_wait_units. */
 int  tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
@@ -62,6 +69,12 @@ int tq_test_run(const char *cmd, char *out, size_t cap);
 /* A small RL step in partition: int32 field "prompt" on rows 0-7, "response"
  * on rows 0-4 (52 bytes in all), then task "train" takes 3 ready rows. */
 void tq_test_put_rollout(tq_client *c, const char *partition);
+
+/* partitions partitions "ppp...p_<i>" of one row, each with fields I64 fields
+ * "fff...f_<k>": names of ~200 bytes, for answers (metrics, partitions) that
+ * are large for few puts. Bounded to 120 s. */
+#define TQ_TEST_MAX_FIELDS 64
+void tq_test_make_partitions(tq_client *c, unsigned partitions, unsigned fields);
 
 /*
  * One scenario, two setups (as UCX's UCT_INSTANTIATE_TEST_CASE): a client of a
@@ -127,6 +140,26 @@ pid_t tq_test_spawn_put_range(const char *address, const char *partition, const 
 pid_t tq_test_spawn_job(const char *job, const char *const *args);
 static inline int64_t tq_test_row_value(int64_t index) { return index * 7 + 3; }
 
+/* Under AddressSanitizer freed memory waits in a quarantine, so a process's
+ * VmRSS says nothing of what it still holds: tests check it only without. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TQ_TEST_RSS_MEANINGFUL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TQ_TEST_RSS_MEANINGFUL 0
+#endif
+#endif
+#ifndef TQ_TEST_RSS_MEANINGFUL
+#define TQ_TEST_RSS_MEANINGFUL 1
+#endif
+
+/* CPU time (user + system) of a process so far, from /proc; 0 when unknown. */
+uint64_t tq_test_proc_cpu_ms(pid_t pid);
+/* CPU time of this process (all its threads) so far. */
+uint64_t tq_test_self_cpu_ms(void);
+/* The VmRSS of a process in kB, or -1. */
+long     tq_test_proc_rss_kb(pid_t pid);
+
 /* Reap child pid within timeout_ms (SIGKILL after that). @return its exit status
  * (0..255), 128 + signal when killed, or -1 if it could not be reaped. */
 int tq_test_reap(pid_t pid, int timeout_ms);
@@ -160,6 +193,9 @@ const char *tq_test_unique(const char *prefix);
 int tq_test_connect(uint16_t port, int timeout_ms);
 /* Write all of buf (MSG_NOSIGNAL). @return 0, or -1 (e.g. the peer closed). */
 int tq_test_write_all(int fd, const void *buf, size_t len);
+/* Read whatever comes until the peer closes (or resets) or the deadline; the
+ * first head_cap - 1 bytes into head, NUL-terminated. @return the bytes read. */
+size_t  tq_test_drain(int fd, uint64_t deadline_ms, char *head, size_t head_cap);
 /* Read exactly len bytes before the deadline. @return len, 0 when the peer
  * closed (or reset) first, -1 on timeout or error. */
 ssize_t tq_test_read_exact(int fd, void *buf, size_t len, uint64_t deadline_ms);

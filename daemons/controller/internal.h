@@ -67,7 +67,8 @@ typedef struct conn {
     tq_unit       *unit;
     tq_list        allocs;       /* alloc_t.conn_link */
     tq_list        metas;        /* meta_t.conn_link */
-    uint64_t       hello_due_ms; /* closed if not greeted by then */
+    uint64_t       hello_due_ms; /* closed if not greeted by then (a scrape: if not done) */
+    uint64_t       close_due_ms; /* closing: closed by then even with output unsent; 0: unset */
     bool           http;         /* a metrics scrape (metrics.c), not the wire protocol */
     bool           peer_gone;    /* the peer closed its end: it awaits no answer */
 } conn_t;
@@ -127,12 +128,16 @@ typedef struct {
 
 struct tq_controller {
     int      epfd, listen_fd, stop_fd, metrics_fd;
+    int      spare_fd;           /* /dev/null, given up to shed a connection when out of fds */
+    uint64_t accept_paused_until_ms; /* out of fds with no spare: listeners off until then */
     char     address[80], metrics_address[80];
     char    *token;
     int      heartbeat_timeout_ms;
     uint32_t lease_ms;
     unsigned max_connections, num_connections, max_partitions, num_partitions;
     uint64_t epoch;              /* random, per start: ids mean something only within it */
+    unsigned metrics_timeout_ms;
+    size_t   metrics_last_len;   /* of the last /metrics body: what the next will cost */
     uint64_t next_id;
     uint32_t next_unit_id;
     uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
