@@ -1147,3 +1147,60 @@ const char *tq_test_net_ip(unsigned h)
     snprintf(ring[i], sizeof(ring[i]), "198.18.0.%u", h + 1);
     return ring[i];
 }
+
+void tq_test_proc_spawn(tq_test_proc_t *p, const char *dir, char *const argv[], const char *name)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    snprintf(p->log, sizeof(p->log), "%s/%s.log", dir, name);
+    int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    cr_assert(ge(int, fd, 0), "open %s: %s", p->log, strerror(errno));
+    p->pid = tq_test_start(argv, NULL, fd);
+    close(fd);
+    cr_assert(gt(int, p->pid, 0), "cannot start %s", name);
+}
+
+void tq_test_proc_dump(const tq_test_proc_t *p)
+{
+    if (p->log[0] != '\0')
+        dump_log(p->log);
+}
+
+bool tq_test_proc_alive(tq_test_proc_t *p)
+{
+    if (p->pid <= 0)
+        return false;
+    if (waitpid(p->pid, &p->status, WNOHANG) == 0)
+        return true;
+    p->pid = 0; /* reaped (or not ours): never signal that pid again */
+    return false;
+}
+
+int tq_test_proc_wait(tq_test_proc_t *p, int sig, int timeout_ms)
+{
+    if (p->pid <= 0)
+        return -1;
+    if (sig != 0)
+        kill(p->pid, sig);
+    int rc = tq_test_reap(p->pid, timeout_ms);
+    p->pid = 0;
+    return rc;
+}
+
+bool tq_test_file_has(const char *path, const char *text, int timeout_ms)
+{
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        char buf[16384];
+        FILE *f = fopen(path, "r");
+        size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+        if (f != NULL)
+            fclose(f);
+        buf[n] = '\0';
+        if (strstr(buf, text) != NULL)
+            return true;
+        if (tq_test_now_ms() >= deadline)
+            return false;
+        tq_test_sleep_ms(20);
+    }
+}

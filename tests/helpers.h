@@ -246,4 +246,22 @@ void tq_test_cmd_init(tq_test_cmd_t *c, const tq_test_net *n, unsigned h, bool w
 void tq_test_cmd_env(tq_test_cmd_t *c, const char *fmt, ...);
 void tq_test_cmd_arg(tq_test_cmd_t *c, const char *arg);
 
+/* A process started in the background with its output in <dir>/<name>.log. */
+typedef struct {
+    pid_t pid; /* 0 once reaped */
+    int   status;
+    char  name[32];
+    char  log[160];
+} tq_test_proc_t;
+/* Start argv (as tq_test_start). Asserts it started. */
+void tq_test_proc_spawn(tq_test_proc_t *p, const char *dir, char *const argv[], const char *name);
+/* The end of its log, on stderr. */
+void tq_test_proc_dump(const tq_test_proc_t *p);
+/* Still running? (Reaps it if not.) */
+bool tq_test_proc_alive(tq_test_proc_t *p);
+/* Send sig (0: none), reap within timeout_ms (SIGKILL after). @return as tq_test_reap. */
+int  tq_test_proc_wait(tq_test_proc_t *p, int sig, int timeout_ms);
+/* Does the file at path hold text, within timeout_ms? */
+bool tq_test_file_has(const char *path, const char *text, int timeout_ms);
+
 #endif

@@ -59,17 +59,11 @@
 
 #define MH_EXIT_UNAVAILABLE 77 /* mh_client: TQ_TRANSPORT names a transport we lack */
 
-typedef struct {
-    pid_t pid;
-    char  name[32];
-    char  log[160];
-} mh_proc_t;
-
 static struct {
     tq_test_net net;
     char        controller[64]; /* "198.18.0.1:PORT" */
     uint16_t    port;
-    mh_proc_t   procs[MH_MAX_PROCS];
+    tq_test_proc_t procs[MH_MAX_PROCS];
     unsigned    num_procs;
     int         controller_i, storage_i; /* indexes into procs, -1 when none */
 } mh = {.controller_i = -1, .storage_i = -1};
@@ -99,37 +93,14 @@ static void cmd_init(tq_test_cmd_t *c, unsigned h, const char *transport, const 
 static int spawn_logged(tq_test_cmd_t *c, const char *name)
 {
     cr_assert(lt(u32, mh.num_procs, MH_MAX_PROCS), "test bug: too many processes");
-    mh_proc_t *p = &mh.procs[mh.num_procs];
-    snprintf(p->name, sizeof(p->name), "%s", name);
-    snprintf(p->log, sizeof(p->log), "%s/%s.log", mh.net.dir, name);
-    int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    cr_assert(ge(int, fd, 0), "open %s: %s", p->log, strerror(errno));
-    p->pid = tq_test_start(c->argv, NULL, fd);
-    close(fd);
-    cr_assert(gt(int, p->pid, 0), "cannot start %s", name);
+    tq_test_proc_spawn(&mh.procs[mh.num_procs], mh.net.dir, c->argv, name);
     return (int)mh.num_procs++;
-}
-
-static void dump_log(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return;
-    char buf[6144];
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, size > (long)sizeof(buf) - 1 ? size - (long)sizeof(buf) + 1 : 0, SEEK_SET);
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    fprintf(stderr, "---- %s ----\n%s%s---- end ----\n", path, buf,
-            n > 0 && buf[n - 1] != '\n' ? "\n" : "");
 }
 
 static void dump_logs(void)
 {
     for (unsigned i = 0; i < mh.num_procs; i++)
-        dump_log(mh.procs[i].log);
+        tq_test_proc_dump(&mh.procs[i]);
 }
 
 static void teardown(void);
@@ -246,33 +217,19 @@ static int probe(unsigned h, const char *transport, char *out, size_t out_size)
 /* SIGTERM to a daemon; it must exit 0 within the stop timeout. */
 static int stop_daemon(int i)
 {
-    if (i < 0 || mh.procs[i].pid <= 0)
-        return -1;
-    kill(mh.procs[i].pid, SIGTERM);
-    int rc = tq_test_reap(mh.procs[i].pid, MH_STOP_TIMEOUT_MS);
-    mh.procs[i].pid = 0;
-    return rc;
+    return i < 0 ? -1 : tq_test_proc_wait(&mh.procs[i], SIGTERM, MH_STOP_TIMEOUT_MS);
 }
 
 static bool alive(int i)
 {
-    if (i < 0 || mh.procs[i].pid <= 0)
-        return false;
-    if (waitpid(mh.procs[i].pid, NULL, WNOHANG) == 0)
-        return true;
-    mh.procs[i].pid = 0; /* reaped (or not ours): never signal that pid again */
-    return false;
+    return i >= 0 && tq_test_proc_alive(&mh.procs[i]);
 }
 
 /* Whatever the test left, even after a failed assertion: processes, namespaces, files. */
 static void teardown(void)
 {
     for (unsigned i = 0; i < mh.num_procs; i++)
-        if (mh.procs[i].pid > 0) {
-            kill(mh.procs[i].pid, SIGKILL);
-            tq_test_reap(mh.procs[i].pid, MH_STOP_TIMEOUT_MS);
-            mh.procs[i].pid = 0;
-        }
+        (void)tq_test_proc_wait(&mh.procs[i], SIGKILL, MH_STOP_TIMEOUT_MS);
     tq_test_net_down(&mh.net);
     memset(&mh, 0, sizeof(mh));
     mh.controller_i = mh.storage_i = -1;

@@ -187,19 +187,22 @@ int tq__memlimit_check(const tq_memlimit_t *m, uint64_t size, bool must_lock, ch
 {
     if (m->mem_available != TQ_MEMLIMIT_NONE && size > m->mem_available) {
         snprintf(err, cap, "a pool of %" PRIu64 " bytes is more than this host has free: "
-                 "MemAvailable is %" PRIu64 " bytes (/proc/meminfo)", size, m->mem_available);
+                 "MemAvailable is %" PRIu64 " bytes (/proc/meminfo): use a smaller --pool-size", size,
+                 m->mem_available);
         return -1;
     }
     if (m->cgroup_left != TQ_MEMLIMIT_NONE && size > m->cgroup_left) {
         snprintf(err, cap, "a pool of %" PRIu64 " bytes is more than this unit's memory cgroup "
-                 "leaves it: %" PRIu64 " bytes (limit %" PRIu64 " in %s, %" PRIu64 " in use)",
+                 "leaves it: %" PRIu64 " bytes (limit %" PRIu64 " in %s, %" PRIu64 " in use): use a "
+                 "smaller --pool-size or raise the limit",
                  size, m->cgroup_left, m->cgroup_limit, m->cgroup_file, m->cgroup_usage);
         return -1;
     }
     if (must_lock && !tq__memlimit_lockable(m, size)) {
         snprintf(err, cap, "a pool of %" PRIu64 " bytes cannot be locked in memory: "
-                 "RLIMIT_MEMLOCK is %" PRIu64 " bytes and this process lacks CAP_IPC_LOCK "
-                 "(raise it: ulimit -l, or LimitMEMLOCK= in the service)", size, m->memlock);
+                 "RLIMIT_MEMLOCK is %" PRIu64 " bytes and this process lacks CAP_IPC_LOCK: raise "
+                 "it (ulimit -l, LimitMEMLOCK= in the service) or use a smaller --pool-size",
+                 size, m->memlock);
         return -1;
     }
     return 0;

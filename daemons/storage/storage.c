@@ -169,7 +169,7 @@ static int pool_fits(tq_storage *s, const tq_storage_config_t *cfg)
     tq__memlimit_read(&m);
     bool must_lock = cfg->transport != NULL && strcmp(cfg->transport, "verbs") == 0;
     if (tq__memlimit_check(&m, s->pool_size, must_lock, err, sizeof(err)) != 0) {
-        tq_error("%s: use a smaller --pool-size", err);
+        tq_error("%s", err);
         return TQ_ERR_INVALID;
     }
     s->lockable = tq__memlimit_lockable(&m, s->pool_size);
