@@ -25,12 +25,14 @@
  *
  * What an attacker on the unit's network does with what a port scan gives:
  * for every port, an RDM endpoint of the provider FI_PROVIDER names (tcp by
- * default) addresses HOST:PORT and reads STRANGER_LEN bytes at offsets 0,
- * STRANGER_LEN, ... with the keys a simple registration scheme hands out
- * (0, 1, 2, ...) and a few random ones; where a read succeeds it writes
- * STRANGER_PATTERN over the same bytes. Each port is tried in a child
- * process with an alarm, so a port that speaks something else costs only
- * time. Prints one line per success and a summary.
+ * default) addresses HOST:PORT and reads STRANGER_LEN bytes at offset 0
+ * with the keys a simple registration scheme hands out (1, 2, ..., and 0)
+ * and a few random ones; with a key that reads, it reads the offsets 0,
+ * STRANGER_LEN, ... and writes STRANGER_PATTERN over each. A failed try may cost the
+ * connection (libfabric's tcp provider drops a peer that names a key it
+ * does not have), so the endpoint is made anew after each. Each port is
+ * tried in a child process with an alarm, so a port that speaks something
+ * else costs only time. Prints one line per success and a summary.
  * Exit status: 0 when nothing was read or written; 3 when something was;
  * 1 when no endpoint could be made at all; 2 for bad usage.
  */
@@ -39,7 +41,8 @@
 #define STRANGER_SMALL_KEYS 9u  /* 0 .. 8 */
 #define STRANGER_RANDOM     4u
 #define STRANGER_OP_MS      1500
-#define STRANGER_PORT_S     30
+#define STRANGER_PORT_MS    20000 /* then on to the next port */
+#define STRANGER_PORT_S     60    /* an alarm, should a call block */
 #define STRANGER_PATTERN    0x5a
 
 static uint64_t now_ms(void)
@@ -59,8 +62,26 @@ typedef struct {
     fi_addr_t          peer;
 } stranger_ep_t;
 
+static void ep_close(stranger_ep_t *s)
+{
+    if (s->ep != NULL)
+        fi_close(&s->ep->fid);
+    if (s->av != NULL)
+        fi_close(&s->av->fid);
+    if (s->cq != NULL)
+        fi_close(&s->cq->fid);
+    if (s->domain != NULL)
+        fi_close(&s->domain->fid);
+    if (s->fabric != NULL)
+        fi_close(&s->fabric->fid);
+    if (s->info != NULL)
+        fi_freeinfo(s->info);
+    memset(s, 0, sizeof(*s));
+}
+
 static int ep_open(stranger_ep_t *s, const struct sockaddr_in *peer)
 {
+    memset(s, 0, sizeof(*s));
     struct fi_info *hints = fi_allocinfo();
     if (hints == NULL)
         return -FI_ENOMEM;
@@ -138,14 +159,15 @@ static int try_port(const char *host, uint16_t port)
     }
     uint64_t keys[STRANGER_SMALL_KEYS + STRANGER_RANDOM];
     for (unsigned k = 0; k < STRANGER_SMALL_KEYS; k++)
-        keys[k] = k;
+        keys[k] = (k + 1) % STRANGER_SMALL_KEYS; /* 1, 2, ..., 8, 0 */
     if (getrandom(keys + STRANGER_SMALL_KEYS, sizeof(uint64_t) * STRANGER_RANDOM, 0) < 0)
         memset(keys + STRANGER_SMALL_KEYS, 0xff, sizeof(uint64_t) * STRANGER_RANDOM);
     static uint8_t buf[STRANGER_LEN], pattern[STRANGER_LEN];
     memset(pattern, STRANGER_PATTERN, sizeof(pattern));
     int wins = 0, tries = 0;
-    for (unsigned k = 0; k < STRANGER_SMALL_KEYS + STRANGER_RANDOM; k++) {
-        for (unsigned o = 0; o < STRANGER_OFFSETS; o++) {
+    uint64_t deadline = now_ms() + STRANGER_PORT_MS;
+    for (unsigned k = 0; k < STRANGER_SMALL_KEYS + STRANGER_RANDOM && now_ms() < deadline; k++) {
+        for (unsigned o = 0; o < STRANGER_OFFSETS && now_ms() < deadline; o++) {
             uint64_t off = (uint64_t)o * STRANGER_LEN;
             memset(buf, 0, sizeof(buf));
             tries++;
@@ -156,8 +178,15 @@ static int try_port(const char *host, uint16_t port)
                 fflush(stdout);
                 return wins;
             }
-            if (r != 0)
-                continue;
+            if (r != 0) {
+                ep_close(&s);
+                if ((ret = ep_open(&s, &peer)) != 0) {
+                    printf("stranger: port %u: no endpoint after %d tries: %s\n", port, tries,
+                           fi_strerror(-ret));
+                    return wins;
+                }
+                break; /* a key that does not read at offset 0 reads nowhere */
+            }
             unsigned nonzero = 0;
             for (size_t i = 0; i < sizeof(buf); i++)
                 nonzero += buf[i] != 0;
@@ -174,7 +203,7 @@ static int try_port(const char *host, uint16_t port)
     }
     printf("stranger: port %u: %d tries, %d succeeded\n", port, tries, wins);
     fflush(stdout);
-    /* endpoints are left to process exit: closing one with a dead connection may block */
+    ep_close(&s);
     return wins;
 }
 
