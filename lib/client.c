@@ -357,7 +357,7 @@ static int lane_new(tq_client *c, tq__lane_t **l_p)
     tq__lane_t *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-    int rc = c->ops->init(&l->tr);
+    int rc = c->ops->init(NULL, &l->tr);
     if (rc != TQ_OK) {
         free(l);
         return tq__set_error(c, rc, "transport %s unavailable: %s", c->ops->name,

@@ -245,7 +245,7 @@ Test(integrity, frozen_controller_never_commits_a_failed_put, .timeout = 240)
     fprintf(stderr, "integrity: %zu freezes: %d puts failed, %d succeeded, %d told a lie\n",
             ARRAY_SIZE(delays_us), failed, succeeded, wrong);
     cr_expect(eq(int, wrong, 0));
-    cr_expect(gt(int, failed, 0), "no freeze caught a put in flight");
+    cr_expect(ge(int, failed, 1), "no freeze caught a put in flight");
     free(data);
     tq_close(c);
     cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
@@ -273,7 +273,7 @@ Test(integrity, commit_over_the_metadata_budget_is_atomic, .timeout = 60)
      * with two fields, not with three */
     enum { ROWS = 3000, SLOTS = 4096 };
     cr_assert(lt(u64, SLOTS * (1 + sizeof(tq_kv_key_t *) + 2 * sizeof(tq_cell_t)), 1u << 20));
-    cr_assert(gt(u64, SLOTS * (1 + sizeof(tq_kv_key_t *) + 3 * sizeof(tq_cell_t)), 1u << 20));
+    cr_assert(lt(u64, 1u << 20, SLOTS * (1 + sizeof(tq_kv_key_t *) + 3 * sizeof(tq_cell_t))));
     const char *args[] = {"--max-metadata", "1M", NULL};
     tq_test_cluster cl;
     cr_assert(eq(int, tq_test_cluster_start_with(&cl, 1, "64M", args, NULL), 0));
