@@ -1,10 +1,11 @@
-/* common.c: clock, spin budget and argument parsing helpers. */
+/* common.c: clock, spin budget, randomness and argument parsing helpers. */
 #include "util/common.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 uint64_t tq__now_ns(void)
@@ -37,6 +38,17 @@ uint64_t tq__spin_ns(void)
         spin_ns = ns;
     }
     return (uint64_t)ns;
+}
+
+int tq__random_bytes(void *buf, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t k = getrandom((char *)buf + got, n - got, 0);
+        if (k < 0 && errno != EINTR)
+            return -1;
+        got += k > 0 ? (size_t)k : 0;
+    }
+    return 0;
 }
 
 int tq__parse_size(const char *text, uint64_t *bytes_p)

@@ -101,6 +101,10 @@ static inline int tq__cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Fill buf with n bytes from the kernel's random source (secrets, unguessable
+ * ids). @return 0, or -1 (errno set) when it cannot. */
+int tq__random_bytes(void *buf, size_t n);
+
 /* Parse "123", "64K", "256M", "2G" into bytes; -1 on a malformed size. */
 int tq__parse_size(const char *text, uint64_t *bytes_p);
 
