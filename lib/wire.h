@@ -154,11 +154,18 @@ int tq_wire_parse_header(const uint8_t *p, tq_wire_header_t *h_p);
 
 /* ---- messages ---- */
 
+/* A client's session: TQ_WIRE_SESSION_LEN random bytes it sends on every one
+ * of its connections, so the controller knows them for one owner (metas and
+ * waits belong to the client, not to the connection they came by). */
+#define TQ_WIRE_SESSION_LEN 16
+
 typedef struct {
-    uint8_t  role;
-    tq_str_t token;
+    uint8_t        role;
+    tq_str_t       token;
+    const uint8_t *session; /* TQ_WIRE_SESSION_LEN bytes, or NULL: the connection is its own */
 } tq_msg_hello_t;
-/* HELLO's answer is the connection's id (tq_msg_id_t), which CANCEL names. */
+/* HELLO: role, token, then the session's bytes or nothing. Its answer is the
+ * connection's id (tq_msg_id_t), which CANCEL names. */
 
 typedef struct {
     tq_str_t  name;
@@ -292,8 +299,8 @@ typedef struct {
  * KV_LIST request: a partition filter. Reply: u32 count, then count
  * tq_wire_kv_entry_t.
  * PARTITIONS request: a partition filter. Reply: a blob of JSON, an array of
- * {"partition", "sealed", "rows", "fields": {name: produced},
- *  "tasks": {name: {"consumed", "ready"}}}. */
+ * {"partition", "sealed", "rows", "lost", "fields": {name: produced},
+ *  "tasks": {name: {"consumed", "ready", "in_flight"}}}. */
 typedef struct {
     tq_str_t partition;
     uint32_t count;

@@ -88,7 +88,7 @@ void tq__reply_ok(conn_t *c, const tq_wire_header_t *h) { tq__reply_end(c, tq__r
 /* ---- units ---- */
 
 /* A unit is gone: a fault (warned) unless it said it was leaving. */
-static void unit_mark_dead(tq_unit *u, const char *why, bool left)
+static void unit_mark_dead(tq_controller *ctl, tq_unit *u, const char *why, bool left)
 {
     if (!u->alive)
         return;
@@ -100,6 +100,7 @@ static void unit_mark_dead(tq_unit *u, const char *why, bool left)
         tq_info("storage unit %u (incarnation %u) left: %s", u->id, u->incarnation, why);
     else
         tq_warn("storage unit %u (incarnation %u) is dead: %s", u->id, u->incarnation, why);
+    tq__unit_lost(ctl, u);
 }
 
 bool tq__unit_could_fit(const tq_controller *ctl, uint64_t size)
@@ -230,6 +231,11 @@ static void handle_hello(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     if (c->ctl->token != NULL && !token_equal(c->ctl->token, m.token)) {
         tq_warn("rejected connection fd %d: wrong token", c->fd);
         tq__reply_error(c, h, TQ_ERR_AUTH, "wrong or missing token");
+        c->closing = true;
+        return;
+    }
+    if (tq__session_join(c, m.session) != TQ_OK) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         c->closing = true;
         return;
     }
@@ -421,8 +427,9 @@ static void handle_status(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         bool all = true;
         for (uint16_t i = 0; i < m.num_fields; i++)
             all &= (fields[i] = tq__partition_field(p, tq__name_cstr(m.fields[i], name))) != NULL;
-        for (uint64_t row = 0; all && row < n; row++)
-            bytes[row] = tq__partition_row_ready(p, fields, m.num_fields, NULL, row);
+        for (uint64_t row = 0; all && row < n; row++) /* 1 ready, 2 lost with a unit */
+            bytes[row] = tq__partition_row_ready(p, fields, m.num_fields, NULL, row) ? 1
+                         : tq__partition_row_lost(p, fields, m.num_fields, row) ? 2 : 0;
     } else if (p != NULL) {
         tq_task_t *t = tq__partition_task(p, tq__name_cstr(m.task, name), false);
         for (uint64_t row = 0; t != NULL && row < n; row++)
@@ -440,6 +447,7 @@ static cJSON *partition_json(const tq_partition_t *p)
     cJSON_AddStringToObject(o, "partition", p->name);
     cJSON_AddBoolToObject(o, "sealed", p->sealed);
     cJSON_AddNumberToObject(o, "rows", (double)p->live_rows);
+    cJSON_AddNumberToObject(o, "lost", (double)tq__partition_lost_rows(p));
     cJSON *fields = cJSON_AddObjectToObject(o, "fields");
     for (uint32_t i = 0; i < p->num_fields; i++)
         cJSON_AddNumberToObject(fields, p->fields[i].name,
@@ -453,6 +461,7 @@ static cJSON *partition_json(const tq_partition_t *p)
         cJSON *to = cJSON_AddObjectToObject(tasks, t->name);
         cJSON_AddNumberToObject(to, "consumed", (double)consumed);
         cJSON_AddNumberToObject(to, "ready", (double)ready);
+        cJSON_AddNumberToObject(to, "in_flight", (double)tq__task_in_flight(t));
     }
     return o;
 }
@@ -510,7 +519,7 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
         return;
     case TQ_MSG_UNIT_LEAVE:
         if (storage && c->unit != NULL)
-            unit_mark_dead(c->unit, "it shut down", true);
+            unit_mark_dead(c->ctl, c->unit, "it shut down", true);
         return;
     case TQ_MSG_UNITS:         return handle_units(c, h, &r);
     case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, body);
@@ -549,15 +558,9 @@ static void conn_close(conn_t *c)
     }
     tq_list_for_each_safe(pos, tmp, &c->allocs)
         tq__alloc_abort(tq_list_entry(pos, alloc_t, conn_link));
-    tq_list_for_each_safe(pos, tmp, &c->metas) {
-        meta_t *m = tq_list_entry(pos, meta_t, conn_link);
-        if (m->reply_end > c->sent) /* its answer never left: nobody has these rows */
-            tq__meta_give_back(ctl, m);
-        else
-            tq__meta_free(m);
-    }
+    tq__session_leave(c); /* its metas stay with the client, or go back with its end */
     if (c->unit != NULL)
-        unit_mark_dead(c->unit, "its connection closed", false);
+        unit_mark_dead(ctl, c->unit, "its connection closed", false);
     tq_debug("connection fd %d closed", c->fd);
     epoll_ctl(ctl->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
@@ -694,7 +697,6 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
         tq_wbuf_init(&c->out);
         tq_list_init(&c->flush_link);
         tq_list_init(&c->allocs);
-        tq_list_init(&c->metas);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
             tq_warn("epoll_ctl: %m");
@@ -729,17 +731,6 @@ static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
                 next = TQ_MIN(next, a->lease_end_ms);
             }
         }
-        tq_list_for_each_safe(pos, tmp, &c->metas) {
-            meta_t *m = tq_list_entry(pos, meta_t, conn_link);
-            if (m->lease_end_ms <= now) {
-                tq_warn("meta %llu of connection %llu not released within its %u ms lease: "
-                        "unpinned", (unsigned long long)m->id, (unsigned long long)c->id,
-                        ctl->lease_ms);
-                tq__meta_free(m);
-            } else {
-                next = TQ_MIN(next, m->lease_end_ms);
-            }
-        }
         if (!c->greeted && !c->closing) {
             if (c->hello_due_ms <= now) {
                 tq_warn("connection %llu sent no hello in time: closed",
@@ -751,7 +742,7 @@ static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
             }
         }
     }
-    return next;
+    return tq__leases_expire(ctl, now, next);
 }
 
 /* Expire parked requests, leases and silent units; returns ms until the next deadline. */
@@ -793,7 +784,7 @@ static int run_timers(tq_controller *ctl)
             continue;
         if (due <= now) {
             conn_t *c = u->conn;
-            unit_mark_dead(u, "no heartbeat", false);
+            unit_mark_dead(ctl, u, "no heartbeat", false);
             if (c != NULL)
                 c->closing = true, conn_want_flush(c);
         } else if (due < next) {
@@ -885,6 +876,7 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     tq_list_init(&ctl->units);
     tq_list_init(&ctl->partitions);
     tq_list_init(&ctl->parked);
+    tq_list_init(&ctl->leases);
     ctl->heartbeat_timeout_ms = cfg->heartbeat_timeout_ms > 0 ? cfg->heartbeat_timeout_ms : 3000;
     ctl->lease_ms = cfg->lease_ms ? cfg->lease_ms : 60000;
     ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
@@ -892,6 +884,9 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     ctl->meta_budget.max = cfg->max_metadata ? cfg->max_metadata : 4ULL << 30;
     int rc = TQ_ERR_NOMEM;
     if (cfg->token != NULL && cfg->token[0] != '\0' && (ctl->token = strdup(cfg->token)) == NULL)
+        goto err;
+    if ((ctl->metas = tq_u64map_create()) == NULL || (ctl->greeted = tq_u64map_create()) == NULL ||
+        (ctl->sessions = tq_hashmap_create()) == NULL)
         goto err;
     if ((rc = load_plugins(cfg->sampler_plugins)) != TQ_OK)
         goto err;
@@ -1033,6 +1028,9 @@ void tq__controller_destroy(tq_controller *ctl)
         close(ctl->metrics_fd);
     if (ctl->epfd >= 0)
         close(ctl->epfd);
+    tq_u64map_destroy(ctl->metas);
+    tq_u64map_destroy(ctl->greeted);
+    tq_hashmap_destroy(ctl->sessions);
     free(ctl->token);
     free(ctl);
 }

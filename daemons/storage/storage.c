@@ -120,7 +120,8 @@ err:
 static int register_unit(tq_storage *s, const tq_storage_config_t *cfg)
 {
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, 5000, err);
+    int rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, NULL, 5000,
+                              err);
     if (rc != TQ_OK) {
         tq_error("cannot reach the controller %s: %s", cfg->controller, err);
         return rc;
