@@ -712,7 +712,8 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
 
 /*
  * A stuck client must not hold memory forever: an allocation not committed
- * and rows not released within the lease are let go. The client knows the
+ * and rows not released within the lease are let go (the rows' extents; who
+ * consumed them waits for the client's word, fetch.c). The client knows the
  * lease too, and never writes or trusts a read past it (lib/client.c).
  */
 static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)

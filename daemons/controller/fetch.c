@@ -278,8 +278,12 @@ static meta_outcome_t serve(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         return META_DONE;
     }
-    if (tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK)
-        tq__meta_free(c->ctl, meta, false); /* not answered: the rows are the task's again */
+    if (tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK) {
+        /* not answered: the rows are the task's again, for the next request (waking
+         * parked ones from here could re-enter the one being tried) */
+        tq__claim_settle(&meta->claim, false);
+        tq__meta_free(c->ctl, meta, true);
+    }
     return META_DONE;
 }
 
