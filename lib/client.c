@@ -2,6 +2,7 @@
 #define TQ_LOG_COMPONENT "client"
 #include "client.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +64,8 @@ int tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
     if (cc == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->timeout_ms, err);
+    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->session, c->timeout_ms,
+                              err);
     if (rc != TQ_OK) {
         free(cc);
         return call_error(c, rc == TQ_ERR_TIMEOUT ? TQ_ERR_CONNECTION : rc, err);
@@ -558,6 +560,11 @@ TQ_EXPORT int tq_open(const char *target, tq_client **client_p)
     rc = TQ_ERR_NOMEM;
     if ((c->target = strdup(target)) == NULL)
         goto err;
+    if (tq__random_bytes(c->session, sizeof(c->session)) != 0) {
+        rc = tq__set_error(c, TQ_ERR_IO, "no random bytes for the client's session: %s",
+                           strerror(errno));
+        goto err;
+    }
     if ((rc = pick_transport(c, opts[CO_TRANSPORT].value)) != TQ_OK)
         goto err;
     /* one lane now: the controller and a transport are reachable, or we fail here */
@@ -928,8 +935,8 @@ void tq__meta_release(tq_meta *m, bool unread)
 
 TQ_EXPORT void tq_meta_free(tq_meta *m)
 {
-    if (m != NULL)
-        tq__meta_release(m, false);
+    if (m != NULL) /* a read that failed delivered nothing: the rows go back */
+        tq__meta_release(m, m->read_failed);
 }
 
 /* A batch field over a freshly read column of meta field f. */
@@ -1046,7 +1053,10 @@ TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
                              "meta is NULL, of another client, or batch_p is NULL");
     if (m->rows == 0)
         return tq__set_error(c, TQ_ERR_INVALID, "the meta has no rows");
-    return tq__meta_read(c, m, batch_p);
+    int rc = tq__meta_read(c, m, batch_p);
+    /* the one thing a read changes in the meta: whether its rows were delivered */
+    ((tq_meta *)m)->read_failed = rc != TQ_OK;
+    return rc;
 }
 
 /* ---- administration ---- */

@@ -57,6 +57,9 @@ struct tq_client {
     tq__lane_t             *free_lanes[TQ_MAX_LANES];
     unsigned                num_free_lanes;
     tq__workers            *workers;  /* run non-blocking requests; made on first use */
+    /* random, sent in every connection's HELLO: the controller lets only this
+     * client's connections release its metas or cancel its waits */
+    uint8_t                 session[TQ_WIRE_SESSION_LEN];
 };
 
 /* A GET_META or KV_GET answer: rows, schema and where each column lives. */
@@ -82,6 +85,9 @@ struct tq_meta {
     int64_t          *indexes;
     uint16_t          num_fields;
     tq__meta_field_t *fields;
+    /* the last read failed: freeing gives the rows back to their task, which
+     * has not got them (consumption is final only once the bytes are here) */
+    bool              read_failed;
 };
 
 /* How a put names its rows (tq_wire_rows_t) and, for keys, their tags. */
@@ -113,7 +119,8 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
             const tq__rows_t *spec, int64_t *indexes_out);
 
 /* Turn a GET_META/KV_GET reply into a meta; read its columns into a batch;
- * unpin and free it (unread: and give its rows back to its task). */
+ * unpin and free it: its rows stay consumed by their task, or (unread) go
+ * back to it, answered before this returns. */
 int  tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **meta_p);
 int  tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p);
 void tq__meta_release(tq_meta *m, bool unread);

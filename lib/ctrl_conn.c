@@ -133,7 +133,7 @@ void tq__ctrl_socket_tune(int fd)
 }
 
 int tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, uint8_t role,
-                     int timeout_ms, char *err)
+                     const uint8_t *session, int timeout_ms, char *err)
 {
     memset(cc, 0, sizeof(*cc));
     cc->fd = -1;
@@ -142,7 +142,8 @@ int tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, ui
     if (rc != TQ_OK)
         return rc;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_HELLO);
-    tq_msg_hello_t hello = {role, {token ? token : "", (uint16_t)(token ? strlen(token) : 0)}};
+    tq_msg_hello_t hello = {role, {token ? token : "", (uint16_t)(token ? strlen(token) : 0)},
+                            session};
     tq_wire_encode_hello(&cc->out, &hello);
     tq_rbuf reply;
     tq_msg_hello_reply_t hr;

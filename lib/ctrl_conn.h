@@ -29,8 +29,10 @@ typedef struct {
  * probes that find a peer gone without a word (a dead host) in about 10 s. */
 void tq__ctrl_socket_tune(int fd);
 
+/* session: TQ_WIRE_SESSION_LEN bytes naming the client this connection
+ * belongs to (every connection of one client sends the same), or NULL. */
 int  tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, uint8_t role,
-                      int timeout_ms, char *err);
+                      const uint8_t *session, int timeout_ms, char *err);
 void tq__ctrl_close(tq_ctrl_conn *cc);
 
 /* Start a request of `type`; the caller encodes the body into cc->out. */

@@ -1,13 +1,17 @@
 /* stream.c: consumers that yield batches as rows become ready, reading ahead. */
 #include <cjson/cJSON.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "client.h"
 #include "util/common.h"
 
 #define MAX_PREFETCH 64
+#define BACKOFF_MIN_MS 50   /* after an error, the next fetch waits this, doubling... */
+#define BACKOFF_MAX_MS 1000 /* ...up to this: a dead controller is not hammered */
 
 /*
  * A stream has one fetcher thread and its own control connection. The thread
@@ -17,11 +21,17 @@
  * batches in the order the controller handed them out, the short last one
  * last. Closing cancels a fetch parked in the controller by the connection's
  * id, and gives rows fetched but never returned back to the task.
+ *
+ * Only the controller's TQ_ERR_END ends a stream. Any other error (a unit
+ * lost, the controller unreachable) is queued as it is, once: the fetcher
+ * waits until the caller has taken it, and a little longer each time, then
+ * goes on (reconnecting if it must), so the rows that remain still come.
  */
 typedef struct {
     int       status;
     tq_batch *batch;
     tq_meta  *meta;
+    char      why[TQ_ERRMSG_MAX]; /* an error's detail (tq_last_error is per thread) */
 } result_t;
 
 struct tq_stream {
@@ -39,9 +49,32 @@ struct tq_stream {
     pthread_cond_t  changed;
     result_t        queue[MAX_PREFETCH];
     unsigned        depth, head, count;
+    unsigned        errors;        /* queued results that are errors (see is_error) */
     bool            fetching;      /* the fetcher is connecting or fetching */
     bool            closing, done; /* done: the thread queued its last result */
 };
+
+/* A result the fetcher waits to see taken before it tries again: neither
+ * rows, nor the end, nor a wait that timed out (the next fetch just waits again). */
+static bool is_error(int status)
+{
+    return status != TQ_OK && status != TQ_ERR_END && status != TQ_ERR_TIMEOUT;
+}
+
+/* Wait on the stream's condition until closing or ms have passed (lock held). */
+static void wait_closing(tq_stream *s, unsigned ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* the condition's clock */
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (!s->closing && pthread_cond_timedwait(&s->changed, &s->lock, &until) == 0)
+        ;
+}
 
 /* sampler_args of the next fetch: numbered batches count from the base. */
 static char *next_args(tq_stream *s)
@@ -64,7 +97,8 @@ static int ensure_connected(tq_stream *s)
         return TQ_OK;
     tq_client *c = s->client;
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_connect(&s->conn, c->target, c->token, TQ_ROLE_CLIENT, c->timeout_ms, err);
+    int rc = tq__ctrl_connect(&s->conn, c->target, c->token, TQ_ROLE_CLIENT, c->session,
+                              c->timeout_ms, err);
     if (rc != TQ_OK)
         return tq__set_error(c, rc, "%s", err);
     pthread_mutex_lock(&s->lock);
@@ -78,7 +112,7 @@ static int ensure_connected(tq_stream *s)
 static result_t fetch(tq_stream *s)
 {
     tq_client *c = s->client;
-    result_t res = {TQ_OK, NULL, NULL};
+    result_t res = {TQ_OK, NULL, NULL, ""};
     tq_fetch_args_t a = s->args;
     char *args = next_args(s);
     if (s->numbered && args == NULL) {
@@ -94,11 +128,14 @@ static result_t fetch(tq_stream *s)
         pthread_mutex_unlock(&s->lock);
         tq__ctrl_close(&s->conn);
     }
-    if (res.status != TQ_OK)
+    if (res.status != TQ_OK) {
+        snprintf(res.why, sizeof(res.why), "%s", tq_last_error(c));
         return res;
+    }
     if (s->numbered)
         s->next_index++;
     if ((res.status = tq__meta_read(c, res.meta, &res.batch)) != TQ_OK) {
+        snprintf(res.why, sizeof(res.why), "%s", tq_last_error(c));
         tq__meta_release(res.meta, true); /* nobody read them: the task gets them again */
         res.meta = NULL;
     }
@@ -114,15 +151,20 @@ static result_t fetch(tq_stream *s)
 static void *fetcher_main(void *arg)
 {
     tq_stream *s = arg;
+    unsigned backoff_ms = 0;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->closing && s->count == s->depth)
+        while (!s->closing && (s->count == s->depth || s->errors > 0))
             pthread_cond_wait(&s->changed, &s->lock);
+        if (!s->closing && backoff_ms > 0)
+            wait_closing(s, backoff_ms);
         if (s->closing)
             break;
         s->fetching = true;
         pthread_mutex_unlock(&s->lock);
-        result_t res = {ensure_connected(s), NULL, NULL};
+        result_t res = {ensure_connected(s), NULL, NULL, ""};
+        if (res.status != TQ_OK)
+            snprintf(res.why, sizeof(res.why), "%s", tq_last_error(s->client));
         pthread_mutex_lock(&s->lock);
         if (res.status == TQ_OK && !s->closing) {
             pthread_mutex_unlock(&s->lock);
@@ -137,9 +179,14 @@ static void *fetcher_main(void *arg)
             break;
         }
         s->queue[(s->head + s->count++) % MAX_PREFETCH] = res;
-        /* the end, or an error waiting will not mend */
-        if (res.status != TQ_OK && res.status != TQ_ERR_TIMEOUT)
+        if (res.status == TQ_ERR_END) /* the controller says every row is taken */
             break;
+        if (is_error(res.status)) {
+            s->errors++;
+            backoff_ms = TQ_MIN(backoff_ms ? backoff_ms * 2 : BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+        } else {
+            backoff_ms = 0;
+        }
     }
     s->done = true;
     pthread_cond_broadcast(&s->changed);
@@ -230,20 +277,22 @@ TQ_EXPORT int tq_stream_next(tq_stream *s, tq_batch **batch_p, tq_meta **meta_p)
     pthread_mutex_lock(&s->lock);
     while (s->count == 0 && !s->done)
         pthread_cond_wait(&s->changed, &s->lock);
-    if (s->count == 0) { /* the thread stopped after an END or an error it kept */
+    if (s->count == 0) { /* only a closing stream's fetcher stops without the end */
         pthread_mutex_unlock(&s->lock);
-        return tq__set_error(s->client, TQ_ERR_END, "the stream has returned every row");
+        return tq__set_error(s->client, TQ_ERR_INVALID, "the stream is closing");
     }
     result_t res = s->queue[s->head];
     /* an END stays at the head, so every later call says it again */
     if (res.status != TQ_ERR_END) {
         s->head = (s->head + 1) % MAX_PREFETCH;
         s->count--;
+        s->errors -= is_error(res.status);
         pthread_cond_broadcast(&s->changed);
     }
     pthread_mutex_unlock(&s->lock);
     if (res.status != TQ_OK)
-        return tq__set_error(s->client, res.status, "%s", tq_status_string(res.status));
+        return tq__set_error(s->client, res.status, "%s",
+                             res.why[0] ? res.why : tq_status_string(res.status));
     *batch_p = res.batch;
     *meta_p = res.meta;
     return TQ_OK;

@@ -266,14 +266,19 @@ void tq_wire_encode_hello(tq_wbuf *w, const tq_msg_hello_t *m)
 {
     tq_wire_put_u8(w, m->role);
     tq_wire_put_str(w, m->token.ptr, m->token.len);
+    if (m->session != NULL)
+        tq_wire_put_bytes(w, m->session, TQ_WIRE_SESSION_LEN);
 }
 
 int tq_wire_decode_hello(tq_rbuf *r, tq_msg_hello_t *m)
 {
     m->role = tq_wire_get_u8(r);
     m->token = tq_wire_get_str(r);
+    m->session = NULL;
     if (m->role != TQ_ROLE_CLIENT && m->role != TQ_ROLE_STORAGE)
         return TQ_ERR_PROTOCOL;
+    if (!r->failed && r->end - r->p == TQ_WIRE_SESSION_LEN) /* else nothing, or malformed */
+        m->session = rbuf_take(r, TQ_WIRE_SESSION_LEN);
     return decoded(r);
 }
 

@@ -154,14 +154,21 @@ int tq_wire_parse_header(const uint8_t *p, tq_wire_header_t *h_p);
 
 /* ---- messages ---- */
 
+/* A client's session: TQ_WIRE_SESSION_LEN random bytes it sends on every one
+ * of its connections, so the controller knows them for one owner (metas and
+ * waits belong to the client, not to the connection they came by). */
+#define TQ_WIRE_SESSION_LEN 16
+
 typedef struct {
-    uint8_t  role;
-    tq_str_t token;
+    uint8_t        role;
+    tq_str_t       token;
+    const uint8_t *session; /* TQ_WIRE_SESSION_LEN bytes, or NULL: the connection is its own */
 } tq_msg_hello_t;
-/* HELLO's answer: the connection's id, which CANCEL names, and the
- * controller's epoch, drawn at random when it starts. Unit ids and every other
- * id the controller hands out mean something only within one epoch: a client
- * that meets a new epoch drops whatever it cached under the old one. */
+/* HELLO: role, token, then the session's bytes or nothing. Its answer: the
+ * connection's id, which CANCEL names, and the controller's epoch, drawn at
+ * random when it starts. Unit ids and every other id the controller hands out
+ * mean something only within one epoch: a client that meets a new epoch drops
+ * whatever it cached under the old one. */
 typedef struct {
     uint64_t conn_id;
     uint64_t epoch;
@@ -302,8 +309,8 @@ typedef struct {
  * KV_LIST request: a partition filter. Reply: u32 count, then count
  * tq_wire_kv_entry_t.
  * PARTITIONS request: a partition filter. Reply: a blob of JSON, an array of
- * {"partition", "sealed", "rows", "fields": {name: produced},
- *  "tasks": {name: {"consumed", "ready"}}}. */
+ * {"partition", "sealed", "rows", "lost", "fields": {name: produced},
+ *  "tasks": {name: {"consumed", "ready", "in_flight"}}}. */
 typedef struct {
     tq_str_t partition;
     uint32_t count;

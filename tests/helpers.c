@@ -568,7 +568,8 @@ static int helper_alloc_hold(int argc, char **argv)
     uint64_t bytes = strtoull(argv[4], NULL, 10);
     tq_ctrl_conn cc;
     char err[TQ_ERRMSG_MAX] = "";
-    if (tq__ctrl_connect(&cc, address, getenv("TQ_TOKEN"), TQ_ROLE_CLIENT, 5000, err) != TQ_OK) {
+    if (tq__ctrl_connect(&cc, address, getenv("TQ_TOKEN"), TQ_ROLE_CLIENT, NULL, 5000, err) !=
+        TQ_OK) {
         fprintf(stderr, "helper alloc_hold: %s\n", err);
         return 3;
     }
@@ -594,6 +595,47 @@ static int helper_alloc_hold(int argc, char **argv)
     return 0;
 }
 
+/* A stream consumer to be killed: it takes batches, then holds what it fetched ahead. */
+static int helper_stream_hold(int argc, char **argv)
+{
+    if (argc != 10)
+        return 2;
+    const char *address = argv[2], *path = argv[9];
+    const char *fields[] = {argv[5]};
+    tq_fetch_args_t a = {.partition = argv[3], .task = argv[4], .fields = fields,
+                         .num_fields = 1, .batch_size = (uint32_t)atoi(argv[6]),
+                         .prefetch = (uint32_t)atoi(argv[7]), .timeout_ms = 10000};
+    int take = atoi(argv[8]);
+    tq_client *c;
+    if (tq_open(address, &c) != TQ_OK)
+        return 3;
+    tq_stream *s = NULL;
+    int rc = tq_stream_open(c, &a, &s);
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = rc == TQ_OK ? fopen(tmp, "w") : NULL;
+    for (int k = 0; f != NULL && rc == TQ_OK && k < take; k++) {
+        tq_batch *b = NULL;
+        tq_meta *m = NULL;
+        if ((rc = tq_stream_next(s, &b, &m)) != TQ_OK)
+            break;
+        for (uint32_t i = 0; i < tq_meta_rows(m); i++)
+            fprintf(f, "%lld\n", (long long)tq_meta_indexes(m)[i]);
+        tq_batch_destroy(b);
+        tq_meta_free(m);
+    }
+    if (f != NULL && (fclose(f) != 0 || (rc == TQ_OK && rename(tmp, path) != 0)))
+        rc = TQ_ERR_IO;
+    if (rc != TQ_OK) {
+        fprintf(stderr, "helper stream_hold: %s (%s)\n", tq_status_string(rc), tq_last_error(c));
+        return 4;
+    }
+    tq_test_sleep_ms(JOB_MAX_MS); /* until killed: that is the test */
+    tq_stream_close(s);
+    tq_close(c);
+    return 0;
+}
+
 /* Runs before Criterion's main: a re-executed test binary marked as a helper
  * does its job and exits without ever starting the test runner. */
 __attribute__((constructor)) static void helper_dispatch(int argc, char **argv, char **envp)
@@ -610,6 +652,8 @@ __attribute__((constructor)) static void helper_dispatch(int argc, char **argv, 
         rc = helper_put_loop(argc, argv);
     else if (strcmp(argv[1], "alloc_hold") == 0)
         rc = helper_alloc_hold(argc, argv);
+    else if (strcmp(argv[1], "stream_hold") == 0)
+        rc = helper_stream_hold(argc, argv);
     else
         fprintf(stderr, "helper: unknown job %s\n", argv[1]);
     fflush(NULL);

@@ -134,7 +134,11 @@ pid_t tq_test_spawn_put_range(const char *address, const char *partition, const 
  *   put_loop ADDRESS PARTITION ROW_BYTES ROWS: tq_put of ROWS rows of ROW_BYTES
  *     bytes each, again and again, for at most 60 s;
  *   alloc_hold ADDRESS PARTITION BYTES READY_FILE: an ALLOC of BYTES with no
- *     COMMIT, READY_FILE created once it is answered, then held for 60 s.
+ *     COMMIT, READY_FILE created once it is answered, then held for 60 s;
+ *   stream_hold ADDRESS PARTITION TASK FIELD BATCH PREFETCH TAKE FILE: a stream
+ *     of FIELD for TASK; TAKE batches taken (read, their metas freed), their
+ *     indexes written to FILE (one a line, the file appears whole), then the
+ *     stream and what it fetched ahead held for 60 s: a consumer to kill.
  * @return its pid (it dies with the test), or -1.
  */
 pid_t tq_test_spawn_job(const char *job, const char *const *args);

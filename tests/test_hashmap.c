@@ -1,4 +1,4 @@
-/* test_hashmap.c: the string->pointer open-addressing map: basics, growth,
+/* test_hashmap.c: the string->pointer and u64->pointer open-addressing maps: basics, growth,
  * a randomized differential test against a reference, tombstone churn. */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "util/hashmap.h"
+#include "util/u64map.h"
 
 /* A distinct, non-NULL value for n. */
 #define VAL(n) ((void *)(uintptr_t)((uintptr_t)(n) + 1))
@@ -471,4 +472,83 @@ Test(hashmap, churn_large_table, .timeout = 10)
     churn(m, &ring, "churn in a large emptied table");
     tq_hashmap_destroy(m);
     free_keys(fill, CHURN_FILL);
+}
+
+/* ---- the u64 -> pointer map (util/u64map.h) ---- */
+
+/* Keys that collide in a small table: multiples of a large power of two share their low
+ * bits, so they probe past each other; plus 0 and UINT64_MAX. */
+static uint64_t u64_key(size_t i)
+{
+    if (i == 0)
+        return 0;
+    if (i == 1)
+        return UINT64_MAX;
+    return i % 3 == 0 ? (uint64_t)i << 40 : (uint64_t)i * 0x9E3779B97F4A7C15ULL;
+}
+
+Test(hashmap, u64_put_get_remove_clear)
+{
+    tq_u64map *m = tq_u64map_create();
+    cr_assert(ne(ptr, m, NULL));
+    cr_assert(eq(ptr, tq_u64map_get(m, 0), NULL));
+    cr_assert(eq(ptr, tq_u64map_remove(m, 7), NULL));
+    enum { N = 5000 };
+    for (size_t i = 0; i < N; i++)
+        cr_assert(eq(int, tq_u64map_put(m, u64_key(i), VAL(i)), 0));
+    cr_assert(eq(sz, tq_u64map_size(m), N));
+    for (size_t i = 0; i < N; i++)
+        cr_assert(eq(ptr, tq_u64map_get(m, u64_key(i)), VAL(i)), "key %zu", i);
+    cr_assert(eq(int, tq_u64map_put(m, u64_key(5), VAL(99999)), 0), "replace");
+    cr_assert(eq(sz, tq_u64map_size(m), N));
+    cr_assert(eq(ptr, tq_u64map_get(m, u64_key(5)), VAL(99999)));
+    /* every other key out: the rest stay reachable across the holes */
+    for (size_t i = 0; i < N; i += 2)
+        cr_assert(ne(ptr, tq_u64map_remove(m, u64_key(i)), NULL), "remove %zu", i);
+    cr_assert(eq(sz, tq_u64map_size(m), N / 2));
+    for (size_t i = 0; i < N; i++)
+        cr_assert(eq(ptr, tq_u64map_get(m, u64_key(i)), i % 2 ? (i == 5 ? VAL(99999) : VAL(i))
+                                                              : NULL), "key %zu", i);
+    tq_u64map_clear(m);
+    cr_assert(eq(sz, tq_u64map_size(m), 0));
+    for (size_t i = 0; i < N; i++)
+        cr_assert(eq(ptr, tq_u64map_get(m, u64_key(i)), NULL));
+    cr_assert(eq(int, tq_u64map_put(m, 42, VAL(1)), 0), "after clear");
+    cr_assert(eq(ptr, tq_u64map_get(m, 42), VAL(1)));
+    tq_u64map_destroy(m);
+    tq_u64map_destroy(NULL);
+}
+
+/* Against a plain array, over a key space of colliding and spread keys: puts, removes
+ * (backward shifts over wrapped probe runs) and gets agree at every step. */
+Test(hashmap, u64_differential_random, .timeout = 20)
+{
+    enum { KEYS = 3000, OPS = 300000 };
+    void **ref = calloc(KEYS, sizeof(*ref));
+    cr_assert(ne(ptr, ref, NULL));
+    size_t size = 0;
+    uint64_t rng = 0x2545F4914F6CDD1DULL;
+    tq_u64map *m = tq_u64map_create();
+    cr_assert(ne(ptr, m, NULL));
+    for (size_t op = 0; op < OPS; op++) {
+        size_t k = (size_t)(rng_next(&rng) % KEYS);
+        unsigned r = (unsigned)(rng_next(&rng) % 100);
+        unsigned put_pct = (op / 30000) % 2 == 0 ? 60 : 25;
+        if (r < put_pct) {
+            cr_assert(eq(int, tq_u64map_put(m, u64_key(k), VAL(op)), 0));
+            size += ref[k] == NULL;
+            ref[k] = VAL(op);
+        } else if (r < 85) {
+            cr_assert(eq(ptr, tq_u64map_remove(m, u64_key(k)), ref[k]), "op %zu remove %zu", op, k);
+            size -= ref[k] != NULL;
+            ref[k] = NULL;
+        } else {
+            cr_assert(eq(ptr, tq_u64map_get(m, u64_key(k)), ref[k]), "op %zu get %zu", op, k);
+        }
+        cr_assert(eq(sz, tq_u64map_size(m), size));
+    }
+    for (size_t k = 0; k < KEYS; k++)
+        cr_assert(eq(ptr, tq_u64map_get(m, u64_key(k)), ref[k]), "key %zu at the end", k);
+    tq_u64map_destroy(m);
+    free(ref);
 }

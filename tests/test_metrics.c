@@ -290,3 +290,50 @@ Test(metrics, slow_readers_bounded, .timeout = 240)
     tq_close(c);
     cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
 }
+
+/* Rows lost with a killed unit, and rows in flight to a consumer, are counted. */
+Test(metrics, lost_and_in_flight_rows, .timeout = 120)
+{
+    tq_test_cluster cl;
+    const char *ctl_args[] = {"--metrics", "127.0.0.1:0", NULL};
+    cr_assert(eq(int, tq_test_cluster_start_with(&cl, 2, "32M", ctl_args, NULL), 0));
+    uint16_t port = metrics_port(&cl);
+    tq_client *c;
+    cr_assert(eq(int, tq_open(cl.address, &c), TQ_OK));
+    for (int64_t i = 0; i < 8; i++) { /* a put a row: the units take turns */
+        tq_batch *b;
+        cr_assert(eq(int, tq_batch_create(1, &b), TQ_OK));
+        cr_assert(eq(int, tq_batch_add_tensor(b, "v", TQ_DTYPE_I64, 0, NULL, &i), TQ_OK));
+        cr_assert(eq(int, tq_put(c, "lost", b, &i, NULL), TQ_OK), "%s", tq_last_error(c));
+        tq_batch_destroy(b);
+    }
+    const char *fields[] = {"v"};
+    tq_fetch_args_t fa = {.partition = "lost", .task = "t", .fields = fields, .num_fields = 1,
+                          .batch_size = 2, .timeout_ms = 0};
+    tq_meta *held = NULL;
+    cr_assert(eq(int, tq_get_meta(c, &fa, &held), TQ_OK));
+    cr_assert(eq(int, tq_test_cluster_kill_unit(&cl, 0), 0));
+    uint64_t t0 = tq_test_now_ms();
+    double lost = 0;
+    char *out = NULL;
+    static const char get[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    while (tq_test_now_ms() - t0 < 10000) { /* the controller sees the death in ms */
+        free(out);
+        out = http(port, get, sizeof(get) - 1);
+        if ((lost = sample(out, "tq_partition_rows_lost{partition=\"lost\"}")) > 0)
+            break;
+        tq_test_sleep_ms(10);
+    }
+    fprintf(stderr, "metrics: %.0f rows lost with a killed unit\n", lost);
+    cr_expect(eq(dbl, lost, 4), "rows lost, of 8 on 2 units");
+    cr_expect(eq(dbl, sample(out, "tq_field_rows_lost{partition=\"lost\",field=\"v\"}"), 4));
+    cr_expect(eq(dbl, sample(out, "tq_field_rows_produced{partition=\"lost\",field=\"v\"}"), 4));
+    cr_expect(eq(dbl, sample(out, "tq_task_rows_in_flight{partition=\"lost\",task=\"t\"}"), 2));
+    cr_expect(eq(dbl, sample(out, "tq_task_rows_consumed{partition=\"lost\",task=\"t\"}"), 2));
+    double ready = sample(out, "tq_task_rows_ready{partition=\"lost\",task=\"t\"}");
+    cr_expect(le(dbl, ready, 4), "lost rows counted ready");
+    free(out);
+    tq_meta_free(held);
+    tq_close(c);
+    cr_expect(eq(int, tq_test_cluster_stop(&cl), 0));
+}

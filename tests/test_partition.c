@@ -1,6 +1,7 @@
 /* test_partition.c: the controller's model of one partition: row reservation, cells and
- * their reference-counted extents, clearing, tasks and consumption, readiness and the
- * sequential sampler, fields across growth, destruction. */
+ * their reference-counted extents, clearing, tasks and consumption, claims of rows in
+ * flight, lost cells, readiness and the sequential sampler, fields across growth,
+ * destruction. */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <stdbool.h>
@@ -693,6 +694,138 @@ Test(partition, tasks_create_find_and_reset)
         cr_assert(eq(u8, u->consumed[r], 0), "row %llu", (unsigned long long)r);
     }
     tq__partition_destroy(p);
+    expect_no_leaks();
+}
+
+/* ---- claims: rows consumed and in flight until settled -------------------------------------- */
+
+static void claim_init(tq_claim_t *cl)
+{
+    memset(cl, 0, sizeof(*cl));
+    tq_list_init(&cl->link);
+}
+
+static void take_ok(tq_partition_t *p, tq_task_t *t, tq_claim_t *cl, const int64_t *rows,
+                    uint32_t n)
+{
+    claim_init(cl);
+    cr_assert(eq(int, tq__claim_take(p, t, cl, rows, n), TQ_OK));
+    cr_assert(eq(ptr, cl->part, p));
+}
+
+Test(partition, claims_settle_and_survive_clears)
+{
+    tq_partition_t *p = make_partition("p");
+    tq_pool *pool = make_pool(MiB);
+    tq_field_t *f = add_tensor(p, "x");
+    int64_t rows[8];
+    reserve_new_ok(p, 8, rows);
+    tq_extent *e = ext_new(pool, 8 * 16);
+    for (int64_t r = 0; r < 8; r++)
+        put_cell(p, f, r, e, (uint64_t)r * 16, 16);
+    tq__extent_unref(e); /* the put's reference: the cells hold theirs */
+    tq_task_t *t = tq__partition_task(p, "t", true);
+    tq_field_t *fs[1] = {f};
+
+    tq_claim_t a, b, c, d;
+    const int64_t ra[] = {0, 1, 2}, rb[] = {3, 4, 4}, rc[] = {5, 6, 7};
+    take_ok(p, t, &a, ra, 3);
+    take_ok(p, t, &b, rb, 3); /* a row named twice is claimed once */
+    take_ok(p, t, &c, rc, 3);
+    cr_assert(eq(u64, tq__task_in_flight(t), 8));
+    for (uint64_t r = 0; r < 8; r++) {
+        cr_assert(eq(u8, t->consumed[r], 1), "row %llu", (unsigned long long)r);
+        cr_assert(not(tq__partition_row_ready(p, fs, 1, t, r)), "row %llu", (unsigned long long)r);
+    }
+    /* delivered: they stay consumed; a second settle changes nothing */
+    cr_assert(eq(u32, tq__claim_settle(&a, true), 0));
+    cr_assert(eq(ptr, a.part, NULL));
+    cr_assert(eq(u32, tq__claim_settle(&a, false), 0));
+    cr_assert(eq(u64, tq__task_in_flight(t), 5));
+    cr_assert(eq(u8, t->consumed[0], 1));
+    /* not delivered: back to the task, once */
+    cr_assert(eq(u32, tq__claim_settle(&b, false), 2));
+    cr_assert(tq__partition_row_ready(p, fs, 1, t, 3));
+    cr_assert(tq__partition_row_ready(p, fs, 1, t, 4));
+    /* row 5 cleared and put again is a new row, claimed by another: c's settle leaves it */
+    const int64_t five[] = {5};
+    cr_assert(eq(u32, tq__partition_clear_rows(p, 1, five), 1));
+    cr_assert(eq(u64, tq__task_in_flight(t), 2));
+    cr_assert(eq(int, tq__partition_reserve(p, 1, five), TQ_OK));
+    tq_extent *e2 = ext_new(pool, 16);
+    put_cell(p, f, 5, e2, 0, 16);
+    tq__extent_unref(e2);
+    cr_assert(tq__partition_row_ready(p, fs, 1, t, 5));
+    take_ok(p, t, &d, five, 1);
+    cr_assert(eq(u32, tq__claim_settle(&c, false), 2), "rows 6 and 7 only");
+    cr_assert(eq(u8, t->consumed[5], 1), "row 5 is d's");
+    cr_assert(eq(u64, tq__task_in_flight(t), 1));
+    /* a reset forgets every claim: settling one afterwards changes nothing */
+    cr_assert(eq(int, tq__partition_reset(p, "t"), TQ_OK));
+    cr_assert(eq(u64, tq__task_in_flight(t), 0));
+    take_ok(p, t, &a, five, 1); /* row 5 again, by a */
+    cr_assert(eq(u32, tq__claim_settle(&d, false), 0));
+    cr_assert(eq(u8, t->consumed[5], 1), "row 5 is a's now");
+    /* the partition goes with claims still taken: they hold nothing after */
+    take_ok(p, t, &b, rb, 2);
+    tq__partition_destroy(p);
+    cr_assert(eq(ptr, a.part, NULL));
+    cr_assert(eq(ptr, b.part, NULL));
+    cr_assert(eq(u32, tq__claim_settle(&a, false), 0));
+    cr_assert(eq(u32, tq__claim_settle(&b, false), 0));
+    tq_pool_destroy(pool);
+    expect_no_leaks();
+}
+
+/* Cells of a unit that died: never ready, counted apart, gone with a rewrite or a clear. */
+Test(partition, lost_cells_are_never_ready)
+{
+    static char unit_a, unit_b; /* two units, known only by address here */
+    struct tq_unit *ua = (struct tq_unit *)(void *)&unit_a;
+    struct tq_unit *ub = (struct tq_unit *)(void *)&unit_b;
+    tq_partition_t *p = make_partition("p");
+    tq_pool *pool = make_pool(MiB);
+    tq_field_t *f = add_tensor(p, "x");
+    tq_field_t *fs[1] = {f};
+    int64_t rows[8];
+    reserve_new_ok(p, 8, rows);
+    tq_extent *ea = ext_new(pool, 64), *eb = ext_new(pool, 64);
+    ea->unit = ua;
+    eb->unit = ub;
+    for (int64_t r = 0; r < 8; r++)
+        put_cell(p, f, r, r < 4 ? ea : eb, (uint64_t)(r % 4) * 16, 16);
+    tq__extent_unref(ea);
+    tq__extent_unref(eb);
+    tq_task_t *t = tq__partition_task(p, "t", true);
+    cr_assert(eq(u64, tq__partition_mark_lost(p, ua), 4));
+    cr_assert(eq(u64, tq__partition_mark_lost(p, ua), 0), "marked twice");
+    for (uint64_t r = 0; r < 8; r++) {
+        cr_assert(eq(int, tq__partition_row_ready(p, fs, 1, t, r), r >= 4), "row %llu",
+                  (unsigned long long)r);
+        cr_assert(eq(int, tq__partition_row_lost(p, fs, 1, r), r < 4), "row %llu",
+                  (unsigned long long)r);
+    }
+    cr_assert(eq(u64, tq__field_produced(p, f), 4));
+    cr_assert(eq(u64, tq__field_lost(p, f), 4));
+    cr_assert(eq(u64, tq__partition_lost_rows(p), 4));
+    uint64_t consumed, ready;
+    tq__task_counts(p, t, &consumed, &ready);
+    cr_assert(eq(u64, ready, 4));
+    int64_t got[8];
+    cr_assert(eq(u32, tq__partition_sample_sequential(p, fs, 1, t, 8, got), 4));
+    cr_assert(eq(i64, got[0], 4), "the sampler offered a lost row");
+    /* row 0 rewritten on the live unit is ready again; row 1 cleared is simply gone */
+    tq_extent *e0 = ext_new(pool, 16);
+    e0->unit = ub;
+    put_cell(p, f, 0, e0, 0, 16);
+    tq__extent_unref(e0);
+    const int64_t one[] = {1};
+    cr_assert(eq(u32, tq__partition_clear_rows(p, 1, one), 1));
+    cr_assert(tq__partition_row_ready(p, fs, 1, t, 0));
+    cr_assert(eq(u64, tq__partition_lost_rows(p), 2));
+    cr_assert(eq(u64, tq__field_lost(p, f), 2));
+    tq__partition_destroy(p);
+    tq_pool_destroy(pool);
     expect_no_leaks();
 }
 

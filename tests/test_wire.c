@@ -630,6 +630,7 @@ Test(wire, roundtrip_hello)
     cr_assert(eq(int, tq_wire_decode_hello(&r, &got), TQ_OK));
     cr_expect(eq(u8, got.role, TQ_ROLE_CLIENT));
     cr_expect(eq(u16, got.token.len, 0));
+    cr_expect(eq(ptr, (void *)got.session, NULL), "a hello without a session decoded one");
     expect_done(&r, "client hello");
     tq_wbuf_free(&w);
 }
@@ -648,6 +649,40 @@ Test(wire, roundtrip_hello_reply)
     expect_done(&r, "hello reply");
     r = tq_rbuf_make(w.data, w.len - 1); /* short by a byte */
     cr_expect(eq(int, tq_wire_decode_hello_reply(&r, &got), TQ_ERR_PROTOCOL));
+    tq_wbuf_free(&w);
+}
+
+/* A client's hello names its session: 16 bytes after the token, or none. */
+Test(wire, hello_session)
+{
+    uint8_t session[TQ_WIRE_SESSION_LEN];
+    for (size_t i = 0; i < sizeof(session); i++)
+        session[i] = (uint8_t)(0xf0 ^ i);
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_msg_hello_t c = {.role = TQ_ROLE_CLIENT, .token = STR("tok"), .session = session};
+    tq_wire_encode_hello(&w, &c);
+    cr_assert(eq(sz, w.len, 1 + 2 + 3 + TQ_WIRE_SESSION_LEN));
+    tq_rbuf r = tq_rbuf_make(w.data, w.len);
+    tq_msg_hello_t got;
+    cr_assert(eq(int, tq_wire_decode_hello(&r, &got), TQ_OK));
+    expect_str(got.token, c.token, "token");
+    cr_assert(ne(ptr, (void *)got.session, NULL));
+    struct cr_mem g = {got.session, TQ_WIRE_SESSION_LEN}, x = {session, sizeof(session)};
+    cr_expect(eq(mem, g, x), "session bytes");
+    expect_done(&r, "hello with a session");
+    /* anything but 0 or 16 bytes after the token is not a whole hello */
+    uint8_t body[6 + TQ_WIRE_SESSION_LEN + 4] = {0};
+    memcpy(body, w.data, w.len);
+    for (size_t n = 7; n <= sizeof(body); n++) {
+        if (n == w.len)
+            continue;
+        tq_rbuf rr = tq_rbuf_make(body, n);
+        int rc = tq_wire_decode_hello(&rr, &got);
+        cr_expect(rc != TQ_OK || !tq_rbuf_done(&rr), "a hello of %zu session bytes was whole",
+                  n - 6);
+        cr_expect(rc != TQ_OK || got.session == NULL, "%zu session bytes taken as one", n - 6);
+    }
     tq_wbuf_free(&w);
 }
 

@@ -16,7 +16,8 @@ static void usage(FILE *out)
             "commands:\n"
             "  status               storage units: id, incarnation, alive, pool size and use,\n"
             "                       transports\n"
-            "  partitions [PARTITION]  rows, fields produced, rows consumed and ready per task\n"
+            "  partitions [PARTITION]  rows, rows lost, fields produced, rows consumed, ready\n"
+            "                       and in flight per task\n"
             "  kv-list [PARTITION]  keys and their tags (of every partition without one)\n"
             "  clear PARTITION      drop a partition: its rows, keys and consumption\n"
             "  seal PARTITION       no more rows will come: consumers end once done\n"
@@ -107,12 +108,16 @@ static int cmd_partitions(tq_client *c, const char *cmd, const char *partition, 
         printf("%-32s %12.0f %6s\n", cJSON_GetStringValue(cJSON_GetObjectItem(p, "partition")),
                cJSON_GetNumberValue(cJSON_GetObjectItem(p, "rows")),
                cJSON_IsTrue(cJSON_GetObjectItem(p, "sealed")) ? "yes" : "no");
+        double lost = cJSON_GetNumberValue(cJSON_GetObjectItem(p, "lost"));
+        if (lost > 0) /* NaN (an older controller) is not */
+            printf("  lost %.0f rows: a storage unit that held them died\n", lost);
         cJSON_ArrayForEach(item, cJSON_GetObjectItem(p, "fields"))
             printf("  field %-24s produced %.0f\n", item->string, cJSON_GetNumberValue(item));
         cJSON_ArrayForEach(item, cJSON_GetObjectItem(p, "tasks"))
-            printf("  task  %-24s consumed %.0f, ready %.0f\n", item->string,
+            printf("  task  %-24s consumed %.0f, ready %.0f, in flight %.0f\n", item->string,
                    cJSON_GetNumberValue(cJSON_GetObjectItem(item, "consumed")),
-                   cJSON_GetNumberValue(cJSON_GetObjectItem(item, "ready")));
+                   cJSON_GetNumberValue(cJSON_GetObjectItem(item, "ready")),
+                   cJSON_GetNumberValue(cJSON_GetObjectItem(item, "in_flight")));
     }
     cJSON_Delete(doc);
     return 0;

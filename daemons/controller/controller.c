@@ -94,7 +94,7 @@ void tq__reply_ok(conn_t *c, const tq_wire_header_t *h) { tq__reply_end(c, tq__r
 /* ---- units ---- */
 
 /* A unit is gone: a fault (warned) unless it said it was leaving. */
-static void unit_mark_dead(tq_unit *u, const char *why, bool left)
+static void unit_mark_dead(tq_controller *ctl, tq_unit *u, const char *why, bool left)
 {
     if (!u->alive)
         return;
@@ -106,6 +106,7 @@ static void unit_mark_dead(tq_unit *u, const char *why, bool left)
         tq_info("storage unit %u (incarnation %u) left: %s", u->id, u->incarnation, why);
     else
         tq_warn("storage unit %u (incarnation %u) is dead: %s", u->id, u->incarnation, why);
+    tq__unit_lost(ctl, u);
 }
 
 bool tq__unit_could_fit(const tq_controller *ctl, uint64_t size)
@@ -236,6 +237,11 @@ static void handle_hello(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     if (c->ctl->token != NULL && !token_equal(c->ctl->token, m.token)) {
         tq_warn("rejected connection fd %d: wrong token", c->fd);
         tq__reply_error(c, h, TQ_ERR_AUTH, "wrong or missing token");
+        c->closing = true;
+        return;
+    }
+    if (tq__session_join(c, m.session) != TQ_OK) {
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         c->closing = true;
         return;
     }
@@ -427,8 +433,9 @@ static void handle_status(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         bool all = true;
         for (uint16_t i = 0; i < m.num_fields; i++)
             all &= (fields[i] = tq__partition_field(p, tq__name_cstr(m.fields[i], name))) != NULL;
-        for (uint64_t row = 0; all && row < n; row++)
-            bytes[row] = tq__partition_row_ready(p, fields, m.num_fields, NULL, row);
+        for (uint64_t row = 0; all && row < n; row++) /* 1 ready, 2 lost with a unit */
+            bytes[row] = tq__partition_row_ready(p, fields, m.num_fields, NULL, row) ? 1
+                         : tq__partition_row_lost(p, fields, m.num_fields, row) ? 2 : 0;
     } else if (p != NULL) {
         tq_task_t *t = tq__partition_task(p, tq__name_cstr(m.task, name), false);
         for (uint64_t row = 0; t != NULL && row < n; row++)
@@ -446,6 +453,7 @@ static cJSON *partition_json(const tq_partition_t *p)
     cJSON_AddStringToObject(o, "partition", p->name);
     cJSON_AddBoolToObject(o, "sealed", p->sealed);
     cJSON_AddNumberToObject(o, "rows", (double)p->live_rows);
+    cJSON_AddNumberToObject(o, "lost", (double)tq__partition_lost_rows(p));
     cJSON *fields = cJSON_AddObjectToObject(o, "fields");
     for (uint32_t i = 0; i < p->num_fields; i++)
         cJSON_AddNumberToObject(fields, p->fields[i].name,
@@ -459,6 +467,7 @@ static cJSON *partition_json(const tq_partition_t *p)
         cJSON *to = cJSON_AddObjectToObject(tasks, t->name);
         cJSON_AddNumberToObject(to, "consumed", (double)consumed);
         cJSON_AddNumberToObject(to, "ready", (double)ready);
+        cJSON_AddNumberToObject(to, "in_flight", (double)tq__task_in_flight(t));
     }
     return o;
 }
@@ -527,7 +536,7 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
         return;
     case TQ_MSG_UNIT_LEAVE:
         if (storage && c->unit != NULL)
-            unit_mark_dead(c->unit, "it shut down", true);
+            unit_mark_dead(c->ctl, c->unit, "it shut down", true);
         return;
     case TQ_MSG_UNITS:         return handle_units(c, h, &r);
     case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, body);
@@ -566,15 +575,9 @@ static void conn_close(conn_t *c)
     }
     tq_list_for_each_safe(pos, tmp, &c->allocs)
         tq__alloc_abort(tq_list_entry(pos, alloc_t, conn_link));
-    tq_list_for_each_safe(pos, tmp, &c->metas) {
-        meta_t *m = tq_list_entry(pos, meta_t, conn_link);
-        if (m->reply_end > c->sent) /* its answer never left: nobody has these rows */
-            tq__meta_give_back(ctl, m);
-        else
-            tq__meta_free(m);
-    }
+    tq__session_leave(c); /* its metas stay with the client, or go back with its end */
     if (c->unit != NULL)
-        unit_mark_dead(c->unit, "its connection closed", false);
+        unit_mark_dead(ctl, c->unit, "its connection closed", false);
     tq_debug("connection fd %d closed", c->fd);
     epoll_ctl(ctl->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
@@ -770,7 +773,6 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
         tq_wbuf_init(&c->out);
         tq_list_init(&c->flush_link);
         tq_list_init(&c->allocs);
-        tq_list_init(&c->metas);
         struct epoll_event ev = {.events = CONN_EVENTS, .data.ptr = c};
         if (epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
             tq_warn_limited("epoll_ctl: %m");
@@ -786,7 +788,8 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
 
 /*
  * A stuck client must not hold memory forever: an allocation not committed
- * and rows not released within the lease are let go. The client knows the
+ * and rows not released within the lease are let go (the rows' extents; who
+ * consumed them waits for the client's word, fetch.c). The client knows the
  * lease too, and never writes or trusts a read past it (lib/client.c).
  */
 static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
@@ -803,17 +806,6 @@ static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
                 tq__alloc_abort(a);
             } else {
                 next = TQ_MIN(next, a->lease_end_ms);
-            }
-        }
-        tq_list_for_each_safe(pos, tmp, &c->metas) {
-            meta_t *m = tq_list_entry(pos, meta_t, conn_link);
-            if (m->lease_end_ms <= now) {
-                tq_warn("meta %llu of connection %llu not released within its %u ms lease: "
-                        "unpinned", (unsigned long long)m->id, (unsigned long long)c->id,
-                        ctl->lease_ms);
-                tq__meta_free(m);
-            } else {
-                next = TQ_MIN(next, m->lease_end_ms);
             }
         }
         if (c->http) {
@@ -849,7 +841,7 @@ static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
             }
         }
     }
-    return next;
+    return tq__leases_expire(ctl, now, next);
 }
 
 /* Expire parked requests, leases and silent units; returns ms until the next deadline. */
@@ -901,7 +893,7 @@ static int run_timers(tq_controller *ctl)
             continue;
         if (due <= now) {
             conn_t *c = u->conn;
-            unit_mark_dead(u, "no heartbeat", false);
+            unit_mark_dead(ctl, u, "no heartbeat", false);
             if (c != NULL)
                 c->closing = true, conn_want_flush(c);
         } else if (due < next) {
@@ -1029,6 +1021,7 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     tq_list_init(&ctl->units);
     tq_list_init(&ctl->partitions);
     tq_list_init(&ctl->parked);
+    tq_list_init(&ctl->leases);
     ctl->heartbeat_timeout_ms = cfg->heartbeat_timeout_ms > 0 ? cfg->heartbeat_timeout_ms : 3000;
     ctl->lease_ms = cfg->lease_ms ? cfg->lease_ms : 60000;
     ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
@@ -1042,6 +1035,9 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     }
     rc = TQ_ERR_NOMEM;
     if (cfg->token != NULL && cfg->token[0] != '\0' && (ctl->token = strdup(cfg->token)) == NULL)
+        goto err;
+    if ((ctl->metas = tq_u64map_create()) == NULL || (ctl->greeted = tq_u64map_create()) == NULL ||
+        (ctl->sessions = tq_hashmap_create()) == NULL)
         goto err;
     if ((rc = load_plugins(cfg->sampler_plugins)) != TQ_OK)
         goto err;
@@ -1192,6 +1188,9 @@ void tq__controller_destroy(tq_controller *ctl)
         close(ctl->spare_fd);
     if (ctl->epfd >= 0)
         close(ctl->epfd);
+    tq_u64map_destroy(ctl->metas);
+    tq_u64map_destroy(ctl->greeted);
+    tq_hashmap_destroy(ctl->sessions);
     free(ctl->token);
     free(ctl);
 }

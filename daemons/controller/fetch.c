@@ -1,4 +1,4 @@
-/* fetch.c: GET_META: samplers, parked requests, and the pins of rows handed out. */
+/* fetch.c: GET_META, samplers, parked requests, and the metas handed out to client sessions. */
 #define TQ_LOG_COMPONENT "controller"
 #include <errno.h>
 #include <stdio.h>
@@ -11,29 +11,136 @@
 #include "util/common.h"
 #include "util/log.h"
 
-/* Unpin the rows of a meta nobody read and make them ready for its task again. */
-void tq__meta_give_back(tq_controller *ctl, meta_t *m)
+/* ---- sessions and metas ---- */
+
+int tq__session_join(conn_t *c, const uint8_t *secret)
 {
-    tq_partition_t *p = m->partition ? tq__find_partition(ctl, m->partition) : NULL;
-    tq_task_t *t = p ? tq__partition_task(p, m->task, false) : NULL;
-    for (uint32_t i = 0; t != NULL && i < m->num_rows; i++)
-        if ((uint64_t)m->rows[i] < p->num_slots)
-            t->consumed[m->rows[i]] = 0;
-    tq__meta_free(m);
-    if (t != NULL)
+    tq_controller *ctl = c->ctl;
+    char key[2 * TQ_WIRE_SESSION_LEN + 1] = "";
+    for (size_t i = 0; secret != NULL && i < TQ_WIRE_SESSION_LEN; i++)
+        snprintf(key + 2 * i, 3, "%02x", secret[i]);
+    tq_session_t *s = key[0] ? tq_hashmap_get(ctl->sessions, key) : NULL;
+    bool fresh = s == NULL;
+    if (fresh) {
+        if ((s = calloc(1, sizeof(*s))) == NULL)
+            return TQ_ERR_NOMEM;
+        memcpy(s->key, key, sizeof(key));
+        tq_list_init(&s->metas);
+        if (key[0] && tq_hashmap_put(ctl->sessions, s->key, s) != 0) {
+            free(s);
+            return TQ_ERR_NOMEM;
+        }
+    }
+    if (tq_u64map_put(ctl->greeted, c->id, c) != 0) {
+        if (fresh && key[0])
+            tq_hashmap_remove(ctl->sessions, s->key);
+        if (fresh)
+            free(s);
+        return TQ_ERR_NOMEM;
+    }
+    s->conns++;
+    c->session = s;
+    return TQ_OK;
+}
+
+void tq__session_leave(conn_t *c)
+{
+    tq_session_t *s = c->session;
+    if (s == NULL)
+        return;
+    tq_controller *ctl = c->ctl;
+    tq_u64map_remove(ctl->greeted, c->id);
+    c->session = NULL;
+    bool last = --s->conns == 0;
+    tq_list *pos, *tmp;
+    tq_list_for_each_safe(pos, tmp, &s->metas) {
+        meta_t *m = tq_list_entry(pos, meta_t, session_link);
+        if (last || (m->conn == c && m->reply_end > c->sent))
+            tq__meta_free(ctl, m, false); /* the client is gone, or never got the answer */
+        else if (m->conn == c)
+            m->conn = NULL; /* answered: the client releases it by another connection */
+    }
+    if (!last)
+        return;
+    if (s->key[0])
+        tq_hashmap_remove(ctl->sessions, s->key);
+    free(s);
+}
+
+meta_t *tq__meta_new(conn_t *c, size_t max_pins)
+{
+    meta_t *m = calloc(1, sizeof(*m));
+    if (m == NULL || (m->pins = malloc(max_pins * sizeof(tq_extent *) + 1)) == NULL) {
+        free(m);
+        return NULL;
+    }
+    m->id = ++c->ctl->next_id;
+    if (tq_u64map_put(c->ctl->metas, m->id, m) != 0) {
+        free(m->pins);
+        free(m);
+        return NULL;
+    }
+    m->session = c->session;
+    m->conn = c;
+    tq_list_insert_tail(&c->session->metas, &m->session_link);
+    tq_list_init(&m->lease_link);
+    tq_list_init(&m->claim.link);
+    return m;
+}
+
+static void meta_unpin(meta_t *m)
+{
+    for (uint32_t i = 0; i < m->num_pins; i++)
+        tq__extent_unref(m->pins[i]);
+    m->num_pins = 0;
+    tq_list_remove(&m->lease_link);
+}
+
+void tq__meta_free(tq_controller *ctl, meta_t *m, bool delivered)
+{
+    tq_partition_t *p = m->claim.part;
+    uint32_t back = tq__claim_settle(&m->claim, delivered);
+    meta_unpin(m);
+    tq_list_remove(&m->session_link);
+    tq_u64map_remove(ctl->metas, m->id);
+    free(m->pins);
+    free(m);
+    if (back > 0) /* rows ready again: a waiting request may take them */
         tq__wake_parked(ctl, p->name);
 }
 
-void tq__meta_free(meta_t *m)
+uint64_t tq__leases_expire(tq_controller *ctl, uint64_t now, uint64_t next)
 {
-    tq_list_remove(&m->conn_link);
-    for (uint32_t i = 0; i < m->num_pins; i++)
-        tq__extent_unref(m->pins[i]);
-    free(m->pins);
-    free(m->partition);
-    free(m->task);
-    free(m->rows);
-    free(m);
+    /* every lease is as long, so the list is in the order they end */
+    while (!tq_list_empty(&ctl->leases)) {
+        meta_t *m = tq_list_entry(ctl->leases.next, meta_t, lease_link);
+        if (m->lease_end_ms > now)
+            return TQ_MIN(next, m->lease_end_ms);
+        tq_warn("meta %llu not released within its %u ms lease: unpinned",
+                (unsigned long long)m->id, ctl->lease_ms);
+        /* the client will not trust a read now; whether it got the rows before
+         * is for it to say (RELEASE or RELEASE_UNREAD), or its end */
+        if (m->claim.part != NULL)
+            meta_unpin(m);
+        else
+            tq__meta_free(ctl, m, true);
+    }
+    return next;
+}
+
+void tq__unit_lost(tq_controller *ctl, const struct tq_unit *u)
+{
+    tq_list *pos;
+    for (pos = ctl->partitions.next; pos != &ctl->partitions; pos = pos->next) {
+        tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
+        uint64_t n = tq__partition_mark_lost(p, u);
+        if (n == 0)
+            continue;
+        tq_info("partition %s: %llu cells lost with storage unit %u", p->name,
+                (unsigned long long)n, u->id);
+        /* lost rows are waited for no more: a sealed partition may be at its end */
+        tq__wake_parked(ctl, p->name);
+    }
 }
 
 void tq__parked_free(parked_t *pk)
@@ -45,13 +152,13 @@ void tq__parked_free(parked_t *pk)
 }
 
 /* Write the GET_META answer for rows of p and pin their cells. */
-void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
-                       tq_field_t *const *fields, uint16_t nf, const int64_t *rows, uint32_t n,
-                       meta_t *meta)
+int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields, uint16_t nf,
+                   const int64_t *rows, uint32_t n, meta_t *meta)
 {
-    uint64_t *row_bytes = malloc((size_t)n * 8);
-    int64_t *shapes = malloc((size_t)n * TQ_MAX_NDIM * 8);
-    tq_wire_extent_t *runs = malloc((size_t)n * sizeof(*runs));
+    uint64_t *row_bytes = malloc((size_t)n * 8 + 1);
+    int64_t *shapes = malloc((size_t)n * TQ_MAX_NDIM * 8 + 1);
+    tq_wire_extent_t *runs = malloc((size_t)n * sizeof(*runs) + 1);
+    int rc = TQ_ERR_NOMEM;
     if (row_bytes == NULL || shapes == NULL || runs == NULL) {
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         goto out;
@@ -75,7 +182,8 @@ void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
             if (cell->length == 0)
                 continue;
             /* a dead unit's cells are named lost: the client fails fast, reads nothing */
-            uint32_t unit = cell->ext->unit->alive ? cell->ext->unit->id : TQ_WIRE_LOST_UNIT;
+            uint32_t unit = cell->ext->unit->alive && !cell->lost ? cell->ext->unit->id
+                                                                  : TQ_WIRE_LOST_UNIT;
             tq_wire_extent_t *last = num_runs ? &runs[num_runs - 1] : NULL;
             if (last != NULL && last->unit == unit && last->offset + last->length == cell->offset)
                 last->length += cell->length; /* adjacent cells: one read */
@@ -97,10 +205,14 @@ void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
     }
     meta->num_pins = pin;
     tq__reply_end(c, off);
+    meta->reply_end = c->sent + c->out.len;
+    tq_list_insert_tail(&c->ctl->leases, &meta->lease_link);
+    rc = TQ_OK;
 out:
     free(row_bytes);
     free(shapes);
     free(runs);
+    return rc;
 }
 
 typedef enum { META_DONE, META_WAIT } meta_outcome_t;
@@ -137,44 +249,41 @@ static int fetch_scan(fetch_t *f)
         reserved |= p->state[r] == TQ_ROW_RESERVED;
         if (p->state[r] != TQ_ROW_LIVE || (f->t != NULL && f->t->consumed[r]))
             continue;
+        /* a lost row never becomes ready (until rewritten): nobody waits for it */
+        if (f->have_fields && tq__partition_row_lost(p, f->fields, f->m.num_fields, r))
+            continue;
         unconsumed++;
         if (f->have_fields &&
             tq__partition_row_ready(p, f->fields, f->m.num_fields, f->t, r))
             f->ready[f->num_ready++] = (int64_t)r;
     }
-    /* sealed, no new row pending, and every row the task has not seen is ready */
+    /* sealed, no new row pending, and every row the task has not taken is ready
+     * (rows in flight count as taken: given back, they are offered again) */
     f->final = p->sealed && !reserved && unconsumed == f->num_ready;
     return TQ_OK;
 }
 
-static void consume(fetch_t *f, const int64_t *rows, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        f->t->consumed[rows[i]] = 1;
-}
-
-/* Answer with rows of the fetch, pinned under a new meta. */
+/* Answer with rows of the fetch, pinned under a new meta that claims the
+ * rows the sampler consumed (in flight until the client settles them). */
 static meta_outcome_t serve(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
-                            const int64_t *rows, uint32_t n)
+                            const int64_t *rows, uint32_t n, const int64_t *consumed,
+                            size_t num_consumed)
 {
-    meta_t *meta = calloc(1, sizeof(*meta));
-    if (meta == NULL || (meta->pins = malloc((size_t)n * f->m.num_fields * sizeof(tq_extent *) + 1)) == NULL ||
-        (meta->rows = malloc((size_t)n * sizeof(int64_t) + 1)) == NULL ||
-        (meta->partition = strdup(f->p->name)) == NULL || (meta->task = strdup(f->task)) == NULL) {
-        if (meta != NULL) {
-            free(meta->pins), free(meta->rows), free(meta->partition), free(meta->task);
-        }
-        free(meta);
+    meta_t *meta = tq__meta_new(c, (size_t)n * f->m.num_fields);
+    if (meta == NULL ||
+        (num_consumed > 0 &&
+         tq__claim_take(f->p, f->t, &meta->claim, consumed, (uint32_t)num_consumed) != TQ_OK)) {
+        if (meta != NULL)
+            tq__meta_free(c->ctl, meta, true);
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         return META_DONE;
     }
-    memcpy(meta->rows, rows, (size_t)n * sizeof(int64_t));
-    meta->num_rows = n;
-    meta->id = ++c->ctl->next_id;
-    tq_list_init(&meta->conn_link);
-    tq_list_insert_tail(&c->metas, &meta->conn_link);
-    tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta);
-    meta->reply_end = c->sent + c->out.len;
+    if (tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK) {
+        /* not answered: the rows are the task's again, for the next request (waking
+         * parked ones from here could re-enter the one being tried) */
+        tq__claim_settle(&meta->claim, false);
+        tq__meta_free(c->ctl, meta, true);
+    }
     return META_DONE;
 }
 
@@ -185,26 +294,29 @@ static meta_outcome_t reply_end_of_stream(conn_t *c, const tq_wire_header_t *h, 
     return META_DONE;
 }
 
-/* A kept batch still usable by this fetch: every row still live, with every
- * field this caller names produced (another caller may have named others). */
+/* A kept batch still usable by this fetch: every row still live and taken by
+ * the task (not given back by the caller that sampled it), with every field
+ * this caller names produced and not lost (another caller may name others). */
 static bool kept_valid(const fetch_t *f, const tq_kept_t *k)
 {
     const tq_partition_t *p = f->p;
     for (uint32_t i = 0; i < k->num_rows; i++) {
         int64_t r = k->rows[i];
-        if ((uint64_t)r >= p->num_slots || p->state[r] != TQ_ROW_LIVE)
+        if ((uint64_t)r >= p->num_slots || p->state[r] != TQ_ROW_LIVE || !f->t->consumed[r])
             return false;
         for (uint16_t j = 0; j < f->m.num_fields; j++)
-            if (f->fields[j] == NULL || !f->fields[j]->cells[r].produced)
+            if (f->fields[j] == NULL || !f->fields[j]->cells[r].produced ||
+                f->fields[j]->cells[r].lost)
                 return false;
     }
     return true;
 }
 
-/* Serve a kept batch to one more taker, forgetting it after the last. */
+/* Serve a kept batch to one more taker, forgetting it after the last. Its
+ * rows are the claim of the caller that sampled them. */
 static meta_outcome_t serve_kept(conn_t *c, const tq_wire_header_t *h, fetch_t *f, tq_kept_t *k)
 {
-    meta_outcome_t out = serve(c, h, f, k->rows, k->num_rows);
+    meta_outcome_t out = serve(c, h, f, k->rows, k->num_rows, NULL, 0);
     if (--k->takers_left == 0)
         tq__partition_unkeep(f->p, k);
     return out;
@@ -252,8 +364,7 @@ static meta_outcome_t sample_rank_aware(conn_t *c, const tq_wire_header_t *h, fe
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         return META_DONE;
     }
-    consume(f, f->ready, n);
-    return serve(c, h, f, f->ready, n);
+    return serve(c, h, f, f->ready, n, f->ready, n);
 }
 
 /* Split groups over `parts` ranks, each rank the same number of groups, with
@@ -417,8 +528,7 @@ static meta_outcome_t sample_seqlen(conn_t *c, const tq_wire_header_t *h, fetch_
             mine = np;
         }
     }
-    consume(f, rows, groups * (size_t)n);
-    out = serve(c, h, f, own, mine);
+    out = serve(c, h, f, own, mine, rows, groups * (size_t)n);
 done:
     free(rows), free(weight), free(rank_of), free(part), free(own);
     return out;
@@ -461,8 +571,7 @@ static meta_outcome_t sample_plain(conn_t *c, const tq_wire_header_t *h, fetch_t
         out = reply_end_of_stream(c, h, f);
         goto done;
     }
-    consume(f, consumed, o.num_consumed);
-    out = serve(c, h, f, sampled, (uint32_t)o.num_sampled);
+    out = serve(c, h, f, sampled, (uint32_t)o.num_sampled, consumed, o.num_consumed);
 done:
     free(sampled);
     free(consumed);
@@ -599,60 +708,59 @@ void tq__wake_parked(tq_controller *ctl, const char *partition)
 }
 
 
+/* The meta `id` if c's session holds it: another client's metas are not
+ * there for it, whatever ids it tries. */
+static meta_t *own_meta(conn_t *c, uint64_t id)
+{
+    meta_t *m = tq_u64map_get(c->ctl->metas, id);
+    return m != NULL && m->session == c->session ? m : NULL;
+}
+
+/* RELEASE: the client is done with a meta; it has the rows, unless it frees
+ * a meta it never read (it chose not to: they stay consumed). */
 void tq__handle_release(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_msg_id_t m;
     if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed release");
-    meta_t *meta = tq__meta_find(c->ctl, m.id);
+    meta_t *meta = own_meta(c, m.id);
     if (meta != NULL)
-        tq__meta_free(meta);
+        tq__meta_free(c->ctl, meta, true);
     /* no reply: RELEASE is one-way */
 }
 
-meta_t *tq__meta_find(tq_controller *ctl, uint64_t id)
-{
-    /* metas may be released through any connection of the client */
-    tq_list *cpos, *pos;
-    for (cpos = ctl->conns.next; cpos != &ctl->conns; cpos = cpos->next) {
-        conn_t *owner = tq_list_entry(cpos, conn_t, link);
-        for (pos = owner->metas.next; pos != &owner->metas; pos = pos->next) {
-            meta_t *meta = tq_list_entry(pos, meta_t, conn_link);
-            if (meta->id == id)
-                return meta;
-        }
-    }
-    return NULL;
-}
-
-/* RELEASE_UNREAD: a consumer fetched rows ahead and will not read them. */
+/* RELEASE_UNREAD: the client has not got the rows (fetched ahead and never
+ * returned, or its read failed): they go back to their task. */
 void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_msg_id_t m;
     if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed release_unread");
-    meta_t *meta = tq__meta_find(c->ctl, m.id);
-    if (meta != NULL)
-        tq__meta_give_back(c->ctl, meta);
+    meta_t *meta = own_meta(c, m.id);
+    if (meta == NULL)
+        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "this client holds no meta %llu",
+                               (unsigned long long)m.id);
+    tq__meta_free(c->ctl, meta, false);
     tq__reply_ok(c, h); /* answered, so the rows are back before the caller goes on */
 }
 
 /* CANCEL: a consumer closing a stream ends the wait of its fetch connection,
- * whichever thread of it is blocked there, and that connection waits no more. */
+ * whichever thread of it is blocked there, and that connection waits no more.
+ * Only a connection of the same client may. */
 void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_msg_id_t m;
     if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed cancel");
+    conn_t *target = tq_u64map_get(c->ctl->greeted, m.id);
+    if (target == NULL || target->session != c->session)
+        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "this client has no connection %llu",
+                               (unsigned long long)m.id);
+    target->no_park = true;
     tq_list *pos, *tmp;
-    for (pos = c->ctl->conns.next; pos != &c->ctl->conns; pos = pos->next) {
-        conn_t *target = tq_list_entry(pos, conn_t, link);
-        if (target->id == m.id)
-            target->no_park = true;
-    }
     tq_list_for_each_safe(pos, tmp, &c->ctl->parked) {
         parked_t *pk = tq_list_entry(pos, parked_t, link);
-        if (pk->type == TQ_MSG_GET_META && pk->conn->id == m.id) {
+        if (pk->type == TQ_MSG_GET_META && pk->conn == target) {
             tq_wire_header_t ph = {.type = TQ_MSG_GET_META, .request_id = pk->request_id};
             tq__parked_resume(pk);
             tq__reply_error(pk->conn, &ph, TQ_ERR_TIMEOUT, "cancelled");

@@ -9,14 +9,17 @@
 #include "controller/controller.h"
 #include "controller/partition.h"
 #include "pool.h"
+#include "util/hashmap.h"
 #include "util/list.h"
+#include "util/u64map.h"
 #include "wire.h"
 
 /*
  * controller.c runs the event loop, the connections, the storage units and the
  * partition administration; put.c the two-phase put (ALLOC, COMMIT, ABORT);
- * fetch.c GET_META with its samplers, parked requests and pins; kv.c the
- * key-value requests. Everything runs on the loop's one thread.
+ * fetch.c GET_META with its samplers, parked requests, and the metas (pins and
+ * claims) of client sessions; kv.c the key-value requests. Everything runs on
+ * the loop's one thread.
  */
 #define MAX_UNIT_CAPACITY (1ULL << 48)
 
@@ -49,6 +52,19 @@ typedef struct {
     uint64_t bytes_allocated, bytes_committed;
 } tq_metrics_t;
 
+/*
+ * A client as the controller knows it: the connections whose HELLO named one
+ * session (or a single connection that named none). Metas are the session's:
+ * only its own connections release them or cancel its waits, through any of
+ * them, and when its last connection closes (the client died, or closed), the
+ * rows of every meta it still holds go back to their task.
+ */
+typedef struct tq_session {
+    char     key[2 * TQ_WIRE_SESSION_LEN + 1]; /* the secret in hex (ctl->sessions' key), or "" */
+    unsigned conns;
+    tq_list  metas;                            /* meta_t.session_link */
+} tq_session_t;
+
 typedef struct conn {
     tq_list        link;
     tq_list        flush_link;   /* in ctl->to_flush while it has output */
@@ -66,7 +82,7 @@ typedef struct conn {
     uint8_t        role;
     tq_unit       *unit;
     tq_list        allocs;       /* alloc_t.conn_link */
-    tq_list        metas;        /* meta_t.conn_link */
+    tq_session_t  *session;      /* from HELLO on: the client it belongs to */
     uint64_t       hello_due_ms; /* closed if not greeted by then (a scrape: if not done) */
     uint64_t       close_due_ms; /* closing: closed by then even with output unsent; 0: unset */
     bool           http;         /* a metrics scrape (metrics.c), not the wire protocol */
@@ -98,18 +114,21 @@ typedef struct {
     uint64_t        commit_by_ms; /* a COMMIT later than this is refused: the client gave up */
 } alloc_t;
 
-/* Rows handed out by GET_META: their extents stay pinned until RELEASE. A
- * consumer that never read them (RELEASE_UNREAD) gives the rows back to task. */
+/* Rows handed out by GET_META or KV_GET, to a session: their extents stay
+ * pinned until RELEASE or the lease's end, and the rows a GET_META consumed
+ * are in flight (its claim) until RELEASE (delivered) or RELEASE_UNREAD, or
+ * the session's end (not delivered: they go back to their task). */
 typedef struct {
-    tq_list     conn_link;
-    uint64_t    id;
-    uint32_t    num_pins;
-    tq_extent **pins;
-    char       *partition, *task; /* NULL for KV_GET */
-    int64_t    *rows;
-    uint32_t    num_rows;
-    uint64_t    reply_end;        /* its answer is sent once conn->sent reaches this */
-    uint64_t    lease_end_ms;     /* unpinned then if not released */
+    tq_list       session_link;
+    tq_list       lease_link;     /* in ctl->leases while pinned: lease order */
+    tq_session_t *session;
+    conn_t       *conn;           /* its answer goes out there; NULL once that closed */
+    uint64_t      id;
+    uint32_t      num_pins;
+    tq_extent   **pins;
+    tq_claim_t    claim;          /* nothing claimed for KV_GET, or a kept batch's replicas */
+    uint64_t      reply_end;      /* its answer is sent once conn->sent reaches this */
+    uint64_t      lease_end_ms;   /* unpinned then if not released */
 } meta_t;
 
 /* A request that waits, its body kept to be tried again: a GET_META for rows,
@@ -143,6 +162,10 @@ struct tq_controller {
     uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
     tq_meta_budget_t meta_budget; /* all partitions' per-row arrays */
     tq_list  conns, to_flush, units, partitions, parked;
+    tq_list  leases;             /* meta_t.lease_link of pinned metas, oldest first */
+    tq_u64map  *metas;           /* id -> meta_t */
+    tq_u64map  *greeted;         /* id -> conn_t, the connections past HELLO (CANCEL names them) */
+    tq_hashmap *sessions;        /* key -> tq_session_t, of sessions that have a secret */
     tq_metrics_t metrics;
     uint64_t request_start_ns;   /* arrival of the request being answered */
 };
@@ -197,18 +220,32 @@ void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 /* A commit, a seal or rows given back may satisfy parked requests. */
 void tq__wake_parked(tq_controller *ctl, const char *partition);
-/* Write a GET_META-shaped answer for rows and pin their cells under meta. */
-void tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
-                    uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
+/* A greeted connection joins its session (secret NULL: one of its own).
+ * @return TQ_OK, or TQ_ERR_NOMEM. */
+int  tq__session_join(conn_t *c, const uint8_t *secret);
+/* A connection closes: metas whose answer it never sent go back; the last
+ * connection of a session ends it, and every meta it holds goes back. */
+void tq__session_leave(conn_t *c);
+/* Unit u died: its cells are lost (parked requests may see an end now). */
+void tq__unit_lost(tq_controller *ctl, const struct tq_unit *u);
+/* A meta of c's session for up to max_pins pins, registered under a new id.
+ * NULL when out of memory. */
+meta_t *tq__meta_new(conn_t *c, size_t max_pins);
+/* Write a GET_META-shaped answer for rows and pin their cells under meta.
+ * @return TQ_OK, or TQ_ERR_NOMEM (an error reply was written). */
+int     tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
+                       uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
 /* Keep request h (its body) to try again until timeout_ms passes (< 0: never);
  * partition (owned by the parked request) is what a GET_META waits on.
  * @return TQ_OK, or TQ_ERR_NOMEM (partition freed). */
 int     tq__park(conn_t *c, const tq_wire_header_t *h, const uint8_t *body, int64_t timeout_ms,
                  char *partition);
-meta_t *tq__meta_find(tq_controller *ctl, uint64_t id);
-void    tq__meta_free(meta_t *m);
-/* Unpin the rows of a meta nobody read and make them ready for its task again. */
-void    tq__meta_give_back(tq_controller *ctl, meta_t *m);
+/* Settle m's claim (rows not delivered go back to their task, waking
+ * requests that wait for them), unpin and free it. */
+void    tq__meta_free(tq_controller *ctl, meta_t *m, bool delivered);
+/* Unpin metas whose lease ran out (their claims wait for the client's word);
+ * returns the earlier of next and the next lease's end. */
+uint64_t tq__leases_expire(tq_controller *ctl, uint64_t now, uint64_t next);
 void    tq__parked_free(parked_t *pk);
 
 /* Answering a parked request: its latency runs from its arrival. */

@@ -26,8 +26,7 @@ void tq__handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
                                    tq__name_cstr(m.fields[i], name));
     int64_t *rows = malloc((size_t)m.count * sizeof(int64_t));
     tq_field_t **fields = malloc(TQ_MAX(p->num_fields, (uint32_t)m.num_fields) * sizeof(*fields) + 1);
-    meta_t *meta = calloc(1, sizeof(*meta));
-    if (rows == NULL || fields == NULL || meta == NULL) {
+    if (rows == NULL || fields == NULL) {
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -78,19 +77,12 @@ void tq__handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
             goto out;
         }
     }
-    if ((meta->pins = malloc((size_t)m.count * nf * sizeof(tq_extent *) + 1)) == NULL) {
+    meta_t *meta = tq__meta_new(c, (size_t)m.count * nf); /* pins only: it consumes nothing */
+    if (meta == NULL)
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    meta->id = ++c->ctl->next_id;
-    tq_list_init(&meta->conn_link);
-    tq_list_insert_tail(&c->metas, &meta->conn_link);
-    tq__reply_meta(c, h, fields, (uint16_t)nf, rows, m.count, meta);
-    meta = NULL;
+    else if (tq__reply_meta(c, h, fields, (uint16_t)nf, rows, m.count, meta) != TQ_OK)
+        tq__meta_free(c->ctl, meta, true);
 out:
-    if (meta != NULL)
-        free(meta->pins);
-    free(meta);
     free(fields);
     free(rows);
 }

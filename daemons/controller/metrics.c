@@ -153,20 +153,41 @@ static void render_partitions(const tq_controller *ctl, tq_wbuf *w)
         emit(w, "tq_partition_rows{partition=\"%s\"} %llu\n", label(p->name, p_label),
              (unsigned long long)p->live_rows);
     }
-    family(w, "tq_field_rows_produced", "gauge", "Live rows whose field is produced.");
+    family(w, "tq_partition_rows_lost", "gauge",
+           "Live rows with a field lost with its storage unit: never offered again.");
+    for (pos = ctl->partitions.next; pos != &ctl->partitions; pos = pos->next) {
+        const tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
+        emit(w, "tq_partition_rows_lost{partition=\"%s\"} %llu\n", label(p->name, p_label),
+             (unsigned long long)tq__partition_lost_rows(p));
+    }
+    tq_wbuf lost;
+    tq_wbuf_init(&lost);
+    family(w, "tq_field_rows_produced", "gauge", "Live rows whose field is produced, not lost.");
+    family(&lost, "tq_field_rows_lost", "gauge",
+           "Live rows whose field was lost with its storage unit.");
     for (pos = ctl->partitions.next; pos != &ctl->partitions; pos = pos->next) {
         const tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
         label(p->name, p_label);
-        for (uint32_t i = 0; i < p->num_fields; i++)
+        for (uint32_t i = 0; i < p->num_fields; i++) {
+            label(p->fields[i].name, x_label);
             emit(w, "tq_field_rows_produced{partition=\"%s\",field=\"%s\"} %llu\n", p_label,
-                 label(p->fields[i].name, x_label),
-                 (unsigned long long)tq__field_produced(p, &p->fields[i]));
+                 x_label, (unsigned long long)tq__field_produced(p, &p->fields[i]));
+            emit(&lost, "tq_field_rows_lost{partition=\"%s\",field=\"%s\"} %llu\n", p_label,
+                 x_label, (unsigned long long)tq__field_lost(p, &p->fields[i]));
+        }
     }
-    tq_wbuf consumed;
+    tq_wire_put_bytes(w, lost.data, lost.len);
+    w->failed |= lost.failed;
+    tq_wbuf_free(&lost);
+    tq_wbuf consumed, in_flight;
     tq_wbuf_init(&consumed);
+    tq_wbuf_init(&in_flight);
     family(w, "tq_task_rows_ready", "gauge",
            "Live rows with every field produced that the task has not consumed.");
-    family(&consumed, "tq_task_rows_consumed", "gauge", "Live rows the task has consumed.");
+    family(&consumed, "tq_task_rows_consumed", "gauge",
+           "Live rows the task has consumed, in flight included.");
+    family(&in_flight, "tq_task_rows_in_flight", "gauge",
+           "Rows handed to a consumer of the task that it has not yet said it read.");
     for (pos = ctl->partitions.next; pos != &ctl->partitions; pos = pos->next) {
         const tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
         label(p->name, p_label);
@@ -179,11 +200,15 @@ static void render_partitions(const tq_controller *ctl, tq_wbuf *w)
                  (unsigned long long)n_ready);
             emit(&consumed, "tq_task_rows_consumed{partition=\"%s\",task=\"%s\"} %llu\n",
                  p_label, x_label, (unsigned long long)n_consumed);
+            emit(&in_flight, "tq_task_rows_in_flight{partition=\"%s\",task=\"%s\"} %llu\n",
+                 p_label, x_label, (unsigned long long)tq__task_in_flight(t));
         }
     }
     tq_wire_put_bytes(w, consumed.data, consumed.len);
-    w->failed |= consumed.failed;
+    tq_wire_put_bytes(w, in_flight.data, in_flight.len);
+    w->failed |= consumed.failed | in_flight.failed;
     tq_wbuf_free(&consumed);
+    tq_wbuf_free(&in_flight);
 }
 
 static void render(const tq_controller *ctl, tq_wbuf *w)

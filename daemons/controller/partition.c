@@ -73,6 +73,14 @@ static void key_destroy(tq_partition_t *p, tq_kv_key_t *k)
 
 static void task_destroy(tq_task_t *t)
 {
+    tq_list *pos, *tmp;
+    tq_list_for_each_safe(pos, tmp, &t->claims) { /* their holders keep nothing */
+        tq_claim_t *cl = tq_list_entry(pos, tq_claim_t, link);
+        tq_list_remove(&cl->link);
+        cl->part = NULL;
+        cl->task = NULL;
+    }
+    tq_u64map_destroy(t->in_flight);
     tq_list_remove(&t->link);
     free(t->name);
     free(t->consumed);
@@ -385,8 +393,11 @@ uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *
             memset(c, 0, sizeof(*c));
         }
         tq_list *pos;
-        for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next)
-            tq_list_entry(pos, tq_task_t, link)->consumed[r] = 0;
+        for (pos = p->tasks.next; pos != &p->tasks; pos = pos->next) {
+            tq_task_t *t = tq_list_entry(pos, tq_task_t, link);
+            t->consumed[r] = 0;
+            tq_u64map_remove(t->in_flight, r); /* its claim forgets it: the index is reused */
+        }
         if (p->row_keys[r] != NULL)
             key_destroy(p, p->row_keys[r]);
         mark_free(p, r);
@@ -415,9 +426,12 @@ tq_task_t *tq__partition_task(tq_partition_t *p, const char *name, bool create)
         return NULL;
     t->name = strdup(name);
     t->consumed = calloc(p->cap_slots ? p->cap_slots : 1, 1);
-    if (t->name == NULL || t->consumed == NULL) {
+    t->in_flight = tq_u64map_create();
+    tq_list_init(&t->claims);
+    if (t->name == NULL || t->consumed == NULL || t->in_flight == NULL) {
         free(t->name);
         free(t->consumed);
+        tq_u64map_destroy(t->in_flight);
         free(t);
         return NULL;
     }
@@ -434,6 +448,7 @@ int tq__partition_reset(tq_partition_t *p, const char *task)
         tq_task_t *t = tq_list_entry(pos, tq_task_t, link);
         if (task == NULL || strcmp(t->name, task) == 0) {
             memset(t->consumed, 0, p->cap_slots);
+            tq_u64map_clear(t->in_flight); /* claims settled later change nothing */
             found = true;
         }
     }
@@ -475,6 +490,65 @@ void tq__partition_unkeep(tq_partition_t *p, tq_kept_t *k)
     free(k);
 }
 
+int tq__claim_take(tq_partition_t *p, tq_task_t *t, tq_claim_t *cl, const int64_t *rows,
+                   uint32_t n)
+{
+    cl->rows = malloc((size_t)n * sizeof(int64_t) + 1);
+    if (cl->rows == NULL)
+        return TQ_ERR_NOMEM;
+    bool failed = false;
+    for (uint32_t i = 0; i < n && !failed; i++) {
+        uint64_t r = (uint64_t)rows[i];
+        tq_assert(r < p->num_slots);
+        if (t->consumed[r]) /* named twice (a sampler's list): claimed once */
+            continue;
+        failed = tq_u64map_put(t->in_flight, r, cl) != 0;
+        t->consumed[r] = !failed;
+    }
+    if (failed) { /* out of memory: undo, so nothing was consumed */
+        for (uint32_t i = 0; i < n; i++)
+            if (tq_u64map_get(t->in_flight, (uint64_t)rows[i]) == cl) {
+                tq_u64map_remove(t->in_flight, (uint64_t)rows[i]);
+                t->consumed[rows[i]] = 0;
+            }
+        free(cl->rows);
+        cl->rows = NULL;
+        return TQ_ERR_NOMEM;
+    }
+    memcpy(cl->rows, rows, (size_t)n * sizeof(int64_t));
+    cl->num_rows = n;
+    cl->part = p;
+    cl->task = t;
+    tq_list_insert_tail(&t->claims, &cl->link);
+    return TQ_OK;
+}
+
+uint32_t tq__claim_settle(tq_claim_t *cl, bool delivered)
+{
+    uint32_t back = 0;
+    if (cl->part != NULL) {
+        tq_task_t *t = cl->task;
+        for (uint32_t i = 0; i < cl->num_rows; i++) {
+            uint64_t r = (uint64_t)cl->rows[i];
+            /* a row cleared or reset since is no longer this claim's */
+            if (tq_u64map_get(t->in_flight, r) != cl)
+                continue;
+            tq_u64map_remove(t->in_flight, r);
+            if (!delivered) {
+                t->consumed[r] = 0;
+                back++;
+            }
+        }
+        tq_list_remove(&cl->link);
+        cl->part = NULL;
+        cl->task = NULL;
+    }
+    free(cl->rows);
+    cl->rows = NULL;
+    cl->num_rows = 0;
+    return back;
+}
+
 bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
                              const tq_task_t *task, uint64_t row)
 {
@@ -483,16 +557,61 @@ bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields,
     if (task != NULL && task->consumed[row])
         return false;
     for (uint32_t k = 0; k < nf; k++)
-        if (!fields[k]->cells[row].produced)
+        if (!fields[k]->cells[row].produced || fields[k]->cells[row].lost)
             return false;
     return true;
+}
+
+bool tq__partition_row_lost(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
+                            uint64_t row)
+{
+    if (row >= p->num_slots || p->state[row] != TQ_ROW_LIVE)
+        return false;
+    for (uint32_t k = 0; k < nf; k++)
+        if (fields[k]->cells[row].lost)
+            return true;
+    return false;
+}
+
+uint64_t tq__partition_mark_lost(tq_partition_t *p, const struct tq_unit *unit)
+{
+    uint64_t n = 0;
+    for (uint32_t k = 0; k < p->num_fields; k++)
+        for (uint64_t r = 0; r < p->num_slots; r++) {
+            tq_cell_t *c = &p->fields[k].cells[r];
+            if (c->produced && !c->lost && c->ext != NULL && c->ext->unit == unit) {
+                c->lost = true;
+                n++;
+            }
+        }
+    return n;
 }
 
 uint64_t tq__field_produced(const tq_partition_t *p, const tq_field_t *f)
 {
     uint64_t n = 0;
     for (uint64_t r = 0; r < p->num_slots; r++)
-        n += p->state[r] == TQ_ROW_LIVE && f->cells[r].produced;
+        n += p->state[r] == TQ_ROW_LIVE && f->cells[r].produced && !f->cells[r].lost;
+    return n;
+}
+
+uint64_t tq__field_lost(const tq_partition_t *p, const tq_field_t *f)
+{
+    uint64_t n = 0;
+    for (uint64_t r = 0; r < p->num_slots; r++)
+        n += p->state[r] == TQ_ROW_LIVE && f->cells[r].lost;
+    return n;
+}
+
+uint64_t tq__partition_lost_rows(const tq_partition_t *p)
+{
+    uint64_t n = 0;
+    for (uint64_t r = 0; r < p->num_slots; r++) {
+        bool lost = false;
+        for (uint32_t k = 0; !lost && k < p->num_fields; k++)
+            lost = p->fields[k].cells[r].lost;
+        n += p->state[r] == TQ_ROW_LIVE && lost;
+    }
     return n;
 }
 
@@ -509,7 +628,7 @@ void tq__task_counts(const tq_partition_t *p, const tq_task_t *t, uint64_t *cons
         }
         bool complete = true;
         for (uint32_t k = 0; complete && k < p->num_fields; k++)
-            complete = p->fields[k].cells[r].produced;
+            complete = p->fields[k].cells[r].produced && !p->fields[k].cells[r].lost;
         ready += complete;
     }
     *consumed_p = consumed;

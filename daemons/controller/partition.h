@@ -11,6 +11,7 @@
 #include "tq/tq.h"
 #include "util/hashmap.h"
 #include "util/list.h"
+#include "util/u64map.h"
 
 /*
  * The controller's model of the data, with no I/O: it is driven by the request
@@ -36,12 +37,14 @@ typedef struct tq_extent {
 void tq__extent_unref(tq_extent *ext);
 static inline void tq__extent_ref(tq_extent *ext) { ext->refs++; }
 
-/* One field of one row: length bytes at offset in ext's unit (ext NULL when empty). */
+/* One field of one row: length bytes at offset in ext's unit (ext NULL when empty).
+ * A produced cell is lost when its unit died: never ready again until rewritten. */
 typedef struct {
     tq_extent *ext;
     uint64_t   offset, length;
     int64_t    shape[TQ_MAX_NDIM];
     bool       produced;
+    bool       lost;
 } tq_cell_t;
 
 typedef struct {
@@ -56,9 +59,11 @@ typedef struct {
 typedef enum { TQ_ROW_FREE, TQ_ROW_RESERVED, TQ_ROW_LIVE } tq_row_state_t;
 
 typedef struct tq_task {
-    tq_list  link;
-    char    *name;
-    uint8_t *consumed; /* one byte per row slot */
+    tq_list    link;
+    char      *name;
+    uint8_t   *consumed;  /* one byte per row slot */
+    tq_u64map *in_flight; /* consumed rows not yet delivered: row -> its tq_claim_t */
+    tq_list    claims;    /* tq_claim_t.link */
 } tq_task_t;
 
 /* A key of the KV interface: one row of its partition, and a tag. */
@@ -113,6 +118,22 @@ typedef struct tq_meta_budget {
 
 /* Largest row index + 1 a partition accepts. */
 #define TQ_MAX_ROWS_PER_PARTITION (1LL << 31)
+
+/*
+ * Rows a GET_META consumed for a task but the client has not yet got: they
+ * are in flight until the claim is settled, delivered (the client read them:
+ * they stay consumed) or not (a failed or abandoned read, a client gone: they
+ * become ready for the task again). A row cleared or a consumption reset in
+ * the meantime leaves its claim, so settling never touches a row's later life.
+ * The claim is held by whoever handed the rows out (a meta).
+ */
+typedef struct tq_claim {
+    tq_list              link;     /* in task->claims */
+    struct tq_partition *part;     /* NULL: nothing claimed (settled, or the task is gone) */
+    tq_task_t           *task;
+    int64_t             *rows;
+    uint32_t             num_rows;
+} tq_claim_t;
 
 /* A partition charging its row metadata to budget (NULL: unbounded). */
 tq_partition_t *tq__partition_create(const char *name, tq_meta_budget_t *budget);
@@ -171,17 +192,38 @@ tq_kept_t *tq__partition_keep(tq_partition_t *p, const char *key, const int64_t 
                               uint32_t n, uint32_t takers);
 void tq__partition_unkeep(tq_partition_t *p, tq_kept_t *k);
 
+/* Consume rows (each ready for t) for t under cl, in flight until settled.
+ * TQ_ERR_NOMEM leaves nothing consumed. */
+int      tq__claim_take(tq_partition_t *p, tq_task_t *t, tq_claim_t *cl, const int64_t *rows,
+                        uint32_t n);
+/* Settle cl (a claim taken, settled or dropped: then nothing happens).
+ * @return how many rows went back to the task (always 0 when delivered). */
+uint32_t tq__claim_settle(tq_claim_t *cl, bool delivered);
+
 /* A row is ready for a task when it is live, every field in fields is
- * produced, and the task has not consumed it. */
+ * produced and none lost, and the task has not consumed it. */
 bool tq__partition_row_ready(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
                              const tq_task_t *task, uint64_t row);
+/* Is a cell of fields lost in this (live) row? */
+bool tq__partition_row_lost(const tq_partition_t *p, tq_field_t *const *fields, uint32_t nf,
+                            uint64_t row);
+/* Mark the produced cells held by unit as lost. @return how many cells were. */
+uint64_t tq__partition_mark_lost(tq_partition_t *p, const struct tq_unit *unit);
 
 /* For status and metrics, each a pass over the rows: live rows whose field f
- * is produced; of the live rows, those task consumed and those ready for it
- * (every field produced, not consumed). */
+ * is produced (and not lost), or lost; live rows with a lost cell; of the live
+ * rows, those task consumed (in flight included) and those ready for it (every
+ * field produced, none lost, not consumed). */
 uint64_t tq__field_produced(const tq_partition_t *p, const tq_field_t *f);
+uint64_t tq__field_lost(const tq_partition_t *p, const tq_field_t *f);
+uint64_t tq__partition_lost_rows(const tq_partition_t *p);
 void     tq__task_counts(const tq_partition_t *p, const tq_task_t *t, uint64_t *consumed_p,
                          uint64_t *ready_p);
+/* Consumed rows of t not yet delivered. */
+static inline uint64_t tq__task_in_flight(const tq_task_t *t)
+{
+    return tq_u64map_size(t->in_flight);
+}
 
 /* The sequential sampler: the lowest `want` ready rows into out; returns how
  * many it found (at most want). Consumes nothing. */

@@ -215,7 +215,8 @@ int tq__storage_create(const tq_storage_config_t *cfg, tq_storage **s_p)
      * data address is this connection's own. */
     if (rc == TQ_OK) {
         char err[TQ_ERRMSG_MAX] = "";
-        rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, 5000, err);
+        rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, NULL, 5000,
+                              err);
         if (rc != TQ_OK)
             tq_error("cannot reach the controller %s: %s", cfg->controller, err);
     }

@@ -171,21 +171,28 @@ TQ_EXPORT const void *tq_batch_row(const tq_batch *b, const char *field, uint32_
 TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
                      const int64_t *indexes, int64_t *indexes_out);
 /**
- * Pick batch_size ready rows (all requested fields produced, not yet consumed by
- * args->task), mark them consumed by the task and pin their data until
- * tq_meta_free. Waits up to args->timeout_ms for enough rows.
+ * Pick batch_size ready rows (all requested fields produced and none lost, not
+ * yet consumed by args->task), mark them consumed by the task and pin their data
+ * until tq_meta_free. They are in flight until then: if the client's read fails
+ * or the client goes (its last control connection closes), they go back to the
+ * task. Only this client may release the meta. Waits up to args->timeout_ms for
+ * enough rows.
  * @return TQ_OK; TQ_ERR_TIMEOUT when too few rows were ready (nothing consumed);
- *         TQ_ERR_INVALID for missing fields, task or batch size.
+ *         TQ_ERR_END once the partition is sealed and the task has taken every
+ *         row that is not lost; TQ_ERR_INVALID for missing fields, task or batch size.
  */
 TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p);
 /**
  * Read the rows of @p m by one-sided RMA into a new batch that owns its memory.
- * @return TQ_OK; TQ_ERR_LOST when a unit holding the data is gone; TQ_ERR_CONNECTION.
+ * @return TQ_OK; TQ_ERR_LOST when a unit holding the data is gone; TQ_ERR_CONNECTION;
+ *         TQ_ERR_TIMEOUT (also past the meta's lease). After an error, freeing the
+ *         meta gives its rows back to the task (unless a later read succeeds).
  */
 TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p);
 TQ_EXPORT uint32_t       tq_meta_rows(const tq_meta *m);
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m);
-/** Unpin the data of @p m and free it. NULL is ignored. */
+/** Unpin the data of @p m and free it: its rows stay consumed, or go back to the
+ * task when the last tq_get_data of it failed. NULL is ignored. */
 TQ_EXPORT void tq_meta_free(tq_meta *m);
 
 /** Remove rows; their indexes become free. @return how many rows were removed, or an error. */
@@ -277,10 +284,14 @@ TQ_EXPORT int tq_stream_open(tq_client *c, const tq_fetch_args_t *args, tq_strea
 /**
  * The next batch and its meta (free both). Waits up to args->timeout_ms.
  * @return TQ_OK; TQ_ERR_END once the partition is sealed and the task has
- *         consumed every row; TQ_ERR_TIMEOUT; other errors of tq_get_meta/get_data.
+ *         consumed every row (lost rows are not waited for); TQ_ERR_TIMEOUT;
+ *         other errors of tq_get_meta/get_data, each once: the stream goes on
+ *         after any of them (a batch whose read failed goes back to the task and
+ *         comes again), and only TQ_ERR_END ends it.
  */
 TQ_EXPORT int tq_stream_next(tq_stream *s, tq_batch **batch_p, tq_meta **meta_p);
-/** Close the stream; rows it fetched ahead but never returned go back to the task. */
+/** Close the stream; rows it fetched ahead but never returned go back to the task
+ * (so do they if the process dies). */
 TQ_EXPORT void tq_stream_close(tq_stream *s);
 /**
  * No more rows will come to the partition (created if new): puts of new rows
@@ -293,14 +304,16 @@ TQ_EXPORT int tq_partition_seal(tq_client *c, const char *partition);
 /**
  * Which rows have every one of the fields produced.
  * @param [out] produced_p  one byte per row index (1: live and every field
- *                          produced), to free with free().
+ *                          produced; 2: live, but a field was lost with its
+ *                          storage unit: never offered again), to free with free().
  * @return the number of row indexes the partition has used (0 when unknown), or an error.
  */
 TQ_EXPORT int tq_production_status(tq_client *c, const char *partition, size_t num_fields,
                                    const char *const *fields, uint8_t **produced_p);
 /**
  * Which rows task has consumed.
- * @param [out] consumed_p  one byte per row index (1: consumed), to free with free().
+ * @param [out] consumed_p  one byte per row index (1: consumed, or in flight to
+ *                          a consumer), to free with free().
  * @return the number of row indexes, or an error.
  */
 TQ_EXPORT int tq_consumption_status(tq_client *c, const char *partition, const char *task,

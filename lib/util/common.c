@@ -1,4 +1,4 @@
-/* common.c: clock, spin budget and argument parsing helpers. */
+/* common.c: clock, spin budget, randomness and argument parsing helpers. */
 #include "util/common.h"
 
 #include <ctype.h>

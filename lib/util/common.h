@@ -41,9 +41,6 @@
 uint64_t tq__now_ns(void);
 static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
 
-/* n bytes from the kernel's random source; -1 (errno set) if it has none. */
-int tq__random_bytes(void *buf, size_t n);
-
 /*
  * How long a thread that expects an answer soon polls before it sleeps, in ns:
  * $TQ_SPIN_US microseconds, default 50, 0 never polls. Waking from sleep costs
@@ -103,6 +100,10 @@ static inline int tq__cmp_i64(const void *a, const void *b)
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
 }
+
+/* Fill buf with n bytes from the kernel's random source (secrets, unguessable
+ * ids). @return 0, or -1 (errno set) when it cannot. */
+int tq__random_bytes(void *buf, size_t n);
 
 /* Parse "123", "64K", "256M", "2G" into bytes; -1 on a malformed size. */
 int tq__parse_size(const char *text, uint64_t *bytes_p);

@@ -279,6 +279,8 @@ static void request(uint16_t type, tq_rbuf *r, tq_wbuf *w)
             break;
         want("hello", m.role == TQ_ROLE_CLIENT || m.role == TQ_ROLE_STORAGE);
         touch_str(m.token);
+        if (m.session != NULL) /* the rest of the body, exactly */
+            touch_str((tq_str_t){(const char *)m.session, TQ_WIRE_SESSION_LEN});
         tq_wire_encode_hello(w, &m);
         want_same("hello", from, r, w);
         break;
