@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -516,7 +515,7 @@ static int tq_ofi_random_key(tq_transport *tr, uint64_t *key_p)
 {
     uint64_t key = 0;
     for (int tries = 0; key == 0 && tries < 4; tries++) {
-        if (getrandom(&key, sizeof(key), 0) != (ssize_t)sizeof(key)) {
+        if (tq__random_bytes(&key, sizeof(key)) != 0) {
             tq_error("getrandom: %m");
             return TQ_ERR_IO;
         }

@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1536,7 +1535,7 @@ static int tq_verbs_init(const tq_transport_params_t *params, tq_transport **tr_
         goto err;
     }
     tq_verbs_nonblock(tr->comp_ch->fd);
-    if (getrandom(tr->secret, sizeof(tr->secret), 0) != (ssize_t)sizeof(tr->secret)) {
+    if (tq__random_bytes(tr->secret, sizeof(tr->secret)) != 0) {
         tq_warn("getrandom: %m");
         rc = TQ_ERR_IO;
         goto err;
