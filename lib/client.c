@@ -16,6 +16,7 @@
 #define DEFAULT_LANES      4
 #define RECV_CACHE_BYTES   (1ULL << 30) /* receive buffers kept for reuse */
 #define LEASE_MARGIN_MS    5000         /* see lease_trusted_until */
+#define MAX_RELEASES       65536        /* RELEASEs kept for a connection; then dropped */
 
 /* ---- errors ---- */
 
@@ -46,6 +47,23 @@ TQ_EXPORT const char *tq_last_error(const tq_client *c)
     return last_error.client == c ? last_error.msg : "";
 }
 
+/* ---- deadlines ---- */
+
+static __thread uint64_t call_deadline_ms;
+
+void tq__deadline_set(uint64_t deadline_ms) { call_deadline_ms = deadline_ms; }
+
+int tq__timeout_left(int timeout_ms)
+{
+    if (call_deadline_ms == 0)
+        return timeout_ms;
+    uint64_t now = tq__now_ms();
+    uint64_t left = now >= call_deadline_ms ? 0 : call_deadline_ms - now;
+    if (timeout_ms >= 0 && (uint64_t)timeout_ms <= left)
+        return timeout_ms;
+    return (int)TQ_MIN(left, (uint64_t)INT32_MAX);
+}
+
 /* ---- control connections ---- */
 
 int tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
@@ -61,17 +79,48 @@ int tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
     if (cc == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->timeout_ms, err);
+    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT,
+                              tq__timeout_left(c->timeout_ms), err);
     if (rc != TQ_OK) {
         free(cc);
         return call_error(c, rc == TQ_ERR_TIMEOUT ? TQ_ERR_CONNECTION : rc, err);
     }
+    cc->live_ms = c->timeout_ms; /* the connection outlives this call's deadline */
     *cc_p = cc;
     return TQ_OK;
 }
 
+/* Send the RELEASEs waiting in the client on cc, without waiting: ones the
+ * socket will not take now are dropped (the controller is not reading; it
+ * unpins at the lease's end, or when this connection closes). */
+static void send_releases(tq_client *c, tq_ctrl_conn *cc)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t *ids = c->releases;
+    unsigned n = c->num_releases;
+    c->releases = NULL;
+    c->num_releases = c->cap_releases = 0;
+    pthread_mutex_unlock(&c->lock);
+    if (n == 0) {
+        free(ids);
+        return;
+    }
+    tq_wbuf_reset(&cc->out);
+    for (unsigned i = 0; i < n; i++) {
+        size_t off = tq_wire_begin(&cc->out, TQ_MSG_RELEASE, 0, ++cc->next_id);
+        tq_wire_encode_id(&cc->out, &(tq_msg_id_t){ids[i]});
+        tq_wire_end(&cc->out, off);
+    }
+    free(ids);
+    char err[TQ_ERRMSG_MAX];
+    if (tq__ctrl_send_nowait(cc, err) != TQ_OK)
+        tq_debug("%u releases dropped: %s", n, err);
+}
+
 void tq__conn_release(tq_client *c, tq_ctrl_conn *cc)
 {
+    if (!cc->broken)
+        send_releases(c, cc);
     if (!cc->broken) {
         pthread_mutex_lock(&c->lock);
         bool kept = c->num_idle < TQ_MAX_IDLE_CONNS;
@@ -87,8 +136,11 @@ void tq__conn_release(tq_client *c, tq_ctrl_conn *cc)
 
 int tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p)
 {
+    int left = tq__timeout_left(timeout_ms);
+    if (left == 0 && timeout_ms != 0) /* nothing sent: the connection stays good */
+        return tq__set_error(c, TQ_ERR_TIMEOUT, "the call's deadline passed before it was sent");
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_call(cc, offset, timeout_ms, reply_p, err);
+    int rc = tq__ctrl_call(cc, offset, left, reply_p, err);
     return rc == TQ_OK ? TQ_OK : call_error(c, rc, err);
 }
 
@@ -272,7 +324,7 @@ static int units_flush(tq_client *c, tq__lane_t *l)
         if (!u->used)
             continue;
         u->used = false;
-        int rc = c->ops->flush(l->tr, u->ep, c->timeout_ms);
+        int rc = c->ops->flush(l->tr, u->ep, tq__timeout_left(c->timeout_ms));
         if (rc != TQ_OK) {
             unit_drop_ep(c, l, u);
             if (first == TQ_OK)
@@ -494,6 +546,7 @@ static void client_free(tq_client *c)
     }
     for (unsigned i = 0; i < c->num_lanes; i++)
         lane_free(c, c->lanes[i]);
+    free(c->releases); /* the connections closed: the controller unpins their metas */
     tq__bufpool_unref(c->recv);
     tq__embedded_stop(c->embedded);
     pthread_mutex_destroy(&c->lock);
@@ -858,20 +911,45 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
 
+/*
+ * A plain RELEASE is one-way and must never hold its caller up (a frozen
+ * controller cost each free a whole timeout): it is queued in the client and
+ * goes out, without waiting, on an idle connection now or on the next
+ * connection given back. Where it cannot go, the controller unpins at the
+ * lease's end, or when the connection the meta came by closes.
+ */
+static void release_later(tq_client *c, uint64_t id)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->num_releases == c->cap_releases && c->cap_releases < MAX_RELEASES) {
+        unsigned cap = c->cap_releases ? c->cap_releases * 2 : 16;
+        uint64_t *ids = realloc(c->releases, cap * sizeof(*ids));
+        if (ids != NULL) {
+            c->releases = ids;
+            c->cap_releases = cap;
+        }
+    }
+    if (c->num_releases < c->cap_releases)
+        c->releases[c->num_releases++] = id;
+    tq_ctrl_conn *cc = c->num_idle ? c->idle[--c->num_idle] : NULL;
+    pthread_mutex_unlock(&c->lock);
+    if (cc != NULL)
+        tq__conn_release(c, cc); /* sends what waits, this one included */
+}
+
 void tq__meta_release(tq_meta *m, bool unread)
 {
     tq_ctrl_conn *cc;
-    if (tq__conn_acquire(m->client, &cc) == TQ_OK) {
+    if (!unread)
+        release_later(m->client, m->id);
+    else if (tq__conn_acquire(m->client, &cc) == TQ_OK) {
         char err[TQ_ERRMSG_MAX];
         tq_rbuf r;
-        size_t off = tq__ctrl_begin(cc, unread ? TQ_MSG_RELEASE_UNREAD : TQ_MSG_RELEASE);
+        size_t off = tq__ctrl_begin(cc, TQ_MSG_RELEASE_UNREAD);
         tq_wire_encode_id(&cc->out, &(tq_msg_id_t){m->id});
-        /* unread rows must be back before the caller goes on; a plain release
-         * may trail. If either fails, closing the client unpins. */
-        if (unread)
-            tq__ctrl_call(cc, off, m->client->timeout_ms, &r, err);
-        else
-            tq__ctrl_send(cc, off, err);
+        /* unread rows must be back before the caller goes on; if that fails,
+         * closing the client gives them back */
+        tq__ctrl_call(cc, off, m->client->timeout_ms, &r, err);
         tq__conn_release(m->client, cc);
     }
     meta_destroy(m);

@@ -56,6 +56,8 @@ struct tq_client {
     tq__lane_t             *free_lanes[TQ_MAX_LANES];
     unsigned                num_free_lanes;
     tq__workers            *workers;  /* run non-blocking requests; made on first use */
+    uint64_t               *releases; /* metas freed while no connection was idle */
+    unsigned                num_releases, cap_releases;
 };
 
 /* A GET_META or KV_GET answer: rows, schema and where each column lives. */
@@ -94,9 +96,16 @@ typedef struct {
 int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* A control connection for one call (idle or new), and giving it back. */
+/* A control connection for one call (idle or new), and giving it back (it
+ * first sends the RELEASEs waiting in the client, without waiting). */
 int  tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p);
 void tq__conn_release(tq_client *c, tq_ctrl_conn *cc);
+
+/* This thread's calls end by deadline_ms (0: none), whatever their own
+ * timeouts: a non-blocking request's timeout counts from its submission. */
+void tq__deadline_set(uint64_t deadline_ms);
+/* timeout_ms (-1: none) cut to what is left before this thread's deadline. */
+int  tq__timeout_left(int timeout_ms);
 /* One request/reply on a connection; on error the detail goes to tq_last_error. */
 int  tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p);
 

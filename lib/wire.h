@@ -52,6 +52,7 @@ typedef enum {
     TQ_MSG_CANCEL,            /* a connection (by id) stops waiting for rows */
     TQ_MSG_UNIT_LEAVE,        /* storage unit: shutting down in order, no reply */
     TQ_MSG_PARTITIONS,        /* rows, fields and tasks of partitions */
+    TQ_MSG_PING,              /* empty; answered at once, even while a request is parked */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
