@@ -419,6 +419,59 @@ CLUSTER_TEST(bad_args, admin_calls)
     assert_controller_serves();
 }
 
+/* ---- answers that cannot be built ---- */
+
+/*
+ * A GET_META of 2^20 rows of an empty nested field of 8 dimensions: its answer
+ * (index, size and 8 dimensions a row: 84 MB) passes the 64 MiB frame limit.
+ * The controller answers with an error saying so, not a closed connection
+ * (the old code closed it: "the controller closed the connection"), and the
+ * rows are not consumed.
+ */
+CLUSTER_TEST(bad_frames, answer_past_the_frame_limit)
+{
+    tq_client *c = client;
+    const char *part = tq_test_unique("huge_answer");
+    const uint32_t rows = TQ_WIRE_MAX_ROWS, per_put = rows / 2, ndim = 8;
+    int64_t *shapes = malloc((size_t)per_put * ndim * sizeof(int64_t));
+    const void **data = calloc(per_put, sizeof(void *)); /* empty rows: no data */
+    cr_assert(shapes != NULL && data != NULL);
+    for (size_t i = 0; i < (size_t)per_put * ndim; i++)
+        shapes[i] = i % ndim == 0 ? 0 : 1;
+    for (uint32_t first = 0; first < rows; first += per_put) {
+        tq_batch *b = NULL;
+        cr_assert(eq(int, tq_batch_create(per_put, &b), TQ_OK));
+        cr_assert(eq(int, tq_batch_add_nested(b, "n", TQ_DTYPE_F32, ndim, shapes, data), TQ_OK),
+                  "%s", tq_last_error(NULL));
+        cr_assert(eq(int, tq_put(c, part, b, NULL, NULL), TQ_OK), "put of %u rows: %s", per_put,
+                  tq_last_error(c));
+        tq_batch_destroy(b);
+    }
+    free(shapes);
+    free(data);
+    static const char *const fields[] = {"n"};
+    tq_fetch_args_t all = {.partition = part, .task = "t", .fields = fields, .num_fields = 1,
+                           .batch_size = rows, .timeout_ms = 0};
+    tq_meta *m = NULL;
+    int rc = tq_get_meta(c, &all, &m);
+    fprintf(stderr, "bad_frames: get_meta of %u rows, an 84 MB answer: %s (%s)\n", rows,
+            tq_status_string(rc), tq_last_error(c));
+    cr_expect(eq(int, rc, TQ_ERR_INVALID), "get_meta of %u rows: %s (%s)", rows,
+              tq_status_string(rc), tq_last_error(c));
+    cr_expect(strstr(tq_last_error(c), "frame limit") != NULL, "error: %s", tq_last_error(c));
+    if (rc == TQ_OK)
+        tq_meta_free(m);
+    /* nothing consumed: a smaller fetch gets the first rows */
+    tq_fetch_args_t few = all;
+    few.batch_size = 4;
+    cr_assert(eq(int, tq_get_meta(c, &few, &m), TQ_OK), "%s", tq_last_error(c));
+    cr_expect(eq(u32, tq_meta_rows(m), 4));
+    cr_expect(eq(i64, tq_meta_indexes(m)[0], 0));
+    tq_meta_free(m);
+    cr_assert(eq(int, tq_clear_partition(c, part), TQ_OK), "%s", tq_last_error(c));
+    assert_controller_serves();
+}
+
 /* ---- malformed frames on a raw socket ---- */
 
 #define ANSWER_MS 5000

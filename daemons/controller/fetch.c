@@ -45,10 +45,11 @@ void tq__parked_free(parked_t *pk)
 }
 
 /* Write the GET_META answer for rows of p and pin their cells. */
-void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
+bool tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
                        tq_field_t *const *fields, uint16_t nf, const int64_t *rows, uint32_t n,
                        meta_t *meta)
 {
+    bool sent = false;
     uint64_t *row_bytes = malloc((size_t)n * 8);
     int64_t *shapes = malloc((size_t)n * TQ_MAX_NDIM * 8);
     tq_wire_extent_t *runs = malloc((size_t)n * sizeof(*runs));
@@ -96,11 +97,12 @@ void tq__reply_meta(conn_t *c, const tq_wire_header_t *h,
             tq_wire_encode_extent(&c->out, &runs[i]);
     }
     meta->num_pins = pin;
-    tq__reply_end(c, off);
+    sent = tq__reply_end(c, off);
 out:
     free(row_bytes);
     free(shapes);
     free(runs);
+    return sent;
 }
 
 typedef enum { META_DONE, META_WAIT } meta_outcome_t;
@@ -173,7 +175,13 @@ static meta_outcome_t serve(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
     meta->id = ++c->ctl->next_id;
     tq_list_init(&meta->conn_link);
     tq_list_insert_tail(&c->metas, &meta->conn_link);
-    tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta);
+    if (!tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta)) {
+        /* an error went instead (too large, out of memory): nobody has these rows */
+        for (uint32_t i = 0; f->t != NULL && i < n; i++)
+            f->t->consumed[rows[i]] = 0;
+        tq__meta_free(meta);
+        return META_DONE;
+    }
     meta->reply_end = c->sent + c->out.len;
     return META_DONE;
 }

@@ -132,6 +132,7 @@ struct tq_controller {
     unsigned max_connections, num_connections, max_partitions, num_partitions;
     uint64_t next_id;
     uint32_t next_unit_id;
+    uint64_t last_partition_seq; /* partitions in creation order, for listing cursors */
     uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
     tq_meta_budget_t meta_budget; /* all partitions' per-row arrays */
     tq_list  conns, to_flush, units, partitions, parked;
@@ -147,9 +148,11 @@ const char *tq__msg_name(uint16_t type);
 /* Queue an error reply (flushed before the loop sleeps). */
 void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Begin a success reply; the caller writes the body and calls tq__reply_end. */
+/* Begin a success reply; the caller writes the body and calls tq__reply_end,
+ * which answers with an error instead when the reply could not be built
+ * (over the frame limit, out of memory). @return true when it goes as built. */
 size_t tq__reply_begin(conn_t *c, const tq_wire_header_t *h);
-void   tq__reply_end(conn_t *c, size_t offset);
+bool   tq__reply_end(conn_t *c, size_t offset);
 void   tq__reply_ok(conn_t *c, const tq_wire_header_t *h);
 
 bool     tq__units_alive(const tq_controller *ctl);
@@ -186,8 +189,9 @@ void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 /* A commit, a seal or rows given back may satisfy parked requests. */
 void tq__wake_parked(tq_controller *ctl, const char *partition);
-/* Write a GET_META-shaped answer for rows and pin their cells under meta. */
-void tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
+/* Write a GET_META-shaped answer for rows and pin their cells under meta.
+ * @return false when an error went instead: the caller disposes of meta. */
+bool tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
                     uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
 /* Keep request h (its body) to try again until timeout_ms passes (< 0: never);
  * partition (owned by the parked request) is what a GET_META waits on.

@@ -301,6 +301,7 @@ tq_kv_key_t *tq__partition_bind_key(tq_partition_t *p, const char *key, int64_t 
     k->key = strdup(key);
     k->tag = cJSON_CreateObject();
     k->row = row;
+    k->seq = p->last_key_seq + 1;
     if (k->key == NULL || k->tag == NULL || tq_hashmap_put(p->keys, k->key, k) != 0) {
         cJSON_Delete(k->tag);
         free(k->key);
@@ -308,6 +309,7 @@ tq_kv_key_t *tq__partition_bind_key(tq_partition_t *p, const char *key, int64_t 
         return NULL;
     }
     tq_list_insert_tail(&p->key_order, &k->link);
+    p->last_key_seq = k->seq;
     p->row_keys[row] = k;
     return k;
 }

@@ -176,6 +176,22 @@ class KVTests:
         with self.assertRaisesRegex(tq.NotFoundError, "k404"):
             tq.kv_batch_get(["a", "k404"], self.p)
 
+    def test_kv_list_reads_every_page(self):
+        """40,000 keys of 250 characters: more than one page (8 MiB) of listing."""
+        keys = [f"{i:010d}" + "k" * 240 for i in range(40000)]
+        for first in range(0, len(keys), 10000):
+            tq.kv_batch_put(keys[first:first + 10000], self.p, tags=[{}] * 10000)
+        entries = ctypes.c_void_p()
+        self.assertEqual(0, _capi.lib.tq_kv_list_page(tq._client, self.p.encode(), None, 0,
+                                                      byref(entries)))
+        try:
+            page = _capi.lib.tq_kv_entries_size(entries)
+            self.assertIsNotNone(_capi.lib.tq_kv_entries_cursor(entries), "one page held all")
+        finally:
+            _capi.lib.tq_kv_entries_free(entries)
+        self.assertLess(page, len(keys))
+        self.assertEqual(keys, list(tq.kv_list(self.p)[self.p]))
+
     def test_non_contiguous_inputs(self):
         base = np.arange(4 * 6 * 2, dtype=np.float64).reshape(4, 6, 2)
         strided = base[:, ::2, 0]                 # not contiguous

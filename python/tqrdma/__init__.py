@@ -104,19 +104,25 @@ def kv_batch_get(keys, partition_id, select_fields=None):
 
 
 def kv_list(partition_id=None):
-    """{partition: {key: tag}} with keys in insertion order; one partition, or every one."""
-    entries = c_void_p()
-    _check(lib.tq_kv_list(_open(), None if partition_id is None else _partition(partition_id),
-                          byref(entries)), "kv_list")
+    """{partition: {key: tag}} with keys in insertion order; one partition, or every one.
+    Read page by page (one answer of the controller is bounded, a listing is not)."""
+    client = _open()
+    partition_c = None if partition_id is None else _partition(partition_id)
     out = {} if partition_id is None else {partition_id: {}}
-    try:
-        for i in range(lib.tq_kv_entries_size(entries)):
-            partition = lib.tq_kv_entries_partition(entries, i).decode()
-            key = lib.tq_kv_entries_key(entries, i).decode()
-            out.setdefault(partition, {})[key] = json.loads(lib.tq_kv_entries_tag(entries, i))
-    finally:
-        lib.tq_kv_entries_free(entries)
-    return out
+    cursor = None
+    while True:
+        entries = c_void_p()
+        _check(lib.tq_kv_list_page(client, partition_c, cursor, 0, byref(entries)), "kv_list")
+        try:
+            for i in range(lib.tq_kv_entries_size(entries)):
+                partition = lib.tq_kv_entries_partition(entries, i).decode()
+                key = lib.tq_kv_entries_key(entries, i).decode()
+                out.setdefault(partition, {})[key] = json.loads(lib.tq_kv_entries_tag(entries, i))
+            cursor = lib.tq_kv_entries_cursor(entries)  # bytes, copied: valid after the free
+        finally:
+            lib.tq_kv_entries_free(entries)
+        if cursor is None:
+            return out
 
 
 def kv_clear(keys, partition_id):
