@@ -36,6 +36,24 @@ int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
     return status;
 }
 
+int tq__check_name(const tq_client *c, const char *name, const char *what, ...)
+{
+    if (tq__valid_name(name))
+        return TQ_OK;
+    char arg[64];
+    va_list ap;
+    va_start(ap, what);
+    vsnprintf(arg, sizeof(arg), what, ap);
+    va_end(ap);
+    if (name == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "%s is NULL", arg);
+    if (name[0] == '\0')
+        return tq__set_error(c, TQ_ERR_INVALID, "%s is empty: a name has 1 to %d bytes", arg,
+                             TQ_WIRE_NAME_MAX);
+    return tq__set_error(c, TQ_ERR_INVALID, "%s is %zu bytes: a name has 1 to %d", arg,
+                         strlen(name), TQ_WIRE_NAME_MAX);
+}
+
 /* Record the detail a control call left in err. */
 static int call_error(const tq_client *c, int status, const char *err)
 {
@@ -748,9 +766,9 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
-                             TQ_WIRE_NAME_MAX);
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc != TQ_OK)
+        return rc;
     if (b == NULL || b->num_fields == 0)
         return tq__set_error(c, TQ_ERR_INVALID, "the batch is NULL or has no field");
     for (uint32_t i = 0; indexes != NULL && i < b->rows; i++)
@@ -847,21 +865,24 @@ int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args)
 {
     if (args == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "args is NULL");
-    if (!tq__valid_name(args->partition) || !tq__valid_name(args->task))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
-                             TQ_WIRE_NAME_MAX);
+    int rc = tq__check_name(c, args->partition, "partition");
+    if (rc == TQ_OK)
+        rc = tq__check_name(c, args->task, "task");
+    if (rc != TQ_OK)
+        return rc;
     if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
         return tq__set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
                              TQ_WIRE_MAX_FIELDS);
     for (size_t i = 0; i < args->num_fields; i++)
-        if (!tq__valid_name(args->fields[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        if ((rc = tq__check_name(c, args->fields[i], "field %zu", i)) != TQ_OK)
+            return rc;
     if (args->batch_size == 0 || args->batch_size > TQ_WIRE_MAX_ROWS)
         return tq__set_error(c, TQ_ERR_INVALID, "batch_size must be 1 to %u", TQ_WIRE_MAX_ROWS);
     if (args->timeout_ms < -1)
         return tq__set_error(c, TQ_ERR_INVALID, "timeout_ms must be -1, 0 or positive");
     if (args->sampler != NULL && strlen(args->sampler) > TQ_WIRE_NAME_MAX)
-        return tq__set_error(c, TQ_ERR_INVALID, "sampler name too long");
+        return tq__set_error(c, TQ_ERR_INVALID, "sampler is %zu bytes: a name has at most %d",
+                             strlen(args->sampler), TQ_WIRE_NAME_MAX);
     if (args->sampler_args != NULL && strlen(args->sampler_args) > TQ_WIRE_MAX_BODY / 2)
         return tq__set_error(c, TQ_ERR_INVALID, "sampler_args too long");
     return TQ_OK;
@@ -1106,15 +1127,19 @@ TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int6
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || (n > 0 && indexes == NULL) || n > TQ_WIRE_MAX_ROWS)
-        return tq__set_error(c, TQ_ERR_INVALID, "bad partition, or indexes NULL or too many");
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc != TQ_OK)
+        return rc;
+    if ((n > 0 && indexes == NULL) || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes are NULL, or more than %u",
+                             TQ_WIRE_MAX_ROWS);
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_clear(&body, &(tq_msg_clear_t){{partition, (uint16_t)strlen(partition)},
                                                   (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
     uint32_t removed = 0;
-    int rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
-                         : tq__simple_call(c, TQ_MSG_CLEAR, &body, &removed);
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, TQ_MSG_CLEAR, &body, &removed);
     tq_wbuf_free(&body);
     return rc == TQ_OK ? (int)removed : rc;
 }
@@ -1123,16 +1148,18 @@ static int partition_call(tq_client *c, uint16_t type, const char *partition, co
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || (task != NULL && !tq__valid_name(task)))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
-                         TQ_WIRE_NAME_MAX);
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc == TQ_OK && task != NULL)
+        rc = tq__check_name(c, task, "task");
+    if (rc != TQ_OK)
+        return rc;
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_partition(&body, &(tq_msg_partition_t){
         {partition, (uint16_t)strlen(partition)},
         {task ? task : "", (uint16_t)(task ? strlen(task) : 0)}});
-    int rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
-                         : tq__simple_call(c, type, &body, NULL);
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, type, &body, NULL);
     tq_wbuf_free(&body);
     return rc;
 }
@@ -1190,8 +1217,10 @@ TQ_EXPORT int tq_partitions(tq_client *c, const char *partition, char **json_p)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (json_p == NULL || (partition != NULL && !tq__valid_name(partition)))
-        return tq__set_error(c, TQ_ERR_INVALID, "json_p is NULL or partition is not a name");
+    if (partition != NULL && tq__check_name(c, partition, "partition") != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (json_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "json_p is NULL");
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
@@ -1256,15 +1285,16 @@ TQ_EXPORT int tq_production_status(tq_client *c, const char *partition, size_t n
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || fields == NULL || num_fields == 0 ||
-        num_fields > TQ_WIRE_MAX_FIELDS || produced_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "need a partition, 1 to %d fields and produced_p",
+    if (tq__check_name(c, partition, "partition") != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (fields == NULL || num_fields == 0 || num_fields > TQ_WIRE_MAX_FIELDS || produced_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "need 1 to %d fields and produced_p",
                              TQ_WIRE_MAX_FIELDS);
     tq_msg_status_t m = {.partition = {partition, (uint16_t)strlen(partition)},
                          .num_fields = (uint16_t)num_fields};
     for (size_t i = 0; i < num_fields; i++) {
-        if (!tq__valid_name(fields[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        if (tq__check_name(c, fields[i], "field %zu", i) != TQ_OK)
+            return TQ_ERR_INVALID;
         m.fields[i] = (tq_str_t){fields[i], (uint16_t)strlen(fields[i])};
     }
     return status_call(c, &m, produced_p);
@@ -1275,8 +1305,11 @@ TQ_EXPORT int tq_consumption_status(tq_client *c, const char *partition, const c
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || !tq__valid_name(task) || consumed_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "need a partition, a task and consumed_p");
+    if (tq__check_name(c, partition, "partition") != TQ_OK ||
+        tq__check_name(c, task, "task") != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (consumed_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "consumed_p is NULL");
     tq_msg_status_t m = {.partition = {partition, (uint16_t)strlen(partition)},
                          .task = {task, (uint16_t)strlen(task)}};
     return status_call(c, &m, consumed_p);

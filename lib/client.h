@@ -95,6 +95,11 @@ typedef struct {
 /* Record this thread's last error on c (c may be NULL) and return status. */
 int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* TQ_OK for a name of 1 to TQ_WIRE_NAME_MAX bytes (a C string has no NUL
+ * inside); else TQ_ERR_INVALID, the error on c naming the argument (what,
+ * printf-style: "partition", "key 3") and what is wrong with it. */
+int tq__check_name(const tq_client *c, const char *name, const char *what, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* A control connection for one call (idle or new), and giving it back (it
  * first sends the RELEASEs waiting in the client, without waiting). */

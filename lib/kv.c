@@ -16,10 +16,7 @@ struct tq_kv_entries {
 
 static int check_partition(tq_client *c, const char *partition)
 {
-    if (!tq__valid_name(partition))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
-                             TQ_WIRE_NAME_MAX);
-    return TQ_OK;
+    return tq__check_name(c, partition, "partition");
 }
 
 /* 1..TQ_WIRE_MAX_ROWS valid keys, none repeated unless allowed. */
@@ -28,9 +25,9 @@ static int check_keys(tq_client *c, size_t n, const char *const *keys, bool repe
     if (keys == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
         return tq__set_error(c, TQ_ERR_INVALID, "keys: 1 to %u are required", TQ_WIRE_MAX_ROWS);
     for (size_t i = 0; i < n; i++)
-        if (!tq__valid_name(keys[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "key %zu must be a name of 1 to %d bytes", i,
-                                 TQ_WIRE_NAME_MAX);
+        if ((n == 1 ? tq__check_name(c, keys[i], "key")
+                    : tq__check_name(c, keys[i], "key %zu", i)) != TQ_OK)
+            return TQ_ERR_INVALID;
     if (repeats_ok || n == 1)
         return TQ_OK;
     tq_hashmap *seen = tq_hashmap_create();
@@ -110,8 +107,8 @@ int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *
         return tq__set_error(c, TQ_ERR_INVALID, "fields: NULL, or 1 to %d names",
                              TQ_WIRE_MAX_FIELDS);
     for (size_t i = 0; fields != NULL && i < num_fields; i++)
-        if (!tq__valid_name(fields[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        if (tq__check_name(c, fields[i], "field %zu", i) != TQ_OK)
+            return TQ_ERR_INVALID;
     if (batch_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
     return TQ_OK;

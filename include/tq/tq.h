@@ -90,7 +90,8 @@ TQ_EXPORT const char *tq_status_string(int status);
 
 /**
  * @return the detail of this thread's last failure on @p c ("" if none); with
- * NULL, of the last failed tq_open. Valid until the thread's next call.
+ * NULL, of the last failed tq_open or refused batch field name. Valid until
+ * the thread's next call.
  */
 TQ_EXPORT const char *tq_last_error(const tq_client *c);
 
