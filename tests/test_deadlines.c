@@ -1,4 +1,4 @@
-/* test_deadlines.c: calls against a frozen controller end in bounded time: meta frees, queued non-blocking requests, parked fetches. */
+/* test_deadlines.c: against a frozen controller, meta frees, queued requests and parked fetches end in bounded time. */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <pthread.h>
