@@ -17,6 +17,8 @@
 #define RECV_CACHE_BYTES   (1ULL << 30) /* receive buffers kept for reuse */
 #define LEASE_MARGIN_MS    5000         /* see lease_trusted_until */
 #define MAX_RELEASES       65536        /* RELEASEs kept for a connection; then dropped */
+#define COMMIT_MARGIN_MIN_MS 50         /* see commit_margin_ms */
+#define COMMIT_MARGIN_MAX_MS 1000
 
 /* ---- errors ---- */
 
@@ -114,25 +116,24 @@ int tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
 static void send_releases(tq_client *c, tq_ctrl_conn *cc)
 {
     pthread_mutex_lock(&c->lock);
-    uint64_t *ids = c->releases;
-    unsigned n = c->num_releases;
+    tq__release_t *rel = c->releases;
+    unsigned n = c->num_releases, sent = 0;
     c->releases = NULL;
     c->num_releases = c->cap_releases = 0;
     pthread_mutex_unlock(&c->lock);
-    if (n == 0) {
-        free(ids);
-        return;
-    }
     tq_wbuf_reset(&cc->out);
     for (unsigned i = 0; i < n; i++) {
+        if (rel[i].epoch != cc->epoch)
+            continue; /* a controller of another epoch never pinned it */
         size_t off = tq_wire_begin(&cc->out, TQ_MSG_RELEASE, 0, ++cc->next_id);
-        tq_wire_encode_id(&cc->out, &(tq_msg_id_t){ids[i]});
+        tq_wire_encode_id(&cc->out, &(tq_msg_id_t){rel[i].id});
         tq_wire_end(&cc->out, off);
+        sent++;
     }
-    free(ids);
+    free(rel);
     char err[TQ_ERRMSG_MAX];
-    if (tq__ctrl_send_nowait(cc, err) != TQ_OK)
-        tq_debug("%u releases dropped: %s", n, err);
+    if (sent > 0 && tq__ctrl_send_nowait(cc, err) != TQ_OK)
+        tq_debug("%u releases dropped: %s", sent, err);
 }
 
 void tq__conn_release(tq_client *c, tq_ctrl_conn *cc)
@@ -192,12 +193,15 @@ static tq__unit_t *unit_find(tq__lane_t *l, uint32_t id)
 /* Ask the controller for its units and hand each to `each`, decoded (its
  * blobs point into the reply, valid during the call). */
 static int units_call(tq_client *c, int (*each)(tq_client *c, void *ctx, uint32_t i, uint32_t n,
-                                                const tq_wire_unit_t *w), void *ctx)
+                                                const tq_wire_unit_t *w), void *ctx,
+                      uint64_t *epoch_p)
 {
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
         return rc;
+    if (epoch_p != NULL)
+        *epoch_p = cc->epoch;
     tq_rbuf r;
     if ((rc = tq__call(c, cc, tq__ctrl_begin(cc, TQ_MSG_UNITS), c->timeout_ms, &r)) == TQ_OK) {
         uint32_t n = tq_wire_get_u32(&r);
@@ -222,6 +226,7 @@ typedef struct {
     tq__lane_t *lane;
     tq__unit_t *units;
     uint32_t    num_units;
+    uint64_t    epoch;
 } refresh_t;
 
 static int refresh_unit(tq_client *c, void *ctx, uint32_t i, uint32_t n, const tq_wire_unit_t *w)
@@ -247,7 +252,8 @@ static int refresh_unit(tq_client *c, void *ctx, uint32_t i, uint32_t n, const t
         u->address_len = wt->address.len;
         u->region_len = wt->region.len;
     }
-    tq__unit_t *old = unit_find(rf->lane, w->id);
+    /* unit ids name one unit only within a controller epoch */
+    tq__unit_t *old = rf->lane->epoch == rf->epoch ? unit_find(rf->lane, w->id) : NULL;
     if (old != NULL && u->alive) { /* the same incarnation: keep its endpoint */
         u->ep = old->ep;
         u->region = old->region;
@@ -258,11 +264,11 @@ static int refresh_unit(tq_client *c, void *ctx, uint32_t i, uint32_t n, const t
 }
 
 /* Ask the controller for its units; keep the endpoints of units the lane
- * already knows. */
+ * already knows, unless the controller is a new one (another epoch). */
 static int units_refresh(tq_client *c, tq__lane_t *l)
 {
-    refresh_t rf = {l, NULL, 0};
-    int rc = units_call(c, refresh_unit, &rf);
+    refresh_t rf = {l, NULL, 0, 0};
+    int rc = units_call(c, refresh_unit, &rf, &rf.epoch);
     if (rc != TQ_OK) {
         for (uint32_t i = 0; i < rf.num_units; i++)
             unit_free(c, l, &rf.units[i]);
@@ -274,6 +280,7 @@ static int units_refresh(tq_client *c, tq__lane_t *l)
     free(l->units);
     l->units = rf.units;
     l->num_units = rf.num_units;
+    l->epoch = rf.epoch;
     return TQ_OK;
 }
 
@@ -302,17 +309,25 @@ static int unit_connect(tq_client *c, tq__lane_t *l, uint32_t id, tq__unit_t **u
     return TQ_OK;
 }
 
-/* Make sure the lane knows every unit the extents name, asking once if not
- * (a unit registered after the lane's last look). */
-static int units_cover(tq_client *c, tq__lane_t *l, const tq_wire_extent_t *x, size_t n)
+/* Make sure the lane knows every unit the extents name, as the controller of
+ * `epoch` named them: asking once if not (a unit registered after the lane's
+ * last look, or a lane whose table came from another controller). */
+static int units_cover(tq_client *c, tq__lane_t *l, uint64_t epoch, const tq_wire_extent_t *x,
+                       size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (x[i].length > 0 && x[i].unit == TQ_WIRE_LOST_UNIT)
             return tq__set_error(c, TQ_ERR_LOST, "the storage unit that held these rows died");
-    for (size_t i = 0; i < n; i++)
-        if (x[i].length > 0 && unit_find(l, x[i].unit) == NULL)
-            return units_refresh(c, l);
-    return TQ_OK;
+    bool known = l->epoch == epoch;
+    for (size_t i = 0; known && i < n; i++)
+        known = x[i].length == 0 || unit_find(l, x[i].unit) != NULL;
+    if (known)
+        return TQ_OK;
+    int rc = units_refresh(c, l);
+    if (rc == TQ_OK && l->epoch != epoch)
+        rc = tq__set_error(c, TQ_ERR_CONNECTION, "the controller restarted: the rows it named "
+                                                 "are gone with it");
+    return rc;
 }
 
 /* A transfer with a unit failed: if the controller now knows it dead, its
@@ -332,9 +347,9 @@ static int lost_or(tq_client *c, tq__lane_t *l, const tq_wire_extent_t *x, size_
     return rc;
 }
 
-/* Wait for every unit posted to; an endpoint that failed is dropped, so the
- * next use reconnects. */
-static int units_flush(tq_client *c, tq__lane_t *l)
+/* Wait for every unit posted to, at most timeout_ms each; an endpoint that
+ * failed is dropped, so the next use reconnects. */
+static int units_flush(tq_client *c, tq__lane_t *l, int timeout_ms)
 {
     int first = TQ_OK;
     for (uint32_t i = 0; i < l->num_units; i++) {
@@ -342,7 +357,7 @@ static int units_flush(tq_client *c, tq__lane_t *l)
         if (!u->used)
             continue;
         u->used = false;
-        int rc = c->ops->flush(l->tr, u->ep, tq__timeout_left(c->timeout_ms));
+        int rc = c->ops->flush(l->tr, u->ep, tq__timeout_left(timeout_ms));
         if (rc != TQ_OK) {
             unit_drop_ep(c, l, u);
             if (first == TQ_OK)
@@ -411,7 +426,7 @@ static int lane_new(tq_client *c, tq__lane_t **l_p)
     tq__lane_t *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-    int rc = c->ops->init(&l->tr);
+    int rc = c->ops->init(NULL, &l->tr);
     if (rc != TQ_OK) {
         free(l);
         return tq__set_error(c, rc, "transport %s unavailable: %s", c->ops->name,
@@ -538,7 +553,7 @@ static int pick_transport(tq_client *c, const char *want)
         return TQ_OK;
     }
     unsigned mask = ~0u;
-    int rc = units_call(c, shared_transports, &mask);
+    int rc = units_call(c, shared_transports, &mask, NULL);
     if (rc != TQ_OK)
         return rc;
     for (unsigned k = 0; tq__transports[k] != NULL; k++)
@@ -658,7 +673,8 @@ static void put_abort(tq_client *c, tq_ctrl_conn *cc, uint64_t alloc_id)
     tq_rbuf r;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_ABORT);
     tq_wire_encode_id(&cc->out, &(tq_msg_id_t){alloc_id});
-    tq__ctrl_call(cc, off, c->timeout_ms, &r, err); /* failing, the disconnect aborts it */
+    /* failing, the connection closes, and that aborts it: no need to wait long */
+    tq__ctrl_call(cc, off, TQ_MIN(c->timeout_ms, COMMIT_MARGIN_MAX_MS), &r, err);
 }
 
 static void encode_field(tq_wbuf *w, uint32_t rows, const tq__batch_field_t *f)
@@ -675,37 +691,63 @@ static void encode_field(tq_wbuf *w, uint32_t rows, const tq__batch_field_t *f)
 }
 
 /* Write every column of b into its extent, over one lane. */
-static int put_columns(tq_client *c, const tq_batch *b, const tq_wire_extent_t *ext)
+static int put_columns(tq_client *c, uint64_t epoch, const tq_batch *b,
+                       const tq_wire_extent_t *ext, int timeout_ms)
 {
     tq__lane_t *l = NULL;
     int rc = lane_acquire(c, &l);
     if (rc != TQ_OK)
         return rc;
-    rc = units_cover(c, l, ext, b->num_fields);
+    rc = units_cover(c, l, epoch, ext, b->num_fields);
     for (uint32_t i = 0; rc == TQ_OK && i < b->num_fields; i++)
         if (ext[i].length > 0)
             rc = post_column(c, l, TQ_RMA_PUT, &ext[i], 1, (void *const *)b->fields[i].rows,
                              (const uint64_t *)b->fields[i].row_bytes, b->rows);
-    int frc = units_flush(c, l); /* also after a failed post: nothing may stay in flight */
+    int frc = units_flush(c, l, timeout_ms); /* also after a failed post: nothing may stay in flight */
     lane_release(c, l);
     return rc != TQ_OK ? rc : frc;
 }
 
+/* How long past the controller's commit deadline a COMMIT's answer is awaited:
+ * the controller decides by that deadline, so an answer can only be late by
+ * its time on the wire. */
+static int commit_margin_ms(int timeout_ms)
+{
+    return TQ_MAX(COMMIT_MARGIN_MIN_MS, TQ_MIN(timeout_ms / 4, COMMIT_MARGIN_MAX_MS));
+}
+
+/* Milliseconds left until deadline, at least 1 (a call of 0 ms would not wait). */
+static int ms_left(uint64_t deadline)
+{
+    uint64_t now = tq__now_ms();
+    return now < deadline ? (int)TQ_MIN(deadline - now, (uint64_t)INT32_MAX) : 1;
+}
+
+/*
+ * A put that returns an error must never become visible, however the
+ * controller is delayed. The ALLOC tells the controller how long we wait
+ * (commit_ms); it refuses a COMMIT that arrives later than that after the
+ * ALLOC, and says how long it will still take one. We send COMMIT only within
+ * that time and wait for the answer a margin longer: no answer by then means
+ * the controller refused it, or never saw it.
+ */
 int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
             const tq__rows_t *spec, int64_t *indexes_out)
 {
+    uint64_t deadline = tq__now_ms() + (uint64_t)c->timeout_ms;
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
         return rc;
     uint16_t num_fields = b ? (uint16_t)b->num_fields : 0;
     size_t off = tq__ctrl_begin(cc, TQ_MSG_ALLOC);
+    int left = ms_left(deadline);
     /* pools full: the controller holds the put until room frees, within our timeout */
-    uint32_t wait_ms = (uint32_t)(c->timeout_ms - TQ_MIN(c->timeout_ms / 4, 1000));
+    uint32_t wait_ms = (uint32_t)(left - TQ_MIN(left / 4, 1000));
     tq_msg_alloc_t m = {.partition = {partition, (uint16_t)strlen(partition)},
                         .rows = rows, .row_mode = spec->mode,
                         .indexes = tq_array_of(spec->indexes, rows), .num_fields = num_fields,
-                        .wait_ms = wait_ms};
+                        .wait_ms = wait_ms, .commit_ms = (uint32_t)left};
     tq_wire_encode_alloc(&cc->out, &m);
     for (uint32_t i = 0; spec->mode == TQ_ROWS_KEYS && i < rows; i++)
         tq_wire_encode_key(&cc->out, spec->keys[i], spec->tags ? spec->tags[i] : NULL);
@@ -714,17 +756,13 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
     tq_rbuf r;
     tq_msg_alloc_reply_t a;
     tq_wire_extent_t ext[TQ_WIRE_MAX_FIELDS];
-    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)
+    if ((rc = tq__call(c, cc, off, left, &r)) != TQ_OK)
         goto out;
     rc = tq_wire_decode_alloc_reply(&r, &a);
-    uint64_t trusted_until = lease_trusted_until(a.lease_ms);
+    uint64_t now = tq__now_ms(), trusted_until = lease_trusted_until(a.lease_ms);
+    uint64_t commit_by = now + a.commit_ms; /* the controller's deadline is no later */
     for (uint16_t i = 0; rc == TQ_OK && i < a.num_fields; i++)
         rc = tq_wire_decode_extent(&r, &ext[i]);
-    if (num_fields == 0) { /* tags only: the controller committed at once */
-        if (rc != TQ_OK || !tq_rbuf_done(&r))
-            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed alloc reply");
-        goto out;
-    }
     if (rc != TQ_OK || !tq_rbuf_done(&r) || a.rows != rows || a.num_fields != num_fields) {
         rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed alloc reply");
         cc->broken = true;
@@ -736,19 +774,25 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
                                b->fields[i].name);
             goto abort;
         }
-    /* the writes must end (flush is bounded by the timeout) while the extents are ours */
-    if (tq__now_ms() + (uint64_t)c->timeout_ms >= trusted_until) {
+    int margin = commit_margin_ms(c->timeout_ms);
+    /* the writes must end while the extents are ours */
+    if (commit_by + (uint64_t)margin >= trusted_until) {
         rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the allocation's %u ms lease is too short to "
                                               "write within the %d ms timeout", a.lease_ms,
                            c->timeout_ms);
         goto abort;
     }
-    if ((rc = put_columns(c, b, ext)) != TQ_OK)
+    if (num_fields > 0 && (rc = put_columns(c, cc->epoch, b, ext, ms_left(commit_by))) != TQ_OK)
         goto abort;
+    if (tq__now_ms() >= commit_by) {
+        rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the put did not finish within its %d ms timeout",
+                           c->timeout_ms);
+        goto abort;
+    }
     off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
     tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
     tq_rbuf cr;
-    if ((rc = tq__call(c, cc, off, c->timeout_ms, &cr)) != TQ_OK)
+    if ((rc = tq__call(c, cc, off, ms_left(commit_by) + margin, &cr)) != TQ_OK)
         goto out;
     if (indexes_out != NULL)
         for (uint32_t i = 0; i < a.rows; i++)
@@ -795,7 +839,7 @@ static void meta_destroy(tq_meta *m)
 }
 
 /* Copy a GET_META reply into a tq_meta, checking that it adds up. */
-int tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
+int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **meta_p)
 {
     tq_msg_get_meta_reply_t h;
     if (tq_wire_decode_get_meta_reply(r, &h) != TQ_OK)
@@ -805,6 +849,7 @@ int tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     m->client = c;
     m->id = h.meta_id;
+    m->epoch = cc->epoch;
     m->trusted_until_ms = lease_trusted_until(h.lease_ms);
     m->rows = h.rows;
     m->num_fields = h.num_fields;
@@ -909,7 +954,7 @@ int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args,
     int wait = args->timeout_ms < 0 ? -1 : args->timeout_ms + c->timeout_ms;
     tq_rbuf r;
     int rc = tq__call(c, cc, off, wait, &r);
-    return rc == TQ_OK ? tq__meta_parse(c, &r, meta_p) : rc;
+    return rc == TQ_OK ? tq__meta_parse(c, cc, &r, meta_p) : rc;
 }
 
 TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
@@ -939,19 +984,19 @@ TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->index
  * connection given back. Where it cannot go, the controller unpins at the
  * lease's end, or when the connection the meta came by closes.
  */
-static void release_later(tq_client *c, uint64_t id)
+static void release_later(tq_client *c, uint64_t id, uint64_t epoch)
 {
     pthread_mutex_lock(&c->lock);
     if (c->num_releases == c->cap_releases && c->cap_releases < MAX_RELEASES) {
         unsigned cap = c->cap_releases ? c->cap_releases * 2 : 16;
-        uint64_t *ids = realloc(c->releases, cap * sizeof(*ids));
-        if (ids != NULL) {
-            c->releases = ids;
+        tq__release_t *grown = realloc(c->releases, cap * sizeof(*grown));
+        if (grown != NULL) {
+            c->releases = grown;
             c->cap_releases = cap;
         }
     }
     if (c->num_releases < c->cap_releases)
-        c->releases[c->num_releases++] = id;
+        c->releases[c->num_releases++] = (tq__release_t){id, epoch};
     tq_ctrl_conn *cc = c->num_idle ? c->idle[--c->num_idle] : NULL;
     pthread_mutex_unlock(&c->lock);
     if (cc != NULL)
@@ -960,10 +1005,13 @@ static void release_later(tq_client *c, uint64_t id)
 
 void tq__meta_release(tq_meta *m, bool unread)
 {
-    tq_ctrl_conn *cc;
-    if (!unread)
-        release_later(m->client, m->id);
-    else if (tq__conn_acquire(m->client, &cc) == TQ_OK) {
+    tq_ctrl_conn *cc = NULL;
+    if (!unread) {
+        release_later(m->client, m->id, m->epoch);
+    } else if (tq__conn_acquire(m->client, &cc) == TQ_OK && cc->epoch != m->epoch) {
+        /* a controller of another epoch never pinned these rows: nothing to give back */
+        tq__conn_release(m->client, cc);
+    } else if (cc != NULL) {
         char err[TQ_ERRMSG_MAX];
         tq_rbuf r;
         size_t off = tq__ctrl_begin(cc, TQ_MSG_RELEASE_UNREAD);
@@ -1045,11 +1093,11 @@ int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
     if ((rc = lane_acquire(c, &l)) != TQ_OK)
         goto out;
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
-        rc = units_cover(c, l, m->fields[k].runs, m->fields[k].num_runs);
+        rc = units_cover(c, l, m->epoch, m->fields[k].runs, m->fields[k].num_runs);
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
         rc = post_column(c, l, TQ_RMA_GET, m->fields[k].runs, m->fields[k].num_runs, row_ptrs[k],
                          m->fields[k].row_bytes, m->rows);
-    int frc = units_flush(c, l);
+    int frc = units_flush(c, l, c->timeout_ms);
     rc = rc != TQ_OK ? rc : frc;
     for (uint16_t k = 0; rc != TQ_OK && rc != TQ_ERR_LOST && k < m->num_fields; k++)
         rc = lost_or(c, l, m->fields[k].runs, m->fields[k].num_runs, rc);
@@ -1204,7 +1252,7 @@ TQ_EXPORT int tq_units(tq_client *c, tq_unit_info_t **units_p)
     if (units_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "units_p is NULL");
     infos_t infos = {NULL, 0};
-    int rc = units_call(c, info_unit, &infos);
+    int rc = units_call(c, info_unit, &infos, NULL);
     if (rc != TQ_OK) {
         free(infos.units);
         return rc;

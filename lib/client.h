@@ -35,9 +35,15 @@ typedef struct {
     tq_transport *tr;
     tq__unit_t   *units;
     uint32_t      num_units;
+    uint64_t      epoch;  /* the controller epoch the unit table came from */
 } tq__lane_t;
 
 typedef struct tq__workers tq__workers;
+
+/* A RELEASE waiting for a connection: the meta and the controller epoch it is of. */
+typedef struct {
+    uint64_t id, epoch;
+} tq__release_t;
 
 struct tq_client {
     char                   *target;
@@ -56,7 +62,7 @@ struct tq_client {
     tq__lane_t             *free_lanes[TQ_MAX_LANES];
     unsigned                num_free_lanes;
     tq__workers            *workers;  /* run non-blocking requests; made on first use */
-    uint64_t               *releases; /* metas freed while no connection was idle */
+    tq__release_t          *releases; /* metas freed while no connection was idle */
     unsigned                num_releases, cap_releases;
 };
 
@@ -77,6 +83,7 @@ typedef struct {
 struct tq_meta {
     tq_client        *client;
     uint64_t          id;
+    uint64_t          epoch;            /* of the controller that answered it */
     uint64_t          trusted_until_ms; /* its rows stay pinned at least until then */
     uint32_t          rows;
     int64_t          *indexes;
@@ -126,7 +133,7 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
 
 /* Turn a GET_META/KV_GET reply into a meta; read its columns into a batch;
  * unpin and free it (unread: and give its rows back to its task). */
-int  tq__meta_parse(tq_client *c, tq_rbuf *r, tq_meta **meta_p);
+int  tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **meta_p);
 int  tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p);
 void tq__meta_release(tq_meta *m, bool unread);
 

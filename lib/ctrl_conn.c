@@ -145,15 +145,16 @@ int tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, ui
     tq_msg_hello_t hello = {role, {token ? token : "", (uint16_t)(token ? strlen(token) : 0)}};
     tq_wire_encode_hello(&cc->out, &hello);
     tq_rbuf reply;
-    tq_msg_id_t id;
+    tq_msg_hello_reply_t hr;
     rc = tq__ctrl_call(cc, off, timeout_ms, &reply, err);
-    if (rc == TQ_OK && (tq_wire_decode_id(&reply, &id) != TQ_OK || !tq_rbuf_done(&reply)))
+    if (rc == TQ_OK && (tq_wire_decode_hello_reply(&reply, &hr) != TQ_OK || !tq_rbuf_done(&reply)))
         rc = fail(err, TQ_ERR_PROTOCOL, "malformed hello reply");
     if (rc != TQ_OK) {
         tq__ctrl_close(cc);
         return rc;
     }
-    cc->id = id.id;
+    cc->id = hr.conn_id;
+    cc->epoch = hr.epoch;
     cc->live_ms = TQ_MAX(timeout_ms, 0);
     return TQ_OK;
 }

@@ -14,6 +14,7 @@
 typedef struct {
     int      fd;
     uint64_t id;        /* the controller's name for this connection */
+    uint64_t epoch;     /* the controller's epoch (tq_msg_hello_reply_t) */
     uint64_t next_id;
     tq_wbuf  out;
     uint8_t *in;        /* the last reply's body */

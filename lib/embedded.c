@@ -51,7 +51,10 @@ int tq__embedded_start(const char *token, uint64_t pool, char *address, size_t c
         return TQ_ERR_NOMEM;
     }
     snprintf(address, cap, "%s", tq__controller_address(e->controller));
-    tq_storage_config_t scfg = {.controller = address, .token = token, .pool_size = pool};
+    /* Its data plane on loopback, like the controller, unless told otherwise
+     * (verbs needs an RDMA device's address). */
+    tq_storage_config_t scfg = {.controller = address, .token = token, .pool_size = pool,
+                                .data_addr = getenv("TQ_DATA_ADDR")};
     rc = tq__storage_create(&scfg, &e->storage);
     if (rc == TQ_OK && pthread_create(&e->storage_thread, NULL, storage_main, e->storage) != 0)
         rc = TQ_ERR_NOMEM;

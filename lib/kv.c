@@ -135,7 +135,7 @@ int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *co
     tq_meta *meta = NULL;
     rc = tq__call(c, cc, off, c->timeout_ms, &r);
     if (rc == TQ_OK)
-        rc = tq__meta_parse(c, &r, &meta);
+        rc = tq__meta_parse(c, cc, &r, &meta);
     tq__conn_release(c, cc);
     if (rc != TQ_OK)
         return rc;

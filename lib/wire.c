@@ -277,6 +277,19 @@ int tq_wire_decode_hello(tq_rbuf *r, tq_msg_hello_t *m)
     return decoded(r);
 }
 
+void tq_wire_encode_hello_reply(tq_wbuf *w, const tq_msg_hello_reply_t *m)
+{
+    tq_wire_put_u64(w, m->conn_id);
+    tq_wire_put_u64(w, m->epoch);
+}
+
+int tq_wire_decode_hello_reply(tq_rbuf *r, tq_msg_hello_reply_t *m)
+{
+    m->conn_id = tq_wire_get_u64(r);
+    m->epoch = tq_wire_get_u64(r);
+    return decoded(r);
+}
+
 static void encode_transports(tq_wbuf *w, uint8_t n, const tq_wire_transport_t *t)
 {
     tq_wire_put_u8(w, n);
@@ -357,6 +370,7 @@ void tq_wire_encode_alloc(tq_wbuf *w, const tq_msg_alloc_t *m)
         tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->rows * 8);
     tq_wire_put_u16(w, m->num_fields);
     tq_wire_put_u32(w, m->wait_ms);
+    tq_wire_put_u32(w, m->commit_ms);
 }
 
 int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
@@ -371,6 +385,7 @@ int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
                                                 : (tq_array_t){NULL, 0};
     m->num_fields = tq_wire_get_u16(r);
     m->wait_ms = tq_wire_get_u32(r);
+    m->commit_ms = tq_wire_get_u32(r);
     if ((m->num_fields == 0 && m->row_mode != TQ_ROWS_KEYS) || m->num_fields > TQ_WIRE_MAX_FIELDS)
         return TQ_ERR_PROTOCOL;
     return decoded(r);
@@ -436,6 +451,7 @@ void tq_wire_encode_alloc_reply(tq_wbuf *w, const tq_msg_alloc_reply_t *m)
 {
     tq_wire_put_u64(w, m->alloc_id);
     tq_wire_put_u32(w, m->lease_ms);
+    tq_wire_put_u32(w, m->commit_ms);
     tq_wire_put_u32(w, m->rows);
     tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->rows * 8);
     tq_wire_put_u16(w, m->num_fields);
@@ -445,6 +461,7 @@ int tq_wire_decode_alloc_reply(tq_rbuf *r, tq_msg_alloc_reply_t *m)
 {
     m->alloc_id = tq_wire_get_u64(r);
     m->lease_ms = tq_wire_get_u32(r);
+    m->commit_ms = tq_wire_get_u32(r);
     m->rows = tq_wire_get_u32(r);
     if (m->rows > TQ_WIRE_MAX_ROWS)
         return TQ_ERR_PROTOCOL;

@@ -20,7 +20,7 @@
  * as the frame's buffer.
  */
 #define TQ_WIRE_MAGIC        0x44525154u /* "TQRD" */
-#define TQ_WIRE_VERSION      1
+#define TQ_WIRE_VERSION      2
 #define TQ_WIRE_HEADER_SIZE  24
 #define TQ_WIRE_MAX_BODY     (64u << 20)
 #define TQ_WIRE_FLAG_REPLY   0x01
@@ -159,7 +159,14 @@ typedef struct {
     uint8_t  role;
     tq_str_t token;
 } tq_msg_hello_t;
-/* HELLO's answer is the connection's id (tq_msg_id_t), which CANCEL names. */
+/* HELLO's answer: the connection's id, which CANCEL names, and the
+ * controller's epoch, drawn at random when it starts. Unit ids and every other
+ * id the controller hands out mean something only within one epoch: a client
+ * that meets a new epoch drops whatever it cached under the old one. */
+typedef struct {
+    uint64_t conn_id;
+    uint64_t epoch;
+} tq_msg_hello_reply_t;
 
 typedef struct {
     tq_str_t  name;
@@ -211,7 +218,9 @@ typedef struct {
     uint8_t    row_mode;
     tq_array_t indexes; /* rows entries for TQ_ROWS_INDEXES */
     uint16_t   num_fields;
-    uint32_t   wait_ms;  /* pools full: wait this long for room before TQ_ERR_NOSPACE */
+    uint32_t   wait_ms;   /* pools full: wait this long for room before TQ_ERR_NOSPACE */
+    uint32_t   commit_ms; /* the caller gives up this long after sending: no COMMIT
+                             is accepted later than this after the ALLOC arrived */
 } tq_msg_alloc_t;
 
 /* Where one run of a column lives: length bytes at offset of unit's pool. */
@@ -226,7 +235,8 @@ typedef struct {
 /* ALLOC reply: the fixed part, then num_fields tq_wire_extent_t, one per field. */
 typedef struct {
     uint64_t   alloc_id;
-    uint32_t   lease_ms; /* the allocation is dropped this long after the reply */
+    uint32_t   lease_ms;  /* the allocation is dropped this long after the reply */
+    uint32_t   commit_ms; /* a COMMIT arriving later than this after the reply is refused */
     uint32_t   rows;
     tq_array_t indexes;
     uint16_t   num_fields;
@@ -328,6 +338,8 @@ typedef struct {
  * r and return TQ_OK or TQ_ERR_PROTOCOL, checking every length and name. */
 void tq_wire_encode_hello(tq_wbuf *w, const tq_msg_hello_t *m);
 int  tq_wire_decode_hello(tq_rbuf *r, tq_msg_hello_t *m);
+void tq_wire_encode_hello_reply(tq_wbuf *w, const tq_msg_hello_reply_t *m);
+int  tq_wire_decode_hello_reply(tq_rbuf *r, tq_msg_hello_reply_t *m);
 void tq_wire_encode_register(tq_wbuf *w, const tq_msg_register_t *m);
 int  tq_wire_decode_register(tq_rbuf *r, tq_msg_register_t *m);
 void tq_wire_encode_register_reply(tq_wbuf *w, const tq_msg_register_reply_t *m);

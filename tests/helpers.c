@@ -5,8 +5,11 @@
 #include <criterion/new/assert.h>
 
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -62,12 +65,15 @@ static int fd_limit(void)
 }
 
 /*
- * fork + exec path with argv and envp, stdout and stderr to log (or inherited
- * when log is NULL). Between fork and exec only async-signal-safe calls: the
- * test process has threads. The child gets SIGKILL when the forking thread
- * dies, so a crashed or killed test leaves no daemon behind.
+ * fork + exec path with argv and envp, stdout and stderr to log (or to out_fd
+ * when it is >= 0, else inherited), stdin from /dev/null when out_fd is given,
+ * with RLIMIT_NOFILE set to *nofile (or inherited when NULL). Between fork and
+ * exec only async-signal-safe calls: the test process has threads. The child
+ * gets SIGKILL when the forking thread dies, so a crashed or killed test
+ * leaves no daemon behind.
  */
-static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log)
+static pid_t spawn_io(const char *path, char *const argv[], char *const envp[], const char *log,
+                      int out_fd, const struct rlimit *nofile)
 {
     pid_t parent = getpid();
     int max_fd = fd_limit();
@@ -80,9 +86,18 @@ static pid_t spawn(const char *path, char *const argv[], char *const envp[], con
         return pid;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
         _exit(126);
+    if (out_fd >= 0) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0)
+            dup2(null, STDIN_FILENO);
+        dup2(out_fd, STDOUT_FILENO);
+        dup2(out_fd, STDERR_FILENO);
+    }
     for (int fd = 3; fd < max_fd; fd++)
         close(fd);
-    if (log != NULL) {
+    if (nofile != NULL && setrlimit(RLIMIT_NOFILE, nofile) != 0)
+        _exit(126);
+    if (log != NULL && out_fd < 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd < 0)
             _exit(126);
@@ -100,6 +115,12 @@ static pid_t spawn(const char *path, char *const argv[], char *const envp[], con
     signal(SIGPIPE, SIG_DFL);
     execve(path, argv, envp);
     _exit(127);
+}
+
+static pid_t spawn(const char *path, char *const argv[], char *const envp[], const char *log,
+                   const struct rlimit *nofile)
+{
+    return spawn_io(path, argv, envp, log, -1, nofile);
 }
 
 int tq_test_reap(pid_t pid, int timeout_ms)
@@ -129,6 +150,49 @@ int tq_test_reap(pid_t pid, int timeout_ms)
     if (WIFSIGNALED(status))
         return 128 + WTERMSIG(status);
     return -1;
+}
+
+uint64_t tq_test_proc_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command may contain spaces */
+    if (p == NULL)
+        return 0;
+    unsigned long long utime = 0, stime = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return 0;
+    long hz = sysconf(_SC_CLK_TCK);
+    return (utime + stime) * 1000u / (unsigned long long)(hz > 0 ? hz : 100);
+}
+
+uint64_t tq_test_self_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+long tq_test_proc_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    long kb = -1;
+    while (kb < 0 && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
 }
 
 /* SIGTERM, reap within the stop timeout, SIGKILL after. @return 0 for a
@@ -281,7 +345,7 @@ int tq_test_cluster_add_unit(tq_test_cluster *cl, const char *pool_size,
     snprintf(log, sizeof(log), "%s/unit%u.log", cl->dir, cl->num_units);
     const char *fixed[] = {storage_bin, "--controller", cl->address, "--pool-size", pool_size};
     char **argv = daemon_argv(fixed, ARRAY_SIZE(fixed), unit_args);
-    pid_t pid = argv ? spawn(storage_bin, argv, environ, log) : -1;
+    pid_t pid = argv ? spawn(storage_bin, argv, environ, log, NULL) : -1;
     free(argv);
     if (pid < 0)
         return -1;
@@ -296,6 +360,15 @@ int tq_test_cluster_start(tq_test_cluster *cl, unsigned num_units, const char *p
 
 int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
                                const char *const *controller_args, const char *const *unit_args)
+{
+    return tq_test_cluster_start_limited(cl, num_units, pool_size, controller_args, unit_args,
+                                         NULL);
+}
+
+int tq_test_cluster_start_limited(tq_test_cluster *cl, unsigned num_units, const char *pool_size,
+                                  const char *const *controller_args,
+                                  const char *const *unit_args,
+                                  const struct rlimit *controller_nofile)
 {
     memset(cl, 0, sizeof(*cl));
     if (num_units > TQ_TEST_MAX_UNITS) {
@@ -314,7 +387,7 @@ int tq_test_cluster_start_with(tq_test_cluster *cl, unsigned num_units, const ch
     const char *controller_bin = TQ_BIN_DIR "/controller/tq-controller";
     const char *fixed[] = {controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file};
     char **cargv = daemon_argv(fixed, ARRAY_SIZE(fixed), controller_args);
-    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log) : -1;
+    cl->controller = cargv ? spawn(controller_bin, cargv, environ, log, controller_nofile) : -1;
     free(cargv);
     if (cl->controller < 0) {
         cl->controller = 0;
@@ -403,7 +476,7 @@ pid_t tq_test_spawn_job(const char *job, const char *const *args)
         envp[k++] = HELPER_ENV "=1";
         envp[k] = NULL;
         self[len] = '\0';
-        pid = spawn(self, argv, envp, NULL);
+        pid = spawn(self, argv, envp, NULL, NULL);
     }
     free(envp);
     free(argv);
@@ -506,7 +579,7 @@ static int helper_alloc_hold(int argc, char **argv)
     tq_wire_encode_alloc(&cc.out, &(tq_msg_alloc_t){.partition = {partition,
                                                     (uint16_t)strlen(partition)},
                                                     .rows = 1, .row_mode = TQ_ROWS_NEW,
-                                                    .num_fields = 1});
+                                                    .num_fields = 1, .commit_ms = 60000});
     tq_wire_encode_field(&cc.out, &f);
     tq_rbuf r;
     if (tq__ctrl_call(&cc, off, 5000, &r, err) != TQ_OK) {
@@ -573,6 +646,32 @@ int tq_test_connect(uint16_t port, int timeout_ms)
 err:
     close(fd);
     return -1;
+}
+
+size_t tq_test_drain(int fd, uint64_t deadline_ms, char *head, size_t head_cap)
+{
+    static char chunk[1 << 16];
+    size_t total = 0;
+    if (head_cap > 0)
+        head[0] = '\0';
+    for (;;) {
+        uint64_t now = tq_test_now_ms();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (now >= deadline_ms || poll(&p, 1, (int)(deadline_ms - now)) != 1)
+            break;
+        ssize_t n = recv(fd, chunk, sizeof(chunk), MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            break;
+        if (total + 1 < head_cap) {
+            size_t k = TQ_MIN((size_t)n, head_cap - 1 - total);
+            memcpy(head + total, chunk, k);
+            head[total + k] = '\0';
+        }
+        total += (size_t)n;
+    }
+    return total;
 }
 
 int tq_test_write_all(int fd, const void *buf, size_t len)
@@ -767,6 +866,33 @@ void tq_test_put_rollout(tq_client *c, const char *partition)
     tq_meta_free(m);
 }
 
+void tq_test_make_partitions(tq_client *c, unsigned partitions, unsigned fields)
+{
+    char part[256], names[TQ_TEST_MAX_FIELDS][256];
+    int64_t one = 1, value = 7;
+    cr_assert(le(u32, fields, TQ_TEST_MAX_FIELDS));
+    for (unsigned k = 0; k < fields; k++) {
+        memset(names[k], 'f', 200);
+        snprintf(names[k] + 200, 56, "_%u", k);
+    }
+    memset(part, 'p', 200);
+    uint64_t t0 = tq_test_now_ms();
+    for (unsigned i = 0; i < partitions; i++) {
+        snprintf(part + 200, 56, "_%u", i);
+        tq_batch *b;
+        cr_assert(eq(int, tq_batch_create(1, &b), TQ_OK));
+        for (unsigned k = 0; k < fields; k++)
+            cr_assert(eq(int, tq_batch_add_tensor(b, names[k], TQ_DTYPE_I64, 1, &one, &value),
+                         TQ_OK));
+        int rc = tq_put(c, part, b, NULL, NULL);
+        tq_batch_destroy(b);
+        cr_assert(eq(int, rc, TQ_OK), "put %u: %s", i, tq_last_error(c));
+        cr_assert(lt(u64, tq_test_now_ms() - t0, 120000), "only %u partitions in 120 s", i);
+    }
+    fprintf(stderr, "helpers: %u partitions of %u fields in %llu ms\n", partitions, fields,
+            (unsigned long long)(tq_test_now_ms() - t0));
+}
+
 int tq_test_run(const char *cmd, char *out, size_t cap)
 {
     char bounded[2048];
@@ -777,4 +903,413 @@ int tq_test_run(const char *cmd, char *out, size_t cap)
     out[n] = '\0';
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ---- commands and network namespaces ---- */
+
+pid_t tq_test_start(char *const argv[], char *const envp[], int out_fd)
+{
+    static char *const minimal[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+    return spawn_io(argv[0], argv, envp != NULL ? envp : minimal, NULL, out_fd, NULL);
+}
+
+int tq_test_run_argv(char *const argv[], int timeout_ms, char *out, size_t out_size)
+{
+    int fds[2];
+    out[0] = '\0';
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return -1;
+    pid_t pid = tq_test_start(argv, NULL, fds[1]);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    size_t got = 0;
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)timeout_ms;
+    for (;;) { /* ends at EOF or at the deadline */
+        uint64_t now = tq_test_now_ms();
+        if (now >= deadline)
+            break;
+        struct pollfd p = {.fd = fds[0], .events = POLLIN};
+        int r = poll(&p, 1, (int)(deadline - now));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        char buf[4096];
+        ssize_t n = read(fds[0], buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        size_t room = got + 1 < out_size ? out_size - 1 - got : 0;
+        size_t keep = room < (size_t)n ? room : (size_t)n;
+        memcpy(out + got, buf, keep);
+        got += keep;
+    }
+    out[got] = '\0';
+    close(fds[0]);
+    uint64_t now = tq_test_now_ms();
+    return tq_test_reap(pid, now < deadline ? (int)(deadline - now) : 0);
+}
+
+const char *tq_test_ip_path(void)
+{
+    static const char *const candidates[] = {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"};
+    for (size_t i = 0; i < ARRAY_SIZE(candidates); i++)
+        if (access(candidates[i], X_OK) == 0)
+            return candidates[i];
+    return NULL;
+}
+
+int tq_test_ip(char *out, size_t out_size, ...)
+{
+    char *argv[32];
+    size_t n = 0;
+    argv[n++] = (char *)tq_test_ip_path();
+    va_list ap;
+    va_start(ap, out_size);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 31)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n] = NULL;
+    char local[1024];
+    if (out == NULL) {
+        out = local;
+        out_size = sizeof(local);
+    }
+    int rc = tq_test_run_argv(argv, TQ_TEST_NET_CMD_MS, out, out_size);
+    if (rc != 0) {
+        fprintf(stderr, "net: exit %d:", rc);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %s", argv[i]);
+        fprintf(stderr, "\n%s", out);
+    }
+    return rc;
+}
+
+#define NET_IP(...) tq_test_ip(NULL, 0, __VA_ARGS__, (const char *)NULL)
+
+/* Variables handed through to every process inside (sanitizer report settings,
+ * the shared secret, logging); everything else of this process's environment is not. */
+static const char *const net_passthrough[] = {"PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS",
+                                              "LSAN_OPTIONS", "TQ_LOG", "TQ_TOKEN"};
+
+void tq_test_cmd_env(tq_test_cmd_t *c, const char *fmt, ...)
+{
+    if (c->num_env >= ARRAY_SIZE(c->env) || c->argc >= ARRAY_SIZE(c->argv) - 1)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->env[c->num_env], sizeof(c->env[0]), fmt, ap);
+    va_end(ap);
+    c->argv[c->argc++] = c->env[c->num_env++];
+    c->argv[c->argc] = NULL;
+}
+
+void tq_test_cmd_arg(tq_test_cmd_t *c, const char *arg)
+{
+    if (c->argc < ARRAY_SIZE(c->argv) - 1)
+        c->argv[c->argc++] = (char *)arg;
+    c->argv[c->argc] = NULL;
+}
+
+void tq_test_cmd_init(tq_test_cmd_t *c, const tq_test_net *n, unsigned h, bool with_token)
+{
+    memset(c, 0, sizeof(*c));
+    tq_test_cmd_arg(c, tq_test_ip_path());
+    tq_test_cmd_arg(c, "netns");
+    tq_test_cmd_arg(c, "exec");
+    tq_test_cmd_arg(c, n->ns[h]);
+    tq_test_cmd_arg(c, access("/usr/bin/env", X_OK) == 0 ? "/usr/bin/env" : "/bin/env");
+    tq_test_cmd_arg(c, "-i");
+    for (size_t i = 0; i < ARRAY_SIZE(net_passthrough); i++) {
+        const char *v = getenv(net_passthrough[i]);
+        if (v != NULL && (with_token || strcmp(net_passthrough[i], "TQ_TOKEN") != 0))
+            tq_test_cmd_env(c, "%s=%s", net_passthrough[i], v);
+        else if (strcmp(net_passthrough[i], "PATH") == 0)
+            tq_test_cmd_env(c, "PATH=/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+}
+
+/* Kill whatever runs in namespace name, a few rounds at most. */
+static void net_kill_all(const char *name)
+{
+    for (int round = 0; round < 5; round++) {
+        char out[4096];
+        char *argv[] = {(char *)tq_test_ip_path(), "netns", "pids", (char *)name, NULL};
+        if (tq_test_run_argv(argv, TQ_TEST_NET_CMD_MS, out, sizeof(out)) != 0)
+            return;
+        unsigned killed = 0;
+        char *save = NULL;
+        for (char *tok = strtok_r(out, " \n", &save); tok != NULL && killed < 256;
+             tok = strtok_r(NULL, " \n", &save)) {
+            long pid = strtol(tok, NULL, 10);
+            if (pid > 1 && pid != getpid() && kill((pid_t)pid, SIGKILL) == 0)
+                killed++;
+        }
+        if (killed == 0)
+            return;
+        fprintf(stderr, "net: killed %u process(es) left in %s\n", killed, name);
+        tq_test_sleep_ms(100);
+    }
+}
+
+static void net_delete(const char *name)
+{
+    net_kill_all(name);
+    NET_IP("netns", "delete", name);
+}
+
+/* Is the process whose pid names a namespace still a running test of ours? */
+static bool net_owner_alive(long pid)
+{
+    char path[64], comm[64] = "", self[64] = "";
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    bool ok = fgets(comm, sizeof(comm), f) != NULL;
+    fclose(f);
+    f = fopen("/proc/self/comm", "r");
+    if (f == NULL)
+        return true;
+    ok = ok && fgets(self, sizeof(self), f) != NULL;
+    fclose(f);
+    return ok && strcmp(comm, self) == 0;
+}
+
+/* Remove a directory of logs: its plain files, then itself. */
+static void net_remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *f;
+    char path[600];
+    for (unsigned k = 0; d != NULL && k < 256 && (f = readdir(d)) != NULL; k++)
+        if (f->d_type == DT_REG) {
+            snprintf(path, sizeof(path), "%s/%s", dir, f->d_name);
+            unlink(path);
+        }
+    if (d != NULL)
+        closedir(d);
+    if (rmdir(dir) != 0)
+        fprintf(stderr, "net: cannot remove %s: %s\n", dir, strerror(errno));
+}
+
+/* Remove namespaces "tq<tag><pid>-*" and directories "/tmp/tq-<tag>-<pid>-*"
+ * whose test process is gone (a run killed by a timeout). */
+static void net_cleanup_stale(const char *tag)
+{
+    char out[16384], prefix[32];
+    snprintf(prefix, sizeof(prefix), "tq%s", tag);
+    char *argv[] = {(char *)tq_test_ip_path(), "netns", "list", NULL};
+    if (tq_test_run_argv(argv, TQ_TEST_NET_CMD_MS, out, sizeof(out)) != 0)
+        return;
+    char stale[64][48];
+    unsigned n = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(out, "\n", &save); line != NULL && n < 64;
+         line = strtok_r(NULL, "\n", &save)) {
+        char name[48];
+        if (sscanf(line, "%47s", name) != 1 || strncmp(name, prefix, strlen(prefix)) != 0)
+            continue;
+        const char *digits = name + strlen(prefix);
+        char *end;
+        long pid = strtol(digits, &end, 10);
+        if (!isdigit((unsigned char)digits[0]) || *end != '-' || pid == getpid() ||
+            net_owner_alive(pid))
+            continue;
+        snprintf(stale[n++], sizeof(stale[0]), "%s", name);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        fprintf(stderr, "net: removing stale namespace %s\n", stale[i]);
+        net_delete(stale[i]);
+    }
+    DIR *tmp = getenv("TQ_TEST_KEEP_LOGS") == NULL ? opendir("/tmp") : NULL;
+    struct dirent *de;
+    snprintf(prefix, sizeof(prefix), "tq-%s-", tag);
+    for (unsigned seen = 0; tmp != NULL && seen < 4096 && (de = readdir(tmp)) != NULL; seen++) {
+        char *end;
+        if (strncmp(de->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        long pid = strtol(de->d_name + strlen(prefix), &end, 10);
+        if (*end != '-' || pid == getpid() || net_owner_alive(pid))
+            continue;
+        char dir[300];
+        snprintf(dir, sizeof(dir), "/tmp/%s", de->d_name);
+        net_remove_dir(dir);
+        fprintf(stderr, "net: removed stale %s\n", dir);
+    }
+    if (tmp != NULL)
+        closedir(tmp);
+}
+
+int tq_test_net_up(tq_test_net *n, const char *tag, unsigned num_hosts, char *why, size_t cap)
+{
+    memset(n, 0, sizeof(*n));
+    cr_assert(num_hosts >= 1 && num_hosts <= TQ_TEST_NET_MAX_HOSTS, "test bug: %u hosts",
+              num_hosts);
+    n->num_hosts = num_hosts;
+    if (geteuid() != 0) {
+        snprintf(why, cap, "needs root for network namespaces (euid %d)", (int)geteuid());
+        return -1;
+    }
+    if (tq_test_ip_path() == NULL) {
+        snprintf(why, cap, "no ip(8) (iproute2) on this host");
+        return -1;
+    }
+    net_cleanup_stale(tag);
+    snprintf(n->dir, sizeof(n->dir), "/tmp/tq-%s-%ld-XXXXXX", tag, (long)getpid());
+    bool made_dir = mkdtemp(n->dir) != NULL;
+    if (!made_dir)
+        n->dir[0] = '\0';
+    cr_assert(made_dir, "mkdtemp: %s", strerror(errno));
+    unsigned sw = num_hosts;
+    for (unsigned i = 0; i <= sw; i++) {
+        if (i == sw)
+            snprintf(n->ns[i], sizeof(n->ns[i]), "tq%s%ld-sw", tag, (long)getpid());
+        else
+            snprintf(n->ns[i], sizeof(n->ns[i]), "tq%s%ld-h%u", tag, (long)getpid(), i);
+    }
+    char out[1024];
+    if (tq_test_ip(out, sizeof(out), "netns", "add", n->ns[0], (const char *)NULL) != 0) {
+        snprintf(why, cap, "`ip netns add` failed (no permission or no network namespace "
+                 "support): %s", out);
+        tq_test_net_down(n);
+        return -1;
+    }
+    n->made[0] = true;
+    for (unsigned i = 1; i <= sw; i++) {
+        cr_assert(eq(int, NET_IP("netns", "add", n->ns[i]), 0), "ip netns add %s", n->ns[i]);
+        n->made[i] = true;
+    }
+    for (unsigned i = 0; i <= sw; i++) {
+        /* IPv4 only: no router solicitations or link-local addresses on the veths */
+        if (access("/usr/sbin/sysctl", X_OK) == 0) {
+            tq_test_cmd_t c;
+            tq_test_cmd_init(&c, n, i, false);
+            const char *args[] = {"/usr/sbin/sysctl", "-q", "-w",
+                                  "net.ipv6.conf.all.disable_ipv6=1",
+                                  "net.ipv6.conf.default.disable_ipv6=1"};
+            for (size_t k = 0; k < ARRAY_SIZE(args); k++)
+                tq_test_cmd_arg(&c, args[k]);
+            (void)tq_test_run_argv(c.argv, TQ_TEST_NET_CMD_MS, out, sizeof(out));
+        }
+        cr_assert(eq(int, NET_IP("-n", n->ns[i], "link", "set", "lo", "up"), 0), "lo up in %s",
+                  n->ns[i]);
+    }
+    cr_assert(eq(int, NET_IP("-n", n->ns[sw], "link", "add", "mh-br", "type", "bridge"), 0),
+              "bridge");
+    for (unsigned h = 0; h < num_hosts; h++) {
+        char port[16], veth[16], addr[32];
+        snprintf(port, sizeof(port), "mh-p%u", h);
+        snprintf(veth, sizeof(veth), TQ_TEST_NET_IFNAME, h);
+        snprintf(addr, sizeof(addr), "198.18.0.%u/24", h + 1); /* tq_test_net_ip */
+        /* made inside the switch, the peer end put straight into the host */
+        cr_assert(eq(int, NET_IP("-n", n->ns[sw], "link", "add", port, "type", "veth", "peer",
+                                 "name", veth, "netns", n->ns[h]), 0), "veth %s-%s", port, veth);
+        cr_assert(eq(int, NET_IP("-n", n->ns[sw], "link", "set", port, "master", "mh-br", "up"),
+                     0), "port %s", port);
+        cr_assert(eq(int, NET_IP("-n", n->ns[h], "addr", "add", addr, "dev", veth), 0), "%s",
+                  addr);
+        cr_assert(eq(int, NET_IP("-n", n->ns[h], "link", "set", veth, "up"), 0), "%s up", veth);
+    }
+    cr_assert(eq(int, NET_IP("-n", n->ns[sw], "link", "set", "mh-br", "up"), 0), "bridge up");
+    /* none of it in the root namespace */
+    for (unsigned h = 0; h < num_hosts; h++) {
+        char veth[16];
+        snprintf(veth, sizeof(veth), TQ_TEST_NET_IFNAME, h);
+        cr_assert(eq(u32, if_nametoindex(veth), 0), "%s appeared in the root namespace", veth);
+    }
+    return 0;
+}
+
+void tq_test_net_down(tq_test_net *n)
+{
+    for (unsigned i = 0; i <= n->num_hosts && i <= TQ_TEST_NET_MAX_HOSTS; i++)
+        if (n->made[i]) {
+            net_delete(n->ns[i]);
+            n->made[i] = false;
+        }
+    /* nothing of ours may remain */
+    char out[16384];
+    char *argv[] = {(char *)tq_test_ip_path(), "netns", "list", NULL};
+    if (tq_test_ip_path() != NULL && tq_test_run_argv(argv, TQ_TEST_NET_CMD_MS, out, sizeof(out)) == 0)
+        for (unsigned i = 0; i <= TQ_TEST_NET_MAX_HOSTS; i++)
+            if (n->ns[i][0] != '\0' && strstr(out, n->ns[i]) != NULL)
+                fprintf(stderr, "net: namespace %s is still there\n", n->ns[i]);
+    if (n->dir[0] != '\0') {
+        if (getenv("TQ_TEST_KEEP_LOGS") == NULL)
+            net_remove_dir(n->dir);
+        else
+            fprintf(stderr, "net: logs kept in %s\n", n->dir);
+    }
+    memset(n, 0, sizeof(*n));
+}
+
+const char *tq_test_net_ip(unsigned h)
+{
+    static char ring[TQ_TEST_NET_MAX_HOSTS][16];
+    unsigned i = h % TQ_TEST_NET_MAX_HOSTS;
+    snprintf(ring[i], sizeof(ring[i]), "198.18.0.%u", h + 1);
+    return ring[i];
+}
+
+void tq_test_proc_spawn(tq_test_proc_t *p, const char *dir, char *const argv[], const char *name)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    snprintf(p->log, sizeof(p->log), "%s/%s.log", dir, name);
+    int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    cr_assert(ge(int, fd, 0), "open %s: %s", p->log, strerror(errno));
+    p->pid = tq_test_start(argv, NULL, fd);
+    close(fd);
+    cr_assert(gt(int, p->pid, 0), "cannot start %s", name);
+}
+
+void tq_test_proc_dump(const tq_test_proc_t *p)
+{
+    if (p->log[0] != '\0')
+        dump_log(p->log);
+}
+
+bool tq_test_proc_alive(tq_test_proc_t *p)
+{
+    if (p->pid <= 0)
+        return false;
+    if (waitpid(p->pid, &p->status, WNOHANG) == 0)
+        return true;
+    p->pid = 0; /* reaped (or not ours): never signal that pid again */
+    return false;
+}
+
+int tq_test_proc_wait(tq_test_proc_t *p, int sig, int timeout_ms)
+{
+    if (p->pid <= 0)
+        return -1;
+    if (sig != 0)
+        kill(p->pid, sig);
+    int rc = tq_test_reap(p->pid, timeout_ms);
+    p->pid = 0;
+    return rc;
+}
+
+bool tq_test_file_has(const char *path, const char *text, int timeout_ms)
+{
+    uint64_t deadline = tq_test_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        char buf[16384];
+        FILE *f = fopen(path, "r");
+        size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+        if (f != NULL)
+            fclose(f);
+        buf[n] = '\0';
+        if (strstr(buf, text) != NULL)
+            return true;
+        if (tq_test_now_ms() >= deadline)
+            return false;
+        tq_test_sleep_ms(20);
+    }
 }

@@ -724,7 +724,7 @@ static void alloc_body(tq_wbuf *w, const char *part)
 {
     static const int64_t idx[4] = {0, 1, 2, 3};
     tq_msg_alloc_t m = {.partition = {part, (uint16_t)strlen(part)}, .rows = 4, .row_mode = TQ_ROWS_INDEXES,
-                        .indexes = tq_array_of(idx, 4), .num_fields = 1};
+                        .indexes = tq_array_of(idx, 4), .num_fields = 1, .commit_ms = 5000};
     tq_wire_encode_alloc(w, &m);
     tq_wire_field_t fld = {.name = {"f", 1}, .kind = TQ_FIELD_TENSOR, .dtype = TQ_DTYPE_I32,
                            .ndim = 0, .dims = tq_array_of(NULL, 0)};
@@ -811,7 +811,7 @@ CLUSTER_TEST(bad_frames, out_of_range_alloc)
         tq_wbuf_init(&w);
         const char *part = tq_test_unique("oor");
         tq_msg_alloc_t m = {.partition = {part, (uint16_t)strlen(part)}, .rows = cases[i].rows, .row_mode = TQ_ROWS_NEW,
-                            .num_fields = 1};
+                            .num_fields = 1, .commit_ms = 5000};
         tq_wire_encode_alloc(&w, &m);
         tq_wire_put_str(&w, "f", 1);
         tq_wire_put_u8(&w, cases[i].kind);

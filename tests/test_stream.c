@@ -317,35 +317,6 @@ static void assert_disjoint(const tq_meta *a, const tq_meta *b, const char *what
                       "%s: index %lld in both", what, (long long)tq_meta_indexes(a)[i]);
 }
 
-static uint64_t self_cpu_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* CPU time (user + system) of another process, from /proc; 0 when unknown. */
-static uint64_t proc_cpu_ms(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* the command may contain spaces */
-    if (p == NULL)
-        return 0;
-    unsigned long long utime = 0, stime = 0;
-    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
-    if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
-        return 0;
-    long hz = sysconf(_SC_CLK_TCK);
-    return (utime + stime) * 1000u / (unsigned long long)(hz > 0 ? hz : 100);
-}
-
 /* ---- jobs: run as a process (cluster) or a thread on the shared client (embedded) ---- */
 
 #define JOB_ENV    "TQ_STREAM_JOB"
@@ -1199,13 +1170,13 @@ STREAM_TEST(s17_stream_waits_for_writer, 60)
     snprintf(s_gap, sizeof(s_gap), "%d", GAP_MS);
     job_start(&w, e, "writer", part, "v", "0", s_rows, s_per, s_delay, s_gap, "1", "row", NULL);
 
-    uint64_t t0 = tq_test_now_ms(), cpu0 = self_cpu_ms();
-    uint64_t ctl0 = e->address ? proc_cpu_ms(cluster.controller) : 0;
+    uint64_t t0 = tq_test_now_ms(), cpu0 = tq_test_self_cpu_ms();
+    uint64_t ctl0 = e->address ? tq_test_proc_cpu_ms(cluster.controller) : 0;
     tq_batch *b = NULL;
     tq_meta *m = NULL;
     int rc = tq_stream_next(s, &b, &m);
-    uint64_t waited = tq_test_now_ms() - t0, cpu = self_cpu_ms() - cpu0;
-    uint64_t ctl = e->address ? proc_cpu_ms(cluster.controller) - ctl0 : 0;
+    uint64_t waited = tq_test_now_ms() - t0, cpu = tq_test_self_cpu_ms() - cpu0;
+    uint64_t ctl = e->address ? tq_test_proc_cpu_ms(cluster.controller) - ctl0 : 0;
     cr_assert(eq(int, rc, TQ_OK), "first batch: %s (%s)", tq_status_string(rc), tq_last_error(c));
     cr_assert(ge(u64, waited, DELAY_MS - 500), "the first batch came after %llu ms, before any put",
               (unsigned long long)waited);

@@ -244,22 +244,6 @@ static void remove_dir(void)
 
 /* ---- what the cluster reports ---- */
 
-/* The VmRSS of pid in kB, or -1. */
-static long rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    long kb = -1;
-    while (kb < 0 && fgets(line, sizeof(line), f) != NULL)
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kb;
-}
-
 /* Bytes used and held over every unit, and how many units are alive.
  * capacity_p may be NULL. @return 0, or -1. */
 static int pool_used(uint64_t *used_p, uint64_t *capacity_p, unsigned *alive_p)
@@ -341,7 +325,7 @@ Test(stress, workers_64, .fini = stress_teardown, .timeout = STRESS_MAX_SECONDS 
     unsigned alive = 0;
     cr_assert(eq(int, pool_used(&used_start, &capacity, &alive), 0));
     cr_assert(eq(u32, alive, STRESS_UNITS), "live units before the run");
-    long rss_start = rss_kb(s.cl.controller), rss_peak = rss_start;
+    long rss_start = tq_test_proc_rss_kb(s.cl.controller), rss_peak = rss_start;
     cr_assert(rss_start > 0, "no VmRSS for the controller, pid %ld", (long)s.cl.controller);
 
     snprintf(s.dir, sizeof(s.dir), "/tmp/tq-stress-XXXXXX");
@@ -372,7 +356,7 @@ Test(stress, workers_64, .fini = stress_teardown, .timeout = STRESS_MAX_SECONDS 
             running--;
         }
         if (tq_test_now_ms() >= next_sample) {
-            long kb = rss_kb(s.cl.controller);
+            long kb = tq_test_proc_rss_kb(s.cl.controller);
             rss_peak = kb > rss_peak ? kb : rss_peak;
             uint64_t used;
             unsigned up;
@@ -418,7 +402,7 @@ Test(stress, workers_64, .fini = stress_teardown, .timeout = STRESS_MAX_SECONDS 
             break;
         tq_test_sleep_ms(STRESS_POLL_MS);
     }
-    long rss_end = rss_kb(s.cl.controller);
+    long rss_end = tq_test_proc_rss_kb(s.cl.controller);
     rss_peak = rss_end > rss_peak ? rss_end : rss_peak;
 
     /* the totals, on one line to quote */

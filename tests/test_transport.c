@@ -176,7 +176,7 @@ static bool target_start_ex(const tq_transport_ops *ops, target_t *t, bool use_r
 {
     memset(t, 0, sizeof(*t));
     t->ops = ops;
-    int rc = ops->init(&t->tr);
+    int rc = ops->init(NULL, &t->tr);
     if (rc == TQ_ERR_UNSUPPORTED) {
         note_unsupported(ops);
         return false;
@@ -234,7 +234,7 @@ static void initiator_connect(target_t *t, initiator_t *in)
 {
     memset(in, 0, sizeof(*in));
     in->ops = t->ops;
-    EXPECT_RC(in->ops->init(&in->tr), TQ_OK);
+    EXPECT_RC(in->ops->init(NULL, &in->tr), TQ_OK);
     EXPECT_RC(in->ops->ep_connect(in->tr, t->addr_blob, t->addr_len, &in->ep), TQ_OK);
     EXPECT_RC(in->ops->region_unpack(in->tr, in->ep, t->region_blob, t->region_len, &in->region),
               TQ_OK);
@@ -548,7 +548,7 @@ static void *initiator_thread(void *arg)
         snprintf(w->what, sizeof(w->what), "malloc");
         goto out;
     }
-    if ((rc = ops->init(&in.tr)) != TQ_OK ||
+    if ((rc = ops->init(NULL, &in.tr)) != TQ_OK ||
         (rc = ops->ep_connect(in.tr, w->t->addr_blob, w->t->addr_len, &in.ep)) != TQ_OK ||
         (rc = ops->region_unpack(in.tr, in.ep, w->t->region_blob, w->t->region_len,
                                  &in.region)) != TQ_OK) {
@@ -831,7 +831,7 @@ static void child_target(const tq_transport_ops *ops, int fd, bool use_register,
     tq_transport_mem *mem = NULL;
     void *pool = NULL, *ab = NULL, *rb = NULL;
     size_t al = 0, rl = 0;
-    uint32_t status = (uint32_t)ops->init(&tr);
+    uint32_t status = (uint32_t)ops->init(NULL, &tr);
     if (status == TQ_OK) {
         status = use_register ? (uint32_t)TQ_ERR_UNSUPPORTED
                               : (uint32_t)ops->mem_alloc(tr, pool_len, &pool, &mem);
@@ -890,7 +890,7 @@ static bool child_connect(const tq_transport_ops *ops, bool use_register, size_t
     close(fds[0]);
 
     *in = (initiator_t){.ops = ops};
-    EXPECT_RC(ops->init(&in->tr), TQ_OK);
+    EXPECT_RC(ops->init(NULL, &in->tr), TQ_OK);
     EXPECT_RC(ops->ep_connect(in->tr, ab, al, &in->ep), TQ_OK);
     EXPECT_RC(ops->region_unpack(in->tr, in->ep, rb, rl, &in->region), TQ_OK);
     *child_p = child;

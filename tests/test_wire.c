@@ -171,6 +171,7 @@ static tq_msg_alloc_t fx_alloc(bool with_indexes, tq_wire_field_t f[4])
         .indexes = with_indexes ? ARR(idx4) : NO_ARR,
         .num_fields = 4,
         .wait_ms = with_indexes ? 5000 : 0,
+        .commit_ms = with_indexes ? 0xFFFFFFFFu : 1,
     };
 }
 
@@ -181,7 +182,7 @@ static const tq_wire_extent_t fx_extents[] = {
 };
 
 static const tq_msg_alloc_reply_t fx_alloc_reply = {
-    .alloc_id = 0x0123456789ABCDEFull, .lease_ms = 60000, .rows = 4, .indexes = {(const uint8_t *)idx4, 4}, .num_fields = 3};
+    .alloc_id = 0x0123456789ABCDEFull, .lease_ms = 60000, .commit_ms = 4321, .rows = 4, .indexes = {(const uint8_t *)idx4, 4}, .num_fields = 3};
 
 static const tq_msg_id_t fx_id = {.id = 0xFEDCBA9876543210ull};
 
@@ -633,6 +634,23 @@ Test(wire, roundtrip_hello)
     tq_wbuf_free(&w);
 }
 
+Test(wire, roundtrip_hello_reply)
+{
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_msg_hello_reply_t want = {0x0102030405060708ull, 0xF0E0D0C0B0A09080ull}, got;
+    tq_wire_encode_hello_reply(&w, &want);
+    cr_assert(eq(sz, w.len, 16));
+    tq_rbuf r = tq_rbuf_make(w.data, w.len);
+    cr_assert(eq(int, tq_wire_decode_hello_reply(&r, &got), TQ_OK));
+    cr_expect(eq(u64, got.conn_id, want.conn_id));
+    cr_expect(eq(u64, got.epoch, want.epoch));
+    expect_done(&r, "hello reply");
+    r = tq_rbuf_make(w.data, w.len - 1); /* short by a byte */
+    cr_expect(eq(int, tq_wire_decode_hello_reply(&r, &got), TQ_ERR_PROTOCOL));
+    tq_wbuf_free(&w);
+}
+
 Test(wire, roundtrip_register)
 {
     rt_t t;
@@ -702,6 +720,7 @@ static void check_alloc_roundtrip(bool with_indexes)
     }
     cr_assert(eq(u16, got.num_fields, 4));
     cr_expect(eq(u32, got.wait_ms, want.wait_ms));
+    cr_expect(eq(u32, got.commit_ms, want.commit_ms));
     for (int i = 0; i < 4; i++) {
         tq_wire_field_t f;
         cr_assert(eq(int, tq_wire_decode_field(&t.r, got.rows, &f), TQ_OK), "field %d", i);
@@ -747,6 +766,7 @@ Test(wire, roundtrip_alloc_reply)
     cr_assert(eq(int, tq_wire_decode_alloc_reply(&t.r, &got), TQ_OK));
     cr_expect(eq(u64, got.alloc_id, fx_alloc_reply.alloc_id));
     cr_expect(eq(u32, got.lease_ms, fx_alloc_reply.lease_ms));
+    cr_expect(eq(u32, got.commit_ms, fx_alloc_reply.commit_ms));
     cr_expect(eq(u32, got.rows, fx_alloc_reply.rows));
     expect_array(got.indexes, fx_alloc_reply.indexes, "indexes");
     cr_assert(eq(u16, got.num_fields, 3));
@@ -1156,6 +1176,7 @@ static void put_alloc_raw(tq_wbuf *w, const char *part, size_t plen, uint32_t ro
         tq_wire_put_u64(w, i);
     tq_wire_put_u16(w, num_fields);
     tq_wire_put_u32(w, 1000); /* wait_ms */
+    tq_wire_put_u32(w, 5000); /* commit_ms */
 }
 
 /* A field with n dims entries. */
@@ -1287,6 +1308,7 @@ Test(wire, hostile_lengths)
     EXPECT_RC(&w, dec_alloc_reply, TQ_ERR_PROTOCOL, "alloc_reply rows 0xFFFFFFFF");
     tq_wire_put_u64(&w, 1);
     tq_wire_put_u32(&w, 2);
+    tq_wire_put_u32(&w, 1000); /* commit_ms */
     tq_wire_put_u64(&w, 1);
     tq_wire_put_u16(&w, 0);
     EXPECT_RC(&w, dec_alloc_reply, TQ_ERR_PROTOCOL, "alloc_reply indexes short");
@@ -1340,16 +1362,19 @@ Test(wire, hostile_alloc_rows_and_fields)
     /* the replies allow empty answers but not more than the limits */
     tq_wire_put_u64(&w, 1);
     tq_wire_put_u32(&w, 60000); /* lease_ms */
+    tq_wire_put_u32(&w, 1000);  /* commit_ms */
     tq_wire_put_u32(&w, 0);
     tq_wire_put_u16(&w, 0);
     EXPECT_RC(&w, dec_alloc_reply, TQ_OK, "alloc_reply of nothing");
     tq_wire_put_u64(&w, 1);
     tq_wire_put_u32(&w, 60000); /* lease_ms */
+    tq_wire_put_u32(&w, 1000);  /* commit_ms */
     tq_wire_put_u32(&w, 0);
     tq_wire_put_u16(&w, TQ_WIRE_MAX_FIELDS + 1);
     EXPECT_RC(&w, dec_alloc_reply, TQ_ERR_PROTOCOL, "alloc_reply num_fields over the limit");
     tq_wire_put_u64(&w, 1);
     tq_wire_put_u32(&w, 60000); /* lease_ms */
+    tq_wire_put_u32(&w, 1000);  /* commit_ms */
     tq_wire_put_u32(&w, TQ_WIRE_MAX_ROWS + 1);
     tq_wire_put_u16(&w, 1);
     EXPECT_RC(&w, dec_alloc_reply, TQ_ERR_PROTOCOL, "alloc_reply rows over the limit");

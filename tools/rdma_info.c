@@ -91,7 +91,7 @@ static cJSON *probe_transport(const tq_transport_ops *ops)
                   dup2(fileno(scratch), STDOUT_FILENO) >= 0 &&
                   dup2(fileno(scratch), STDERR_FILENO) >= 0;
     tq_transport *tr = NULL;
-    int rc = ops->init(&tr);
+    int rc = ops->init(NULL, &tr);
     if (rc == TQ_OK)
         ops->fini(tr);
     fflush(stdout);

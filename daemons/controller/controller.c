@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +28,11 @@
 #define READ_CHUNK          (64u << 10)
 #define MAX_OUTPUT          (256u << 20)  /* a peer that reads nothing is dropped */
 #define HELLO_TIMEOUT_MS    10000         /* a connection must authenticate by then */
+#define CONN_EVENTS         (EPOLLIN | EPOLLRDHUP) /* RDHUP: see conn_t.peer_gone */
+#define CLOSE_TIMEOUT_MS    10000         /* a closing connection's last answer: read by then */
+#define ACCEPT_PAUSE_MS     100           /* out of descriptors with no spare: stop accepting */
+#define FD_RESERVE          32            /* descriptors besides connections: stdio, listeners,
+                                             epoll, eventfd, the spare, logs, plugins */
 #define MAX_HELLO_BODY      4096          /* frames before hello: no large buffers for strangers */
 
 static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
@@ -262,7 +268,7 @@ static void handle_hello(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     c->greeted = true;
     c->role = m.role;
     size_t off = tq__reply_begin(c, h);
-    tq_wire_encode_id(&c->out, &(tq_msg_id_t){c->id});
+    tq_wire_encode_hello_reply(&c->out, &(tq_msg_hello_reply_t){c->id, c->ctl->epoch});
     tq__reply_end(c, off);
 }
 
@@ -510,10 +516,21 @@ static void handle_partitions(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     free(text);
 }
 
+/* Messages that only notify or give back: still handled once the peer is gone. */
+static bool gives_only(uint16_t type)
+{
+    return type == TQ_MSG_HEARTBEAT || type == TQ_MSG_UNIT_LEAVE || type == TQ_MSG_RELEASE ||
+           type == TQ_MSG_RELEASE_UNREAD || type == TQ_MSG_ABORT;
+}
+
 static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 {
     tq_rbuf r = tq_rbuf_make(body, h->body_len);
     c->ctl->request_start_ns = tq__now_ns();
+    /* a peer that closed its end gave up on every answer it was owed (a
+     * client past its timeout): what it asked for must change nothing */
+    if (c->peer_gone && !gives_only(h->type))
+        return;
     if (h->flags & TQ_WIRE_FLAG_REPLY) {
         tq__reply_error(c, h, TQ_ERR_PROTOCOL, "a reply sent to the controller");
         return;
@@ -687,11 +704,62 @@ static bool conn_flush(conn_t *c)
         return false;
     bool pending = c->out.len > 0;
     if (pending != c->epollout) {
-        struct epoll_event ev = {.events = EPOLLIN | (pending ? EPOLLOUT : 0), .data.ptr = c};
+        struct epoll_event ev = {.events = CONN_EVENTS | (pending ? EPOLLOUT : 0), .data.ptr = c};
         epoll_ctl(c->ctl->epfd, EPOLL_CTL_MOD, c->fd, &ev);
         c->epollout = pending;
     }
     return !(c->closing && !pending);
+}
+
+void tq__reply_send_now(conn_t *c)
+{
+    if (!conn_flush(c))
+        c->closing = true; /* closed by the loop, which owns the connection */
+}
+
+/* Listeners on (the loop waits for connections) or off (out of descriptors). */
+static void listeners_want(tq_controller *ctl, bool on)
+{
+    int *fds[] = {&ctl->listen_fd, &ctl->metrics_fd};
+    for (unsigned i = 0; i < ARRAY_SIZE(fds); i++) {
+        struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.ptr = fds[i]};
+        if (*fds[i] >= 0)
+            epoll_ctl(ctl->epfd, EPOLL_CTL_MOD, *fds[i], &ev);
+    }
+}
+
+/*
+ * accept failed for want of a descriptor (EMFILE, ENFILE; Linux says so even
+ * with no connection queued). A queued connection keeps the listener readable,
+ * so the loop would spin on it: give up the spare descriptor, take the
+ * connection and close it at once, then keep the spare again. Without a spare,
+ * stop listening for a moment instead.
+ * @return true when a connection was shed (there may be more queued).
+ */
+static bool shed_connection(tq_controller *ctl, int listen_fd, int err)
+{
+    int fd = -1;
+    if (ctl->spare_fd >= 0) {
+        close(ctl->spare_fd);
+        fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        bool none = fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+        if (fd >= 0)
+            close(fd);
+        ctl->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (none)
+            return false;
+    }
+    errno = err;
+    if (fd >= 0) {
+        tq_warn_limited("accept: %m: a new connection closed at once (%u open)",
+                        ctl->num_connections);
+        return true;
+    }
+    tq_warn_limited("accept: %m: not accepting for %d ms (%u connections open)",
+                    ACCEPT_PAUSE_MS, ctl->num_connections);
+    ctl->accept_paused_until_ms = tq__now_ms() + ACCEPT_PAUSE_MS;
+    listeners_want(ctl, false);
+    return false;
 }
 
 /* Accept every pending connection on listen_fd: the wire protocol, or HTTP scrapes. */
@@ -700,12 +768,19 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
     for (;;) {
         int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                tq_warn("accept: %m");
-            return;
+            if (errno == EINTR)
+                continue;
+            if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    tq_warn_limited("accept: %m");
+                return;
+            }
+            if (!shed_connection(ctl, listen_fd, errno))
+                return;
+            continue;
         }
         if (ctl->num_connections >= ctl->max_connections) {
-            tq_warn("%u connections: the limit; one more closed", ctl->num_connections);
+            tq_warn_limited("%u connections: the limit; one more closed", ctl->num_connections);
             close(fd);
             continue;
         }
@@ -719,14 +794,15 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
         c->fd = fd;
         c->http = http;
         c->id = ++ctl->next_id;
-        c->hello_due_ms = tq__now_ms() + HELLO_TIMEOUT_MS;
+        /* a scrape has this long to send its request and read the answer */
+        c->hello_due_ms = tq__now_ms() + (http ? ctl->metrics_timeout_ms : HELLO_TIMEOUT_MS);
         tq_wbuf_init(&c->out);
         tq_list_init(&c->flush_link);
         tq_list_init(&c->allocs);
         tq_list_init(&c->metas);
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        struct epoll_event ev = {.events = CONN_EVENTS, .data.ptr = c};
         if (epoll_ctl(ctl->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-            tq_warn("epoll_ctl: %m");
+            tq_warn_limited("epoll_ctl: %m");
             close(fd);
             free(c);
             continue;
@@ -744,8 +820,8 @@ static void accept_all(tq_controller *ctl, int listen_fd, bool http)
  */
 static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
 {
-    tq_list *cpos, *pos, *tmp;
-    for (cpos = ctl->conns.next; cpos != &ctl->conns; cpos = cpos->next) {
+    tq_list *cpos, *ctmp, *pos, *tmp;
+    tq_list_for_each_safe(cpos, ctmp, &ctl->conns) {
         conn_t *c = tq_list_entry(cpos, conn_t, link);
         tq_list_for_each_safe(pos, tmp, &c->allocs) {
             alloc_t *a = tq_list_entry(pos, alloc_t, conn_link);
@@ -769,10 +845,32 @@ static uint64_t expire_leases(tq_controller *ctl, uint64_t now, uint64_t next)
                 next = TQ_MIN(next, m->lease_end_ms);
             }
         }
-        if (!c->greeted && !c->closing) {
+        if (c->http) {
+            /* answered or not, read or not: a scrape's memory goes at its deadline */
             if (c->hello_due_ms <= now) {
-                tq_warn("connection %llu sent no hello in time: closed",
-                        (unsigned long long)c->id);
+                tq_warn_limited("metrics connection %llu not done within %u ms: closed "
+                                "(%zu bytes unsent)", (unsigned long long)c->id,
+                                ctl->metrics_timeout_ms, c->out.len);
+                conn_close(c);
+                continue;
+            }
+            next = TQ_MIN(next, c->hello_due_ms);
+        } else if (c->closing) {
+            /* a peer that never reads its last answer does not keep it here */
+            if (c->close_due_ms == 0)
+                c->close_due_ms = now + CLOSE_TIMEOUT_MS;
+            if (c->close_due_ms <= now) {
+                tq_warn_limited("connection %llu did not read its last %zu bytes within %d ms: "
+                                "closed", (unsigned long long)c->id, c->out.len,
+                                CLOSE_TIMEOUT_MS);
+                conn_close(c);
+                continue;
+            }
+            next = TQ_MIN(next, c->close_due_ms);
+        } else if (!c->greeted) {
+            if (c->hello_due_ms <= now) {
+                tq_warn_limited("connection %llu sent no hello in time: closed",
+                                (unsigned long long)c->id);
                 c->closing = true;
                 conn_want_flush(c);
             } else {
@@ -805,6 +903,16 @@ static int run_timers(tq_controller *ctl)
         }
     }
     next = expire_leases(ctl, now, next);
+    if (ctl->accept_paused_until_ms != 0) {
+        if (ctl->accept_paused_until_ms <= now) {
+            if (ctl->spare_fd < 0)
+                ctl->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            ctl->accept_paused_until_ms = 0;
+            listeners_want(ctl, true);
+        } else {
+            next = TQ_MIN(next, ctl->accept_paused_until_ms);
+        }
+    }
     for (pos = ctl->units.next; pos != &ctl->units; pos = pos->next) {
         tq_unit *u = tq_list_entry(pos, tq_unit, link);
         if (!u->alive)
@@ -903,12 +1011,48 @@ static int load_plugins(const char *list)
     return TQ_OK;
 }
 
+/*
+ * The daemon's descriptors are its connections and a few more (FD_RESERVE):
+ * raise the soft RLIMIT_NOFILE to that, as far as the hard limit allows. Below
+ * it, serve fewer connections than asked, and say so once, rather than fail
+ * accepts at random.
+ */
+static void fit_fd_limit(tq_controller *ctl)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        tq_warn("getrlimit(RLIMIT_NOFILE): %m");
+        return;
+    }
+    rlim_t need = (rlim_t)ctl->max_connections + FD_RESERVE;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rlim_t want = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ? rl.rlim_max : need;
+        struct rlimit raised = {want, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            tq_info("open files limit raised from %llu to %llu for %u connections",
+                    (unsigned long long)rl.rlim_cur, (unsigned long long)want,
+                    ctl->max_connections);
+            rl.rlim_cur = want;
+        } else {
+            tq_warn("setrlimit(RLIMIT_NOFILE, %llu): %m", (unsigned long long)want);
+        }
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return;
+    unsigned fit = rl.rlim_cur > FD_RESERVE + 1 ? (unsigned)(rl.rlim_cur - FD_RESERVE) : 1;
+    tq_warn("the open files limit (RLIMIT_NOFILE) is %llu, hard limit %llu: serving at most %u "
+            "connections, not the %u of max-connections (raise it: ulimit -n, or LimitNOFILE= "
+            "in the systemd unit)", (unsigned long long)rl.rlim_cur,
+            (unsigned long long)rl.rlim_max, fit, ctl->max_connections);
+    ctl->max_connections = fit;
+}
+
 int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl_p)
 {
     tq_controller *ctl = calloc(1, sizeof(*ctl));
     if (ctl == NULL)
         return TQ_ERR_NOMEM;
-    ctl->epfd = ctl->listen_fd = ctl->stop_fd = ctl->metrics_fd = -1;
+    ctl->epfd = ctl->listen_fd = ctl->stop_fd = ctl->metrics_fd = ctl->spare_fd = -1;
     tq_list_init(&ctl->conns);
     tq_list_init(&ctl->to_flush);
     tq_list_init(&ctl->units);
@@ -917,13 +1061,24 @@ int tq__controller_create(const tq_controller_config_t *cfg, tq_controller **ctl
     ctl->heartbeat_timeout_ms = cfg->heartbeat_timeout_ms > 0 ? cfg->heartbeat_timeout_ms : 3000;
     ctl->lease_ms = cfg->lease_ms ? cfg->lease_ms : 60000;
     ctl->max_connections = cfg->max_connections ? cfg->max_connections : 4096;
+    ctl->metrics_timeout_ms = cfg->metrics_timeout_ms ? cfg->metrics_timeout_ms : 10000;
     ctl->max_partitions = cfg->max_partitions ? cfg->max_partitions : 65536;
     ctl->meta_budget.max = cfg->max_metadata ? cfg->max_metadata : 4ULL << 30;
-    int rc = TQ_ERR_NOMEM;
+    int rc = TQ_ERR_IO;
+    if (tq__random_bytes(&ctl->epoch, sizeof(ctl->epoch)) != 0) {
+        tq_error("no random epoch: %m");
+        goto err;
+    }
+    rc = TQ_ERR_NOMEM;
     if (cfg->token != NULL && cfg->token[0] != '\0' && (ctl->token = strdup(cfg->token)) == NULL)
         goto err;
     if ((rc = load_plugins(cfg->sampler_plugins)) != TQ_OK)
         goto err;
+    if (cfg->fit_fd_limit)
+        fit_fd_limit(ctl);
+    /* kept to shed a connection when out of descriptors (see shed_connection) */
+    if ((ctl->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
+        tq_warn("open /dev/null: %m: no spare descriptor (out of them, accepting pauses)");
     rc = listen_on(cfg->listen ? cfg->listen : "127.0.0.1:0", &ctl->listen_fd, ctl->address,
                    sizeof(ctl->address));
     if (rc == TQ_OK && cfg->metrics != NULL)
@@ -1015,9 +1170,11 @@ int tq__controller_run(tq_controller *ctl)
             }
             conn_t *c = ptr;
             bool alive = true;
+            if (events[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                c->peer_gone = true; /* before reading what it left behind */
             if (events[i].events & EPOLLOUT)
                 alive = conn_flush(c);
-            if (alive && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+            if (alive && (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
                 alive = conn_read(c);
             if (!alive) {
                 conn_close(c);
@@ -1060,6 +1217,8 @@ void tq__controller_destroy(tq_controller *ctl)
         close(ctl->stop_fd);
     if (ctl->metrics_fd >= 0)
         close(ctl->metrics_fd);
+    if (ctl->spare_fd >= 0)
+        close(ctl->spare_fd);
     if (ctl->epfd >= 0)
         close(ctl->epfd);
     free(ctl->token);

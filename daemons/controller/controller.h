@@ -2,6 +2,7 @@
 #ifndef TQ_CONTROLLER_H
 #define TQ_CONTROLLER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct tq_controller tq_controller;
@@ -15,8 +16,13 @@ typedef struct {
     /* Leases and limits; 0 takes the default in parentheses. */
     unsigned    lease_ms;             /* pins and uncommitted allocations (60000) */
     unsigned    max_connections;      /* more are closed at once (4096) */
+    unsigned    metrics_timeout_ms;   /* a scrape is closed this long after it connected (10000) */
     unsigned    max_partitions;       /* a put that would create more fails (65536) */
     unsigned long long max_metadata;  /* bytes of row metadata of all partitions (4 GiB) */
+    /* The process is the controller's own (the daemon, not a client embedding
+     * it): raise RLIMIT_NOFILE towards what max_connections needs, and serve
+     * fewer connections, with a warning, where the hard limit is lower. */
+    bool        fit_fd_limit;
 } tq_controller_config_t;
 
 /* Bind and listen. TQ_ERR_INVALID for a bad address, TQ_ERR_IO when binding fails. */

@@ -67,8 +67,10 @@ typedef struct conn {
     tq_unit       *unit;
     tq_list        allocs;       /* alloc_t.conn_link */
     tq_list        metas;        /* meta_t.conn_link */
-    uint64_t       hello_due_ms; /* closed if not greeted by then */
+    uint64_t       hello_due_ms; /* closed if not greeted by then (a scrape: if not done) */
+    uint64_t       close_due_ms; /* closing: closed by then even with output unsent; 0: unset */
     bool           http;         /* a metrics scrape (metrics.c), not the wire protocol */
+    bool           peer_gone;    /* the peer closed its end: it awaits no answer */
 } conn_t;
 
 /* A field's share of a pending put: its extent and the cells it will become. */
@@ -93,6 +95,7 @@ typedef struct {
     uint16_t        num_fields;
     alloc_field_t  *fields;
     uint64_t        lease_end_ms; /* aborted then if not committed */
+    uint64_t        commit_by_ms; /* a COMMIT later than this is refused: the client gave up */
 } alloc_t;
 
 /* Rows handed out by GET_META: their extents stay pinned until RELEASE. A
@@ -125,11 +128,16 @@ typedef struct {
 
 struct tq_controller {
     int      epfd, listen_fd, stop_fd, metrics_fd;
+    int      spare_fd;           /* /dev/null, given up to shed a connection when out of fds */
+    uint64_t accept_paused_until_ms; /* out of fds with no spare: listeners off until then */
     char     address[80], metrics_address[80];
     char    *token;
     int      heartbeat_timeout_ms;
     uint32_t lease_ms;
     unsigned max_connections, num_connections, max_partitions, num_partitions;
+    uint64_t epoch;              /* random, per start: ids mean something only within it */
+    unsigned metrics_timeout_ms;
+    size_t   metrics_last_len;   /* of the last /metrics body: what the next will cost */
     uint64_t next_id;
     uint32_t next_unit_id;
     uint64_t last_partition_seq; /* partitions in creation order, for listing cursors */
@@ -154,6 +162,9 @@ void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const cha
 size_t tq__reply_begin(conn_t *c, const tq_wire_header_t *h);
 bool   tq__reply_end(conn_t *c, size_t offset);
 void   tq__reply_ok(conn_t *c, const tq_wire_header_t *h);
+/* Hand c's queued replies to the kernel now, not before the loop sleeps: once
+ * a change is visible its answer must not wait behind other work. */
+void   tq__reply_send_now(conn_t *c);
 
 bool     tq__units_alive(const tq_controller *ctl);
 /* Could a live unit ever hold size bytes (once enough is freed)? */

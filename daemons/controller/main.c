@@ -1,4 +1,5 @@
 /* main.c: the tq-controller daemon. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +19,8 @@ static void on_signal(int sig)
 }
 
 enum {
-    OPT_LISTEN, OPT_PORT_FILE, OPT_METRICS, OPT_TOKEN_FILE, OPT_TOKEN, OPT_LEASE_MS,
-    OPT_HEARTBEAT_MS, OPT_MAX_CONNECTIONS, OPT_MAX_PARTITIONS, OPT_MAX_METADATA,
+    OPT_LISTEN, OPT_PORT_FILE, OPT_METRICS, OPT_METRICS_TIMEOUT_MS, OPT_TOKEN_FILE, OPT_TOKEN,
+    OPT_LEASE_MS, OPT_HEARTBEAT_MS, OPT_MAX_CONNECTIONS, OPT_MAX_PARTITIONS, OPT_MAX_METADATA,
     OPT_SAMPLER_PLUGIN, OPT_SPIN_US, OPT_LOG, OPT_COUNT
 };
 
@@ -30,6 +31,9 @@ static tq_config_opt_t opts[OPT_COUNT] = {
                        "write the bound HOST:PORT there", NULL},
     [OPT_METRICS] = {"metrics", "TQ_METRICS", "metrics", "HOST:PORT",
                      "serve Prometheus metrics at http://HOST:PORT/metrics", NULL},
+    [OPT_METRICS_TIMEOUT_MS] = {"metrics-timeout-ms", "TQ_METRICS_TIMEOUT_MS",
+                                "metrics_timeout_ms", "N",
+                                "a scrape not done N ms after it connected is closed", "10000"},
     [OPT_TOKEN_FILE] = {"token-file", "TQ_TOKEN_FILE", "token_file", "PATH",
                         "the shared secret: the first line of PATH", NULL},
     [OPT_TOKEN] = {NULL, "TQ_TOKEN", "token", "SECRET", "the shared secret itself", NULL},
@@ -40,7 +44,8 @@ static tq_config_opt_t opts[OPT_COUNT] = {
                           "a storage unit silent this long is dead (they beat each second)",
                           "3000"},
     [OPT_MAX_CONNECTIONS] = {"max-connections", "TQ_MAX_CONNECTIONS", "max_connections", "N",
-                             "more connections are closed at once", "4096"},
+                             "more connections are closed at once; RLIMIT_NOFILE is raised "
+                             "to fit, up to the hard limit", "4096"},
     [OPT_MAX_PARTITIONS] = {"max-partitions", "TQ_MAX_PARTITIONS", "max_partitions", "N",
                             "puts that would create more partitions fail", "65536"},
     [OPT_MAX_METADATA] = {"max-metadata", "TQ_MAX_METADATA", "max_metadata", "SIZE",
@@ -57,11 +62,12 @@ static tq_config_opt_t opts[OPT_COUNT] = {
 /* Every value checked before anything starts: a bad one is an error naming its origin. */
 static int settings(tq_controller_config_t *cfg, char **token, char *err, size_t cap)
 {
-    unsigned long lease = 0, heartbeat = 0, conns = 0, parts = 0, spin = 0;
+    unsigned long lease = 0, heartbeat = 0, conns = 0, parts = 0, spin = 0, scrape = 0;
     uint64_t metadata = 0;
     if (tq__config_uint(&opts[OPT_LEASE_MS], 100, 86400000, &lease, err, cap) != 0 ||
         tq__config_uint(&opts[OPT_HEARTBEAT_MS], 2000, 3600000, &heartbeat, err, cap) != 0 ||
         tq__config_uint(&opts[OPT_MAX_CONNECTIONS], 1, 1000000, &conns, err, cap) != 0 ||
+        tq__config_uint(&opts[OPT_METRICS_TIMEOUT_MS], 100, 3600000, &scrape, err, cap) != 0 ||
         tq__config_uint(&opts[OPT_MAX_PARTITIONS], 1, 100000000, &parts, err, cap) != 0 ||
         tq__config_size(&opts[OPT_MAX_METADATA], 1u << 20, &metadata, err, cap) != 0 ||
         tq__config_uint(&opts[OPT_SPIN_US], 0, 100000, &spin, err, cap) != 0 ||
@@ -75,8 +81,10 @@ static int settings(tq_controller_config_t *cfg, char **token, char *err, size_t
                                     .sampler_plugins = opts[OPT_SAMPLER_PLUGIN].value,
                                     .lease_ms = (unsigned)lease,
                                     .max_connections = (unsigned)conns,
+                                    .metrics_timeout_ms = (unsigned)scrape,
                                     .max_partitions = (unsigned)parts,
-                                    .max_metadata = metadata};
+                                    .max_metadata = metadata,
+                                    .fit_fd_limit = true};
     return 0;
 }
 
@@ -101,6 +109,12 @@ int main(int argc, char **argv)
                                   opts, OPT_COUNT, argc, argv);
     if (status != TQ_CONFIG_RUN) /* --help, --version or an error */
         goto out;
+    /* a large buffer (a scrape's answer, a big reply) goes back to the system
+     * when freed: glibc would otherwise raise this threshold after the first
+     * one and keep the next ones in the heap, held after their connections */
+#ifdef M_MMAP_THRESHOLD
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
     char err[1024], *token = NULL;
     tq_controller_config_t cfg;
     if (settings(&cfg, &token, err, sizeof(err)) != 0) {

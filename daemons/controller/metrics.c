@@ -11,7 +11,8 @@
 #include "util/common.h"
 #include "util/log.h"
 
-#define MAX_REQUEST_HEAD 8192 /* an HTTP request head longer than this is refused */
+#define MAX_REQUEST_HEAD   8192        /* an HTTP request head longer than this is refused */
+#define MAX_SCRAPE_OUTPUT  (64u << 20) /* answers of all scrapes not yet read; past it: 503 */
 
 /* Upper bounds of the latency buckets, in seconds: 10 us to 10 s. */
 static const double bucket_le[TQ_METRICS_BUCKETS] = {
@@ -213,25 +214,57 @@ static void render(const tq_controller *ctl, tq_wbuf *w)
 
 /* ---- HTTP: one GET per connection, then close ---- */
 
-static void respond(conn_t *c, const char *status, const char *type, const tq_wbuf *body)
+/* The body becomes the connection's output with the head moved in front of
+ * it, so a large scrape is never held twice. */
+static void respond(conn_t *c, const char *status, const char *type, tq_wbuf *body)
 {
-    emit(&c->out,
-         "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-         status, type, body->len);
-    tq_wire_put_bytes(&c->out, body->data, body->len);
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n", status, type, body->len);
+    size_t len = body->len, head_len = TQ_MIN((size_t)n, sizeof(head) - 1);
+    tq_wire_put_bytes(body, head, head_len); /* room for it */
+    if (!body->failed) {
+        memmove(body->data + head_len, body->data, len);
+        memcpy(body->data, head, head_len);
+    }
+    tq_wbuf_free(&c->out); /* empty: this is the connection's one answer */
+    c->out = *body;
+    tq_wbuf_init(body);
     c->closing = true;
+}
+
+/* Bytes held for the answers of scrapes not yet read. */
+static size_t scrape_output_held(const tq_controller *ctl)
+{
+    size_t bytes = 0;
+    const tq_list *pos;
+    for (pos = ctl->conns.next; pos != &ctl->conns; pos = pos->next) {
+        const conn_t *c = tq_list_entry(pos, conn_t, link);
+        if (c->http)
+            bytes += c->out.cap;
+    }
+    return bytes;
 }
 
 void tq__metrics_http(conn_t *c)
 {
+    if (c->closing) { /* answered: what it pipelined after its GET is dropped */
+        c->in_len = 0;
+        return;
+    }
     const char *head = (const char *)c->in;
     bool complete = memmem(head, c->in_len, "\r\n\r\n", 4) != NULL ||
                     memmem(head, c->in_len, "\n\n", 2) != NULL;
     if (!complete && c->in_len < MAX_REQUEST_HEAD)
-        return; /* wait for the rest (the hello timeout bounds how long) */
+        return; /* wait for the rest (the metrics timeout bounds how long) */
     tq_wbuf body;
     tq_wbuf_init(&body);
     const char *plain = "text/plain; charset=utf-8";
+    tq_controller *ctl = c->ctl;
+    /* one scrape is always served; more at once only while their answers fit */
+    size_t held = scrape_output_held(ctl);
+    bool busy = held > 0 && held + ctl->metrics_last_len > MAX_SCRAPE_OUTPUT;
     if (!complete) {
         emit(&body, "request head over %d bytes\n", MAX_REQUEST_HEAD);
         respond(c, "431 Request Header Fields Too Large", plain, &body);
@@ -242,9 +275,18 @@ void tq__metrics_http(conn_t *c)
         emit(&body, "not found: try /metrics\n");
         respond(c, "404 Not Found", plain, &body);
     } else {
-        render(c->ctl, &body);
-        if (body.failed) {
-            tq_wbuf_reset(&body);
+        if (!busy) {
+            render(ctl, &body);
+            ctl->metrics_last_len = body.len;
+            busy = !body.failed && held > 0 && held + body.len > MAX_SCRAPE_OUTPUT;
+        }
+        if (busy) {
+            tq_warn_limited("metrics: %zu bytes of answers not yet read: a scrape refused", held);
+            tq_wbuf_free(&body);
+            emit(&body, "too many scrapes in flight: try again later\n");
+            respond(c, "503 Service Unavailable", plain, &body);
+        } else if (body.failed) {
+            tq_wbuf_free(&body);
             emit(&body, "out of memory\n");
             respond(c, "500 Internal Server Error", plain, &body);
         } else {

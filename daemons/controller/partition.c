@@ -68,9 +68,7 @@ static void key_destroy(tq_partition_t *p, tq_kv_key_t *k)
     tq_hashmap_remove(p->keys, k->key);
     tq_list_remove(&k->link);
     p->row_keys[k->row] = NULL;
-    cJSON_Delete(k->tag);
-    free(k->key);
-    free(k);
+    tq__kv_key_free(k);
 }
 
 static void task_destroy(tq_task_t *t)
@@ -155,37 +153,59 @@ tq_field_t *tq__partition_field(tq_partition_t *p, const char *name)
     return NULL;
 }
 
-tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
-                                    tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape)
+int tq__partition_add_fields(tq_partition_t *p, uint32_t n, const tq_field_t *specs)
 {
-    if (!budget_charge(p, p->cap_slots, p->num_fields + 1, p->num_tasks)) {
-        errno = ENOSPC;
-        return NULL;
-    }
-    if (p->num_fields == p->cap_fields) {
-        uint32_t cap = p->cap_fields ? p->cap_fields * 2 : 8;
+    if (p->num_fields + n > p->cap_fields) { /* more room alone changes nothing seen */
+        uint32_t cap = p->cap_fields ? p->cap_fields : 8;
+        while (cap < p->num_fields + n)
+            cap *= 2;
         tq_field_t *fields = realloc(p->fields, cap * sizeof(*fields));
         if (fields == NULL)
-            return NULL;
+            return TQ_ERR_NOMEM;
         p->fields = fields;
         p->cap_fields = cap;
     }
-    tq_field_t *f = &p->fields[p->num_fields];
-    memset(f, 0, sizeof(*f));
-    f->name = strdup(name);
-    f->cells = calloc(p->cap_slots ? p->cap_slots : 1, sizeof(tq_cell_t));
-    if (f->name == NULL || f->cells == NULL) {
-        free(f->name);
-        free(f->cells);
-        return NULL;
+    tq_field_t *fresh = &p->fields[p->num_fields];
+    int rc = TQ_OK;
+    uint32_t made = 0;
+    for (; made < n; made++) {
+        tq_field_t *f = &fresh[made];
+        const tq_field_t *spec = &specs[made];
+        memset(f, 0, sizeof(*f));
+        f->name = strdup(spec->name);
+        f->cells = calloc(p->cap_slots ? p->cap_slots : 1, sizeof(tq_cell_t));
+        if (f->name == NULL || f->cells == NULL) {
+            free(f->name);
+            free(f->cells);
+            rc = TQ_ERR_NOMEM;
+            break;
+        }
+        f->kind = spec->kind;
+        f->dtype = spec->dtype;
+        f->ndim = spec->ndim;
+        if (spec->kind == TQ_FIELD_TENSOR)
+            memcpy(f->row_shape, spec->row_shape, sizeof(f->row_shape));
     }
-    f->kind = kind;
-    f->dtype = dtype;
-    f->ndim = ndim;
+    if (rc == TQ_OK && !budget_charge(p, p->cap_slots, p->num_fields + n, p->num_tasks))
+        rc = TQ_ERR_NOSPACE;
+    if (rc != TQ_OK) {
+        while (made-- > 0) {
+            free(fresh[made].name);
+            free(fresh[made].cells);
+        }
+        return rc;
+    }
+    p->num_fields += n;
+    return TQ_OK;
+}
+
+tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
+                                    tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape)
+{
+    tq_field_t spec = {.name = (char *)name, .kind = kind, .dtype = dtype, .ndim = ndim};
     if (kind == TQ_FIELD_TENSOR && ndim > 0)
-        memcpy(f->row_shape, row_shape, ndim * sizeof(int64_t));
-    p->num_fields++;
-    return f;
+        memcpy(spec.row_shape, row_shape, ndim * sizeof(int64_t));
+    return tq__partition_add_fields(p, 1, &spec) == TQ_OK ? &p->fields[p->num_fields - 1] : NULL;
 }
 
 int tq__partition_reserve_new(tq_partition_t *p, uint32_t n, int64_t *out)
@@ -292,41 +312,63 @@ tq_kv_key_t *tq__partition_key(const tq_partition_t *p, const char *key)
     return tq_hashmap_get(p->keys, key);
 }
 
-tq_kv_key_t *tq__partition_bind_key(tq_partition_t *p, const char *key, int64_t row)
+tq_kv_key_t *tq__kv_key_create(const char *key, int64_t row)
 {
-    tq_assert(row >= 0 && (uint64_t)row < p->num_slots && p->row_keys[row] == NULL);
     tq_kv_key_t *k = calloc(1, sizeof(*k));
     if (k == NULL)
         return NULL;
     k->key = strdup(key);
     k->tag = cJSON_CreateObject();
     k->row = row;
-    k->seq = p->last_key_seq + 1;
-    if (k->key == NULL || k->tag == NULL || tq_hashmap_put(p->keys, k->key, k) != 0) {
-        cJSON_Delete(k->tag);
-        free(k->key);
-        free(k);
+    tq_list_init(&k->link);
+    if (k->key == NULL || k->tag == NULL) {
+        tq__kv_key_free(k);
         return NULL;
     }
-    tq_list_insert_tail(&p->key_order, &k->link);
-    p->last_key_seq = k->seq;
-    p->row_keys[row] = k;
     return k;
 }
 
-int tq__kv_tag_merge(tq_kv_key_t *k, const cJSON *obj)
+void tq__kv_key_free(tq_kv_key_t *k)
 {
+    if (k == NULL)
+        return;
+    cJSON_Delete(k->tag);
+    free(k->key);
+    free(k);
+}
+
+int tq__partition_keys_reserve(tq_partition_t *p, size_t n)
+{
+    return tq_hashmap_reserve(p->keys, n) == 0 ? TQ_OK : TQ_ERR_NOMEM;
+}
+
+void tq__partition_bind_key(tq_partition_t *p, tq_kv_key_t *k)
+{
+    tq_assert(k->row >= 0 && (uint64_t)k->row < p->num_slots && p->row_keys[k->row] == NULL);
+    int rc = tq_hashmap_put(p->keys, k->key, k);
+    tq_assert(rc == 0); /* room was reserved */
+    (void)rc;
+    k->seq = ++p->last_key_seq;
+    tq_list_insert_tail(&p->key_order, &k->link);
+    p->row_keys[k->row] = k;
+}
+
+cJSON *tq__kv_tag_merged(const cJSON *tag, const cJSON *obj)
+{
+    cJSON *out = cJSON_Duplicate(tag, 1);
     const cJSON *item;
     cJSON_ArrayForEach(item, obj) {
-        cJSON *copy = cJSON_Duplicate(item, 1);
-        if (copy == NULL)
-            return -1;
-        if (cJSON_GetObjectItemCaseSensitive(k->tag, item->string) != NULL)
-            cJSON_ReplaceItemInObjectCaseSensitive(k->tag, item->string, copy);
+        cJSON *copy = out ? cJSON_Duplicate(item, 1) : NULL;
+        if (copy == NULL) {
+            cJSON_Delete(out);
+            return NULL;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(out, item->string) != NULL)
+            cJSON_ReplaceItemInObjectCaseSensitive(out, item->string, copy);
         else
-            cJSON_AddItemToObject(k->tag, item->string, copy);
+            cJSON_AddItemToObject(out, item->string, copy);
     }
-    return 0;
+    return out;
 }
 
 uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *indexes)

@@ -123,7 +123,10 @@ tq_partition_t *tq__partition_create(const char *name, tq_meta_budget_t *budget)
 void tq__partition_destroy(tq_partition_t *p);
 
 tq_field_t *tq__partition_field(tq_partition_t *p, const char *name);
-/* Add a field with that schema; NULL when out of memory or past the budget. */
+/* Add n fields with the names and schemas of specs (their cells unused), all
+ * or none. @return TQ_OK; TQ_ERR_NOSPACE past the budget; TQ_ERR_NOMEM. */
+int tq__partition_add_fields(tq_partition_t *p, uint32_t n, const tq_field_t *specs);
+/* One field: the new field, or NULL when add_fields fails. */
 tq_field_t *tq__partition_add_field(tq_partition_t *p, const char *name, tq_field_kind_t kind,
                                     tq_dtype_t dtype, uint32_t ndim, const int64_t *row_shape);
 
@@ -145,11 +148,17 @@ void tq__partition_set_cell(tq_partition_t *p, tq_field_t *f, int64_t row, const
 void tq__partition_set_live(tq_partition_t *p, int64_t row);
 
 tq_kv_key_t *tq__partition_key(const tq_partition_t *p, const char *key);
-/* Give row (which has no key) the new key, with an empty tag. NULL when out of memory. */
-tq_kv_key_t *tq__partition_bind_key(tq_partition_t *p, const char *key, int64_t row);
-/* Merge the members of obj (a JSON object) into the key's tag; a later value
- * wins. obj is copied. -1 when out of memory. */
-int tq__kv_tag_merge(tq_kv_key_t *k, const cJSON *obj);
+/* A key for row with an empty tag, not yet in any partition; NULL when out
+ * of memory. Free it with tq__kv_key_free unless bound. */
+tq_kv_key_t *tq__kv_key_create(const char *key, int64_t row);
+void         tq__kv_key_free(tq_kv_key_t *k);
+/* Make room for n more keys, so that binding them cannot fail. */
+int          tq__partition_keys_reserve(tq_partition_t *p, size_t n);
+/* Bind a created key to its row (which has none), within reserved room. */
+void         tq__partition_bind_key(tq_partition_t *p, tq_kv_key_t *k);
+/* A copy of tag with the members of obj (a JSON object) merged in, a later
+ * value winning; NULL when out of memory. */
+cJSON       *tq__kv_tag_merged(const cJSON *tag, const cJSON *obj);
 
 /* Remove live rows (and their keys); returns how many were removed.
  * Out-of-range ones are ignored. */

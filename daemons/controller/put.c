@@ -1,6 +1,5 @@
 /* put.c: the two-phase put: ALLOC reserves rows and extents, COMMIT makes them visible. */
 #define TQ_LOG_COMPONENT "controller"
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -202,6 +201,10 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     }
     *wait_ms_p = m.wait_ms;
     bool wait = false;
+    if (m.commit_ms == 0) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "an alloc needs a commit time (commit_ms > 0)");
+        return ALLOC_ANSWERED;
+    }
     if ((uint64_t)m.rows * (m.num_fields ? m.num_fields : 1) > MAX_CELLS_PER_PUT) {
         tq__reply_error(c, h, TQ_ERR_INVALID, "a put may hold at most %u cells (rows x fields)",
                         MAX_CELLS_PER_PUT);
@@ -315,28 +318,28 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
             af->cells[k].offset += af->ext->offset;
     }
 
+    /* the client gives up commit_ms after sending, so no earlier than
+     * commit_ms after the ALLOC arrived (a parked one: when it first arrived) */
+    uint64_t now = tq__now_ms();
+    a->commit_by_ms = ctl->request_start_ns / 1000000u + m.commit_ms;
+    if (now >= a->commit_by_ms) {
+        status = TQ_ERR_TIMEOUT, why = "the put's time ran out before room was found";
+        goto err;
+    }
     for (uint16_t i = 0; i < a->num_fields; i++)
         ctl->metrics.bytes_allocated += a->fields[i].ext ? a->fields[i].ext->length : 0;
     a->id = ++ctl->next_id;
     a->part = p;
-    a->lease_end_ms = tq__now_ms() + ctl->lease_ms;
+    a->lease_end_ms = now + ctl->lease_ms;
     tq_list_insert_tail(&c->allocs, &a->conn_link);
     tq_list_insert_tail(&p->allocs, &a->part_link);
 
-    if (a->num_fields == 0) { /* tags only: nothing to write, so commit now */
-        status = alloc_commit(ctl, a, &why);
-        if (status != TQ_OK) {
-            tq__reply_error(c, h, status, "%s", why);
-            return ALLOC_ANSWERED;
-        }
-        size_t off = tq__reply_begin(c, h);
-        tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){0, 0, 0, {NULL, 0}, 0});
-        tq__reply_end(c, off);
-        return ALLOC_ANSWERED;
-    }
+    /* even a put of tags alone commits in a second step: one answer that
+     * made it visible could be lost to a client that gave up */
     size_t off = tq__reply_begin(c, h);
     tq_wire_encode_alloc_reply(&c->out, &(tq_msg_alloc_reply_t){
-        a->id, ctl->lease_ms, a->rows, tq_array_of(a->indexes, a->rows), a->num_fields});
+        a->id, ctl->lease_ms, (uint32_t)(a->commit_by_ms - now), a->rows,
+        tq_array_of(a->indexes, a->rows), a->num_fields});
     for (uint16_t i = 0; i < a->num_fields; i++) {
         tq_extent *e = a->fields[i].ext;
         tq_wire_extent_t x = {TQ_WIRE_NO_UNIT, 0, 0};
@@ -385,27 +388,73 @@ void tq__retry_parked_allocs(tq_controller *ctl)
     }
 }
 
-/* Bind the put's keys to rows: a key that exists keeps its row (and the row
- * reserved for it goes back); a new one takes its reserved row. */
-static int commit_keys(tq_partition_t *p, alloc_t *a)
+/* What a keyed commit will change, made before anything changes: per key, a
+ * new key object (NULL: the key exists) and its merged tag (NULL: none). */
+typedef struct {
+    tq_kv_key_t **fresh;
+    cJSON       **tags;
+} keys_plan_t;
+
+static void keys_plan_free(const alloc_t *a, keys_plan_t *kp)
 {
     for (uint32_t i = 0; i < a->rows; i++) {
-        tq_kv_key_t *k = tq__partition_key(p, a->keys[i]);
-        if (k != NULL) {
-            tq__partition_unreserve(p, 1, &a->indexes[i]);
-            a->indexes[i] = k->row;
-        } else if ((k = tq__partition_bind_key(p, a->keys[i], a->indexes[i])) == NULL) {
-            return TQ_ERR_NOMEM;
-        }
-        tq__partition_set_live(p, k->row);
-        if (a->tags[i] != NULL && tq__kv_tag_merge(k, a->tags[i]) != 0)
-            return TQ_ERR_NOMEM;
+        if (kp->fresh != NULL)
+            tq__kv_key_free(kp->fresh[i]);
+        if (kp->tags != NULL)
+            cJSON_Delete(kp->tags[i]);
     }
-    return TQ_OK;
+    free(kp->fresh);
+    free(kp->tags);
 }
 
-/* Make a pending put visible: fields, cells, keys and tags, then free it.
- * On error the put is aborted and *why says what went wrong. */
+static int keys_plan(tq_partition_t *p, const alloc_t *a, keys_plan_t *kp)
+{
+    kp->fresh = calloc(a->rows, sizeof(*kp->fresh));
+    kp->tags = calloc(a->rows, sizeof(*kp->tags));
+    if (kp->fresh == NULL || kp->tags == NULL)
+        return TQ_ERR_NOMEM;
+    size_t fresh = 0;
+    for (uint32_t i = 0; i < a->rows; i++) {
+        tq_kv_key_t *k = tq__partition_key(p, a->keys[i]);
+        if (k == NULL && (k = kp->fresh[i] = tq__kv_key_create(a->keys[i], a->indexes[i])) == NULL)
+            return TQ_ERR_NOMEM;
+        fresh += kp->fresh[i] != NULL;
+        if (a->tags[i] != NULL && (kp->tags[i] = tq__kv_tag_merged(k->tag, a->tags[i])) == NULL)
+            return TQ_ERR_NOMEM;
+    }
+    return tq__partition_keys_reserve(p, fresh);
+}
+
+/* Bind the put's keys to rows, as planned: a key that exists keeps its row
+ * (and the row reserved for it goes back); a new one takes its reserved row.
+ * Cannot fail. */
+static void keys_apply(tq_partition_t *p, alloc_t *a, keys_plan_t *kp)
+{
+    for (uint32_t i = 0; i < a->rows; i++) {
+        tq_kv_key_t *k = kp->fresh[i];
+        if (k != NULL) {
+            tq__partition_bind_key(p, k);
+            kp->fresh[i] = NULL;
+        } else {
+            k = tq__partition_key(p, a->keys[i]);
+            tq__partition_unreserve(p, 1, &a->indexes[i]);
+            a->indexes[i] = k->row;
+        }
+        tq__partition_set_live(p, k->row);
+        if (kp->tags[i] != NULL) {
+            cJSON_Delete(k->tag);
+            k->tag = kp->tags[i];
+            kp->tags[i] = NULL;
+        }
+    }
+}
+
+/*
+ * Make a pending put visible, all of it or nothing: fields, cells, keys and
+ * tags; then free it. Everything that can fail (budgets, memory) is done
+ * before the first change. On error the put is aborted and *why says what
+ * went wrong.
+ */
 static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
 {
     tq_partition_t *p = a->part;
@@ -414,6 +463,8 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
         *why = "the partition was cleared during the put";
         return TQ_ERR_NOT_FOUND;
     }
+    tq_field_t specs[TQ_WIRE_MAX_FIELDS];
+    uint32_t num_new = 0;
     for (uint16_t i = 0; i < a->num_fields; i++) {
         alloc_field_t *af = &a->fields[i];
         if (af->ext != NULL && !af->ext->unit->alive) {
@@ -422,32 +473,38 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
             return TQ_ERR_LOST;
         }
         /* a concurrent put may have created the field since the ALLOC */
-        if ((*why = schema_conflict(tq__partition_field(p, af->name), af)) != NULL) {
+        tq_field_t *f = tq__partition_field(p, af->name);
+        if ((*why = schema_conflict(f, af)) != NULL) {
             tq__alloc_abort(a);
             return TQ_ERR_INVALID;
         }
+        if (f == NULL) {
+            specs[num_new] = (tq_field_t){.name = af->name, .kind = af->kind, .dtype = af->dtype,
+                                          .ndim = af->ndim};
+            memcpy(specs[num_new++].row_shape, af->row_shape, sizeof(af->row_shape));
+        }
     }
-    if (a->keys != NULL && commit_keys(p, a) != TQ_OK) {
+    keys_plan_t kp = {NULL, NULL};
+    int rc = a->keys != NULL ? keys_plan(p, a, &kp) : TQ_OK;
+    if (rc == TQ_OK)
+        rc = tq__partition_add_fields(p, num_new, specs); /* the last step that can fail */
+    if (rc != TQ_OK) {
+        keys_plan_free(a, &kp);
         tq__alloc_abort(a);
-        *why = "out of memory";
-        return TQ_ERR_NOMEM;
+        *why = rc == TQ_ERR_NOSPACE ? METADATA_SPENT : "out of memory";
+        return rc;
     }
+
+    if (a->keys != NULL)
+        keys_apply(p, a, &kp);
+    keys_plan_free(a, &kp);
     for (uint16_t i = 0; i < a->num_fields; i++) {
         alloc_field_t *af = &a->fields[i];
         tq_field_t *f = tq__partition_field(p, af->name);
-        if (f == NULL) {
-            f = tq__partition_add_field(p, af->name, af->kind, af->dtype, af->ndim, af->row_shape);
-            if (f == NULL) {
-                bool budget = errno == ENOSPC;
-                tq__alloc_abort(a);
-                *why = budget ? METADATA_SPENT : "out of memory";
-                return budget ? TQ_ERR_NOSPACE : TQ_ERR_NOMEM;
-            }
-        } else if (f->kind == TQ_FIELD_TENSOR &&
-                   (af->kind != TQ_FIELD_TENSOR ||
-                    memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0)) {
+        if (f->kind == TQ_FIELD_TENSOR &&
+            (af->kind != TQ_FIELD_TENSOR ||
+             memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0))
             f->kind = TQ_FIELD_NESTED; /* rows of another shape make a tensor ragged */
-        }
         ctl->metrics.bytes_committed += af->ext ? af->ext->length : 0;
         for (uint32_t k = 0; k < a->rows; k++) {
             tq_cell_t cell = af->cells[k];
@@ -474,11 +531,18 @@ void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     if (a == NULL)
         return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
                            (unsigned long long)m.id);
+    /* the client has given up by now, and been told the put failed */
+    if (tq__now_ms() > a->commit_by_ms) {
+        tq__alloc_abort(a);
+        tq__reply_error(c, h, TQ_ERR_TIMEOUT, "the commit came after its deadline");
+        return;
+    }
     const char *why = NULL;
     int rc = alloc_commit(c->ctl, a, &why);
     if (rc != TQ_OK)
         return tq__reply_error(c, h, rc, "%s", why);
     tq__reply_ok(c, h);
+    tq__reply_send_now(c); /* visible now: the answer must not wait for the loop */
 }
 
 void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)

@@ -18,7 +18,10 @@ static void on_signal(int sig)
     tq__storage_stop(the_unit);
 }
 
-enum { OPT_CONTROLLER, OPT_POOL_SIZE, OPT_TRANSPORT, OPT_TOKEN_FILE, OPT_TOKEN, OPT_LOG, OPT_COUNT };
+enum {
+    OPT_CONTROLLER, OPT_POOL_SIZE, OPT_TRANSPORT, OPT_DATA_ADDR, OPT_TOKEN_FILE, OPT_TOKEN,
+    OPT_LOG, OPT_COUNT
+};
 
 static tq_config_opt_t opts[OPT_COUNT] = {
     [OPT_CONTROLLER] = {"controller", "TQ_CONTROLLER", "controller", "HOST:PORT",
@@ -27,6 +30,9 @@ static tq_config_opt_t opts[OPT_COUNT] = {
                        "bytes of pinned pool, K/M/G suffixes", "1G"},
     [OPT_TRANSPORT] = {"transport", "TQ_TRANSPORT", "transport", "NAME|all",
                        "serve the pool with this transport, or all that work here", "all"},
+    [OPT_DATA_ADDR] = {"data-addr", "TQ_DATA_ADDR", "data_addr", "ADDR|IFACE|any",
+                       "where the data plane listens (default: the address the controller "
+                       "is reached from)", NULL},
     [OPT_TOKEN_FILE] = {"token-file", "TQ_TOKEN_FILE", "token_file", "PATH",
                         "the shared secret: the first line of PATH", NULL},
     [OPT_TOKEN] = {NULL, "TQ_TOKEN", "token", "SECRET", "the shared secret itself", NULL},
@@ -55,7 +61,8 @@ int main(int argc, char **argv)
         goto out;
     }
     tq_storage_config_t cfg = {.controller = opts[OPT_CONTROLLER].value, .token = token,
-                               .pool_size = pool_size, .transport = opts[OPT_TRANSPORT].value};
+                               .pool_size = pool_size, .transport = opts[OPT_TRANSPORT].value,
+                               .data_addr = opts[OPT_DATA_ADDR].value};
     /* The unit is known to the controller as soon as create returns: hold
      * SIGTERM until the handler can stop it, so a stop then is still clean.
      * Threads started by create inherit the mask, so signals come here. */

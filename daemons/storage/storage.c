@@ -14,10 +14,12 @@
 #include <unistd.h>
 
 #include "ctrl_conn.h"
+#include "storage/memlimit.h"
 #include "transport_registry.h"
 #include "tq/tq.h"
 #include "util/common.h"
 #include "util/log.h"
+#include "util/netif.h"
 
 #define HEARTBEAT_MS 1000
 #define PROGRESS_WAIT_MS 100
@@ -39,6 +41,10 @@ struct tq_storage {
     void        *pool;
     uint64_t     pool_size;
     bool         pool_from_transport; /* freed by mem_deregister */
+    bool         lockable;            /* the limits let us lock the pool */
+    /* Where every transport's endpoints listen; bind_any: wherever each likes. */
+    tq_netif_addr_t data;
+    bool         bind_any;
     served_t     served[TQ_WIRE_MAX_TRANSPORTS];
     unsigned     num_served;
     tq_ctrl_conn conn;
@@ -76,7 +82,11 @@ static int serve(tq_storage *s, const tq_transport_ops *ops)
     memset(sv, 0, sizeof(*sv));
     sv->owner = s;
     sv->ops = ops;
-    int rc = ops->init(&sv->tr);
+    tq_transport_params_t params = {0};
+    if (!s->bind_any)
+        params = (tq_transport_params_t){(const struct sockaddr *)&s->data.addr,
+                                         s->data.addr_len, s->data.iface};
+    int rc = ops->init(&params, &sv->tr);
     if (rc != TQ_OK) {
         /* a transport whose hardware is not here is no fault: say so quietly */
         tq_log_at(rc == TQ_ERR_UNSUPPORTED ? TQ_LOG_INFO : TQ_LOG_WARN,
@@ -96,7 +106,10 @@ static int serve(tq_storage *s, const tq_transport_ops *ops)
             rc = TQ_ERR_NOMEM;
             goto err;
         }
-        if (mlock(s->pool, s->pool_size) != 0)
+        /* Only within the limits, so locking never fails half way. */
+        if (!s->lockable)
+            tq_info("pool not locked in memory (RLIMIT_MEMLOCK is too low): it may be paged out");
+        else if (mlock(s->pool, s->pool_size) != 0)
             tq_info("pool not locked in memory (%m): it may be paged out");
     }
     if (sv->mem == NULL && (rc = ops->mem_register(sv->tr, s->pool, s->pool_size, &sv->mem)) != TQ_OK)
@@ -117,14 +130,9 @@ err:
     return rc;
 }
 
-static int register_unit(tq_storage *s, const tq_storage_config_t *cfg)
+static int register_unit(tq_storage *s)
 {
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, 5000, err);
-    if (rc != TQ_OK) {
-        tq_error("cannot reach the controller %s: %s", cfg->controller, err);
-        return rc;
-    }
     tq_msg_register_t m = {.capacity = s->pool_size, .num_transports = (uint8_t)s->num_served};
     for (unsigned i = 0; i < s->num_served; i++) {
         served_t *sv = &s->served[i];
@@ -138,7 +146,7 @@ static int register_unit(tq_storage *s, const tq_storage_config_t *cfg)
     tq_wire_encode_register(&s->conn.out, &m);
     tq_rbuf r;
     tq_msg_register_reply_t reply;
-    rc = tq__ctrl_call(&s->conn, off, 5000, &r, err);
+    int rc = tq__ctrl_call(&s->conn, off, 5000, &r, err);
     if (rc == TQ_OK)
         rc = tq_wire_decode_register_reply(&r, &reply);
     if (rc != TQ_OK) {
@@ -148,6 +156,43 @@ static int register_unit(tq_storage *s, const tq_storage_config_t *cfg)
     s->unit_id = reply.unit_id;
     tq_info("registered as unit %u (incarnation %u), pool %llu bytes", reply.unit_id,
             reply.incarnation, (unsigned long long)s->pool_size);
+    return TQ_OK;
+}
+
+/* Refuse a pool the kernel cannot give (MemAvailable, the memory cgroup) or
+ * lock (RLIMIT_MEMLOCK, for verbs, which pins it): asking anyway would have
+ * the OOM killer take this or other processes once the pool is touched. */
+static int pool_fits(tq_storage *s, const tq_storage_config_t *cfg)
+{
+    tq_memlimit_t m;
+    char err[512];
+    tq__memlimit_read(&m);
+    bool must_lock = cfg->transport != NULL && strcmp(cfg->transport, "verbs") == 0;
+    if (tq__memlimit_check(&m, s->pool_size, must_lock, err, sizeof(err)) != 0) {
+        tq_error("%s", err);
+        return TQ_ERR_INVALID;
+    }
+    s->lockable = tq__memlimit_lockable(&m, s->pool_size);
+    return TQ_OK;
+}
+
+/* The data plane's address: the one given, else the one this host reaches
+ * the controller by (a unit of a loopback controller stays on loopback). */
+static int data_address(tq_storage *s, const tq_storage_config_t *cfg, bool from_socket)
+{
+    char err[512];
+    const char *spec = cfg->data_addr;
+    if (!from_socket && spec != NULL && strcmp(spec, "any") == 0) {
+        s->bind_any = true;
+        tq_warn("data plane on every interface (data address 'any')");
+        return TQ_OK;
+    }
+    if (from_socket ? tq__netif_of_socket(s->conn.fd, &s->data, err, sizeof(err))
+                    : tq__netif_resolve(spec, &s->data, err, sizeof(err))) {
+        tq_error("data address: %s", err);
+        return from_socket ? TQ_ERR_IO : TQ_ERR_INVALID;
+    }
+    tq_info("data plane on %s (%s)", s->data.text, s->data.iface);
     return TQ_OK;
 }
 
@@ -162,6 +207,20 @@ int tq__storage_create(const tq_storage_config_t *cfg, tq_storage **s_p)
     s->pool_size = TQ_ALIGN_UP(cfg->pool_size, 4096);
     s->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int rc = s->stop_fd < 0 ? TQ_ERR_IO : TQ_OK;
+    if (rc == TQ_OK)
+        rc = pool_fits(s, cfg);
+    if (rc == TQ_OK && cfg->data_addr != NULL)
+        rc = data_address(s, cfg, false);
+    /* Connected (and authenticated) before anything listens: the default
+     * data address is this connection's own. */
+    if (rc == TQ_OK) {
+        char err[TQ_ERRMSG_MAX] = "";
+        rc = tq__ctrl_connect(&s->conn, cfg->controller, cfg->token, TQ_ROLE_STORAGE, 5000, err);
+        if (rc != TQ_OK)
+            tq_error("cannot reach the controller %s: %s", cfg->controller, err);
+    }
+    if (rc == TQ_OK && cfg->data_addr == NULL)
+        rc = data_address(s, cfg, true);
     bool all = cfg->transport == NULL || strcmp(cfg->transport, "all") == 0;
     for (size_t i = 0; rc == TQ_OK && tq__transports[i] != NULL; i++)
         if (all || strcmp(cfg->transport, tq__transports[i]->name) == 0)
@@ -177,7 +236,7 @@ int tq__storage_create(const tq_storage_config_t *cfg, tq_storage **s_p)
             s->served[i].started = true;
     }
     if (rc == TQ_OK)
-        rc = register_unit(s, cfg);
+        rc = register_unit(s);
     if (rc != TQ_OK) {
         tq__storage_destroy(s);
         return rc;

@@ -11,10 +11,15 @@ typedef struct {
     const char *token;        /* NULL: none */
     uint64_t    pool_size;    /* bytes */
     const char *transport;    /* "all" (NULL) or one transport's name */
+    /* Where the data plane listens: an IP address or interface of this host,
+     * "any" (every interface), or NULL: the address the controller is reached by. */
+    const char *data_addr;
 } tq_storage_config_t;
 
-/* Allocate and pin the pool, register it with the transports, and register
- * the unit with the controller. Returns once the controller has accepted it. */
+/* Check the pool fits the memory this process may use (TQ_ERR_INVALID if
+ * not), connect to the controller, allocate and pin the pool, register it
+ * with the transports bound to the data address, and register the unit
+ * with the controller. Returns once the controller has accepted it. */
 int  tq__storage_create(const tq_storage_config_t *cfg, tq_storage **s_p);
 /* Heartbeat and progress until tq__storage_stop or the controller goes away
  * (then TQ_ERR_CONNECTION). */

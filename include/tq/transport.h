@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "tq/tq.h"
 
@@ -31,6 +32,19 @@ typedef struct tq_transport_region tq_transport_region; /* a peer's region, unpa
 
 typedef enum { TQ_RMA_PUT, TQ_RMA_GET } tq_rma_dir_t;
 
+/*
+ * How an instance starts. A zeroed struct (or NULL) leaves every choice to the
+ * transport. A storage unit passes the address its data plane is bound to:
+ * every endpoint that peers connect to listens on that address only, through
+ * that interface (and the RDMA port behind it); a provider or device that
+ * cannot is not used.
+ */
+typedef struct {
+    const struct sockaddr *bind_addr;  /* an IP address of this host, port 0; NULL: any */
+    socklen_t              bind_addr_len;
+    const char            *bind_iface; /* the interface that has bind_addr */
+} tq_transport_params_t;
+
 /* One transfer: `length` bytes between `local` and byte `remote_offset` of a region. */
 typedef struct {
     void    *local;
@@ -41,8 +55,9 @@ typedef struct {
 typedef struct tq_transport_ops {
     const char *name;
 
-    /* Create an instance. TQ_ERR_UNSUPPORTED when no usable device or provider. */
-    int  (*init)(tq_transport **tr_p);
+    /* Create an instance (params may be NULL). TQ_ERR_UNSUPPORTED when no
+     * usable device or provider (none on the bind address, if one is given). */
+    int  (*init)(const tq_transport_params_t *params, tq_transport **tr_p);
     void (*fini)(tq_transport *tr);
 
     /* This instance's address, for a peer's ep_connect. */

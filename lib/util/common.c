@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 uint64_t tq__now_ns(void)
@@ -12,6 +13,17 @@ uint64_t tq__now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int tq__random_bytes(void *buf, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = getrandom((char *)buf + got, n - got, 0);
+        if (r < 0 && errno != EINTR)
+            return -1;
+        got += r > 0 ? (size_t)r : 0;
+    }
+    return 0;
 }
 
 #define TQ_SPIN_US_DEFAULT 50

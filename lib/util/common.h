@@ -41,6 +41,9 @@
 uint64_t tq__now_ns(void);
 static inline uint64_t tq__now_ms(void) { return tq__now_ns() / 1000000u; }
 
+/* n bytes from the kernel's random source; -1 (errno set) if it has none. */
+int tq__random_bytes(void *buf, size_t n);
+
 /*
  * How long a thread that expects an answer soon polls before it sleeps, in ns:
  * $TQ_SPIN_US microseconds, default 50, 0 never polls. Waking from sleep costs

@@ -110,6 +110,16 @@ int tq_hashmap_put(tq_hashmap *m, const char *key, void *value)
     return 0;
 }
 
+int tq_hashmap_reserve(tq_hashmap *m, size_t n)
+{
+    if ((m->used + n) * 4 <= m->cap * 3)
+        return 0;
+    size_t cap = m->cap; /* a rehash drops tombstones: only live entries count */
+    while ((m->size + n) * 4 > cap * 3)
+        cap *= 2;
+    return rehash(m, cap);
+}
+
 void *tq_hashmap_remove(tq_hashmap *m, const char *key)
 {
     slot_t *s = find(m, key, hash_str(key));

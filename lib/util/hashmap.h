@@ -13,6 +13,8 @@ void        tq_hashmap_destroy(tq_hashmap *m);
 void       *tq_hashmap_get(const tq_hashmap *m, const char *key);
 /* Insert or replace. -1 when out of memory (the map is unchanged). */
 int         tq_hashmap_put(tq_hashmap *m, const char *key, void *value);
+/* Make room so that the next n puts of new keys cannot fail. 0, or -1. */
+int         tq_hashmap_reserve(tq_hashmap *m, size_t n);
 /* Remove; returns the value that was there, or NULL. */
 void       *tq_hashmap_remove(tq_hashmap *m, const char *key);
 size_t      tq_hashmap_size(const tq_hashmap *m);

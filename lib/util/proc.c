@@ -1,8 +1,10 @@
 /* proc.c: process identity from /proc, and pidfds to watch same-node peers. */
 #include "util/proc.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,4 +99,25 @@ bool tq__proc_exited(int pidfd)
 {
     struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
     return pidfd >= 0 && poll(&pfd, 1, 0) > 0;
+}
+
+bool tq__proc_alive(uint32_t pid, uint64_t start_time)
+{
+    if (pid == 0 || pid > INT32_MAX)
+        return true;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return false;
+    uint64_t now = proc_start(pid);
+    return now == 0 || now == start_time; /* unreadable, or gone just now: doubt */
+}
+
+uint64_t tq__proc_pid_ns(void)
+{
+    char link[64];
+    ssize_t n = readlink("/proc/self/ns/pid", link, sizeof(link) - 1);
+    if (n <= 0)
+        return 0;
+    link[n] = '\0';
+    const char *open_bracket = strchr(link, '[');
+    return open_bracket != NULL ? strtoull(open_bracket + 1, NULL, 10) : 0;
 }

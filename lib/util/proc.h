@@ -20,5 +20,11 @@ void tq__proc_self(tq_proc_id_t *id_p);
 int  tq__proc_watch(const tq_proc_id_t *self, const tq_proc_id_t *peer);
 /* True once the process behind pidfd has exited (does not wait). */
 bool tq__proc_exited(int pidfd);
+/* False only when no process pid with this start time runs in our pid
+ * namespace now (gone, or the pid is another's); true when in doubt. */
+bool tq__proc_alive(uint32_t pid, uint64_t start_time);
+/* The inode of this process's pid namespace (pids mean something only
+ * within it); 0 if unknown. */
+uint64_t tq__proc_pid_ns(void);
 
 #endif

@@ -349,7 +349,7 @@ static bool ping(void)
     if (!ok || got < sizeof(reply) || tq_wire_parse_header(reply, &h) != TQ_OK)
         return false;
     return h.type == TQ_MSG_HELLO && h.flags == TQ_WIRE_FLAG_REPLY && h.request_id == 7 &&
-           h.body_len == 12 && get_le(reply + TQ_WIRE_HEADER_SIZE, 4) == TQ_OK;
+           h.body_len == 20 && get_le(reply + TQ_WIRE_HEADER_SIZE, 4) == TQ_OK;
 }
 
 /* One input's connection. */

@@ -376,9 +376,9 @@ static void reply(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     const uint8_t *from = r->p;
     switch (type) {
     case TQ_MSG_HELLO: {
-        tq_msg_id_t m;
-        if (tq_wire_decode_id(r, &m) == TQ_OK) {
-            tq_wire_encode_id(w, &m);
+        tq_msg_hello_reply_t m;
+        if (tq_wire_decode_hello_reply(r, &m) == TQ_OK) {
+            tq_wire_encode_hello_reply(w, &m);
             want_same("hello reply", from, r, w);
         }
         break;

@@ -1,6 +1,8 @@
 /* ofi.c: the tq_transport ops over libfabric one-sided RMA (fi_write/fi_read), RDM endpoints. */
 #define TQ_LOG_COMPONENT "ofi"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -8,11 +10,13 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -23,6 +27,7 @@
 #include "util/common.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/netif.h"
 #include "util/proc.h"
 #include "rma.h"
 #include "rma_blob.h"
@@ -85,6 +90,15 @@
 #define TQ_OFI_REGION_LEN     40u
 #define TQ_OFI_REGION_F_VIRT  0x01u
 
+/* The shm provider names each endpoint's region, a file in /dev/shm that
+ * peers open by that name, so it must stay linked while the endpoint lives;
+ * libfabric unlinks it on fi_close and on fatal signals, never on SIGKILL.
+ * Ours are named "tq-ofi.<pid>.<start time>.<n>", so that any instance
+ * starting or closing on this node removes those of processes gone. */
+#define TQ_OFI_SHM_DIR        "/dev/shm"
+#define TQ_OFI_SHM_PREFIX     "tq-ofi."
+#define TQ_OFI_SHM_SCAN_MAX   65536
+
 /* One operation handed to the provider; its context comes back in the CQ. */
 typedef struct tq_ofi_op {
     struct fi_context2  ctx;  /* first: the provider's scratch (FI_CONTEXT modes) */
@@ -115,7 +129,7 @@ struct tq_transport {
     bool               cq_broken;  /* fi_cq_read failed hard; logged once */
     uint64_t           write_flags;
     size_t             max_xfer;
-    uint64_t           next_key, key_mask;
+    uint64_t           key_mask;
     uint8_t           *name;       /* fi_getname of ep */
     size_t             name_len;
     tq_proc_id_t       self;       /* this process, as a peer on the same node knows it */
@@ -494,14 +508,24 @@ static int tq_ofi_drain_ep(tq_transport *tr, tq_transport_ep *ep, int timeout_ms
 
 /* ---- memory registration -------------------------------------------------- */
 
-/* A key for a registration when the provider lets us choose: unique within
- * the domain, which is this instance's own. */
-static uint64_t tq_ofi_next_key(tq_transport *tr)
+/* A key for a registration when the provider lets us choose. It is all a
+ * peer needs (with an offset) to reach the memory, and the peer may be
+ * anyone who reaches our port: random, never 1, 2, 3... A key already taken
+ * in this domain is refused (-FI_ENOKEY) and the caller draws again. */
+static int tq_ofi_random_key(tq_transport *tr, uint64_t *key_p)
 {
-    uint64_t key = tr->next_key++ & tr->key_mask;
+    uint64_t key = 0;
+    for (int tries = 0; key == 0 && tries < 4; tries++) {
+        if (getrandom(&key, sizeof(key), 0) != (ssize_t)sizeof(key)) {
+            tq_error("getrandom: %m");
+            return TQ_ERR_IO;
+        }
+        key &= tr->key_mask;
+    }
     if (key == 0)
-        key = tr->next_key++ & tr->key_mask;
-    return key;
+        return TQ_ERR_IO;
+    *key_p = key;
+    return TQ_OK;
 }
 
 /* Register [addr, addr+len) with access, following the provider's modes. */
@@ -511,9 +535,14 @@ static int tq_ofi_mr_reg(tq_transport *tr, const void *addr, size_t len, uint64_
     struct fid_mr *mr = NULL;
     int ret = -FI_ENOKEY;
 
-    /* A chosen key may still be taken (after the counter wrapped): try others. */
+    /* A drawn key may be taken already (or short keys collide): draw again. */
     for (int tries = 0; ret == -FI_ENOKEY && tries < 16; tries++) {
-        uint64_t key = (tr->mr_mode & FI_MR_PROV_KEY) ? 0 : tq_ofi_next_key(tr);
+        uint64_t key = 0;
+        if (!(tr->mr_mode & FI_MR_PROV_KEY)) {
+            int rc = tq_ofi_random_key(tr, &key);
+            if (rc != TQ_OK)
+                return rc;
+        }
         ret = fi_mr_reg(tr->domain, addr, len, access, 0, key, 0, &mr, NULL);
     }
     if (ret != 0) {
@@ -654,28 +683,34 @@ static const struct sockaddr *tq_ofi_ip(const void *sa, size_t len)
     return NULL;
 }
 
-static bool tq_ofi_same_ip(const struct sockaddr *a, const struct sockaddr *b)
+static bool tq_ofi_is_shm(const struct fi_info *i)
 {
-    if (a->sa_family != b->sa_family)
-        return false;
-    if (a->sa_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+    return i->fabric_attr != NULL && i->fabric_attr->prov_name != NULL &&
+           strcmp(i->fabric_attr->prov_name, "shm") == 0;
 }
 
-static bool tq_ofi_is_loopback(const struct sockaddr *sa)
-{
-    if (sa->sa_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
-}
+/* Where the endpoint may be: the interface of $TQ_OFI_IFACE and the like,
+ * and the address it must listen on (a storage unit's data address). */
+typedef struct {
+    const char            *iface; /* NULL: any */
+    const struct sockaddr *bind;  /* NULL: any */
+} tq_ofi_place_t;
 
-/* May we use entry i, given the interface we must stay on? Entries that are
- * not IP based (shm) may always be used. */
-static bool tq_ofi_on_iface(const struct fi_info *i, const char *iface, struct ifaddrs *ifs)
+/* May we use entry i, given where we must stay? Entries that are not IP
+ * based (shm) may be used on any interface. Bound to an address, only
+ * entries whose source is that address (they listen there) and shm (same
+ * node only) may: another fabric's address is somewhere we were not told
+ * to listen. */
+static bool tq_ofi_on_iface(const struct fi_info *i, const tq_ofi_place_t *pl, struct ifaddrs *ifs)
 {
+    const char *iface = pl->iface;
+    if (pl->bind != NULL) {
+        if (tq_ofi_is_shm(i))
+            return true;
+        const struct sockaddr *src = tq_ofi_is_ip_format(i->addr_format)
+                                         ? tq_ofi_ip(i->src_addr, i->src_addrlen) : NULL;
+        return src != NULL && tq__netif_same_ip(src, pl->bind);
+    }
     if (iface == NULL || !tq_ofi_is_ip_format(i->addr_format))
         return true;
     const struct sockaddr *src = tq_ofi_ip(i->src_addr, i->src_addrlen);
@@ -685,7 +720,7 @@ static bool tq_ofi_on_iface(const struct fi_info *i, const char *iface, struct i
     for (struct ifaddrs *a = ifs; a != NULL; a = a->ifa_next)
         if (a->ifa_addr != NULL && strcmp(a->ifa_name, iface) == 0 &&
             (a->ifa_addr->sa_family == AF_INET || a->ifa_addr->sa_family == AF_INET6) &&
-            tq_ofi_same_ip(a->ifa_addr, src))
+            tq__netif_same_ip(a->ifa_addr, src))
             return true;
     return false;
 }
@@ -703,10 +738,10 @@ static struct fi_info *tq_ofi_hints(void)
     return h;
 }
 
-/* Entry `skip` (0: the first) of those fi_getinfo offers for hints on the
- * interface we must stay on, copied into *info_p. Returns 0 or a negative
- * FI_E* code (-FI_ENODATA past the last). */
-static int tq_ofi_getinfo(struct fi_info *hints, const char *iface, unsigned skip,
+/* Entry `skip` (0: the first) of those fi_getinfo offers for hints where we
+ * must stay, copied into *info_p. Returns 0 or a negative FI_E* code
+ * (-FI_ENODATA past the last). */
+static int tq_ofi_getinfo(struct fi_info *hints, const tq_ofi_place_t *pl, unsigned skip,
                           struct fi_info **info_p)
 {
     struct fi_info *list = NULL;
@@ -714,13 +749,13 @@ static int tq_ofi_getinfo(struct fi_info *hints, const char *iface, unsigned ski
     if (ret != 0)
         return ret;
     struct ifaddrs *ifs = NULL;
-    if (iface != NULL && getifaddrs(&ifs) != 0) {
+    if (pl->iface != NULL && pl->bind == NULL && getifaddrs(&ifs) != 0) {
         tq_warn("getifaddrs: %m");
         ifs = NULL;
     }
     struct fi_info *pick = NULL;
     for (struct fi_info *i = list; i != NULL && pick == NULL; i = i->next)
-        if (tq_ofi_on_iface(i, iface, ifs) && skip-- == 0)
+        if (tq_ofi_on_iface(i, pl, ifs) && skip-- == 0)
             pick = i;
     if (ifs != NULL)
         freeifaddrs(ifs);
@@ -735,7 +770,7 @@ static int tq_ofi_getinfo(struct fi_info *hints, const char *iface, unsigned ski
 
 /* Ask for base's provider and domain again, with more: op_flags as default
  * operation flags (which the provider must support) and extra caps. */
-static int tq_ofi_refine(const struct fi_info *base, const char *iface, uint64_t op_flags,
+static int tq_ofi_refine(const struct fi_info *base, const tq_ofi_place_t *pl, uint64_t op_flags,
                          uint64_t caps, struct fi_info **info_p)
 {
     struct fi_info *hints = tq_ofi_hints();
@@ -747,7 +782,7 @@ static int tq_ofi_refine(const struct fi_info *base, const char *iface, uint64_t
     hints->fabric_attr->prov_name = strdup(base->fabric_attr->prov_name);
     hints->domain_attr->name = strdup(base->domain_attr->name);
     if (hints->fabric_attr->prov_name != NULL && hints->domain_attr->name != NULL)
-        ret = tq_ofi_getinfo(hints, iface, 0, info_p);
+        ret = tq_ofi_getinfo(hints, pl, 0, info_p);
     tq_ofi_lib.freeinfo(hints); /* frees the names too */
     return ret;
 }
@@ -755,23 +790,33 @@ static int tq_ofi_refine(const struct fi_info *base, const char *iface, uint64_t
 /* The fi_info entry to open (a copy): libfabric's choice number `skip`,
  * honouring FI_PROVIDER (libfabric does) and the interface, then refined.
  * *delivery_p: writes complete only once their data landed at the target. */
-static int tq_ofi_choose(unsigned skip, struct fi_info **info_p, bool *delivery_p)
+static int tq_ofi_choose(const tq_ofi_place_t *pl, unsigned skip, struct fi_info **info_p,
+                         bool *delivery_p)
 {
-    const char *iface = tq_ofi_iface();
+    char where[INET6_ADDRSTRLEN + 16] = "";
     struct fi_info *info = NULL, *better = NULL;
 
     struct fi_info *hints = tq_ofi_hints();
     if (hints == NULL)
         return TQ_ERR_NOMEM;
-    int ret = tq_ofi_getinfo(hints, iface, skip, &info);
+    int ret = tq_ofi_getinfo(hints, pl, skip, &info);
     tq_ofi_lib.freeinfo(hints);
     if (ret != 0 && skip > 0) /* tried every candidate */
         return TQ_ERR_UNSUPPORTED;
     if (ret != 0) {
         const char *prov = getenv("FI_PROVIDER");
-        tq_warn("no libfabric provider with RDM endpoints and RMA%s%s%s%s: %s",
-                prov ? " among FI_PROVIDER=" : "", prov ? prov : "",
-                iface ? " on interface " : "", iface ? iface : "", tq_ofi_strerror(-ret));
+        if (pl->bind != NULL) {
+            const struct sockaddr *b = pl->bind;
+            const void *ip = b->sa_family == AF_INET
+                                 ? (const void *)&((const struct sockaddr_in *)b)->sin_addr
+                                 : (const void *)&((const struct sockaddr_in6 *)b)->sin6_addr;
+            snprintf(where, sizeof(where), " on address ");
+            inet_ntop(b->sa_family, ip, where + strlen(where), INET6_ADDRSTRLEN);
+        } else if (pl->iface != NULL) {
+            snprintf(where, sizeof(where), " on interface %s", pl->iface);
+        }
+        tq_warn("no libfabric provider with RDM endpoints and RMA%s%s%s: %s",
+                prov ? " among FI_PROVIDER=" : "", prov ? prov : "", where, tq_ofi_strerror(-ret));
         return ret == -FI_ENODATA || ret == -FI_ENOSYS ? TQ_ERR_UNSUPPORTED : tq_ofi_status(ret);
     }
 
@@ -782,8 +827,8 @@ static int tq_ofi_choose(unsigned skip, struct fi_info **info_p, bool *delivery_
     bool delivery = true;
     bool count = info->domain_attr->data_progress == FI_PROGRESS_MANUAL &&
                  !(info->caps & FI_RMA_EVENT);
-    if (!(count && tq_ofi_refine(info, iface, FI_DELIVERY_COMPLETE, FI_RMA_EVENT, &better) == 0) &&
-        tq_ofi_refine(info, iface, FI_DELIVERY_COMPLETE, 0, &better) != 0) {
+    if (!(count && tq_ofi_refine(info, pl, FI_DELIVERY_COMPLETE, FI_RMA_EVENT, &better) == 0) &&
+        tq_ofi_refine(info, pl, FI_DELIVERY_COMPLETE, 0, &better) != 0) {
         /* Hardware RMA completes at the target anyway; software may not. */
         tq_warn("provider %s cannot complete writes at the target (FI_DELIVERY_COMPLETE): "
                 "flush waits for their transmit completion only", info->fabric_attr->prov_name);
@@ -796,6 +841,56 @@ static int tq_ofi_choose(unsigned skip, struct fi_info **info_p, bool *delivery_
     *info_p = info;
     *delivery_p = delivery;
     return TQ_OK;
+}
+
+/* ---- shm region files ------------------------------------------------------ */
+
+/* Name the shm endpoint of info (see TQ_OFI_SHM_PREFIX); false leaves
+ * libfabric's own name (this process cannot tell who it is). */
+static bool tq_ofi_shm_name(const tq_transport *tr, struct fi_info *info)
+{
+    static atomic_uint seq;
+    uint64_t ns = tq__proc_pid_ns();
+    if (ns == 0 || tr->self.start_time == 0)
+        return false;
+    char name[128];
+    snprintf(name, sizeof(name), TQ_OFI_SHM_PREFIX "%llu.%u.%llu.%u", (unsigned long long)ns,
+             tr->self.pid, (unsigned long long)tr->self.start_time, atomic_fetch_add(&seq, 1));
+    char *copy = strdup(name);
+    if (copy == NULL)
+        return false;
+    free(info->src_addr); /* fi_freeinfo frees it with free() too */
+    info->src_addr = copy;
+    info->src_addrlen = strlen(copy) + 1;
+    return true;
+}
+
+/* Remove the region files our shm endpoints left when their process died
+ * without closing them (SIGKILL, the OOM killer): those of processes of our
+ * pid namespace that are gone. Bounded by the directory's length. */
+static void tq_ofi_shm_reclaim(void)
+{
+    uint64_t ns = tq__proc_pid_ns();
+    DIR *d = ns != 0 ? opendir(TQ_OFI_SHM_DIR) : NULL;
+    if (d == NULL)
+        return;
+    size_t plen = strlen(TQ_OFI_SHM_PREFIX);
+    struct dirent *e;
+    for (unsigned seen = 0; seen < TQ_OFI_SHM_SCAN_MAX && (e = readdir(d)) != NULL; seen++) {
+        unsigned long long file_ns, start;
+        unsigned pid, n;
+        char tail;
+        if (strncmp(e->d_name, TQ_OFI_SHM_PREFIX, plen) != 0 ||
+            sscanf(e->d_name + plen, "%llu.%u.%llu.%u%c", &file_ns, &pid, &start, &n, &tail) != 4 ||
+            file_ns != ns || tq__proc_alive(pid, start))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            tq_info("removed %s/%s, left by process %u which is gone", TQ_OFI_SHM_DIR, e->d_name,
+                    pid);
+        else if (errno != ENOENT) /* another instance was quicker */
+            tq_debug("cannot remove %s/%s: %m", TQ_OFI_SHM_DIR, e->d_name);
+    }
+    closedir(d);
 }
 
 /* ---- init / fini -------------------------------------------------------- */
@@ -861,10 +956,9 @@ static int tq_ofi_open(tq_transport *tr, bool delivery, const char **what)
         tr->max_xfer = 1;
     size_t ks = info->domain_attr->mr_key_size;
     tr->key_mask = ks == 0 || ks >= 8 ? UINT64_MAX : (1ull << (8 * ks)) - 1;
-    tr->next_key = 1;
     const struct sockaddr *src = tq_ofi_is_ip_format(info->addr_format)
                                      ? tq_ofi_ip(info->src_addr, info->src_addrlen) : NULL;
-    tr->loopback = src != NULL && tq_ofi_is_loopback(src);
+    tr->loopback = src != NULL && tq__netif_is_loopback(src);
 
     *what = "fi_fabric";
     if ((ret = tq_ofi_lib.fabric(info->fabric_attr, &tr->fabric, NULL)) != 0)
@@ -935,10 +1029,11 @@ err_fabric:
  * fi_enable), and the next one (tcp;ofi_rxm) then serves. */
 #define TQ_OFI_CANDIDATES 8
 
-static int tq_ofi_init(tq_transport **tr_p)
+static int tq_ofi_init(const tq_transport_params_t *params, tq_transport **tr_p)
 {
     if (tr_p == NULL)
         return TQ_ERR_INVALID;
+    tq_ofi_place_t place = {tq_ofi_iface(), params != NULL ? params->bind_addr : NULL};
     if (pthread_once(&tq_ofi_lib_once, tq_ofi_lib_load) != 0 || !tq_ofi_lib.loaded)
         return TQ_ERR_UNSUPPORTED;
     tq_transport *tr = calloc(1, sizeof(*tr));
@@ -955,10 +1050,16 @@ static int tq_ofi_init(tq_transport **tr_p)
     for (unsigned skip = 0; skip < TQ_OFI_CANDIDATES; skip++) {
         bool delivery = false;
         const char *what = NULL;
-        int chosen = tq_ofi_choose(skip, &tr->info, &delivery);
+        int chosen = tq_ofi_choose(&place, skip, &tr->info, &delivery);
         if (chosen != TQ_OK) {
             rc = skip == 0 ? chosen : rc; /* past the last: the last failure stands */
             break;
+        }
+        if (tq_ofi_is_shm(tr->info)) {
+            tq_ofi_shm_reclaim();
+            if (!tq_ofi_shm_name(tr, tr->info))
+                tq_info("shm endpoint named by libfabric: a SIGKILL leaves its file in %s",
+                        TQ_OFI_SHM_DIR);
         }
         int ret = tq_ofi_open(tr, delivery, &what);
         struct fi_info *info = tr->info;
@@ -991,6 +1092,7 @@ static void tq_ofi_fini(tq_transport *tr)
 {
     if (tr == NULL)
         return;
+    bool shm = tq_ofi_is_shm(tr->info);
     while (!tq_list_empty(&tr->eps)) {
         tq_warn("fini: closing an endpoint left open");
         tq_ofi_ep_close(tr, tq_list_entry(tr->eps.next, tq_transport_ep, link));
@@ -1031,6 +1133,8 @@ static void tq_ofi_fini(tq_transport *tr)
     tq_ofi_lib.freeinfo(tr->info);
     free(tr->name);
     free(tr);
+    if (shm) /* peers that died since we started, here too */
+        tq_ofi_shm_reclaim();
 }
 
 /* ---- address ------------------------------------------------------------ */
@@ -1086,7 +1190,7 @@ static int tq_ofi_check_name(tq_transport *tr, const uint8_t *name, size_t len)
     const struct sockaddr *self = tq_ofi_ip(tr->name, tr->name_len);
     if (peer == NULL || self == NULL || peer->sa_family != self->sa_family)
         return TQ_ERR_INVALID;
-    if (tr->loopback && !tq_ofi_is_loopback(peer)) {
+    if (tr->loopback && !tq__netif_is_loopback(peer)) {
         tq_warn("peer address is not a loopback address; this instance is on loopback only");
         return TQ_ERR_UNSUPPORTED;
     }

@@ -1,6 +1,7 @@
 /* ucx.c: the tq_transport ops over UCX's UCP one-sided RMA (put/get). */
 #define TQ_LOG_COMPONENT "ucx"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,6 +20,7 @@
 #include "util/common.h"
 #include "util/list.h"
 #include "util/log.h"
+#include "util/netif.h"
 #include "util/proc.h"
 #include "regcache.h"
 #include "rma.h"
@@ -49,12 +52,22 @@
 #define TQ_UCX_REGION_HDR      32u
 #define TQ_UCX_BLOB_MAX        (1u << 20) /* far above any real address or rkey */
 
+/* How ucp_mem_map allocates a pool: SysV shared memory first, which peers on
+ * this node map, removed (IPC_RMID) as soon as it is made, so it goes with
+ * its last mapper however the unit ends; never UCX's POSIX segments, whose
+ * /dev/shm file is linked while UCX writes the whole pool into it (a unit
+ * killed meanwhile leaves it behind). Failing those, private memory. */
+#define TQ_UCX_ALLOC_PRIO      "md:sysv,huge,thp,mmap,heap"
+#define TQ_UCX_SHM_DIR         "/dev/shm"
+#define TQ_UCX_NET_DEVICES_MAX 1024
+
 struct tq_transport {
     ucp_context_h ctx;
     ucp_worker_h  worker;
     int           efd;
     tq_proc_id_t  self;        /* this process, as a peer on the same node knows it */
     bool          has_shm;     /* the context has a transport mapping peers' memory */
+    bool          posix_pool;  /* $UCX_ALLOC_PRIO lets a pool be a /dev/shm file */
     tq_list       eps, mems, zombies;
     uint64_t      inflight; /* requests not yet completed, over all eps */
     bool          woke;      /* the last wait saw the event fd ready */
@@ -397,11 +410,177 @@ static ucp_mem_h tq_ucx_local_memh(tq_transport *tr, const void *buf, size_t len
 
 /* ---- init / fini -------------------------------------------------------- */
 
+/* Append "name" to a comma-separated list. */
+static void tq_ucx_list_add(char *list, size_t cap, const char *name)
+{
+    size_t n = strlen(list);
+    snprintf(list + n, cap - n, "%s%s", n > 0 ? "," : "", name);
+}
+
+/* Is name in the comma-separated list? */
+static bool tq_ucx_list_has(const char *list, const char *name)
+{
+    size_t len = strlen(name);
+    for (const char *p = list; *p != '\0';) {
+        if (strncmp(p, name, len) == 0 && (p[len] == ',' || p[len] == '\0'))
+            return true;
+        const char *comma = strchr(p, ',');
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    return false;
+}
+
+/* First line of a sysfs file, or "". */
+static void tq_ucx_sysfs_line(const char *path, char *out, size_t cap)
+{
+    out[0] = '\0';
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return;
+    if (fgets(out, (int)cap, f) == NULL)
+        out[0] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+    fclose(f);
+}
+
+static void tq_ucx_add_port(char *list, size_t cap, const char *dev, const char *port)
+{
+    char name[128];
+    snprintf(name, sizeof(name), "%.64s:%.32s", dev, port);
+    if (!tq_ucx_list_has(list, name))
+        tq_ucx_list_add(list, cap, name);
+}
+
+/* The RDMA ports behind interface iface, as UCX names them ("mlx5_0:1"):
+ * the device of a RoCE or IPoIB netdev, and (soft-)RoCE ports with a GID
+ * on iface. */
+static void tq_ucx_rdma_ports(const char *iface, char *list, size_t cap)
+{
+    char path[1024], text[64];
+    snprintf(path, sizeof(path), "/sys/class/net/%s/dev_port", iface);
+    tq_ucx_sysfs_line(path, text, sizeof(text));
+    char port[24];
+    snprintf(port, sizeof(port), "%ld", strtol(text, NULL, 10) + 1);
+    snprintf(path, sizeof(path), "/sys/class/net/%s/device/infiniband", iface);
+    DIR *d = opendir(path);
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.')
+            tq_ucx_add_port(list, cap, e->d_name, port);
+    if (d != NULL)
+        closedir(d);
+    DIR *devs = opendir("/sys/class/infiniband");
+    for (struct dirent *dev; devs != NULL && (dev = readdir(devs)) != NULL;) {
+        if (dev->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/sys/class/infiniband/%.64s/ports", dev->d_name);
+        DIR *ports = opendir(path);
+        for (struct dirent *pe; ports != NULL && (pe = readdir(ports)) != NULL;) {
+            for (int gid = 0; pe->d_name[0] != '.' && gid < 16; gid++) {
+                snprintf(path, sizeof(path),
+                         "/sys/class/infiniband/%.64s/ports/%.32s/gid_attrs/ndevs/%d",
+                         dev->d_name, pe->d_name, gid);
+                tq_ucx_sysfs_line(path, text, sizeof(text));
+                if (strcmp(text, iface) == 0)
+                    tq_ucx_add_port(list, cap, dev->d_name, pe->d_name);
+            }
+        }
+        if (ports != NULL)
+            closedir(ports);
+    }
+    if (devs != NULL)
+        closedir(devs);
+}
+
+/*
+ * UCX's network devices for a bind interface: the interface (UCX's tcp
+ * listens on its address) and the RDMA ports behind it. Of a list the user
+ * gave in $UCX_NET_DEVICES only those stay.
+ */
+static void tq_ucx_net_devices(const char *iface, char *out, size_t cap)
+{
+    char mine[TQ_UCX_NET_DEVICES_MAX] = "";
+    tq_ucx_list_add(mine, sizeof(mine), iface);
+    tq_ucx_rdma_ports(iface, mine, sizeof(mine));
+    const char *user = getenv("UCX_NET_DEVICES");
+    out[0] = '\0';
+    if (user == NULL || user[0] == '\0' || strcmp(user, "all") == 0) {
+        snprintf(out, cap, "%s", mine);
+        return;
+    }
+    char copy[TQ_UCX_NET_DEVICES_MAX];
+    snprintf(copy, sizeof(copy), "%s", user);
+    char *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save))
+        if (tq_ucx_list_has(mine, t) && !tq_ucx_list_has(out, t))
+            tq_ucx_list_add(out, cap, t);
+}
+
+/* Settings of this context that the defaults or the user's do not give. */
+static int tq_ucx_configure(tq_transport *tr, ucp_config_t *config,
+                            const tq_transport_params_t *params)
+{
+    const char *prio = getenv("UCX_ALLOC_PRIO");
+    if (prio == NULL) {
+        ucs_status_t st = ucp_config_modify(config, "ALLOC_PRIO", TQ_UCX_ALLOC_PRIO);
+        if (st != UCS_OK)
+            tq_warn("cannot set UCX_ALLOC_PRIO=%s: %s", TQ_UCX_ALLOC_PRIO, ucs_status_string(st));
+        prio = st == UCS_OK ? TQ_UCX_ALLOC_PRIO : "md:posix";
+    }
+    tr->posix_pool = strstr(prio, "posix") != NULL || strstr(prio, "md:*") != NULL;
+    if (params == NULL || params->bind_iface == NULL)
+        return TQ_OK;
+    char devices[TQ_UCX_NET_DEVICES_MAX];
+    tq_ucx_net_devices(params->bind_iface, devices, sizeof(devices));
+    if (devices[0] == '\0') {
+        tq_warn("UCX_NET_DEVICES=%s names nothing on interface %s: no network devices",
+                getenv("UCX_NET_DEVICES"), params->bind_iface);
+        /* An empty list would mean UCX's default, all of them: name one
+         * that does not exist instead, leaving shared memory only. */
+        snprintf(devices, sizeof(devices), "none");
+    }
+    ucs_status_t st = ucp_config_modify(config, "NET_DEVICES", devices);
+    if (st != UCS_OK) {
+        tq_error("cannot set UCX_NET_DEVICES=%s: %s", devices, ucs_status_string(st));
+        return tq_ucx_status(st);
+    }
+    tq_debug("network devices %s", devices);
+    return TQ_OK;
+}
+
+static bool tq_ucx_note_tcp(const char *name, size_t len, void *arg)
+{
+    if (len == 3 && strncmp(name, "tcp", 3) == 0)
+        *(bool *)arg = true;
+    return true;
+}
+
+/* UCX's tcp transport checks no remote key: whoever reaches its port and
+ * speaks UCX can read and write any address of this process. Say so where
+ * it listens beyond this host. */
+static void tq_ucx_warn_tcp(tq_transport *tr, const tq_transport_params_t *params)
+{
+    if (params == NULL || params->bind_addr == NULL || tq__netif_is_loopback(params->bind_addr))
+        return;
+    char *text = tq_ucx_info_text(tr->ctx, NULL);
+    bool tcp = false;
+    int n = 0;
+    if (text != NULL)
+        (void)tq_ucx_each_tl(text, "resource", "--", tq_ucx_note_tcp, &tcp, &n);
+    free(text);
+    if (tcp)
+        tq_warn("UCX over tcp on %s: UCX's tcp transport checks no remote key, so any host "
+                "that reaches this interface can read and write this process's memory; keep "
+                "the network closed to strangers, or serve ofi only", params->bind_iface);
+}
+
+
 static void tq_ucx_ep_close(tq_transport *tr, tq_transport_ep *ep);
 static void tq_ucx_ep_free(tq_transport_ep *ep);
 static void tq_ucx_mem_deregister(tq_transport *tr, tq_transport_mem *mem);
 
-static int tq_ucx_init(tq_transport **tr_p)
+static int tq_ucx_init(const tq_transport_params_t *params, tq_transport **tr_p)
 {
     ucp_config_t *config = NULL;
     ucs_status_t st;
@@ -428,12 +607,16 @@ static int tq_ucx_init(tq_transport **tr_p)
         rc = tq_ucx_status(st);
         goto err_cache;
     }
-    ucp_params_t params = {
+    if ((rc = tq_ucx_configure(tr, config, params)) != TQ_OK) {
+        ucp_config_release(config);
+        goto err_cache;
+    }
+    ucp_params_t up = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
         .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
         .name = "tqrdma",
     };
-    st = ucp_init(&params, config, &tr->ctx);
+    st = ucp_init(&up, config, &tr->ctx);
     ucp_config_release(config);
     if (st != UCS_OK) {
         tq_warn("ucp_init: %s", ucs_status_string(st));
@@ -454,6 +637,7 @@ static int tq_ucx_init(tq_transport **tr_p)
         goto err_ctx;
     }
     tr->has_shm = tq_ucx_ctx_has_shm(tr->ctx);
+    tq_ucx_warn_tcp(tr, params);
     st = ucp_worker_get_efd(tr->worker, &tr->efd);
     if (st != UCS_OK) {
         tq_warn("ucp_worker_get_efd: %s", ucs_status_string(st));
@@ -606,6 +790,14 @@ static int tq_ucx_mem_alloc(tq_transport *tr, size_t len, void **addr_p, tq_tran
 {
     if (tr == NULL || len == 0 || addr_p == NULL || mem_p == NULL)
         return TQ_ERR_INVALID;
+    /* A POSIX segment that does not fit fills /dev/shm before UCX gives up. */
+    struct statvfs vfs;
+    if (tr->posix_pool && statvfs(TQ_UCX_SHM_DIR, &vfs) == 0 &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < len) {
+        tq_info("%s has %llu bytes free, less than the %zu asked for: not allocating there",
+                TQ_UCX_SHM_DIR, (unsigned long long)vfs.f_bavail * vfs.f_frsize, len);
+        return TQ_ERR_UNSUPPORTED;
+    }
     tq_transport_mem *mem = NULL;
     int rc = tq_ucx_map(tr, NULL, len, true, &mem);
     if (rc != TQ_OK)

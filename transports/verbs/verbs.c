@@ -33,11 +33,13 @@
 #include "rma_blob.h"
 
 /*
- * Addressing: a storage unit listens with rdma_cm on one IP address of an
- * RDMA device: $TQ_VERBS_ADDR ("IP" or "IP:PORT", "[IPv6]:PORT") if set, else
- * the first address of an up, non-loopback interface that rdma_cm can bind
- * to a device (the device's own netdev: rxe0's veth, a RoCE NIC's port, an
- * IPoIB interface). The port is an ephemeral one unless TQ_VERBS_ADDR names
+ * Addressing: a storage unit listens with rdma_cm on its data address (the
+ * bind address it is started with), which must be an IP address of an RDMA
+ * device (the device's own netdev: rxe0's veth, a RoCE NIC's port, an IPoIB
+ * interface), else verbs is not served. An instance without one (a client,
+ * a test) takes $TQ_VERBS_ADDR ("IP" or "IP:PORT", "[IPv6]:PORT") if set,
+ * else the first address of an up, non-loopback interface that rdma_cm can
+ * bind to a device. The port is an ephemeral one unless TQ_VERBS_ADDR names
  * one. A client opens the device of the same rule and checks that the peer
  * is reached through it. The address blob carries IP, port and a random
  * secret the client must present when it connects, so only holders of the
@@ -1377,8 +1379,27 @@ static bool tq_verbs_probe(tq_transport *tr, const struct sockaddr *sa, struct r
 }
 
 /* Our address (see the top of this file) and the anchor bound to it. */
-static int tq_verbs_pick_addr(tq_transport *tr)
+static int tq_verbs_pick_addr(tq_transport *tr, const tq_transport_params_t *params)
 {
+    if (params != NULL && params->bind_addr != NULL) {
+        if (params->bind_addr_len > sizeof(tr->addr) ||
+            (params->bind_addr->sa_family != AF_INET && params->bind_addr->sa_family != AF_INET6))
+            return TQ_ERR_INVALID;
+        memset(&tr->addr, 0, sizeof(tr->addr));
+        memcpy(&tr->addr, params->bind_addr, params->bind_addr_len);
+        tq_verbs_set_port(&tr->addr, 0);
+        tr->listen_port = 0;
+        if (!tq_verbs_probe(tr, (struct sockaddr *)&tr->addr, &tr->anchor)) {
+            char text[INET6_ADDRSTRLEN + 8];
+            tq_verbs_ntop((struct sockaddr *)&tr->addr, text, sizeof(text));
+            tq_info("no RDMA device has the data address %s (%s): rdma_bind_addr: %m", text,
+                    params->bind_iface != NULL ? params->bind_iface : "?");
+            return TQ_ERR_UNSUPPORTED;
+        }
+        if (getenv("TQ_VERBS_ADDR") != NULL)
+            tq_info("TQ_VERBS_ADDR is not used: the data address is given");
+        return TQ_OK;
+    }
     const char *env = getenv("TQ_VERBS_ADDR");
     if (env != NULL && env[0] != '\0') {
         if (!tq_verbs_parse_addr(env, &tr->addr, &tr->listen_port)) {
@@ -1455,7 +1476,7 @@ static void tq_verbs_limits(tq_transport *tr, const struct ibv_device_attr_ex *d
 
 static void tq_verbs_fini(tq_transport *tr);
 
-static int tq_verbs_init(tq_transport **tr_p)
+static int tq_verbs_init(const tq_transport_params_t *params, tq_transport **tr_p)
 {
     if (tr_p == NULL)
         return TQ_ERR_INVALID;
@@ -1486,7 +1507,7 @@ static int tq_verbs_init(tq_transport **tr_p)
         goto err;
     }
     tq_verbs_nonblock(tr->cm_ch->fd);
-    if ((rc = tq_verbs_pick_addr(tr)) != TQ_OK)
+    if ((rc = tq_verbs_pick_addr(tr, params)) != TQ_OK)
         goto err;
     tr->ctx = tr->anchor->verbs;
     tq_verbs_ntop((struct sockaddr *)&tr->addr, tr->addr_text, sizeof(tr->addr_text));
