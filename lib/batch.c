@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bufpool.h"
+#include "client.h"
 #include "util/common.h"
 #include "wire.h"
 
@@ -99,11 +100,15 @@ static int field_begin(const tq_batch *b, const char *name, tq_field_kind_t kind
                        tq_dtype_t dtype, uint32_t ndim, tq__batch_field_t *f)
 {
     memset(f, 0, sizeof(*f));
-    if (!tq__valid_name(name) || ndim > TQ_MAX_NDIM || tq_dtype_size(dtype) == 0 ||
-        (kind == TQ_FIELD_BYTES) != (dtype == TQ_DTYPE_BYTES))
+    /* a batch has no client: the detail goes to tq_last_error(NULL) */
+    if (tq__check_name(NULL, name, "field name") != TQ_OK)
         return TQ_ERR_INVALID;
+    if (ndim > TQ_MAX_NDIM || tq_dtype_size(dtype) == 0 ||
+        (kind == TQ_FIELD_BYTES) != (dtype == TQ_DTYPE_BYTES))
+        return tq__set_error(NULL, TQ_ERR_INVALID, "field %s: bad dtype %d or %u dimensions",
+                             name, (int)dtype, ndim);
     if (find(b, name) != NULL)
-        return TQ_ERR_EXISTS;
+        return tq__set_error(NULL, TQ_ERR_EXISTS, "field %s is in the batch already", name);
     f->kind = kind;
     f->dtype = dtype;
     f->ndim = ndim;
@@ -120,15 +125,24 @@ static int field_begin(const tq_batch *b, const char *name, tq_field_kind_t kind
 
 static int field_fail(tq__batch_field_t *f)
 {
+    tq__set_error(NULL, TQ_ERR_INVALID, "field %s: a negative or overflowing dimension, or "
+                  "NULL data", f->name);
     tq__batch_field_free(f);
     return TQ_ERR_INVALID;
+}
+
+/* An argument error before the field is begun. */
+static int args_fail(void)
+{
+    return tq__set_error(NULL, TQ_ERR_INVALID, "the batch, a shape or the data is NULL, or the "
+                         "dtype does not fit the kind");
 }
 
 TQ_EXPORT int tq_batch_add_tensor(tq_batch *b, const char *field, tq_dtype_t dtype, uint32_t ndim,
                                   const int64_t *row_shape, const void *data)
 {
     if (b == NULL || (ndim > 0 && row_shape == NULL) || dtype == TQ_DTYPE_BYTES)
-        return TQ_ERR_INVALID;
+        return args_fail();
     tq__batch_field_t f;
     int rc = field_begin(b, field, TQ_FIELD_TENSOR, dtype, ndim, &f);
     if (rc != TQ_OK)
@@ -154,7 +168,7 @@ TQ_EXPORT int tq_batch_add_nested(tq_batch *b, const char *field, tq_dtype_t dty
                                   const int64_t *shapes, const void *const *row_data)
 {
     if (b == NULL || (ndim > 0 && shapes == NULL) || row_data == NULL || dtype == TQ_DTYPE_BYTES)
-        return TQ_ERR_INVALID;
+        return args_fail();
     tq__batch_field_t f;
     int rc = field_begin(b, field, TQ_FIELD_NESTED, dtype, ndim, &f);
     if (rc != TQ_OK)
@@ -176,7 +190,7 @@ TQ_EXPORT int tq_batch_add_bytes(tq_batch *b, const char *field, const void *con
                                  const size_t *lengths)
 {
     if (b == NULL || values == NULL || lengths == NULL)
-        return TQ_ERR_INVALID;
+        return args_fail();
     tq__batch_field_t f;
     int rc = field_begin(b, field, TQ_FIELD_BYTES, TQ_DTYPE_BYTES, 0, &f);
     if (rc != TQ_OK)

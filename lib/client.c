@@ -17,6 +17,7 @@
 #define DEFAULT_LANES      4
 #define RECV_CACHE_BYTES   (1ULL << 30) /* receive buffers kept for reuse */
 #define LEASE_MARGIN_MS    5000         /* see lease_trusted_until */
+#define MAX_RELEASES       65536        /* RELEASEs kept for a connection; then dropped */
 #define COMMIT_MARGIN_MIN_MS 50         /* see commit_margin_ms */
 #define COMMIT_MARGIN_MAX_MS 1000
 
@@ -38,6 +39,24 @@ int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
     return status;
 }
 
+int tq__check_name(const tq_client *c, const char *name, const char *what, ...)
+{
+    if (tq__valid_name(name))
+        return TQ_OK;
+    char arg[64];
+    va_list ap;
+    va_start(ap, what);
+    vsnprintf(arg, sizeof(arg), what, ap);
+    va_end(ap);
+    if (name == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "%s is NULL", arg);
+    if (name[0] == '\0')
+        return tq__set_error(c, TQ_ERR_INVALID, "%s is empty: a name has 1 to %d bytes", arg,
+                             TQ_WIRE_NAME_MAX);
+    return tq__set_error(c, TQ_ERR_INVALID, "%s is %zu bytes: a name has 1 to %d", arg,
+                         strlen(name), TQ_WIRE_NAME_MAX);
+}
+
 /* Record the detail a control call left in err. */
 static int call_error(const tq_client *c, int status, const char *err)
 {
@@ -47,6 +66,23 @@ static int call_error(const tq_client *c, int status, const char *err)
 TQ_EXPORT const char *tq_last_error(const tq_client *c)
 {
     return last_error.client == c ? last_error.msg : "";
+}
+
+/* ---- deadlines ---- */
+
+static __thread uint64_t call_deadline_ms;
+
+void tq__deadline_set(uint64_t deadline_ms) { call_deadline_ms = deadline_ms; }
+
+int tq__timeout_left(int timeout_ms)
+{
+    if (call_deadline_ms == 0)
+        return timeout_ms;
+    uint64_t now = tq__now_ms();
+    uint64_t left = now >= call_deadline_ms ? 0 : call_deadline_ms - now;
+    if (timeout_ms >= 0 && (uint64_t)timeout_ms <= left)
+        return timeout_ms;
+    return (int)TQ_MIN(left, (uint64_t)INT32_MAX);
 }
 
 /* ---- control connections ---- */
@@ -64,18 +100,47 @@ int tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p)
     if (cc == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->session, c->timeout_ms,
-                              err);
+    int rc = tq__ctrl_connect(cc, c->target, c->token, TQ_ROLE_CLIENT, c->session,
+                              tq__timeout_left(c->timeout_ms), err);
     if (rc != TQ_OK) {
         free(cc);
         return call_error(c, rc == TQ_ERR_TIMEOUT ? TQ_ERR_CONNECTION : rc, err);
     }
+    cc->live_ms = c->timeout_ms; /* the connection outlives this call's deadline */
     *cc_p = cc;
     return TQ_OK;
 }
 
+/* Send the RELEASEs waiting in the client on cc, without waiting: ones the
+ * socket will not take now are dropped (the controller is not reading; it
+ * unpins at the lease's end, or when this connection closes). */
+static void send_releases(tq_client *c, tq_ctrl_conn *cc)
+{
+    pthread_mutex_lock(&c->lock);
+    tq__release_t *rel = c->releases;
+    unsigned n = c->num_releases, sent = 0;
+    c->releases = NULL;
+    c->num_releases = c->cap_releases = 0;
+    pthread_mutex_unlock(&c->lock);
+    tq_wbuf_reset(&cc->out);
+    for (unsigned i = 0; i < n; i++) {
+        if (rel[i].epoch != cc->epoch)
+            continue; /* a controller of another epoch never pinned it */
+        size_t off = tq_wire_begin(&cc->out, TQ_MSG_RELEASE, 0, ++cc->next_id);
+        tq_wire_encode_id(&cc->out, &(tq_msg_id_t){rel[i].id});
+        tq_wire_end(&cc->out, off);
+        sent++;
+    }
+    free(rel);
+    char err[TQ_ERRMSG_MAX];
+    if (sent > 0 && tq__ctrl_send_nowait(cc, err) != TQ_OK)
+        tq_debug("%u releases dropped: %s", sent, err);
+}
+
 void tq__conn_release(tq_client *c, tq_ctrl_conn *cc)
 {
+    if (!cc->broken)
+        send_releases(c, cc);
     if (!cc->broken) {
         pthread_mutex_lock(&c->lock);
         bool kept = c->num_idle < TQ_MAX_IDLE_CONNS;
@@ -91,8 +156,11 @@ void tq__conn_release(tq_client *c, tq_ctrl_conn *cc)
 
 int tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p)
 {
+    int left = tq__timeout_left(timeout_ms);
+    if (left == 0 && timeout_ms != 0) /* nothing sent: the connection stays good */
+        return tq__set_error(c, TQ_ERR_TIMEOUT, "the call's deadline passed before it was sent");
     char err[TQ_ERRMSG_MAX] = "";
-    int rc = tq__ctrl_call(cc, offset, timeout_ms, reply_p, err);
+    int rc = tq__ctrl_call(cc, offset, left, reply_p, err);
     return rc == TQ_OK ? TQ_OK : call_error(c, rc, err);
 }
 
@@ -290,7 +358,7 @@ static int units_flush(tq_client *c, tq__lane_t *l, int timeout_ms)
         if (!u->used)
             continue;
         u->used = false;
-        int rc = c->ops->flush(l->tr, u->ep, timeout_ms);
+        int rc = c->ops->flush(l->tr, u->ep, tq__timeout_left(timeout_ms));
         if (rc != TQ_OK) {
             unit_drop_ep(c, l, u);
             if (first == TQ_OK)
@@ -512,6 +580,7 @@ static void client_free(tq_client *c)
     }
     for (unsigned i = 0; i < c->num_lanes; i++)
         lane_free(c, c->lanes[i]);
+    free(c->releases); /* the connections closed: the controller unpins their metas */
     tq__bufpool_unref(c->recv);
     tq__embedded_stop(c->embedded);
     pthread_mutex_destroy(&c->lock);
@@ -747,9 +816,9 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
-                             TQ_WIRE_NAME_MAX);
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc != TQ_OK)
+        return rc;
     if (b == NULL || b->num_fields == 0)
         return tq__set_error(c, TQ_ERR_INVALID, "the batch is NULL or has no field");
     for (uint32_t i = 0; indexes != NULL && i < b->rows; i++)
@@ -847,21 +916,24 @@ int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args)
 {
     if (args == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "args is NULL");
-    if (!tq__valid_name(args->partition) || !tq__valid_name(args->task))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
-                             TQ_WIRE_NAME_MAX);
+    int rc = tq__check_name(c, args->partition, "partition");
+    if (rc == TQ_OK)
+        rc = tq__check_name(c, args->task, "task");
+    if (rc != TQ_OK)
+        return rc;
     if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
         return tq__set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
                              TQ_WIRE_MAX_FIELDS);
     for (size_t i = 0; i < args->num_fields; i++)
-        if (!tq__valid_name(args->fields[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        if ((rc = tq__check_name(c, args->fields[i], "field %zu", i)) != TQ_OK)
+            return rc;
     if (args->batch_size == 0 || args->batch_size > TQ_WIRE_MAX_ROWS)
         return tq__set_error(c, TQ_ERR_INVALID, "batch_size must be 1 to %u", TQ_WIRE_MAX_ROWS);
     if (args->timeout_ms < -1)
         return tq__set_error(c, TQ_ERR_INVALID, "timeout_ms must be -1, 0 or positive");
     if (args->sampler != NULL && strlen(args->sampler) > TQ_WIRE_NAME_MAX)
-        return tq__set_error(c, TQ_ERR_INVALID, "sampler name too long");
+        return tq__set_error(c, TQ_ERR_INVALID, "sampler is %zu bytes: a name has at most %d",
+                             strlen(args->sampler), TQ_WIRE_NAME_MAX);
     if (args->sampler_args != NULL && strlen(args->sampler_args) > TQ_WIRE_MAX_BODY / 2)
         return tq__set_error(c, TQ_ERR_INVALID, "sampler_args too long");
     return TQ_OK;
@@ -911,23 +983,48 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
 
+/*
+ * A plain RELEASE is one-way and must never hold its caller up (a frozen
+ * controller cost each free a whole timeout): it is queued in the client and
+ * goes out, without waiting, on an idle connection now or on the next
+ * connection given back. Where it cannot go, the controller unpins at the
+ * lease's end, or when the connection the meta came by closes.
+ */
+static void release_later(tq_client *c, uint64_t id, uint64_t epoch)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->num_releases == c->cap_releases && c->cap_releases < MAX_RELEASES) {
+        unsigned cap = c->cap_releases ? c->cap_releases * 2 : 16;
+        tq__release_t *grown = realloc(c->releases, cap * sizeof(*grown));
+        if (grown != NULL) {
+            c->releases = grown;
+            c->cap_releases = cap;
+        }
+    }
+    if (c->num_releases < c->cap_releases)
+        c->releases[c->num_releases++] = (tq__release_t){id, epoch};
+    tq_ctrl_conn *cc = c->num_idle ? c->idle[--c->num_idle] : NULL;
+    pthread_mutex_unlock(&c->lock);
+    if (cc != NULL)
+        tq__conn_release(c, cc); /* sends what waits, this one included */
+}
+
 void tq__meta_release(tq_meta *m, bool unread)
 {
     tq_ctrl_conn *cc = NULL;
-    /* a controller of another epoch never pinned these rows: nothing to release */
-    if (tq__conn_acquire(m->client, &cc) == TQ_OK && cc->epoch != m->epoch) {
+    if (!unread) {
+        release_later(m->client, m->id, m->epoch);
+    } else if (tq__conn_acquire(m->client, &cc) == TQ_OK && cc->epoch != m->epoch) {
+        /* a controller of another epoch never pinned these rows: nothing to give back */
         tq__conn_release(m->client, cc);
     } else if (cc != NULL) {
         char err[TQ_ERRMSG_MAX];
         tq_rbuf r;
-        size_t off = tq__ctrl_begin(cc, unread ? TQ_MSG_RELEASE_UNREAD : TQ_MSG_RELEASE);
+        size_t off = tq__ctrl_begin(cc, TQ_MSG_RELEASE_UNREAD);
         tq_wire_encode_id(&cc->out, &(tq_msg_id_t){m->id});
-        /* unread rows must be back before the caller goes on; a plain release
-         * may trail. If either fails, closing the client unpins. */
-        if (unread)
-            tq__ctrl_call(cc, off, m->client->timeout_ms, &r, err);
-        else
-            tq__ctrl_send(cc, off, err);
+        /* unread rows must be back before the caller goes on; if that fails,
+         * closing the client gives them back */
+        tq__ctrl_call(cc, off, m->client->timeout_ms, &r, err);
         tq__conn_release(m->client, cc);
     }
     meta_destroy(m);
@@ -1087,15 +1184,19 @@ TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int6
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || (n > 0 && indexes == NULL) || n > TQ_WIRE_MAX_ROWS)
-        return tq__set_error(c, TQ_ERR_INVALID, "bad partition, or indexes NULL or too many");
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc != TQ_OK)
+        return rc;
+    if ((n > 0 && indexes == NULL) || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes are NULL, or more than %u",
+                             TQ_WIRE_MAX_ROWS);
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_clear(&body, &(tq_msg_clear_t){{partition, (uint16_t)strlen(partition)},
                                                   (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
     uint32_t removed = 0;
-    int rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
-                         : tq__simple_call(c, TQ_MSG_CLEAR, &body, &removed);
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, TQ_MSG_CLEAR, &body, &removed);
     tq_wbuf_free(&body);
     return rc == TQ_OK ? (int)removed : rc;
 }
@@ -1104,16 +1205,18 @@ static int partition_call(tq_client *c, uint16_t type, const char *partition, co
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || (task != NULL && !tq__valid_name(task)))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition and task must be names of 1 to %d bytes",
-                         TQ_WIRE_NAME_MAX);
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc == TQ_OK && task != NULL)
+        rc = tq__check_name(c, task, "task");
+    if (rc != TQ_OK)
+        return rc;
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_partition(&body, &(tq_msg_partition_t){
         {partition, (uint16_t)strlen(partition)},
         {task ? task : "", (uint16_t)(task ? strlen(task) : 0)}});
-    int rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
-                         : tq__simple_call(c, type, &body, NULL);
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, type, &body, NULL);
     tq_wbuf_free(&body);
     return rc;
 }
@@ -1171,8 +1274,10 @@ TQ_EXPORT int tq_partitions(tq_client *c, const char *partition, char **json_p)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (json_p == NULL || (partition != NULL && !tq__valid_name(partition)))
-        return tq__set_error(c, TQ_ERR_INVALID, "json_p is NULL or partition is not a name");
+    if (partition != NULL && tq__check_name(c, partition, "partition") != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (json_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "json_p is NULL");
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
@@ -1237,15 +1342,16 @@ TQ_EXPORT int tq_production_status(tq_client *c, const char *partition, size_t n
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || fields == NULL || num_fields == 0 ||
-        num_fields > TQ_WIRE_MAX_FIELDS || produced_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "need a partition, 1 to %d fields and produced_p",
+    if (tq__check_name(c, partition, "partition") != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (fields == NULL || num_fields == 0 || num_fields > TQ_WIRE_MAX_FIELDS || produced_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "need 1 to %d fields and produced_p",
                              TQ_WIRE_MAX_FIELDS);
     tq_msg_status_t m = {.partition = {partition, (uint16_t)strlen(partition)},
                          .num_fields = (uint16_t)num_fields};
     for (size_t i = 0; i < num_fields; i++) {
-        if (!tq__valid_name(fields[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        if (tq__check_name(c, fields[i], "field %zu", i) != TQ_OK)
+            return TQ_ERR_INVALID;
         m.fields[i] = (tq_str_t){fields[i], (uint16_t)strlen(fields[i])};
     }
     return status_call(c, &m, produced_p);
@@ -1256,8 +1362,11 @@ TQ_EXPORT int tq_consumption_status(tq_client *c, const char *partition, const c
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (!tq__valid_name(partition) || !tq__valid_name(task) || consumed_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "need a partition, a task and consumed_p");
+    if (tq__check_name(c, partition, "partition") != TQ_OK ||
+        tq__check_name(c, task, "task") != TQ_OK)
+        return TQ_ERR_INVALID;
+    if (consumed_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "consumed_p is NULL");
     tq_msg_status_t m = {.partition = {partition, (uint16_t)strlen(partition)},
                          .task = {task, (uint16_t)strlen(task)}};
     return status_call(c, &m, consumed_p);

@@ -40,6 +40,11 @@ typedef struct {
 
 typedef struct tq__workers tq__workers;
 
+/* A RELEASE waiting for a connection: the meta and the controller epoch it is of. */
+typedef struct {
+    uint64_t id, epoch;
+} tq__release_t;
+
 struct tq_client {
     char                   *target;
     char                   *token;
@@ -60,6 +65,8 @@ struct tq_client {
     /* random, sent in every connection's HELLO: the controller lets only this
      * client's connections release its metas or cancel its waits */
     uint8_t                 session[TQ_WIRE_SESSION_LEN];
+    tq__release_t          *releases; /* metas freed while no connection was idle */
+    unsigned                num_releases, cap_releases;
 };
 
 /* A GET_META or KV_GET answer: rows, schema and where each column lives. */
@@ -101,10 +108,22 @@ typedef struct {
 /* Record this thread's last error on c (c may be NULL) and return status. */
 int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* TQ_OK for a name of 1 to TQ_WIRE_NAME_MAX bytes (a C string has no NUL
+ * inside); else TQ_ERR_INVALID, the error on c naming the argument (what,
+ * printf-style: "partition", "key 3") and what is wrong with it. */
+int tq__check_name(const tq_client *c, const char *name, const char *what, ...)
+    __attribute__((format(printf, 3, 4)));
 
-/* A control connection for one call (idle or new), and giving it back. */
+/* A control connection for one call (idle or new), and giving it back (it
+ * first sends the RELEASEs waiting in the client, without waiting). */
 int  tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p);
 void tq__conn_release(tq_client *c, tq_ctrl_conn *cc);
+
+/* This thread's calls end by deadline_ms (0: none), whatever their own
+ * timeouts: a non-blocking request's timeout counts from its submission. */
+void tq__deadline_set(uint64_t deadline_ms);
+/* timeout_ms (-1: none) cut to what is left before this thread's deadline. */
+int  tq__timeout_left(int timeout_ms);
 /* One request/reply on a connection; on error the detail goes to tq_last_error. */
 int  tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p);
 

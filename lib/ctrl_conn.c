@@ -156,6 +156,7 @@ int tq__ctrl_connect(tq_ctrl_conn *cc, const char *target, const char *token, ui
     }
     cc->id = hr.conn_id;
     cc->epoch = hr.epoch;
+    cc->live_ms = TQ_MAX(timeout_ms, 0);
     return TQ_OK;
 }
 
@@ -176,11 +177,12 @@ size_t tq__ctrl_begin(tq_ctrl_conn *cc, uint16_t type)
     return tq_wire_begin(&cc->out, type, 0, ++cc->next_id);
 }
 
-static int send_all(tq_ctrl_conn *cc, uint64_t deadline, char *err)
+static int send_buf(tq_ctrl_conn *cc, const uint8_t *data, size_t len, uint64_t deadline,
+                    char *err)
 {
     size_t sent = 0;
-    while (sent < cc->out.len) {
-        ssize_t n = send(cc->fd, cc->out.data + sent, cc->out.len - sent, MSG_NOSIGNAL);
+    while (sent < len) {
+        ssize_t n = send(cc->fd, data + sent, len - sent, MSG_NOSIGNAL);
         if (n > 0) {
             sent += (size_t)n;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -195,6 +197,49 @@ static int send_all(tq_ctrl_conn *cc, uint64_t deadline, char *err)
     return TQ_OK;
 }
 
+static int send_all(tq_ctrl_conn *cc, uint64_t deadline, char *err)
+{
+    return send_buf(cc, cc->out.data, cc->out.len, deadline, err);
+}
+
+/* A PING on a silent connection: its answer (or any byte) shows the
+ * controller's loop alive. A reply to it is skipped like any other stray one. */
+static int send_ping(tq_ctrl_conn *cc, char *err)
+{
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_wire_end(&w, tq_wire_begin(&w, TQ_MSG_PING, 0, ++cc->next_id));
+    int rc = w.failed ? fail(err, TQ_ERR_NOMEM, "out of memory for a ping")
+                      : send_buf(cc, w.data, w.len, tq__now_ms() + (uint64_t)cc->live_ms, err);
+    tq_wbuf_free(&w);
+    cc->pinged = true;
+    return rc;
+}
+
+/* Wait for a byte from the controller until deadline, pinging it when it
+ * stays silent (see tq__ctrl_connect). */
+static int wait_input(tq_ctrl_conn *cc, uint64_t deadline, char *err)
+{
+    for (;;) {
+        uint64_t check = UINT64_MAX;
+        if (cc->live_ms > 0)
+            check = cc->heard_ms + (uint64_t)cc->live_ms / 2 +
+                    (cc->pinged ? (uint64_t)cc->live_ms : 0);
+        int rc = wait_fd(cc->fd, POLLIN, TQ_MIN(deadline, check));
+        if (rc == TQ_OK)
+            return TQ_OK;
+        if (rc != TQ_ERR_TIMEOUT)
+            return fail(err, TQ_ERR_CONNECTION, "lost the controller: %s", strerror(errno));
+        if (deadline <= check)
+            return fail(err, TQ_ERR_TIMEOUT, "timed out waiting for the controller");
+        if (cc->pinged)
+            return fail(err, TQ_ERR_CONNECTION, "the controller stopped answering: no reply to "
+                        "a liveness ping in %d ms", cc->live_ms);
+        if ((rc = send_ping(cc, err)) != TQ_OK)
+            return rc;
+    }
+}
+
 static int recv_exact(tq_ctrl_conn *cc, void *buf, size_t len, uint64_t deadline, char *err)
 {
     size_t got = 0;
@@ -202,11 +247,14 @@ static int recv_exact(tq_ctrl_conn *cc, void *buf, size_t len, uint64_t deadline
         ssize_t n = recv(cc->fd, (char *)buf + got, len - got, 0);
         if (n > 0) {
             got += (size_t)n;
+            cc->heard_ms = tq__now_ms();
+            cc->pinged = false;
         } else if (n == 0) {
             return fail(err, TQ_ERR_CONNECTION, "the controller closed the connection");
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (wait_fd(cc->fd, POLLIN, deadline) != TQ_OK)
-                return fail(err, TQ_ERR_TIMEOUT, "timed out waiting for the controller");
+            int rc = wait_input(cc, deadline, err);
+            if (rc != TQ_OK)
+                return rc;
         } else if (errno != EINTR) {
             return fail(err, TQ_ERR_CONNECTION, "lost the controller: %s", strerror(errno));
         }
@@ -235,6 +283,31 @@ int tq__ctrl_send(tq_ctrl_conn *cc, size_t offset, char *err)
     return rc;
 }
 
+int tq__ctrl_send_nowait(tq_ctrl_conn *cc, char *err)
+{
+    if (cc->out.failed)
+        return fail(err, TQ_ERR_NOMEM, "out of memory for a message");
+    if (cc->broken || cc->fd < 0)
+        return fail(err, TQ_ERR_CONNECTION, "connection to the controller is broken");
+    size_t sent = 0;
+    while (sent < cc->out.len) {
+        ssize_t n = send(cc->fd, cc->out.data + sent, cc->out.len - sent,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && sent == 0)
+            return fail(err, TQ_ERR_TIMEOUT, "the controller reads nothing for now");
+        cc->broken = true; /* part of a frame went: the stream cannot go on */
+        return fail(err, TQ_ERR_CONNECTION, "lost the controller: %s",
+                    n < 0 ? strerror(errno) : "a short send");
+    }
+    return TQ_OK;
+}
+
 int tq__ctrl_call(tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *reply_p, char *err)
 {
     int rc = finish_frame(cc, offset, err);
@@ -244,6 +317,8 @@ int tq__ctrl_call(tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_rbuf *repl
     uint16_t type = (uint16_t)(cc->out.data[offset + 6] | cc->out.data[offset + 7] << 8);
     uint64_t deadline = deadline_after(timeout_ms);
     rc = send_all(cc, deadline, err);
+    cc->heard_ms = tq__now_ms(); /* silence counts from the request */
+    cc->pinged = false;
     while (rc == TQ_OK) {
         uint8_t hdr[TQ_WIRE_HEADER_SIZE];
         tq_wire_header_t h;

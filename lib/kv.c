@@ -5,19 +5,18 @@
 
 #include "client.h"
 #include "kv.h"
+#include "util/common.h"
 #include "util/hashmap.h"
 
 struct tq_kv_entries {
-    size_t n;
+    size_t n, cap;
     char **partition, **key, **tag;
+    char  *cursor; /* of the page after these, or NULL: the listing is complete */
 };
 
 static int check_partition(tq_client *c, const char *partition)
 {
-    if (!tq__valid_name(partition))
-        return tq__set_error(c, TQ_ERR_INVALID, "partition must be a name of 1 to %d bytes",
-                             TQ_WIRE_NAME_MAX);
-    return TQ_OK;
+    return tq__check_name(c, partition, "partition");
 }
 
 /* 1..TQ_WIRE_MAX_ROWS valid keys, none repeated unless allowed. */
@@ -26,9 +25,9 @@ static int check_keys(tq_client *c, size_t n, const char *const *keys, bool repe
     if (keys == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
         return tq__set_error(c, TQ_ERR_INVALID, "keys: 1 to %u are required", TQ_WIRE_MAX_ROWS);
     for (size_t i = 0; i < n; i++)
-        if (!tq__valid_name(keys[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "key %zu must be a name of 1 to %d bytes", i,
-                                 TQ_WIRE_NAME_MAX);
+        if ((n == 1 ? tq__check_name(c, keys[i], "key")
+                    : tq__check_name(c, keys[i], "key %zu", i)) != TQ_OK)
+            return TQ_ERR_INVALID;
     if (repeats_ok || n == 1)
         return TQ_OK;
     tq_hashmap *seen = tq_hashmap_create();
@@ -108,8 +107,8 @@ int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *
         return tq__set_error(c, TQ_ERR_INVALID, "fields: NULL, or 1 to %d names",
                              TQ_WIRE_MAX_FIELDS);
     for (size_t i = 0; fields != NULL && i < num_fields; i++)
-        if (!tq__valid_name(fields[i]))
-            return tq__set_error(c, TQ_ERR_INVALID, "field %zu is not a valid name", i);
+        if (tq__check_name(c, fields[i], "field %zu", i) != TQ_OK)
+            return TQ_ERR_INVALID;
     if (batch_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
     return TQ_OK;
@@ -167,6 +166,7 @@ TQ_EXPORT void tq_kv_entries_free(tq_kv_entries *e)
     free(e->partition);
     free(e->key);
     free(e->tag);
+    free(e->cursor);
     free(e);
 }
 
@@ -187,6 +187,8 @@ TQ_EXPORT const char *tq_kv_entries_tag(const tq_kv_entries *e, size_t i)
     return e != NULL && i < e->n ? e->tag[i] : NULL;
 }
 
+TQ_EXPORT const char *tq_kv_entries_cursor(const tq_kv_entries *e) { return e ? e->cursor : NULL; }
+
 static char *blob_dup(tq_blob_t b)
 {
     char *s = malloc((size_t)b.len + 1);
@@ -197,7 +199,83 @@ static char *blob_dup(tq_blob_t b)
     return s;
 }
 
-TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+/* Room in e for more entries (each array grown alone stays valid). */
+static bool entries_reserve(tq_kv_entries *e, size_t more)
+{
+    if (e->n + more <= e->cap)
+        return true;
+    size_t cap = e->cap ? e->cap : 64;
+    while (cap < e->n + more)
+        cap *= 2;
+    char **p = realloc(e->partition, cap * sizeof(char *));
+    if (p == NULL)
+        return false;
+    e->partition = p;
+    if ((p = realloc(e->key, cap * sizeof(char *))) == NULL)
+        return false;
+    e->key = p;
+    if ((p = realloc(e->tag, cap * sizeof(char *))) == NULL)
+        return false;
+    e->tag = p;
+    e->cap = cap;
+    return true;
+}
+
+/* One KV_LIST page appended to e, and e->cursor replaced by the page's. The
+ * detail of a failure goes to tq_last_error. */
+static int list_page(tq_client *c, const char *partition, const char *cursor, size_t limit,
+                     tq_kv_entries *e)
+{
+    tq_ctrl_conn *cc;
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_LIST);
+    tq_msg_kv_list_t m = {
+        {partition ? partition : "", (uint16_t)(partition ? strlen(partition) : 0)},
+        {cursor ? cursor : "", (uint16_t)(cursor ? strlen(cursor) : 0)},
+        (uint32_t)TQ_MIN(limit, (size_t)UINT32_MAX)};
+    tq_wire_encode_kv_list(&cc->out, &m);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)
+        goto out;
+    uint32_t n = tq_wire_get_u32(&r);
+    rc = TQ_ERR_PROTOCOL;
+    if (r.failed || n > (uint32_t)(r.end - r.p) / 8) /* an entry takes 8 bytes at least */
+        goto out;
+    rc = TQ_ERR_NOMEM;
+    if (!entries_reserve(e, n))
+        goto out;
+    for (uint32_t i = 0; i < n; i++) {
+        tq_wire_kv_entry_t w;
+        if (tq_wire_decode_kv_entry(&r, &w) != TQ_OK) {
+            rc = TQ_ERR_PROTOCOL;
+            goto out;
+        }
+        char *p = tq_str_dup(w.partition), *k = tq_str_dup(w.key), *t = blob_dup(w.tag);
+        if (p == NULL || k == NULL || t == NULL) {
+            free(p), free(k), free(t);
+            goto out;
+        }
+        e->partition[e->n] = p, e->key[e->n] = k, e->tag[e->n] = t;
+        e->n++;
+    }
+    tq_str_t next;
+    rc = TQ_ERR_PROTOCOL;
+    /* a page that goes on has an entry: a listing always moves */
+    if (tq_wire_decode_cursor(&r, &next) != TQ_OK || !tq_rbuf_done(&r) || (next.len && n == 0))
+        goto out;
+    free(e->cursor);
+    e->cursor = NULL;
+    rc = next.len && (e->cursor = tq_str_dup(next)) == NULL ? TQ_ERR_NOMEM : TQ_OK;
+out:
+    tq__conn_release(c, cc);
+    if (rc == TQ_ERR_PROTOCOL)
+        return tq__set_error(c, rc, "malformed kv_list reply");
+    return rc == TQ_ERR_NOMEM ? tq__set_error(c, rc, "out of memory") : rc;
+}
+
+static int check_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
@@ -205,51 +283,47 @@ TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **en
         return TQ_ERR_INVALID;
     if (entries_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "entries_p is NULL");
-    tq_ctrl_conn *cc;
-    int rc = tq__conn_acquire(c, &cc);
+    return TQ_OK;
+}
+
+TQ_EXPORT int tq_kv_list_page(tq_client *c, const char *partition, const char *cursor,
+                              size_t limit, tq_kv_entries **entries_p)
+{
+    int rc = check_list(c, partition, entries_p);
     if (rc != TQ_OK)
         return rc;
-    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_LIST);
-    tq_wire_encode_partition_filter(&cc->out, partition);
-    tq_rbuf r;
-    tq_kv_entries *e = NULL;
-    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) != TQ_OK)
-        goto out;
-    uint32_t n = tq_wire_get_u32(&r);
-    rc = TQ_ERR_NOMEM;
-    if (r.failed || n > (uint32_t)(r.end - r.p)) {
-        rc = TQ_ERR_PROTOCOL;
-        goto out;
+    if (cursor != NULL && strlen(cursor) > TQ_WIRE_CURSOR_MAX)
+        return tq__set_error(c, TQ_ERR_INVALID, "cursor is %zu bytes: no page gives one over %d",
+                             strlen(cursor), TQ_WIRE_CURSOR_MAX);
+    tq_kv_entries *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    if ((rc = list_page(c, partition, cursor, limit, e)) != TQ_OK) {
+        tq_kv_entries_free(e);
+        return rc;
     }
-    if ((e = calloc(1, sizeof(*e))) == NULL)
-        goto out;
-    e->partition = calloc(n + 1u, sizeof(char *));
-    e->key = calloc(n + 1u, sizeof(char *));
-    e->tag = calloc(n + 1u, sizeof(char *));
-    if (e->partition == NULL || e->key == NULL || e->tag == NULL)
-        goto out;
-    for (; e->n < n; e->n++) {
-        tq_wire_kv_entry_t w;
-        if (tq_wire_decode_kv_entry(&r, &w) != TQ_OK) {
-            rc = TQ_ERR_PROTOCOL;
-            goto out;
-        }
-        e->partition[e->n] = tq_str_dup(w.partition);
-        e->key[e->n] = tq_str_dup(w.key);
-        e->tag[e->n] = blob_dup(w.tag);
-        if (e->partition[e->n] == NULL || e->key[e->n] == NULL || e->tag[e->n] == NULL) {
-            e->n++;
-            goto out;
-        }
-    }
-    rc = tq_rbuf_done(&r) ? TQ_OK : TQ_ERR_PROTOCOL;
-out:
-    tq__conn_release(c, cc);
+    *entries_p = e;
+    return TQ_OK;
+}
+
+/* Every page, one after another: one answer is bounded, a listing is not. */
+TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+{
+    int rc = check_list(c, partition, entries_p);
+    if (rc != TQ_OK)
+        return rc;
+    tq_kv_entries *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    do {
+        char *cursor = e->cursor;
+        e->cursor = NULL;
+        rc = list_page(c, partition, cursor, 0, e);
+        free(cursor);
+    } while (rc == TQ_OK && e->cursor != NULL);
     if (rc != TQ_OK) {
         tq_kv_entries_free(e);
-        if (rc == TQ_ERR_PROTOCOL)
-            return tq__set_error(c, rc, "malformed kv_list reply");
-        return rc == TQ_ERR_NOMEM ? tq__set_error(c, rc, "out of memory") : rc;
+        return rc;
     }
     *entries_p = e;
     return TQ_OK;

@@ -7,6 +7,7 @@
 
 #include "client.h"
 #include "kv.h"
+#include "util/common.h"
 #include "util/list.h"
 
 #define NUM_WORKERS 4
@@ -14,7 +15,9 @@
 /*
  * A request's arguments are checked when it is made; it then waits in the
  * client's queue until a worker runs the blocking call. Each worker takes its
- * own lane for the transfer, so requests in flight move bytes at once.
+ * own lane for the transfer, so requests in flight move bytes at once. The
+ * client's timeout counts from submission: the call runs under the deadline
+ * set then, and one whose deadline passed in the queue fails unrun.
  */
 struct tq_request {
     tq_list            link;
@@ -28,6 +31,7 @@ struct tq_request {
     const tq_batch    *batch_in;
     const char        *one_key, *one_tag;
     tq_batch          *batch_out;
+    uint64_t           deadline_ms; /* submission + the client's timeout */
     pthread_mutex_t    lock;
     pthread_cond_t     done_cond;
     bool               done;
@@ -55,7 +59,18 @@ static void complete(tq_request *r, int status)
     pthread_mutex_unlock(&r->lock);
 }
 
-static void run(tq_request *r) { complete(r, r->job(r)); }
+static void run(tq_request *r)
+{
+    if (tq__now_ms() >= r->deadline_ms) {
+        complete(r, tq__set_error(r->client, TQ_ERR_TIMEOUT, "timed out after %d ms in the "
+                                  "queue of non-blocking requests", r->client->timeout_ms));
+        return;
+    }
+    tq__deadline_set(r->deadline_ms);
+    int rc = r->job(r);
+    tq__deadline_set(0);
+    complete(r, rc);
+}
 
 static int job_kv_put(tq_request *r)
 {
@@ -135,6 +150,7 @@ static int submit(tq_client *c, tq_request *r, tq_request **req_p)
         return tq__set_error(c, TQ_ERR_NOMEM, "cannot start a request");
     }
     r->client = c;
+    r->deadline_ms = tq__now_ms() + (uint64_t)c->timeout_ms;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->done_cond, NULL);
     pthread_mutex_lock(&w->lock);

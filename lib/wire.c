@@ -685,6 +685,36 @@ int tq_wire_decode_kv_entry(tq_rbuf *r, tq_wire_kv_entry_t *m)
     return decoded(r);
 }
 
+void tq_wire_encode_cursor(tq_wbuf *w, tq_str_t cursor)
+{
+    tq_wire_put_str(w, cursor.ptr, cursor.len);
+}
+
+int tq_wire_decode_cursor(tq_rbuf *r, tq_str_t *cursor)
+{
+    *cursor = tq_wire_get_str(r);
+    if (!r->failed && (cursor->len > TQ_WIRE_CURSOR_MAX ||
+                       memchr(cursor->ptr, '\0', cursor->len) != NULL))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_list(tq_wbuf *w, const tq_msg_kv_list_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_encode_cursor(w, m->cursor);
+    tq_wire_put_u32(w, m->limit);
+}
+
+int tq_wire_decode_kv_list(tq_rbuf *r, tq_msg_kv_list_t *m)
+{
+    if (tq_wire_decode_partition_filter(r, &m->partition) != TQ_OK ||
+        tq_wire_decode_cursor(r, &m->cursor) != TQ_OK)
+        return TQ_ERR_PROTOCOL;
+    m->limit = tq_wire_get_u32(r);
+    return decoded(r);
+}
+
 void tq_wire_encode_status(tq_wbuf *w, const tq_msg_status_t *m)
 {
     tq_wire_put_str(w, m->partition.ptr, m->partition.len);

@@ -52,6 +52,7 @@ typedef enum {
     TQ_MSG_CANCEL,            /* a connection (by id) stops waiting for rows */
     TQ_MSG_UNIT_LEAVE,        /* storage unit: shutting down in order, no reply */
     TQ_MSG_PARTITIONS,        /* rows, fields and tasks of partitions */
+    TQ_MSG_PING,              /* empty; answered at once, even while a request is parked */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -306,8 +307,9 @@ typedef struct {
 } tq_msg_kv_get_t;
 
 /* KV_CLEAR request: partition, u32 count, then count keys. Reply: u32 removed.
- * KV_LIST request: a partition filter. Reply: u32 count, then count
- * tq_wire_kv_entry_t.
+ * KV_LIST request: tq_msg_kv_list_t. Reply: u32 count, count
+ * tq_wire_kv_entry_t, then the cursor of the next page (a string, "" when
+ * the listing is complete).
  * PARTITIONS request: a partition filter. Reply: a blob of JSON, an array of
  * {"partition", "sealed", "rows", "lost", "fields": {name: produced},
  *  "tasks": {name: {"consumed", "ready", "in_flight"}}}. */
@@ -320,6 +322,15 @@ typedef struct {
     tq_str_t  partition, key;
     tq_blob_t tag; /* JSON object text */
 } tq_wire_kv_entry_t;
+
+/* One page of a key listing. A cursor is text the controller made (no NUL),
+ * opaque to clients. */
+#define TQ_WIRE_CURSOR_MAX 512
+typedef struct {
+    tq_str_t partition; /* "" for every partition */
+    tq_str_t cursor;    /* "" from the first key, else the cursor a page gave */
+    uint32_t limit;     /* most entries in the page; 0: as many as fit */
+} tq_msg_kv_list_t;
 
 /* PRODUCTION_STATUS (fields) and CONSUMPTION_STATUS (task). Reply: a blob of
  * one byte per row index. */
@@ -379,5 +390,10 @@ void tq_wire_encode_status(tq_wbuf *w, const tq_msg_status_t *m);
 int  tq_wire_decode_status(tq_rbuf *r, tq_msg_status_t *m);
 void tq_wire_encode_kv_entry(tq_wbuf *w, const tq_wire_kv_entry_t *m);
 int  tq_wire_decode_kv_entry(tq_rbuf *r, tq_wire_kv_entry_t *m);
+void tq_wire_encode_kv_list(tq_wbuf *w, const tq_msg_kv_list_t *m);
+int  tq_wire_decode_kv_list(tq_rbuf *r, tq_msg_kv_list_t *m);
+/* A cursor: up to TQ_WIRE_CURSOR_MAX bytes, no NUL; "" allowed. */
+void tq_wire_encode_cursor(tq_wbuf *w, tq_str_t cursor);
+int  tq_wire_decode_cursor(tq_rbuf *r, tq_str_t *cursor);
 
 #endif

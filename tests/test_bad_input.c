@@ -419,6 +419,151 @@ CLUSTER_TEST(bad_args, admin_calls)
     assert_controller_serves();
 }
 
+/* A call on c refused as TQ_ERR_INVALID, tq_last_error naming the argument (`arg`). */
+#define expect_named(c, call, arg)                                                               \
+    do {                                                                                         \
+        int rc_ = (call);                                                                        \
+        cr_expect(eq(int, rc_, TQ_ERR_INVALID), "%s", #call);                                    \
+        cr_expect(strstr(tq_last_error(c), (arg)) != NULL, "%s: \"%s\" does not name %s", #call, \
+                  tq_last_error(c), (arg));                                                      \
+    } while (0)
+
+/* Every call that takes a name refuses an empty or a 256-byte one, and says
+ * which argument it was and what is wrong. (A C string cannot hold a NUL
+ * inside: the bindings refuse those, see python/tests.) */
+CLUSTER_TEST(bad_args, names_are_named)
+{
+    tq_client *c = client;
+    const char *part = tq_test_unique("names");
+    char long_name[257];
+    memset(long_name, 'n', 256);
+    long_name[256] = '\0';
+    int64_t v[1] = {1}, idx[1] = {0};
+    tq_batch *b = NULL;
+    cr_assert(eq(int, tq_batch_create(1, &b), TQ_OK));
+    cr_assert(eq(int, tq_batch_add_tensor(b, "v", TQ_DTYPE_I64, 0, NULL, v), TQ_OK));
+    const char *bads[] = {"", long_name};
+    const char *whys[] = {"empty", "256 bytes"};
+    for (int i = 0; i < 2; i++) {
+        const char *bad = bads[i];
+        const char *key_list[] = {"ok", bad}, *field_list[] = {"v", bad}, *one[] = {bad};
+        tq_fetch_args_t fa = {.partition = part, .task = "t", .fields = field_list,
+                              .num_fields = 1, .batch_size = 1};
+        tq_meta *m = NULL;
+        tq_batch *got = NULL;
+        tq_kv_entries *l = NULL;
+        tq_request *r = NULL;
+        uint8_t *bytes = NULL;
+        char *json = NULL;
+        expect_named(NULL, tq_batch_add_tensor(b, bad, TQ_DTYPE_I64, 0, NULL, v), "field name");
+        expect_named(NULL, tq_batch_add_tensor(b, bad, TQ_DTYPE_I64, 0, NULL, v), whys[i]);
+        expect_named(c, tq_put(c, bad, b, NULL, NULL), "partition");
+        expect_named(c, tq_put(c, bad, b, NULL, NULL), whys[i]);
+        fa.partition = bad;
+        expect_named(c, tq_get_meta(c, &fa, &m), "partition");
+        fa.partition = part, fa.task = bad;
+        expect_named(c, tq_get_meta(c, &fa, &m), "task");
+        fa.task = "t", fa.num_fields = 2;
+        expect_named(c, tq_get_meta(c, &fa, &m), "field 1");
+        fa.num_fields = 1, fa.partition = bad;
+        tq_stream *st = NULL;
+        expect_named(c, tq_stream_open(c, &fa, &st), "partition");
+        expect_named(c, tq_clear(c, bad, 1, idx), "partition");
+        expect_named(c, tq_clear_partition(c, bad), "partition");
+        expect_named(c, tq_reset_consumption(c, bad, NULL), "partition");
+        expect_named(c, tq_reset_consumption(c, part, bad), "task");
+        expect_named(c, tq_partition_seal(c, bad), "partition");
+        expect_named(c, tq_partitions(c, bad, &json), "partition");
+        expect_named(c, tq_production_status(c, bad, 1, field_list, &bytes), "partition");
+        expect_named(c, tq_production_status(c, part, 2, field_list, &bytes), "field 1");
+        expect_named(c, tq_consumption_status(c, bad, "t", &bytes), "partition");
+        expect_named(c, tq_consumption_status(c, part, bad, &bytes), "task");
+        expect_named(c, tq_kv_put(c, bad, "k", b, NULL), "partition");
+        expect_named(c, tq_kv_put(c, part, bad, b, NULL), "key");
+        expect_named(c, tq_kv_put(c, part, bad, b, NULL), whys[i]);
+        expect_named(c, tq_kv_batch_put(c, part, 1, one, b, NULL), "key");
+        expect_named(c, tq_kv_batch_get(c, part, 2, key_list, 0, NULL, &got), "key 1");
+        expect_named(c, tq_kv_batch_get(c, part, 1, key_list, 2, field_list, &got), "field 1");
+        expect_named(c, tq_kv_list(c, bad, &l), "partition");
+        expect_named(c, tq_kv_list_page(c, bad, NULL, 0, &l), "partition");
+        expect_named(c, tq_kv_clear(c, part, 2, key_list), "key 1");
+        expect_named(c, tq_kv_put_nb(c, part, bad, b, NULL, &r), "key");
+        expect_named(c, tq_kv_batch_get_nb(c, bad, 1, key_list, 0, NULL, &r), "partition");
+        cr_expect(eq(ptr, m, NULL));
+        cr_expect(eq(ptr, got, NULL));
+        cr_expect(eq(ptr, l, NULL));
+        cr_expect(eq(ptr, r, NULL));
+        cr_expect(eq(ptr, st, NULL));
+    }
+    const tq_fetch_args_t sampled = {.partition = part, .task = "t", .fields = (const char *[]){"v"},
+                                     .num_fields = 1, .batch_size = 1, .sampler = long_name};
+    tq_meta *m = NULL;
+    expect_named(c, tq_get_meta(c, &sampled, &m), "sampler");
+    /* NULL where a name is required */
+    expect_named(c, tq_put(c, NULL, b, NULL, NULL), "partition is NULL");
+    expect_named(c, tq_kv_put(c, part, NULL, b, NULL), "key is NULL");
+    tq_batch_destroy(b);
+    /* nothing of that was written */
+    tq_kv_entries *l = NULL;
+    cr_assert(eq(int, tq_kv_list(c, NULL, &l), TQ_OK), "%s", tq_last_error(c));
+    cr_expect(eq(sz, tq_kv_entries_size(l), 0), "a refused call wrote a key");
+    tq_kv_entries_free(l);
+    assert_controller_serves();
+}
+
+/* ---- answers that cannot be built ---- */
+
+/*
+ * A GET_META of 2^20 rows of an empty nested field of 8 dimensions: its answer
+ * (index, size and 8 dimensions a row: 84 MB) passes the 64 MiB frame limit.
+ * The controller answers with an error saying so, not a closed connection
+ * (the old code closed it: "the controller closed the connection"), and the
+ * rows are not consumed.
+ */
+CLUSTER_TEST(bad_frames, answer_past_the_frame_limit)
+{
+    tq_client *c = client;
+    const char *part = tq_test_unique("huge_answer");
+    const uint32_t rows = TQ_WIRE_MAX_ROWS, per_put = rows / 2, ndim = 8;
+    int64_t *shapes = malloc((size_t)per_put * ndim * sizeof(int64_t));
+    const void **data = calloc(per_put, sizeof(void *)); /* empty rows: no data */
+    cr_assert(shapes != NULL && data != NULL);
+    for (size_t i = 0; i < (size_t)per_put * ndim; i++)
+        shapes[i] = i % ndim == 0 ? 0 : 1;
+    for (uint32_t first = 0; first < rows; first += per_put) {
+        tq_batch *b = NULL;
+        cr_assert(eq(int, tq_batch_create(per_put, &b), TQ_OK));
+        cr_assert(eq(int, tq_batch_add_nested(b, "n", TQ_DTYPE_F32, ndim, shapes, data), TQ_OK),
+                  "%s", tq_last_error(NULL));
+        cr_assert(eq(int, tq_put(c, part, b, NULL, NULL), TQ_OK), "put of %u rows: %s", per_put,
+                  tq_last_error(c));
+        tq_batch_destroy(b);
+    }
+    free(shapes);
+    free(data);
+    static const char *const fields[] = {"n"};
+    tq_fetch_args_t all = {.partition = part, .task = "t", .fields = fields, .num_fields = 1,
+                           .batch_size = rows, .timeout_ms = 0};
+    tq_meta *m = NULL;
+    int rc = tq_get_meta(c, &all, &m);
+    fprintf(stderr, "bad_frames: get_meta of %u rows, an 84 MB answer: %s (%s)\n", rows,
+            tq_status_string(rc), tq_last_error(c));
+    cr_expect(eq(int, rc, TQ_ERR_INVALID), "get_meta of %u rows: %s (%s)", rows,
+              tq_status_string(rc), tq_last_error(c));
+    cr_expect(strstr(tq_last_error(c), "frame limit") != NULL, "error: %s", tq_last_error(c));
+    if (rc == TQ_OK)
+        tq_meta_free(m);
+    /* nothing consumed: a smaller fetch gets the first rows */
+    tq_fetch_args_t few = all;
+    few.batch_size = 4;
+    cr_assert(eq(int, tq_get_meta(c, &few, &m), TQ_OK), "%s", tq_last_error(c));
+    cr_expect(eq(u32, tq_meta_rows(m), 4));
+    cr_expect(eq(i64, tq_meta_indexes(m)[0], 0));
+    tq_meta_free(m);
+    cr_assert(eq(int, tq_clear_partition(c, part), TQ_OK), "%s", tq_last_error(c));
+    assert_controller_serves();
+}
+
 /* ---- malformed frames on a raw socket ---- */
 
 #define ANSWER_MS 5000

@@ -12,6 +12,7 @@
 
 #include "helpers.h"
 #include "tq/tq.h"
+#include "wire.h"
 
 /* Each scenario runs on a real cluster and on the embedded default. */
 #define KV_TEST(name) TQ_TEST_BOTH(kv, name, 60)
@@ -1206,4 +1207,228 @@ KV_TEST(nonblocking_requests)
     tq_batch_destroy(one.b);
     kv_get_missing(c, part, 1, k_one, 0, NULL, "nb_bad", "nb_bad after the refused calls");
     tq_request_free(NULL);
+}
+
+/* ---- listings longer than one answer ---- */
+
+/* Key i of a long listing: its number, then padding to len bytes. */
+static void long_key(char *out, size_t len, uint32_t i)
+{
+    int w = snprintf(out, len + 1, "%010u", i);
+    memset(out + w, 'k', len - (size_t)w);
+    out[len] = '\0';
+}
+
+/* Put keys [0, n) of key_len bytes to part, tags only, in batches. */
+static void put_long_keys(tq_client *c, const char *part, uint32_t n, size_t key_len)
+{
+    enum { BATCH = 8192 };
+    char *text = malloc((size_t)BATCH * (key_len + 1));
+    const char **keys = malloc(BATCH * sizeof(char *));
+    const char **tags = calloc(BATCH, sizeof(char *)); /* all NULL: empty tags */
+    cr_assert(text != NULL && keys != NULL && tags != NULL);
+    for (uint32_t first = 0; first < n; first += BATCH) {
+        uint32_t m = n - first < BATCH ? n - first : BATCH;
+        for (uint32_t i = 0; i < m; i++) {
+            keys[i] = text + (size_t)i * (key_len + 1);
+            long_key((char *)keys[i], key_len, first + i);
+        }
+        int rc = tq_kv_batch_put(c, part, m, keys, NULL, tags);
+        cr_assert(eq(int, rc, TQ_OK), "kv_batch_put of keys %u..%u: %s (%s)", first,
+                  first + m - 1, tq_status_string(rc), tq_last_error(c));
+    }
+    free(text);
+    free(keys);
+    free(tags);
+}
+
+/* Entries [0, size) of l are keys [first, first + size) of part, with empty tags. */
+static void assert_long_keys(const tq_kv_entries *l, const char *part, uint32_t first,
+                             size_t key_len, const char *what)
+{
+    char want[TQ_WIRE_NAME_MAX + 1];
+    for (size_t i = 0; i < tq_kv_entries_size(l); i++) {
+        long_key(want, key_len, first + (uint32_t)i);
+        const char *p = tq_kv_entries_partition(l, i), *k = tq_kv_entries_key(l, i),
+                   *t = tq_kv_entries_tag(l, i);
+        if (p == NULL || k == NULL || t == NULL || strcmp(p, part) != 0 ||
+            strcmp(k, want) != 0 || strcmp(t, "{}") != 0)
+            cr_assert(false, "%s: entry %zu is %s/%.16s... %s, want %s/%.16s... {}", what, i,
+                      p ? p : "(null)", k ? k : "(null)", t ? t : "(null)", part, want);
+    }
+}
+
+/*
+ * 327,680 keys of 250 bytes: their listing takes 88 MB on the wire, past the
+ * 64 MiB frame limit (the old code's controller closed the connection).
+ * tq_kv_list pages through it whole and in order; a page by itself is
+ * bounded; a paged walk with a limit gives the same list. TQ_TEST_KV_LIST_KEYS
+ * sets the count (the sanitizer build's CI runs it smaller).
+ */
+Test(kv_list, past_the_frame_limit, .timeout = 300)
+{
+    const size_t key_len = 250;
+    const char *env = getenv("TQ_TEST_KV_LIST_KEYS");
+    uint32_t n = env ? (uint32_t)strtoul(env, NULL, 10) : 327680;
+    cr_assert(gt(u32, n, 0));
+    tq_test_cluster cl;
+    cr_assert(eq(int, tq_test_cluster_start(&cl, 1, "16M"), 0));
+    tq_client *c;
+    cr_assert(eq(int, tq_open(cl.address, &c), TQ_OK), "%s", tq_last_error(NULL));
+    const char *part = "long";
+    uint64_t t0 = tq_test_now_ms();
+    put_long_keys(c, part, n, key_len);
+    uint64_t put_ms = tq_test_now_ms() - t0;
+    /* the whole list as one answer: count, entries (name, key, "{}"), cursor */
+    uint64_t wire = 4 + (uint64_t)n * (2 + strlen(part) + 2 + key_len + 4 + 2) + 2;
+
+    t0 = tq_test_now_ms();
+    tq_kv_entries *l = NULL;
+    int rc = tq_kv_list(c, part, &l);
+    uint64_t list_ms = tq_test_now_ms() - t0;
+    cr_assert(eq(int, rc, TQ_OK), "kv_list of %u keys (%llu bytes): %s (%s)", n,
+              (unsigned long long)wire, tq_status_string(rc), tq_last_error(c));
+    cr_assert(eq(sz, tq_kv_entries_size(l), n), "kv_list listed %zu of %u keys",
+              tq_kv_entries_size(l), n);
+    cr_assert(eq(ptr, (void *)tq_kv_entries_cursor(l), NULL), "a whole listing has no cursor");
+    assert_long_keys(l, part, 0, key_len, "kv_list");
+    tq_kv_entries_free(l);
+    /* every partition: the same keys */
+    cr_assert(eq(int, tq_kv_list(c, NULL, &l), TQ_OK), "%s", tq_last_error(c));
+    cr_assert(eq(sz, tq_kv_entries_size(l), n));
+    assert_long_keys(l, part, 0, key_len, "kv_list(NULL)");
+    tq_kv_entries_free(l);
+
+    /* one page with no limit: what one answer carries, and a cursor when more follow */
+    cr_assert(eq(int, tq_kv_list_page(c, part, NULL, 0, &l), TQ_OK), "%s", tq_last_error(c));
+    size_t first_page = tq_kv_entries_size(l);
+    cr_assert(gt(sz, first_page, 0));
+    cr_assert(le(u64, (uint64_t)first_page * (key_len + 12), TQ_WIRE_MAX_BODY),
+              "a page of %zu entries", first_page);
+    if (wire > TQ_WIRE_MAX_BODY)
+        cr_assert(ne(ptr, (void *)tq_kv_entries_cursor(l), NULL), "a first page of %zu of %u "
+                  "keys had no cursor", first_page, n);
+    assert_long_keys(l, part, 0, key_len, "first page");
+    tq_kv_entries_free(l);
+
+    /* a walk of pages of at most 50,000: the same list, page after page */
+    t0 = tq_test_now_ms();
+    char *cursor = NULL;
+    uint32_t seen = 0, pages = 0;
+    do {
+        rc = tq_kv_list_page(c, part, cursor, 50000, &l);
+        cr_assert(eq(int, rc, TQ_OK), "page %u: %s (%s)", pages, tq_status_string(rc),
+                  tq_last_error(c));
+        cr_assert(le(sz, tq_kv_entries_size(l), 50000));
+        assert_long_keys(l, part, seen, key_len, "a page of 50,000");
+        seen += (uint32_t)tq_kv_entries_size(l);
+        free(cursor);
+        cursor = tq_kv_entries_cursor(l) ? strdup(tq_kv_entries_cursor(l)) : NULL;
+        tq_kv_entries_free(l);
+        pages++;
+    } while (cursor != NULL && pages <= n);
+    cr_assert(eq(u32, seen, n), "the pages listed %u of %u keys", seen, n);
+    fprintf(stderr, "kv_list: %u keys of %zu bytes (%.1f MB as one answer) put in %llu ms, "
+            "listed in %llu ms; a first page holds %zu; %u pages of <= 50,000 in %llu ms\n", n,
+            key_len, wire / 1e6, (unsigned long long)put_ms, (unsigned long long)list_ms,
+            first_page, pages, (unsigned long long)(tq_test_now_ms() - t0));
+    tq_close(c);
+    cr_assert(eq(int, tq_test_cluster_stop(&cl), 0));
+}
+
+/* Number of key "k<i>" in a listing entry, or -1. */
+static int key_number(const char *k)
+{
+    return k != NULL && k[0] == 'k' ? atoi(k + 1) : -1;
+}
+
+/*
+ * Pages of 7 over two partitions while keys come and go between pages: the
+ * key a cursor names is cleared, keys not listed yet are cleared, new keys
+ * are put. Every key there from start to end is listed exactly once, all in
+ * order (partitions in creation order, keys in insertion order), no key twice,
+ * none that was cleared before its page; the last page has no cursor.
+ */
+KV_TEST(list_pages_stay_consistent)
+{
+    tq_client *c = e->c;
+    enum { A_KEYS = 40, B_KEYS = 25, LIMIT = 7 };
+    const char *pa = tq_test_unique("kv_pages_a"), *pb = tq_test_unique("kv_pages_b");
+    char name[32];
+    const char *tag = "{\"n\":1}";
+    for (int i = 0; i < A_KEYS + B_KEYS; i++) {
+        snprintf(name, sizeof(name), "k%d", i);
+        const char *k = name;
+        cr_assert(eq(int, tq_kv_batch_put(c, i < A_KEYS ? pa : pb, 1, &k, NULL, &tag), TQ_OK),
+                  "%s", tq_last_error(c));
+    }
+    bool listed[A_KEYS + B_KEYS + 64] = {false}, cleared[A_KEYS + B_KEYS + 64] = {false};
+    int last = -1, added = 0, pages = 0;
+    char *cursor = NULL;
+    do {
+        tq_kv_entries *l = NULL;
+        int rc = tq_kv_list_page(c, NULL, cursor, LIMIT, &l);
+        cr_assert(eq(int, rc, TQ_OK), "page %d: %s (%s)", pages, tq_status_string(rc),
+                  tq_last_error(c));
+        cr_assert(le(sz, tq_kv_entries_size(l), LIMIT), "page %d: %zu entries", pages,
+                  tq_kv_entries_size(l));
+        int last_key = -1;
+        const char *last_part = NULL;
+        for (size_t i = 0; i < tq_kv_entries_size(l); i++) {
+            const char *p = tq_kv_entries_partition(l, i);
+            if (strcmp(p, pa) != 0 && strcmp(p, pb) != 0)
+                continue; /* another test's */
+            int k = key_number(tq_kv_entries_key(l, i));
+            cr_assert(k >= 0 && k < A_KEYS + B_KEYS + 64, "page %d: key %s", pages,
+                      tq_kv_entries_key(l, i));
+            cr_assert(not(listed[k]), "page %d: key k%d listed twice", pages, k);
+            cr_assert(not(cleared[k]), "page %d: key k%d listed after it was cleared", pages, k);
+            /* keys are numbered in listing order: a, then b, then the new ones at b's end */
+            cr_assert(gt(int, k, last), "page %d: k%d after k%d", pages, k, last);
+            listed[k] = true;
+            last = k;
+            last_key = k;
+            last_part = strcmp(p, pa) == 0 ? pa : pb; /* l is freed below */
+        }
+        free(cursor);
+        cursor = tq_kv_entries_cursor(l) ? strdup(tq_kv_entries_cursor(l)) : NULL;
+        tq_kv_entries_free(l);
+        pages++;
+        if (cursor == NULL)
+            break;
+        /* between pages: clear the key the cursor names, and one not listed yet ... */
+        if (last_key >= 0) {
+            snprintf(name, sizeof(name), "k%d", last_key);
+            const char *k = name;
+            cr_assert(eq(int, tq_kv_clear(c, last_part, 1, &k), 1), "%s", tq_last_error(c));
+        }
+        int ahead = last + 3;
+        if (ahead < A_KEYS + B_KEYS && !cleared[ahead]) {
+            snprintf(name, sizeof(name), "k%d", ahead);
+            const char *k = name;
+            cr_assert(eq(int, tq_kv_clear(c, ahead < A_KEYS ? pa : pb, 1, &k), 1), "%s",
+                      tq_last_error(c));
+            cleared[ahead] = true;
+        }
+        /* ... and put a new key at the end of the last partition */
+        if (added < 64) {
+            snprintf(name, sizeof(name), "k%d", A_KEYS + B_KEYS + added++);
+            const char *k = name;
+            cr_assert(eq(int, tq_kv_batch_put(c, pb, 1, &k, NULL, &tag), TQ_OK), "%s",
+                      tq_last_error(c));
+        }
+    } while (pages < 200);
+    cr_assert(eq(ptr, cursor, NULL), "the listing did not end in %d pages", pages);
+    for (int k = 0; k < A_KEYS + B_KEYS; k++)
+        cr_assert(listed[k] || cleared[k], "key k%d, there all along, was never listed", k);
+    /* new keys at the end of the last partition are listed once each: the
+     * walk catches up with them */
+    for (int k = A_KEYS + B_KEYS; k < A_KEYS + B_KEYS + added; k++)
+        cr_assert(listed[k], "new key k%d, put at the end before the last page, not listed", k);
+
+    /* a cursor no page gave is refused, naming it */
+    tq_kv_entries *l = ENTRIES_SENTINEL;
+    cr_assert(eq(int, tq_kv_list_page(c, pa, "not a cursor", 0, &l), TQ_ERR_INVALID));
+    cr_assert(eq(ptr, l, ENTRIES_SENTINEL), "a refused page wrote entries_p");
+    cr_assert(strstr(tq_last_error(c), "cursor") != NULL, "error: %s", tq_last_error(c));
 }

@@ -934,6 +934,76 @@ Test(wire, roundtrip_partition)
     }
 }
 
+Test(wire, roundtrip_kv_list)
+{
+    const tq_msg_kv_list_t cases[] = {
+        {{"train", 5}, {"", 0}, 0},                /* the first page, no limit */
+        {{"", 0}, {"1f:a0:key", 9}, 7},            /* every partition, from a cursor */
+        {{"p", 1}, {"", 0}, UINT32_MAX},
+    };
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        tq_wbuf w;
+        tq_wbuf_init(&w);
+        tq_wire_encode_kv_list(&w, &cases[i]);
+        tq_rbuf r = tq_rbuf_make(w.data, w.len);
+        tq_msg_kv_list_t got;
+        cr_assert(eq(int, tq_wire_decode_kv_list(&r, &got), TQ_OK), "case %zu", i);
+        expect_str(got.partition, cases[i].partition, "partition");
+        expect_str(got.cursor, cases[i].cursor, "cursor");
+        cr_expect(eq(u32, got.limit, cases[i].limit), "case %zu", i);
+        expect_done(&r, "kv_list");
+        tq_wbuf_free(&w);
+    }
+}
+
+Test(wire, hostile_kv_list)
+{
+    char cursor[TQ_WIRE_CURSOR_MAX + 1], name[256];
+    memset(cursor, 'c', sizeof(cursor));
+    memset(name, 'n', sizeof(name));
+    const struct {
+        tq_msg_kv_list_t m;
+        int              rc;
+        const char      *what;
+    } cases[] = {
+        {{{"", 0}, {cursor, TQ_WIRE_CURSOR_MAX}, 1}, TQ_OK, "the longest cursor"},
+        {{{"", 0}, {cursor, TQ_WIRE_CURSOR_MAX + 1}, 1}, TQ_ERR_PROTOCOL, "a cursor too long"},
+        {{{"", 0}, {"a\0b", 3}, 1}, TQ_ERR_PROTOCOL, "a NUL in the cursor"},
+        {{{"p\0q", 3}, {"", 0}, 1}, TQ_ERR_PROTOCOL, "a NUL in the partition"},
+        {{{name, 256}, {"", 0}, 1}, TQ_ERR_PROTOCOL, "a partition of 256 bytes"},
+        {{{name, 255}, {"", 0}, 1}, TQ_OK, "a partition of 255 bytes"},
+    };
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        tq_wbuf w;
+        tq_wbuf_init(&w);
+        tq_wire_encode_kv_list(&w, &cases[i].m);
+        tq_rbuf r = tq_rbuf_make(w.data, w.len);
+        tq_msg_kv_list_t got;
+        cr_expect(eq(int, tq_wire_decode_kv_list(&r, &got), cases[i].rc), "%s", cases[i].what);
+        /* every cut short of the whole is refused */
+        for (size_t cut = 0; cases[i].rc == TQ_OK && cut < w.len; cut++) {
+            r = tq_rbuf_make(w.data, cut);
+            cr_expect(eq(int, tq_wire_decode_kv_list(&r, &got), TQ_ERR_PROTOCOL), "%s cut at %zu",
+                      cases[i].what, cut);
+        }
+        tq_wbuf_free(&w);
+    }
+    /* a reply's cursor: the same limits */
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_wire_encode_cursor(&w, (tq_str_t){cursor, TQ_WIRE_CURSOR_MAX + 1});
+    tq_rbuf r = tq_rbuf_make(w.data, w.len);
+    tq_str_t got;
+    cr_expect(eq(int, tq_wire_decode_cursor(&r, &got), TQ_ERR_PROTOCOL), "a reply cursor too long");
+    tq_wbuf_reset(&w);
+    tq_wire_encode_cursor(&w, (tq_str_t){"", 0});
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_cursor(&r, &got), TQ_OK), "the last page's empty cursor");
+    cr_expect(eq(u16, got.len, 0));
+    expect_done(&r, "empty cursor");
+    tq_wbuf_free(&w);
+}
+
 static void check_error_reply(int status, const char *message, const char *expected_text)
 {
     tq_wbuf w;

@@ -46,6 +46,7 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_PRODUCTION_STATUS] = "production_status",
     [TQ_MSG_CONSUMPTION_STATUS] = "consumption_status", [TQ_MSG_CANCEL] = "cancel",
     [TQ_MSG_UNIT_LEAVE] = "unit_leave", [TQ_MSG_PARTITIONS] = "partitions",
+    [TQ_MSG_PING] = "ping",
 };
 
 const char *tq__msg_name(uint16_t type)
@@ -79,14 +80,38 @@ void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const cha
 /* Begin a success reply; the caller writes the body and calls reply_end. */
 size_t tq__reply_begin(conn_t *c, const tq_wire_header_t *h)
 {
-    tq__metrics_answered(c->ctl, h->type, TQ_OK);
     return tq_wire_begin_reply(&c->out, h->type, h->request_id, TQ_OK, NULL);
 }
 
-void tq__reply_end(conn_t *c, size_t offset)
+/*
+ * A reply that could not be built (over the frame limit, or out of memory) is
+ * taken back and answered with an error: the peer learns why, and the
+ * connection and the replies before it go on. Only when even the header was
+ * not written does the connection close (conn_flush).
+ */
+bool tq__reply_end(conn_t *c, size_t offset)
 {
     tq_wire_end(&c->out, offset);
-    conn_want_flush(c);
+    tq_wbuf *w = &c->out;
+    if (w->len < offset + TQ_WIRE_HEADER_SIZE)
+        return false;
+    tq_rbuf hr = tq_rbuf_make(w->data + offset + 6, 10);
+    tq_wire_header_t h = {.type = tq_wire_get_u16(&hr)};
+    h.request_id = tq_wire_get_u64(&hr);
+    if (!w->failed) {
+        tq__metrics_answered(c->ctl, h.type, TQ_OK);
+        conn_want_flush(c);
+        return true;
+    }
+    size_t body = w->len - offset - TQ_WIRE_HEADER_SIZE;
+    w->len = offset;
+    w->failed = false;
+    if (body > TQ_WIRE_MAX_BODY)
+        tq__reply_error(c, &h, TQ_ERR_INVALID, "the answer would pass the %u-byte frame limit: "
+                        "ask for less at a time", TQ_WIRE_MAX_BODY);
+    else
+        tq__reply_error(c, &h, TQ_ERR_NOMEM, "out of memory building the answer");
+    return false;
 }
 
 void tq__reply_ok(conn_t *c, const tq_wire_header_t *h) { tq__reply_end(c, tq__reply_begin(c, h)); }
@@ -186,6 +211,7 @@ tq_partition_t *tq__partition_add(tq_controller *ctl, const char *name, int *sta
         *status_p = TQ_ERR_NOMEM, *why_p = "out of memory";
         return NULL;
     }
+    p->seq = ++ctl->last_partition_seq;
     tq_list_insert_tail(&ctl->partitions, &p->link);
     ctl->num_partitions++;
     return p;
@@ -556,6 +582,9 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
     case TQ_MSG_PRODUCTION_STATUS:
     case TQ_MSG_CONSUMPTION_STATUS: return handle_status(c, h, &r);
     case TQ_MSG_PARTITIONS:    return handle_partitions(c, h, &r);
+    case TQ_MSG_PING: /* a client waiting on a parked request checks we are alive */
+        tq__reply_ok(c, h);
+        break;
     default:
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "unknown message type %u", h->type);
     }

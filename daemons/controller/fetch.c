@@ -204,10 +204,13 @@ int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fiel
             tq_wire_encode_extent(&c->out, &runs[i]);
     }
     meta->num_pins = pin;
-    tq__reply_end(c, off);
-    meta->reply_end = c->sent + c->out.len;
-    tq_list_insert_tail(&c->ctl->leases, &meta->lease_link);
-    rc = TQ_OK;
+    if (tq__reply_end(c, off)) {
+        meta->reply_end = c->sent + c->out.len;
+        tq_list_insert_tail(&c->ctl->leases, &meta->lease_link);
+        rc = TQ_OK;
+    } else {
+        rc = TQ_ERR_INVALID; /* too large, or out of memory: an error went instead */
+    }
 out:
     free(row_bytes);
     free(shapes);

@@ -159,6 +159,7 @@ struct tq_controller {
     size_t   metrics_last_len;   /* of the last /metrics body: what the next will cost */
     uint64_t next_id;
     uint32_t next_unit_id;
+    uint64_t last_partition_seq; /* partitions in creation order, for listing cursors */
     uint64_t free_seen;          /* pool bytes free when parked allocs were last tried */
     tq_meta_budget_t meta_budget; /* all partitions' per-row arrays */
     tq_list  conns, to_flush, units, partitions, parked;
@@ -178,9 +179,11 @@ const char *tq__msg_name(uint16_t type);
 /* Queue an error reply (flushed before the loop sleeps). */
 void tq__reply_error(conn_t *c, const tq_wire_header_t *h, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Begin a success reply; the caller writes the body and calls tq__reply_end. */
+/* Begin a success reply; the caller writes the body and calls tq__reply_end,
+ * which answers with an error instead when the reply could not be built
+ * (over the frame limit, out of memory). @return true when it goes as built. */
 size_t tq__reply_begin(conn_t *c, const tq_wire_header_t *h);
-void   tq__reply_end(conn_t *c, size_t offset);
+bool   tq__reply_end(conn_t *c, size_t offset);
 void   tq__reply_ok(conn_t *c, const tq_wire_header_t *h);
 /* Hand c's queued replies to the kernel now, not before the loop sleeps: once
  * a change is visible its answer must not wait behind other work. */
@@ -232,7 +235,8 @@ void tq__unit_lost(tq_controller *ctl, const struct tq_unit *u);
  * NULL when out of memory. */
 meta_t *tq__meta_new(conn_t *c, size_t max_pins);
 /* Write a GET_META-shaped answer for rows and pin their cells under meta.
- * @return TQ_OK, or TQ_ERR_NOMEM (an error reply was written). */
+ * @return TQ_OK, or an error: an error reply went instead (too large, out
+ * of memory) and the caller disposes of meta. */
 int     tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
                        uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
 /* Keep request h (its body) to try again until timeout_ms passes (< 0: never);

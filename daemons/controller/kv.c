@@ -1,5 +1,8 @@
 /* kv.c: the key-value requests: KV_GET pins the rows of keys, KV_LIST, KV_CLEAR. */
 #define TQ_LOG_COMPONENT "controller"
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,43 +90,117 @@ out:
     free(rows);
 }
 
-static void encode_partition_keys(tq_wbuf *w, const tq_partition_t *p)
+/*
+ * KV_LIST answers one page: keys in insertion order, partitions in creation
+ * order, at most the limit and at most PAGE_BYTES of entries (one entry
+ * always, up to the frame limit), so the loop stays responsive and no answer
+ * passes the frame limit. The cursor names the last key listed by its
+ * partition's place, its own place and its name: "seq:seq:key", in hex. A
+ * page resumes after that key in O(1) while it exists; else after the place
+ * it had, so keys added or removed during a listing never make another key
+ * appear twice or be skipped.
+ */
+#define PAGE_BYTES (8u << 20)
+
+typedef struct {
+    uint64_t part_seq, key_seq;
+    char     key[TQ_WIRE_NAME_MAX + 1];
+} list_cursor_t;
+
+/* "" is the start; else "seq:seq:key" as list_page writes it. */
+static bool cursor_parse(tq_str_t s, list_cursor_t *cur)
 {
+    memset(cur, 0, sizeof(*cur));
+    if (s.len == 0)
+        return true;
+    char text[TQ_WIRE_CURSOR_MAX + 1], *end;
+    memcpy(text, s.ptr, s.len);
+    text[s.len] = '\0';
+    errno = 0;
+    cur->part_seq = strtoull(text, &end, 16);
+    if (end == text || *end != ':' || errno != 0)
+        return false;
+    const char *k = end + 1;
+    cur->key_seq = strtoull(k, &end, 16);
+    if (end == k || *end != ':' || errno != 0 || cur->part_seq == 0 || cur->key_seq == 0)
+        return false;
+    size_t len = strlen(end + 1);
+    if (len == 0 || len > TQ_WIRE_NAME_MAX)
+        return false;
+    memcpy(cur->key, end + 1, len + 1);
+    return true;
+}
+
+/* Where in p's keys the page after cur starts (&p->key_order: none left). */
+static tq_list *resume_in(tq_partition_t *p, const list_cursor_t *cur)
+{
+    if (p->seq != cur->part_seq)
+        return p->key_order.next; /* a partition after the cursor's: from its first key */
+    tq_kv_key_t *k = tq__partition_key(p, cur->key);
+    if (k != NULL && k->seq == cur->key_seq)
+        return k->link.next;
+    /* the cursor's key went: the first one bound after it (key_order is in seq order) */
     tq_list *pos;
-    for (pos = p->key_order.next; pos != &p->key_order; pos = pos->next) {
-        const tq_kv_key_t *k = tq_list_entry(pos, tq_kv_key_t, link);
-        char *tag = cJSON_PrintUnformatted(k->tag);
-        if (tag == NULL) {
-            w->failed = true; /* out of memory: the reply fails whole */
-            return;
-        }
-        tq_wire_kv_entry_t e = {{p->name, (uint16_t)strlen(p->name)},
-                                {k->key, (uint16_t)strlen(k->key)},
-                                {(const uint8_t *)tag, (uint32_t)strlen(tag)}};
-        tq_wire_encode_kv_entry(w, &e);
-        free(tag);
-    }
+    for (pos = p->key_order.next; pos != &p->key_order; pos = pos->next)
+        if (tq_list_entry(pos, tq_kv_key_t, link)->seq > cur->key_seq)
+            break;
+    return pos;
 }
 
 void tq__handle_kv_list(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
-    tq_str_t want;
-    if (tq_wire_decode_partition_filter(r, &want) != TQ_OK || !tq_rbuf_done(r))
-        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_list");
-    uint32_t n = 0;
-    tq_list *pos;
-    for (pos = c->ctl->partitions.next; pos != &c->ctl->partitions; pos = pos->next) {
-        tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
-        if (want.len == 0 || tq_str_eq(want, p->name))
-            n += (uint32_t)tq_hashmap_size(p->keys);
+    tq_msg_kv_list_t m;
+    list_cursor_t cur;
+    if (tq_wire_decode_kv_list(r, &m) != TQ_OK || !tq_rbuf_done(r)) {
+        tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_list");
+        return;
     }
-    size_t off = tq__reply_begin(c, h);
-    tq_wire_put_u32(&c->out, n);
-    for (pos = c->ctl->partitions.next; pos != &c->ctl->partitions; pos = pos->next) {
-        tq_partition_t *p = tq_list_entry(pos, tq_partition_t, link);
-        if (want.len == 0 || tq_str_eq(want, p->name))
-            encode_partition_keys(&c->out, p);
+    if (!cursor_parse(m.cursor, &cur)) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "kv_list: the cursor is not one a page gave");
+        return;
     }
+    uint32_t limit = m.limit ? m.limit : UINT32_MAX, n = 0;
+    tq_wbuf *w = &c->out;
+    size_t off = tq__reply_begin(c, h), count_at = w->len;
+    tq_wire_put_u32(w, 0); /* the count, patched below */
+    size_t entries_at = w->len;
+    const tq_partition_t *last_p = NULL;
+    const tq_kv_key_t *last_k = NULL;
+    bool more = false;
+    tq_list *ppos;
+    for (ppos = c->ctl->partitions.next; ppos != &c->ctl->partitions && !more && !w->failed;
+         ppos = ppos->next) {
+        tq_partition_t *p = tq_list_entry(ppos, tq_partition_t, link);
+        if ((m.partition.len > 0 && !tq_str_eq(m.partition, p->name)) || p->seq < cur.part_seq)
+            continue;
+        for (tq_list *pos = resume_in(p, &cur); pos != &p->key_order; pos = pos->next) {
+            const tq_kv_key_t *k = tq_list_entry(pos, tq_kv_key_t, link);
+            char *tag = n < limit ? cJSON_PrintUnformatted(k->tag) : NULL;
+            if (n < limit && tag == NULL) {
+                w->failed = true; /* out of memory: the answer becomes an error */
+                break;
+            }
+            size_t plen = strlen(p->name), klen = strlen(k->key), tlen = tag ? strlen(tag) : 0;
+            if (n == limit || (n > 0 && w->len - entries_at + 8 + plen + klen + tlen > PAGE_BYTES)) {
+                free(tag);
+                more = true;
+                break;
+            }
+            tq_wire_kv_entry_t e = {{p->name, (uint16_t)plen}, {k->key, (uint16_t)klen},
+                                    {(const uint8_t *)tag, (uint32_t)TQ_MIN(tlen, UINT32_MAX)}};
+            tq_wire_encode_kv_entry(w, &e);
+            free(tag);
+            n++, last_p = p, last_k = k;
+        }
+    }
+    if (!w->failed)
+        for (int i = 0; i < 4; i++)
+            w->data[count_at + i] = (uint8_t)(n >> (8 * i));
+    char next[TQ_WIRE_CURSOR_MAX + 1] = "";
+    if (more)
+        snprintf(next, sizeof(next), "%" PRIx64 ":%" PRIx64 ":%s", last_p->seq, last_k->seq,
+                 last_k->key);
+    tq_wire_encode_cursor(w, (tq_str_t){next, (uint16_t)strlen(next)});
     tq__reply_end(c, off);
 }
 

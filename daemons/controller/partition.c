@@ -356,6 +356,7 @@ void tq__partition_bind_key(tq_partition_t *p, tq_kv_key_t *k)
     int rc = tq_hashmap_put(p->keys, k->key, k);
     tq_assert(rc == 0); /* room was reserved */
     (void)rc;
+    k->seq = ++p->last_key_seq;
     tq_list_insert_tail(&p->key_order, &k->link);
     p->row_keys[k->row] = k;
 }

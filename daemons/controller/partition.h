@@ -70,6 +70,7 @@ typedef struct tq_task {
 typedef struct tq_kv_key {
     tq_list  link;  /* in the partition's key_order: insertion order */
     char    *key;
+    uint64_t seq;   /* its place in key_order: grows with every key bound */
     int64_t  row;
     cJSON   *tag;   /* a JSON object */
 } tq_kv_key_t;
@@ -97,6 +98,8 @@ typedef struct tq_partition {
     tq_list     allocs;      /* pending puts that reserved rows here */
     tq_hashmap *keys;        /* key -> tq_kv_key_t */
     tq_list     key_order;
+    uint64_t    seq;          /* its place among partitions (set by the controller) */
+    uint64_t    last_key_seq; /* of the last key bound */
     tq_kv_key_t **row_keys;  /* per slot: its key, or NULL */
     bool        sealed;      /* no new rows will come */
     tq_hashmap *kept;        /* key -> tq_kept_t */

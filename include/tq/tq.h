@@ -90,7 +90,8 @@ TQ_EXPORT const char *tq_status_string(int status);
 
 /**
  * @return the detail of this thread's last failure on @p c ("" if none); with
- * NULL, of the last failed tq_open. Valid until the thread's next call.
+ * NULL, of the last failed tq_open or refused batch field name. Valid until
+ * the thread's next call.
  */
 TQ_EXPORT const char *tq_last_error(const tq_client *c);
 
@@ -234,14 +235,31 @@ TQ_EXPORT int tq_kv_batch_get(tq_client *c, const char *partition, size_t n,
 /**
  * List keys in insertion order with their tags, of one partition (NULL: all,
  * partitions in creation order). An unknown partition gives an empty list.
+ * The list comes page by page (tq_kv_list_page), however long it is.
  * @return TQ_OK and *entries_p (free with tq_kv_entries_free).
  */
 TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p);
+/**
+ * One page of tq_kv_list's list: the entries after @p cursor, in the same
+ * order, at most @p limit of them and at most what one answer carries (about
+ * 8 MiB). Keys put or cleared between pages never make another key appear
+ * twice or go missing; they may or may not appear themselves.
+ * @param [in]  cursor    NULL for the first page, else tq_kv_entries_cursor of
+ *                        the page before.
+ * @param [in]  limit     most entries, 0 for no limit but the answer's size.
+ * @param [out] entries_p the page; tq_kv_entries_cursor gives the next one's cursor.
+ * @return TQ_OK; TQ_ERR_INVALID for a bad partition name or a cursor no page gave.
+ */
+TQ_EXPORT int tq_kv_list_page(tq_client *c, const char *partition, const char *cursor,
+                              size_t limit, tq_kv_entries **entries_p);
 TQ_EXPORT size_t      tq_kv_entries_size(const tq_kv_entries *e);
 TQ_EXPORT const char *tq_kv_entries_partition(const tq_kv_entries *e, size_t i);
 TQ_EXPORT const char *tq_kv_entries_key(const tq_kv_entries *e, size_t i);
 /** @return the tag of entry i as JSON object text ("{}" when none). */
 TQ_EXPORT const char *tq_kv_entries_tag(const tq_kv_entries *e, size_t i);
+/** @return the cursor of the page after @p e (valid while e is), or NULL when
+ *          e ends the list (always NULL for tq_kv_list). */
+TQ_EXPORT const char *tq_kv_entries_cursor(const tq_kv_entries *e);
 TQ_EXPORT void        tq_kv_entries_free(tq_kv_entries *e);
 /** Remove the keys that exist (their rows and tags); the partition stays.
  * @return how many keys were removed, or an error. */

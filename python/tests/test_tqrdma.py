@@ -176,6 +176,71 @@ class KVTests:
         with self.assertRaisesRegex(tq.NotFoundError, "k404"):
             tq.kv_batch_get(["a", "k404"], self.p)
 
+    def test_nul_inside_a_name_is_refused(self):
+        """The library takes C strings: "k\\0x" would be written as key "k". Refused before
+        any call, naming the argument; nothing is written."""
+        x, x2 = np.zeros((1, 2)), np.zeros((2, 2))
+        cases = [
+            ("keys[1]", lambda: tq.kv_batch_put(["a", "k\0x"], self.p, fields={"x": x2})),
+            ("key", lambda: tq.kv_put("k\0x", self.p, fields={"x": x[0]})),
+            ("partition_id", lambda: tq.kv_put("a", self.p + "\0x", fields={"x": x[0]})),
+            ("name 'x\\x00y'", lambda: tq.kv_batch_put(["a"], self.p, fields={"x\0y": x})),
+            ("name", lambda: tq.kv_put("a", self.p, fields={"\0": x[0]})),
+            ("keys", lambda: tq.kv_batch_get("k\0x", self.p)),
+            ("select_fields", lambda: tq.kv_batch_get(["a"], self.p, select_fields="x\0")),
+            ("select_fields[1]", lambda: tq.kv_batch_get(["a"], self.p, ["x", "\0"])),
+            ("partition_id", lambda: tq.kv_list(self.p + "\0")),
+            ("keys[0]", lambda: tq.kv_clear(["k\0x"], self.p)),
+            ("partition_id", lambda: tq.kv_clear(["a"], "\0")),
+        ]
+        for what, call in cases:
+            with self.subTest(argument=what):
+                with self.assertRaises(ValueError) as cm:
+                    call()
+                self.assertIsInstance(cm.exception, tq.InvalidArgumentError)
+                self.assertEqual(tq.ERR_INVALID, cm.exception.status)
+                self.assertIn(what, str(cm.exception))
+                self.assertIn("NUL", str(cm.exception))
+        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertNotIn(self.p + "\0x", tq.kv_list())
+
+    def test_empty_and_long_names_name_the_argument(self):
+        """The library's own checks: 1 to 255 bytes, the message says which argument."""
+        x = np.zeros((1, 2))
+        long = "n" * 256
+        cases = [
+            ("key", lambda: tq.kv_put("", self.p, fields={"x": x[0]})),
+            ("key 1", lambda: tq.kv_batch_put(["a", long], self.p, fields={"x": np.zeros((2, 2))})),
+            ("partition", lambda: tq.kv_put("a", long, fields={"x": x[0]})),
+            ("partition", lambda: tq.kv_list("")),
+            ("field name", lambda: tq.kv_put("a", self.p, fields={long: x[0]})),
+            ("field 0", lambda: tq.kv_batch_get(["a"], self.p, select_fields=[""])),
+        ]
+        for what, call in cases:
+            with self.subTest(argument=what):
+                with self.assertRaises(tq.InvalidArgumentError) as cm:
+                    call()
+                self.assertIn(what, str(cm.exception))
+        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        tq.kv_put("n" * 255, self.p, fields={"f" * 255: x[0]})  # the longest names are fine
+        self.assertEqual(["n" * 255], list(tq.kv_list(self.p)[self.p]))
+
+    def test_kv_list_reads_every_page(self):
+        """40,000 keys of 250 characters: more than one page (8 MiB) of listing."""
+        keys = [f"{i:010d}" + "k" * 240 for i in range(40000)]
+        for first in range(0, len(keys), 10000):
+            tq.kv_batch_put(keys[first:first + 10000], self.p, tags=[{}] * 10000)
+        entries = ctypes.c_void_p()
+        self.assertEqual(0, _capi.lib.tq_kv_list_page(tq._client, self.p.encode(), None, 0,
+                                                      byref(entries)))
+        try:
+            page = _capi.lib.tq_kv_entries_size(entries)
+            self.assertIsNotNone(_capi.lib.tq_kv_entries_cursor(entries), "one page held all")
+        finally:
+            _capi.lib.tq_kv_entries_free(entries)
+        self.assertLess(page, len(keys))
+        self.assertEqual(keys, list(tq.kv_list(self.p)[self.p]))
+
     def test_non_contiguous_inputs(self):
         base = np.arange(4 * 6 * 2, dtype=np.float64).reshape(4, 6, 2)
         strided = base[:, ::2, 0]                 # not contiguous

@@ -66,6 +66,8 @@ atexit.register(close)
 def kv_put(key, partition_id, fields=None, tag=None):
     """Write one key: fields maps names to its values (an array, without a key dimension,
     or bytes); tag, a dict, is merged into its tag. Fields not given keep their values."""
+    if isinstance(key, str):
+        _no_nul(key, "key")
     rows = None if fields is None else {name: one_row(name, v) for name, v in fields.items()}
     kv_batch_put([key], partition_id, rows, None if tag is None else [tag])
 
@@ -104,19 +106,25 @@ def kv_batch_get(keys, partition_id, select_fields=None):
 
 
 def kv_list(partition_id=None):
-    """{partition: {key: tag}} with keys in insertion order; one partition, or every one."""
-    entries = c_void_p()
-    _check(lib.tq_kv_list(_open(), None if partition_id is None else _partition(partition_id),
-                          byref(entries)), "kv_list")
+    """{partition: {key: tag}} with keys in insertion order; one partition, or every one.
+    Read page by page (one answer of the controller is bounded, a listing is not)."""
+    client = _open()
+    partition_c = None if partition_id is None else _partition(partition_id)
     out = {} if partition_id is None else {partition_id: {}}
-    try:
-        for i in range(lib.tq_kv_entries_size(entries)):
-            partition = lib.tq_kv_entries_partition(entries, i).decode()
-            key = lib.tq_kv_entries_key(entries, i).decode()
-            out.setdefault(partition, {})[key] = json.loads(lib.tq_kv_entries_tag(entries, i))
-    finally:
-        lib.tq_kv_entries_free(entries)
-    return out
+    cursor = None
+    while True:
+        entries = c_void_p()
+        _check(lib.tq_kv_list_page(client, partition_c, cursor, 0, byref(entries)), "kv_list")
+        try:
+            for i in range(lib.tq_kv_entries_size(entries)):
+                partition = lib.tq_kv_entries_partition(entries, i).decode()
+                key = lib.tq_kv_entries_key(entries, i).decode()
+                out.setdefault(partition, {})[key] = json.loads(lib.tq_kv_entries_tag(entries, i))
+            cursor = lib.tq_kv_entries_cursor(entries)  # bytes, copied: valid after the free
+        finally:
+            lib.tq_kv_entries_free(entries)
+        if cursor is None:
+            return out
 
 
 def kv_clear(keys, partition_id):
@@ -143,7 +151,14 @@ def _check(rc, what):
 def _partition(partition_id):
     if not isinstance(partition_id, str):
         raise TypeError(f"partition_id: str expected, got {type(partition_id).__name__}")
+    _no_nul(partition_id, "partition_id")
     return partition_id.encode()
+
+
+def _no_nul(name, what):
+    """The library takes C strings: a NUL would end the name there, silently."""
+    if "\0" in name:
+        raise InvalidArgumentError(ERR_INVALID, f"{what}: {name!r} has a NUL character inside")
 
 
 def _keys(keys, allow_str=True, what="keys"):
@@ -151,13 +166,15 @@ def _keys(keys, allow_str=True, what="keys"):
     if isinstance(keys, str):
         if not allow_str:
             raise TypeError(f"{what}: a list of str, not one str")
+        _no_nul(keys, what)
         return [keys]
     keys = list(keys)
     if not keys:
         raise InvalidArgumentError(ERR_INVALID, f"{what}: at least one is required")
-    for k in keys:
+    for i, k in enumerate(keys):
         if not isinstance(k, str):
             raise TypeError(f"{what}: str expected, got {type(k).__name__}")
+        _no_nul(k, f"{what}[{i}]")
     return keys
 
 

@@ -66,6 +66,9 @@ class Batch:
         """Add one field: an array (one row per key), or a list of arrays or of bytes."""
         if not isinstance(name, str):
             raise TypeError(f"field names are str, not {type(name).__name__}")
+        if "\0" in name:  # the library takes C strings: the name would end at the NUL
+            raise InvalidArgumentError(ERR_INVALID,
+                                       f"fields: name {name!r} has a NUL character inside")
         rows = lib.tq_batch_rows(self.handle)
         if not isinstance(value, (list, tuple)):
             rc = self._add_tensor(name, value, rows)
@@ -75,8 +78,8 @@ class Batch:
             rc = self._add_bytes(name, value)
         else:
             rc = self._add_nested(name, value)
-        if rc < 0:
-            raise error(rc, f"field {name!r}")
+        if rc < 0:  # a batch has no client: its detail is tq_last_error(NULL)'s
+            raise error(rc, f"field {name!r}", lib.tq_last_error(None).decode(errors="replace"))
 
     def _add_tensor(self, name, value, rows):
         a, code = _c_array(value, name)

@@ -71,6 +71,8 @@ _PROTOTYPES = {
     "tq_kv_batch_get": (c_int, [_client_p, c_char_p, c_size_t, _strings, c_size_t, _strings,
                                 POINTER(_batch_p)]),
     "tq_kv_list": (c_int, [_client_p, c_char_p, POINTER(_entries_p)]),
+    "tq_kv_list_page": (c_int, [_client_p, c_char_p, c_char_p, c_size_t, POINTER(_entries_p)]),
+    "tq_kv_entries_cursor": (c_char_p, [_entries_p]),
     "tq_kv_entries_size": (c_size_t, [_entries_p]),
     "tq_kv_entries_partition": (c_char_p, [_entries_p, c_size_t]),
     "tq_kv_entries_key": (c_char_p, [_entries_p, c_size_t]),

@@ -333,13 +333,14 @@ static void request(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     }
     case TQ_MSG_KV_GET: kv_get_request(r, w); break;
     case TQ_MSG_KV_LIST: {
-        tq_str_t p;
-        if (tq_wire_decode_partition_filter(r, &p) != TQ_OK)
+        tq_msg_kv_list_t m;
+        if (tq_wire_decode_kv_list(r, &m) != TQ_OK)
             break;
-        want_name("kv_list", p, true);
-        char *c = p.len ? cstr(p) : NULL;
-        tq_wire_encode_partition_filter(w, c);
-        free(c);
+        want_name("kv_list", m.partition, true);
+        touch_str(m.cursor);
+        want("kv_list cursor", m.cursor.len <= TQ_WIRE_CURSOR_MAX &&
+                                   memchr(m.cursor.ptr, '\0', m.cursor.len) == NULL);
+        tq_wire_encode_kv_list(w, &m);
         want_same("kv_list", from, r, w);
         break;
     }
@@ -430,6 +431,15 @@ static void reply(uint16_t type, tq_rbuf *r, tq_wbuf *w)
             tq_wire_encode_kv_entry(w, &e);
             want_same("kv entry", from, r, w);
         }
+        tq_str_t cursor;
+        from = r->p;
+        if (r->failed || tq_wire_decode_cursor(r, &cursor) != TQ_OK)
+            break;
+        touch_str(cursor);
+        want("kv_list reply cursor", cursor.len <= TQ_WIRE_CURSOR_MAX &&
+                                         memchr(cursor.ptr, '\0', cursor.len) == NULL);
+        tq_wire_encode_cursor(w, cursor);
+        want_same("kv_list reply cursor", from, r, w);
         break;
     }
     case TQ_MSG_PRODUCTION_STATUS:
