@@ -1310,7 +1310,7 @@ void tq_test_proc_spawn(tq_test_proc_t *p, const char *dir, char *const argv[], 
     cr_assert(ge(int, fd, 0), "open %s: %s", p->log, strerror(errno));
     p->pid = tq_test_start(argv, NULL, fd);
     close(fd);
-    cr_assert(gt(int, p->pid, 0), "cannot start %s", name);
+    cr_assert(lt(int, 0, p->pid), "cannot start %s", name);
 }
 
 void tq_test_proc_dump(const tq_test_proc_t *p)

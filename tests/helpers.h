@@ -170,6 +170,9 @@ int tq_test_reap(pid_t pid, int timeout_ms);
 
 /* ---- assertions ---- */
 
+/* Criterion 2.4's C gt(T, a, b) is !lt(a, b): it holds when a == b. The suites
+ * write lt(T, b, a) instead, and ci/test.sh refuses a gt( in tests/. */
+
 /* Index of the first byte where a and b differ over n bytes, or -1. */
 int64_t tq_test_first_diff(const void *a, const void *b, size_t n);
 

@@ -17,7 +17,7 @@
 
 static const char *const FIELD_V[] = {"v"};
 
-/* Criterion 2.4's gt(T, a, b) tests a >= b in C (it is !lt): comparisons with
+/* Criterion 2.4's lt(T, b, a) tests a >= b in C (it is !lt): comparisons with
  * a strict bound are written out here. */
 
 /* ---- small tools ---- */

@@ -106,7 +106,7 @@ static void kv_get_missing(tq_client *c, const char *part, size_t n, const char 
     cr_assert(eq(ptr, b, BATCH_SENTINEL), "%s: a failed get wrote batch_p", what);
     const char *err = tq_last_error(c);
     cr_assert(ne(ptr, (void *)err, NULL), "%s: tq_last_error is NULL", what);
-    cr_assert(gt(sz, strlen(err), 0), "%s: no tq_last_error after a failure", what);
+    cr_assert(lt(sz, 0, strlen(err)), "%s: no tq_last_error after a failure", what);
     if (name != NULL)
         cr_assert(ne(ptr, strstr(err, name), NULL), "%s: tq_last_error \"%s\" does not name %s",
                   what, err, name);
@@ -119,7 +119,7 @@ static void kv_get_missing(tq_client *c, const char *part, size_t n, const char 
         cr_assert(eq(int, rc_, TQ_ERR_INVALID), "%s: %s (%s)", (what), tq_status_string(rc_), \
                   (c) ? tq_last_error(c) : "");                                            \
         if ((c) != NULL)                                                                   \
-            cr_assert(gt(sz, strlen(tq_last_error(c)), 0), "%s: no tq_last_error", (what)); \
+            cr_assert(lt(sz, 0, strlen(tq_last_error(c))), "%s: no tq_last_error", (what)); \
     } while (0)
 
 /* One cell: a tensor or bytes row of b must be exactly (want, len). */
@@ -1270,7 +1270,7 @@ Test(kv_list, past_the_frame_limit, .timeout = 300)
     const size_t key_len = 250;
     const char *env = getenv("TQ_TEST_KV_LIST_KEYS");
     uint32_t n = env ? (uint32_t)strtoul(env, NULL, 10) : 327680;
-    cr_assert(gt(u32, n, 0));
+    cr_assert(lt(u32, 0, n));
     tq_test_cluster cl;
     cr_assert(eq(int, tq_test_cluster_start(&cl, 1, "16M"), 0));
     tq_client *c;
@@ -1302,7 +1302,7 @@ Test(kv_list, past_the_frame_limit, .timeout = 300)
     /* one page with no limit: what one answer carries, and a cursor when more follow */
     cr_assert(eq(int, tq_kv_list_page(c, part, NULL, 0, &l), TQ_OK), "%s", tq_last_error(c));
     size_t first_page = tq_kv_entries_size(l);
-    cr_assert(gt(sz, first_page, 0));
+    cr_assert(lt(sz, 0, first_page));
     cr_assert(le(u64, (uint64_t)first_page * (key_len + 12), TQ_WIRE_MAX_BODY),
               "a page of %zu entries", first_page);
     if (wire > TQ_WIRE_MAX_BODY)
@@ -1384,7 +1384,7 @@ KV_TEST(list_pages_stay_consistent)
             cr_assert(not(listed[k]), "page %d: key k%d listed twice", pages, k);
             cr_assert(not(cleared[k]), "page %d: key k%d listed after it was cleared", pages, k);
             /* keys are numbered in listing order: a, then b, then the new ones at b's end */
-            cr_assert(gt(int, k, last), "page %d: k%d after k%d", pages, k, last);
+            cr_assert(lt(int, last, k), "page %d: k%d after k%d", pages, k, last);
             listed[k] = true;
             last = k;
             last_key = k;

@@ -30,7 +30,7 @@ static uint16_t metrics_port(const tq_test_cluster *cl)
         if (port == 0)
             tq_test_sleep_ms(20);
     }
-    cr_assert(gt(u32, port, 0), "no metrics address in %s", path);
+    cr_assert(lt(u32, 0, port), "no metrics address in %s", path);
     return (uint16_t)port;
 }
 
@@ -120,7 +120,7 @@ Test(metrics, scrape_after_traffic, .timeout = 120)
         cr_expect(eq(int, regexec(&line_re, l, 0, NULL, 0), 0), "malformed line: %s", l);
     regfree(&line_re);
     free(copy);
-    cr_expect(gt(u32, lines, 50));
+    cr_expect(lt(u32, 50, lines));
 
     /* what the traffic above must have counted */
     cr_expect(eq(dbl, sample(body, "tq_requests_total{type=\"alloc\",status=\"ok\"}"), 2));
@@ -145,7 +145,7 @@ Test(metrics, scrape_after_traffic, .timeout = 120)
                  alloc_count));
     cr_expect(le(dbl, sample(body, "tq_request_duration_seconds_bucket{type=\"alloc\",le=\"0.001\"}"),
                  sample(body, "tq_request_duration_seconds_bucket{type=\"alloc\",le=\"0.01\"}")));
-    cr_expect(gt(dbl, sample(body, "tq_request_duration_seconds_sum{type=\"alloc\"}"), 0));
+    cr_expect(lt(dbl, 0, sample(body, "tq_request_duration_seconds_sum{type=\"alloc\"}")));
     free(out);
 
     /* what is not a scrape gets an HTTP error, and the controller serves on */
@@ -273,7 +273,7 @@ Test(metrics, slow_readers_bounded, .timeout = 240)
             "%d unread scrapes (%u answered 200, %u of them cut short, %u 503), %ld kB %d ms "
             "after them; pipelined: %u answers, %zu bytes\n", scrape, base_kb, peak_kb,
             SCRAPERS, ok, cut, busy, after_kb, SCRAPE_MS + 1500, answers, pipelined_bytes);
-    cr_expect(gt(sz, scrape, 8u << 20), "a scrape of only %zu bytes: the test proves little",
+    cr_expect(lt(sz, 8u << 20, scrape), "a scrape of only %zu bytes: the test proves little",
               scrape);
     if (TQ_TEST_RSS_MEANINGFUL) {
         /* at most 64 MiB of answers held at once, and one render on its way */

@@ -127,7 +127,7 @@ Test(pool, alignment)
             cr_expect(le(u64, off + sz, cap));
             blocks[n++] = b;
         }
-        cr_expect(gt(u64, n, 5));
+        cr_expect(lt(u64, 5, n));
         cr_expect(eq(int, tq_pool_check(pool), 0));
         for (size_t i = 0; i < n; i++)
             tq_pool_free(pool, blocks[i]);
@@ -338,9 +338,9 @@ Test(pool, random_stress)
         if (op % CHECK_EVERY == 0)
             check_shadow(pool, live, n);
     }
-    cr_expect(gt(sz, nospace, 0), "the pool never filled up");
-    cr_expect(gt(sz, frees, 0));
-    cr_expect(gt(sz, allocs, 0));
+    cr_expect(lt(sz, 0, nospace), "the pool never filled up");
+    cr_expect(lt(sz, 0, frees));
+    cr_expect(lt(sz, 0, allocs));
 
     check_shadow(pool, live, n);
     for (size_t i = 0; i < n; i++)

@@ -306,7 +306,7 @@ Test(security, stranger_without_token, .fini = teardown, .timeout = 280)
             np < 16)
             snprintf(ports[np++], sizeof(ports[0]), "%u", socks[i].port);
     }
-    cr_assert(gt(u32, np, 0), "the unit listens on no port beyond loopback: nothing to attack");
+    cr_assert(lt(u32, 0, np), "the unit listens on no port beyond loopback: nothing to attack");
     tq_test_cmd_t c;
     tq_test_cmd_init(&c, &sec.net, 1, false);
     tq_test_cmd_env(&c, "FI_PROVIDER=tcp");
@@ -353,7 +353,7 @@ static void assert_loopback_only(pid_t pid, const char *what)
                  socks[i].port);
     }
     fprintf(stderr, "security: %s listens on%s\n", what, list);
-    cr_assert(gt(u32, listening, 0), "%s listens on nothing: nothing was checked", what);
+    cr_assert(lt(u32, 0, listening), "%s listens on nothing: nothing was checked", what);
     cr_assert(eq(u32, outside, 0), "%s listens beyond loopback:%s", what, list);
 }
 
@@ -402,7 +402,7 @@ Test(security, data_addr_setting, .fini = teardown, .timeout = 150)
             else
                 elsewhere++;
         }
-    cr_assert(gt(u32, on_it, 0), "nothing listens on 198.18.0.1");
+    cr_assert(lt(u32, 0, on_it), "nothing listens on 198.18.0.1");
     cr_assert(eq(u32, elsewhere, 0), "a data-plane socket listens elsewhere than 198.18.0.1");
     cr_assert(eq(int, tq_test_proc_wait(unit, SIGTERM, SEC_STOP_MS), 0));
 
@@ -433,7 +433,7 @@ static uint64_t meminfo(const char *key)
         if (strncmp(line, key, strlen(key)) == 0 && line[strlen(key)] == ':')
             v = strtoull(line + strlen(key) + 1, NULL, 10) * 1024u;
     fclose(f);
-    cr_assert(gt(u64, v, 0), "%s not in /proc/meminfo", key);
+    cr_assert(lt(u64, 0, v), "%s not in /proc/meminfo", key);
     return v;
 }
 
@@ -672,8 +672,8 @@ Test(pool_limits, kill9_leaves_no_shared_memory, .timeout = 90)
         fprintf(stderr, "security: unit %d has /dev/shm/%s\n", (int)pid, files[i]);
     for (unsigned i = 0; i < ni; i++)
         fprintf(stderr, "security: unit %d made SysV segment %ld\n", (int)pid, ids[i]);
-    cr_assert(gt(u32, nf, 0), "the unit has no file in /dev/shm: FI_PROVIDER=shm not served?");
-    cr_assert(gt(u32, ni, 0), "the unit made no SysV segment: is its pool not UCX's?");
+    cr_assert(lt(u32, 0, nf), "the unit has no file in /dev/shm: FI_PROVIDER=shm not served?");
+    cr_assert(lt(u32, 0, ni), "the unit made no SysV segment: is its pool not UCX's?");
 
     cr_assert(eq(int, tq_test_cluster_kill_unit(&cl, 0), 0));
     for (unsigned i = 0; i < ni; i++)

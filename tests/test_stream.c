@@ -607,7 +607,7 @@ static void job_start(job_t *j, const stream_env_t *e, const char *name, ...)
     envp[m] = NULL;
     char self[4096];
     ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert(gt(sz, (size_t)(len > 0 ? len : 0), 0), "readlink /proc/self/exe");
+    cr_assert(lt(sz, 0, (size_t)(len > 0 ? len : 0)), "readlink /proc/self/exe");
     self[len] = '\0';
     struct rlimit rl;
     int max_fd = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
@@ -632,7 +632,7 @@ static void job_start(job_t *j, const stream_env_t *e, const char *name, ...)
         _exit(127);
     }
     free(envp);
-    cr_assert(gt(int, pid, 0), "fork: %s", strerror(errno));
+    cr_assert(lt(int, 0, pid), "fork: %s", strerror(errno));
     j->pid = pid;
     for (int i = 0; i < MAX_CHILDREN; i++)
         if (children[i] <= 0) {
@@ -909,7 +909,7 @@ STREAM_TEST(s16_rank_aware_streams, 60)
             cr_assert(eq(int, rc, TQ_OK), "stream %d, round %d: %s (%s)", i, round,
                       tq_status_string(rc), tq_last_error(i % 2 ? c2 : c));
             cr_assert(le(u32, tq_meta_rows(m), BATCH));
-            cr_assert(gt(u32, tq_meta_rows(m), 0));
+            cr_assert(lt(u32, 0, tq_meta_rows(m)));
             for (uint32_t r = 0; r < tq_meta_rows(m); r++) {
                 int64_t ix = tq_meta_indexes(m)[r];
                 cr_assert(lt(sz, len[i], (size_t)ROWS), "stream %d: too many rows", i);
@@ -952,8 +952,8 @@ STREAM_TEST(s16_rank_aware_streams, 60)
         }
     for (int i = 0; i < ROWS; i++)
         cr_assert(eq(u8, seen[i], 1), "row %d was never consumed", i);
-    cr_assert(gt(sz, len[0], 0), "rank 0 got nothing");
-    cr_assert(gt(sz, len[2], 0), "rank 1 got nothing");
+    cr_assert(lt(sz, 0, len[0]), "rank 0 got nothing");
+    cr_assert(lt(sz, 0, len[2]), "rank 1 got nothing");
 }
 
 /* ---- 17: streams over sealed partitions ---- */
@@ -980,7 +980,7 @@ static unsigned drain(tq_stream *s, tq_client *c, int64_t rows, uint32_t batch, 
         cr_assert(ne(ptr, m, NULL));
         uint32_t n = tq_meta_rows(m);
         cr_assert(eq(u32, tq_batch_rows(b), n));
-        cr_assert(gt(u32, n, 0), "%s: an empty batch", what);
+        cr_assert(lt(u32, 0, n), "%s: an empty batch", what);
         cr_assert(le(u32, n, batch), "%s: a batch of %u rows", what, n);
         cr_assert(eq(int, short_seen, 0), "%s: a batch after a short one", what);
         if (n < batch)
@@ -1569,7 +1569,7 @@ static void sb_round(const stream_env_t *e, const char *part, int batch_index, i
             " naive spread %lld\n", batch_index, (long long)total[0], (long long)total[1],
             (long long)total[2], (long long)total[3], (long long)(max - min),
             (long long)(naive_max - naive_min));
-    cr_assert(gt(i64, naive_max - naive_min, 2000), "the test's naive split should be unbalanced");
+    cr_assert(lt(i64, 2000, naive_max - naive_min), "the test's naive split should be unbalanced");
     cr_assert(le(i64, max - min, (naive_max - naive_min) / 4),
               "batch_index %d: rank totals spread %lld, a naive split %lld", batch_index,
               (long long)(max - min), (long long)(naive_max - naive_min));
