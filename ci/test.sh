@@ -44,5 +44,5 @@ if compgen -G "$reports/*" >/dev/null; then
 fi
 rm -rf "$reports"
 echo "no sanitizer reports"
-echo "== fuzz the wire decoders and the controller (libFuzzer, ${FUZZ_SECONDS:-30} s each) =="
-FUZZ_SECONDS=${FUZZ_SECONDS:-30} ci/fuzz.sh
+echo "== fuzz the wire decoders and the controller (libFuzzer, ${FUZZ_SECONDS:-20} s each) =="
+FUZZ_SECONDS=${FUZZ_SECONDS:-20} ci/fuzz.sh
