@@ -19,9 +19,10 @@ export TQ_STRESS_SECONDS=${TQ_STRESS_SECONDS:-30}
 jobs=$(nproc)
 run_suite() { # build-dir, build type, extra cmake args...
   local dir=$1 type=$2; shift 2
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
-  cmake --build "$dir" -j"$jobs" >/dev/null
-  (cd "$dir" && ctest --output-on-failure --timeout 600)
+  # chained: under `||` below, set -e does not stop a failed step
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null &&
+    cmake --build "$dir" -j"$jobs" >/dev/null &&
+    (cd "$dir" && ctest --output-on-failure --timeout 600)
 }
 
 echo "== build (optimised, as benchmarked) and test =="
@@ -34,14 +35,17 @@ echo "== build and test with address,undefined sanitizers =="
 # Daemons and forked test workers report to files: a report from a process
 # whose exit status nobody checks must still fail the run.
 reports=$(mktemp -d)
+status=0
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$reports/asan \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
-  run_suite build-asan Debug -DTQ_SANITIZER=address,undefined # Debug keeps tq_assert
+  run_suite build-asan Debug -DTQ_SANITIZER=address,undefined || status=$? # Debug keeps tq_assert
+# A failed test's report says why it failed: print the reports either way.
 if compgen -G "$reports/*" >/dev/null; then
   echo "sanitizer reports:"
   cat "$reports"/*
   exit 1
 fi
+[ "$status" -eq 0 ] || exit "$status"
 rm -rf "$reports"
 echo "no sanitizer reports"
 echo "== fuzz the wire decoders and the controller (libFuzzer, ${FUZZ_SECONDS:-20} s each) =="
