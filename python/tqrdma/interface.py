@@ -207,8 +207,8 @@ def _by_meta(meta, select_fields):
     if names is not None and meta.fields is not None:
         missing = [n for n in names if n not in meta.fields]
         if missing:
-            raise ValueError(f"kv_batch_get_by_meta: fields {missing} are not in the "
-                             f"KVBatchMeta's {meta.fields}")
+            raise ValueError(f"kv_batch_get_by_meta: select_fields {missing} not found in "
+                             f"the KVBatchMeta's fields {meta.fields}")
     return names if names is not None else meta.fields
 
 
