@@ -3,6 +3,7 @@ and the async twins, against the embedded default and real daemons (numpy values
 value kinds themselves are test_values.py's)."""
 import asyncio
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -159,10 +160,12 @@ def test_async_cancelled_request_finishes_safely(tq_api, partition):
         with pytest.raises(asyncio.CancelledError):
             await task
     asyncio.run(main())
-    deadline = 50
-    while deadline and len(tq_api.kv_list(partition).get(partition, {})) not in (0, 16):
-        deadline -= 1
-    listed = tq_api.kv_list(partition).get(partition, {})
+    for _ in range(100):  # the request may still be running: up to 5 s for it
+        listed = tq_api.kv_list(partition).get(partition, {})
+        if len(listed) == 16:
+            break
+        time.sleep(0.05)
+    assert len(listed) in (0, 16)  # atomic
     if listed:
         same(big, tq_api.kv_batch_get([f"k{i}" for i in range(16)], partition)["x"])
 
