@@ -205,6 +205,28 @@ TQ_EXPORT int tq_batch_add_bytes(tq_batch *b, const char *field, const void *con
     return tq__batch_adopt_field(b, &f);
 }
 
+TQ_EXPORT int tq_batch_set_format(tq_batch *b, const char *field, const char *format)
+{
+    if (b == NULL || field == NULL)
+        return tq__set_error(NULL, TQ_ERR_INVALID, "the batch or the field name is NULL");
+    tq__batch_field_t *f = find(b, field);
+    if (f == NULL)
+        return tq__set_error(NULL, TQ_ERR_NOT_FOUND, "the batch has no field %s", field);
+    size_t len = format ? strlen(format) : 0;
+    if (len > TQ_MAX_FORMAT || !tq_str_is_format((tq_str_t){format, (uint16_t)len}))
+        return tq__set_error(NULL, TQ_ERR_INVALID, "field %s: format label \"%.*s\" is not 1 to "
+                             "%d bytes of [a-z0-9_.-]", field, len > 64 ? 64 : (int)len, format,
+                             TQ_MAX_FORMAT);
+    memcpy(f->format, len ? format : "", len + 1);
+    return TQ_OK;
+}
+
+TQ_EXPORT const char *tq_batch_field_format(const tq_batch *b, const char *field)
+{
+    const tq__batch_field_t *f = b != NULL && field != NULL ? find(b, field) : NULL;
+    return f != NULL ? f->format : NULL;
+}
+
 TQ_EXPORT uint32_t tq_batch_rows(const tq_batch *b) { return b ? b->rows : 0; }
 TQ_EXPORT uint32_t tq_batch_num_fields(const tq_batch *b) { return b ? b->num_fields : 0; }
 

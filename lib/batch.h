@@ -14,6 +14,7 @@ typedef struct {
     tq_dtype_t      dtype;
     uint32_t        ndim;
     int64_t         row_shape[TQ_MAX_NDIM]; /* tensor */
+    char            format[TQ_MAX_FORMAT + 1]; /* its format label, "" for none */
     const void     *data;                   /* tensor: the column */
     const void    **rows;                   /* row i's bytes */
     size_t         *row_bytes;

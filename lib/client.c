@@ -687,7 +687,8 @@ static void encode_field(tq_wbuf *w, uint32_t rows, const tq__batch_field_t *f)
 {
     tq_wire_field_t wf = {.name = {f->name, (uint16_t)strlen(f->name)},
                           .kind = (uint8_t)f->kind, .dtype = (uint8_t)f->dtype,
-                          .ndim = (uint8_t)f->ndim};
+                          .ndim = (uint8_t)f->ndim,
+                          .format = {f->format, (uint16_t)strlen(f->format)}};
     switch (f->kind) {
     case TQ_FIELD_TENSOR: wf.dims = tq_array_of(f->row_shape, f->ndim); break;
     case TQ_FIELD_NESTED: wf.dims = tq_array_of(f->shapes, rows * f->ndim); break;
@@ -874,6 +875,8 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **m
         f->kind = w.kind;
         f->dtype = w.dtype;
         f->ndim = w.ndim;
+        memcpy(f->format, w.format.ptr, w.format.len); /* checked: at most TQ_MAX_FORMAT */
+        f->format[w.format.len] = '\0';
         f->shapes = calloc((size_t)h.rows * (w.ndim ? w.ndim : 1) + 1, sizeof(int64_t));
         f->row_bytes = malloc((size_t)h.rows * 8 + 1);
         f->runs = malloc((size_t)w.num_runs * sizeof(*f->runs) + 1);
@@ -983,6 +986,14 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
 
+TQ_EXPORT const char *tq_meta_field_format(const tq_meta *m, const char *field)
+{
+    for (uint16_t i = 0; m != NULL && field != NULL && i < m->num_fields; i++)
+        if (strcmp(m->fields[i].name, field) == 0)
+            return m->fields[i].format;
+    return NULL;
+}
+
 /*
  * A plain RELEASE is one-way and must never hold its caller up (a frozen
  * controller cost each free a whole timeout): it is queued in the client and
@@ -1054,6 +1065,7 @@ static int field_from_meta(tq_client *c, const tq_meta *m, const tq__meta_field_
     bf->dtype = f->dtype;
     bf->ndim = f->ndim;
     memcpy(bf->row_shape, f->row_shape, sizeof(bf->row_shape));
+    memcpy(bf->format, f->format, sizeof(bf->format));
     memcpy(bf->shapes, f->shapes, (size_t)m->rows * f->ndim * sizeof(int64_t));
     bf->data = column;
     bf->bytes = f->bytes;

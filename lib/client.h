@@ -76,6 +76,7 @@ typedef struct {
     tq_dtype_t        dtype;
     uint32_t          ndim;
     int64_t           row_shape[TQ_MAX_NDIM];
+    char              format[TQ_MAX_FORMAT + 1]; /* its label in the schema, "" for none */
     int64_t          *shapes;    /* rows x ndim */
     uint64_t         *row_bytes;
     uint64_t          bytes;

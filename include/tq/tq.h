@@ -22,6 +22,8 @@ extern "C" {
 
 /** Most dimensions a field's row may have. */
 #define TQ_MAX_NDIM 8
+/** Most bytes of a field's format label (tq_batch_set_format). */
+#define TQ_MAX_FORMAT 15
 
 /* Status codes with their strings: one list, so the two never drift apart. */
 #define TQ_STATUS_MAP(X)                                                       \
@@ -158,6 +160,19 @@ TQ_EXPORT int  tq_batch_field(const tq_batch *b, const char *field, tq_field_inf
  */
 TQ_EXPORT const void *tq_batch_row(const tq_batch *b, const char *field, uint32_t row,
                                    size_t *bytes_p, const int64_t **shape_p);
+/**
+ * Label how a binding encoded field @p field of @p b ("utf8", "pickle", "list",
+ * ...). A put stores the label in the partition's schema next to the field's
+ * kind and dtype; a later put that gives the field another non-empty label is
+ * refused as a dtype conflict is (nothing written), one that gives none keeps
+ * it. Metas and the batches gets return carry it.
+ * @param [in] format 1 to TQ_MAX_FORMAT bytes of [a-z0-9_.-]; NULL or "" removes the label.
+ * @return TQ_OK; TQ_ERR_NOT_FOUND for an absent field; TQ_ERR_INVALID for a NULL
+ *         batch or field or a bad label (tq_last_error(NULL) says which).
+ */
+TQ_EXPORT int tq_batch_set_format(tq_batch *b, const char *field, const char *format);
+/** @return the format label of @p field ("" when none), or NULL for an absent field. */
+TQ_EXPORT const char *tq_batch_field_format(const tq_batch *b, const char *field);
 
 /**
  * Write the fields of @p b to rows of @p partition (created on first use), in two
@@ -192,6 +207,9 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
 TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p);
 TQ_EXPORT uint32_t       tq_meta_rows(const tq_meta *m);
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m);
+/** @return the format label of @p field in the partition's schema ("" when
+ *          none), or NULL when @p m has no such field. */
+TQ_EXPORT const char    *tq_meta_field_format(const tq_meta *m, const char *field);
 /** Unpin the data of @p m and free it: its rows stay consumed, or go back to the
  * task when the last tq_get_data of it failed. NULL is ignored. */
 TQ_EXPORT void tq_meta_free(tq_meta *m);
