@@ -414,8 +414,9 @@ int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
 /* Bytes fields have the bytes dtype and no dimensions; nothing else does. */
 static bool field_schema_ok(tq_str_t name, uint8_t kind, uint8_t dtype, uint8_t ndim)
 {
-    return tq_str_is_name(name) && kind <= TQ_FIELD_BYTES && dtype <= TQ_DTYPE_BYTES &&
-           ndim <= TQ_MAX_NDIM && (kind == TQ_FIELD_BYTES) == (dtype == TQ_DTYPE_BYTES) &&
+    return tq_str_is_name(name) && kind <= TQ_FIELD_BYTES &&
+           tq_dtype_size((tq_dtype_t)dtype) != 0 && ndim <= TQ_MAX_NDIM &&
+           (kind == TQ_FIELD_BYTES) == (dtype == TQ_DTYPE_BYTES) &&
            (kind != TQ_FIELD_BYTES || ndim == 0);
 }
 

@@ -1580,8 +1580,17 @@ Test(wire, hostile_field_kinds)
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "kind 3");
     put_field_raw(&w, "f", 1, 0xFF, TQ_DTYPE_F32, 0, 2);
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "kind 255");
-    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_BYTES + 1, 1, 1);
-    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 11");
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C128 + 1, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 17");
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, 0xFF, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 255");
+    /* the dtypes appended after bytes are tensor dtypes like the others */
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_U16, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_OK, "tensor u16");
+    put_field_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_C128, 1, 2);
+    EXPECT_RC(&w, dec_field, TQ_OK, "nested c128");
+    put_field_raw(&w, "f", 1, TQ_FIELD_BYTES, TQ_DTYPE_U64, 0, 2);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "bytes kind, u64 dtype");
     put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, TQ_MAX_NDIM + 1);
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "tensor ndim 9");
     put_field_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, 2 * (TQ_MAX_NDIM + 1));
@@ -1607,8 +1616,10 @@ Test(wire, hostile_field_kinds)
 
     put_meta_raw(&w, "f", 1, TQ_FIELD_BYTES + 1, TQ_DTYPE_F32, 0, 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta kind 3");
-    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_BYTES + 1, 0, 2, 0);
-    EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta dtype 11");
+    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C128 + 1, 0, 2, 0);
+    EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta dtype 17");
+    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C64, 0, 2, 0);
+    EXPECT_RC(&w, dec_meta_field, TQ_OK, "meta c64");
     put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, TQ_MAX_NDIM + 1 + 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta tensor ndim 9");
     put_meta_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, 2 * (TQ_MAX_NDIM + 1) + 2, 0);

@@ -48,10 +48,14 @@ typedef enum {
 #undef TQ_STATUS_ENUM
 } tq_status_t;
 
+/* Element types. Values are on the wire and in stored schemas: new ones are
+ * appended, never renumbered. Complex types are pairs (real, imaginary) of
+ * floats: c32 of two f16, c64 of two f32, c128 of two f64. */
 typedef enum {
     TQ_DTYPE_BOOL, TQ_DTYPE_U8, TQ_DTYPE_I8, TQ_DTYPE_I16, TQ_DTYPE_I32,
     TQ_DTYPE_I64, TQ_DTYPE_F16, TQ_DTYPE_BF16, TQ_DTYPE_F32, TQ_DTYPE_F64,
-    TQ_DTYPE_BYTES
+    TQ_DTYPE_BYTES,
+    TQ_DTYPE_U16, TQ_DTYPE_U32, TQ_DTYPE_U64, TQ_DTYPE_C32, TQ_DTYPE_C64, TQ_DTYPE_C128
 } tq_dtype_t;
 
 typedef enum { TQ_FIELD_TENSOR, TQ_FIELD_NESTED, TQ_FIELD_BYTES } tq_field_kind_t;

@@ -154,8 +154,8 @@ static void meta_reply(tq_rbuf *r, tq_wbuf *w)
         if (tq_wire_decode_meta_field(r, m.rows, &f) != TQ_OK)
             return;
         want_name("meta field", f.name, false);
-        want("meta field", f.kind <= TQ_FIELD_BYTES && f.dtype <= TQ_DTYPE_BYTES &&
-                               f.ndim <= TQ_MAX_NDIM && f.row_bytes.count == m.rows &&
+        want("meta field", f.kind <= TQ_FIELD_BYTES &&
+                               tq_dtype_size((tq_dtype_t)f.dtype) != 0 && f.ndim <= TQ_MAX_NDIM && f.row_bytes.count == m.rows &&
                                f.row_shape.count == (f.kind == TQ_FIELD_TENSOR ? f.ndim : 0u) &&
                                f.shapes.count == (f.kind == TQ_FIELD_NESTED
                                                       ? (uint64_t)m.rows * f.ndim : 0u) &&
@@ -220,7 +220,7 @@ static void alloc_request(tq_rbuf *r, tq_wbuf *w)
         uint64_t dims = f.kind == TQ_FIELD_TENSOR   ? f.ndim
                         : f.kind == TQ_FIELD_NESTED ? (uint64_t)m.rows * f.ndim
                                                     : m.rows;
-        want("field", f.kind <= TQ_FIELD_BYTES && f.dtype <= TQ_DTYPE_BYTES &&
+        want("field", f.kind <= TQ_FIELD_BYTES && tq_dtype_size((tq_dtype_t)f.dtype) != 0 &&
                           f.ndim <= TQ_MAX_NDIM && f.dims.count == dims &&
                           (f.kind == TQ_FIELD_BYTES) == (f.dtype == TQ_DTYPE_BYTES));
         want_format("field format", f.format);
