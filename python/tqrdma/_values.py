@@ -9,8 +9,8 @@ A column (one value per row) is, and comes back as:
 
   torch.Tensor            dense: dim 0 the rows. Comes back a tensor of that dtype and shape
   numpy.ndarray           dense, as torch; comes back an array
-  torch nested tensor     row i is t.unbind()[i]; comes back a nested tensor (strided, or
-                          jagged where torch has that layout and it was jagged)
+  torch nested tensor     row i is t.unbind()[i]; comes back a nested tensor (jagged where
+                          torch has that layout and the rows allow it, else strided)
   list of tensors         nested: rows share dtype and number of dimensions, not shape;
   list of arrays          comes back a list of tensors (or arrays), even if the shapes agree
   list of bytes           comes back a list of bytes
@@ -25,11 +25,14 @@ from 2.3). numpy has no bfloat16 nor complex32: such a field read as numpy holds
 (uint16, uint32; `a.view(np.float16)` splits a complex32 into its real and imaginary parts).
 
 How a field was written is stored with it, as its format label (tq_batch_set_format):
-"torch", "torch.nested", "torch.jagged", "torch.list", "list", "utf8", "pickle", none for a
-numpy array or bytes (and for a field C wrote). A reader in any process gets what the writer
-wrote: torch where the label says torch and torch imports, numpy otherwise; to="torch" or
-to="numpy" chooses. Where tensordict imports (and to is not "numpy") the result is a
-TensorDict of torch tensors, lists in NonTensorStack; tensordict=False gives a dict.
+"torch" (a tensor or nested tensor: the field's kind tells which), "torch.list" (a list of
+tensors), "utf8", "pickle", and none for numpy arrays, lists of them and bytes, as for a
+field C wrote. The library keeps a field's first label; a put without one is always taken,
+one with another is refused (so a field is tensors or a list of tensors, text or objects,
+not both). A reader in any process gets what the writer wrote: torch where the label says
+torch and torch imports, numpy otherwise; to="torch" or to="numpy" chooses. Where
+tensordict imports (and to is not "numpy") the result is a TensorDict of torch tensors,
+lists in NonTensorStack; tensordict=False gives a dict.
 
 Zero copy. A put hands the library each tensor's or array's own buffer, with three
 exceptions, each a copy: a non-contiguous (or byte-swapped) value is copied C-contiguous
@@ -61,9 +64,8 @@ from ._errors import (ERR_INVALID, ERR_PROTOCOL, ERR_UNSUPPORTED, InvalidArgumen
 
 __all__ = ["encode", "one_row", "decode", "from_batch", "add_column", "FORMATS"]
 
-TORCH, TORCH_NESTED, TORCH_JAGGED, TORCH_LIST = "torch", "torch.nested", "torch.jagged", "torch.list"
-LIST, UTF8, PICKLE, NONE = "list", "utf8", "pickle", ""
-FORMATS = (TORCH, TORCH_NESTED, TORCH_JAGGED, TORCH_LIST, LIST, UTF8, PICKLE)
+TORCH, TORCH_LIST, UTF8, PICKLE, NONE = "torch", "torch.list", "utf8", "pickle", ""
+FORMATS = (TORCH, TORCH_LIST, UTF8, PICKLE)
 
 MODES = ("wrap", "into")
 DEFAULT_MODE = "wrap"  # see the measurements in decode's docstring
@@ -242,7 +244,7 @@ def add_column(batch, name, value, what="rows"):
     if kind == "tensor":
         cells = [_torch_cell(t, name, i) for i, t in enumerate(value)]
         return _add_nested(batch, name, cells, TORCH_LIST)
-    return _add_nested(batch, name, [_np_cell(a, name, i) for i, a in enumerate(value)], LIST)
+    return _add_nested(batch, name, [_np_cell(a, name, i) for i, a in enumerate(value)], NONE)
 
 
 def one_row(name, value):
@@ -375,19 +377,17 @@ def _add_nested(batch, name, cells, label):
         raise InvalidArgumentError(ERR_INVALID, f"field {name!r}: rows of {ndim} dimensions "
                                                 f"(at most {_capi.MAX_NDIM})")
     batch.add_nested(name, codes[0], ndim, shapes, ptrs, keeps)
-    batch.set_format(name, label)
+    if label:
+        batch.set_format(name, label)
 
 
 def _add_torch_nested(batch, name, t, rows, what):
-    torch = _torch()
     parts = t.unbind()  # views into the nested tensor's buffer: no copy
     if len(parts) != rows:
         raise InvalidArgumentError(ERR_INVALID, f"field {name!r}: a nested tensor of "
                                    f"{len(parts)} rows for {rows} {what} (one row each)")
-    jagged = getattr(torch, "jagged", None)
-    label = TORCH_JAGGED if jagged is not None and t.layout == jagged else TORCH_NESTED
-    # keep t too: on some layouts the parts are views that do not own their buffer
-    _add_nested(batch, name, [_torch_cell(p, name, i) for i, p in enumerate(parts)], label)
+    # the label of a dense tensor: kv_put's rows and kv_batch_put's nested tensors mix
+    _add_nested(batch, name, [_torch_cell(p, name, i) for i, p in enumerate(parts)], TORCH)
     batch._keep.append(t)
 
 
@@ -633,8 +633,12 @@ def _typed(raw, family, f, shape, copy):
     if family == "torch":
         torch = _torch()
         dtype = _torch_dtype(f.dtype, f.name)
+        if not raw.nbytes:
+            return torch.empty(shape, dtype=dtype)
         t = torch.from_numpy(raw).view(dtype).view(shape)
         return t.clone() if copy else t
+    if not raw.nbytes:
+        return np.empty(shape, _np_dtype(f.dtype, f.name))
     a = raw.view(_np_dtype(f.dtype, f.name)).reshape(shape)
     return a.copy() if copy else a
 
@@ -691,21 +695,30 @@ def _expect(f, nbytes, shape, row=None):
 # -- the values
 def _blobs(f, views, unpickle):
     if f.label == UTF8:
-        return [bytes(v).decode("utf-8") for v in views]
+        return [_unlabel(f, r, lambda: bytes(v).decode("utf-8")) for r, v in enumerate(views)]
     if f.label == PICKLE and unpickle:
-        return [pickle.loads(v) for v in views]
+        return [_unlabel(f, r, lambda: pickle.loads(v)) for r, v in enumerate(views)]
     return [bytes(v) for v in views]
+
+
+def _unlabel(f, row, load):
+    try:
+        return load()
+    except Exception as e:  # noqa: BLE001: a row that is not what its label says
+        raise TQError(ERR_PROTOCOL, f"field {f.name!r} row {row}: not {f.label} ({e}); was it "
+                      "written as bytes before the field had its label? "
+                      + ("unpickle=False reads the bytes" if f.label == PICKLE else "")) from None
 
 
 def _nested(f, family, parts):
     """The rows of a nested field: a nested tensor where torch wrote one, else a list."""
-    if family != "torch" or f.label in (TORCH_LIST, LIST, NONE):
+    if family != "torch" or f.label != TORCH:
         return parts
     torch = _torch()
-    if not f.row_shape and not parts[0].dim():
+    if not parts[0].dim():
         return torch.stack(parts)  # rows of scalars: a nested tensor cannot hold them
-    jagged = getattr(torch, "jagged", None)
-    if jagged is not None and f.label in (TORCH_JAGGED, TORCH):
+    jagged = getattr(torch, "jagged", None)  # torch 2: jagged first, as TransferQueue reads
+    if jagged is not None:
         try:
             return torch.nested.as_nested_tensor(parts, layout=jagged)
         except (RuntimeError, TypeError, ValueError):
