@@ -138,6 +138,7 @@ def test_numpy_dtypes_round_trip(client, partition, how):
     rng = np.random.default_rng(1)
     keys = keys_of(3)
     fields = {f"{d}": np_random(rng, d, (3, 2, 5)) for d in np_dtypes()}
+    fields.update({f"{name}_strided": a[:, :, ::2] for name, a in list(fields.items())})
     fields["scalar"] = rng.standard_normal(3)          # one number a row
     fields["empty"] = np.zeros((3, 0, 4), np.int32)    # rows of no elements
     put(client, partition, keys, fields)
@@ -253,6 +254,7 @@ def test_torch_dtypes_round_trip(client, partition, how, torch):
     keys = keys_of(3)
     fields = {str(d).replace("torch.", ""): torch_random(torch, rng, d, (3, 4, 2))
               for d in torch_dtypes(torch)}
+    fields.update({f"{name}_strided": t[:, ::2] for name, t in list(fields.items())})
     fields["vector"] = torch.arange(3, dtype=torch.int64)   # one number a row
     fields["empty"] = torch.zeros(3, 0)
     put(client, partition, keys, fields)

@@ -339,8 +339,22 @@ def _torch_cell(t, name, row=None):
     if t.is_neg():
         t = _copied(t.resolve_neg, nbytes, name, row)
     if not t.is_contiguous():
-        t = _copied(t.contiguous, nbytes, name, row)
+        t = _copied(lambda: _contiguous(t), nbytes, name, row)
     return t, code, t.data_ptr(), tuple(t.shape)
+
+
+def _contiguous(t):
+    """t.contiguous(), the copy made by numpy where it can: Debian's torch 1.13 copied a
+    strided 64 MB tensor in 190 ms here, numpy in 15 ms."""
+    torch = _torch()
+    bits = {torch.bfloat16: torch.int16, getattr(torch, "complex32", None): torch.int32}
+    as_bits = bits.get(t.dtype)
+    try:
+        src = (t.detach().view(as_bits) if as_bits else t.detach()).numpy()
+    except (TypeError, RuntimeError):  # a dtype numpy lacks
+        return t.contiguous()
+    out = torch.from_numpy(np.ascontiguousarray(src))
+    return out.view(t.dtype) if as_bits else out
 
 
 def _copied(copy, nbytes, name, row):
@@ -629,18 +643,19 @@ def _bytes_at(owner, ptr, size):
 
 
 def _typed(raw, family, f, shape, copy):
-    """raw (uint8 over the library's memory) as a value of f's dtype and shape."""
+    """raw (uint8 over the library's memory) as a value of f's dtype and shape; copy: in new
+    memory (numpy copies: torch 1.13's clone ran at 0.15 GB/s here, numpy's at memcpy speed)."""
+    if copy and raw.nbytes:
+        raw = raw.copy()
     if family == "torch":
         torch = _torch()
         dtype = _torch_dtype(f.dtype, f.name)
         if not raw.nbytes:
             return torch.empty(shape, dtype=dtype)
-        t = torch.from_numpy(raw).view(dtype).view(shape)
-        return t.clone() if copy else t
+        return torch.from_numpy(raw).view(dtype).view(shape)
     if not raw.nbytes:
         return np.empty(shape, _np_dtype(f.dtype, f.name))
-    a = raw.view(_np_dtype(f.dtype, f.name)).reshape(shape)
-    return a.copy() if copy else a
+    return raw.view(_np_dtype(f.dtype, f.name)).reshape(shape)
 
 
 def _from_handle(handle, take, to, td_mode, unpickle, formats):
@@ -724,4 +739,5 @@ def _nested(f, family, parts):
         except (RuntimeError, TypeError, ValueError):
             pass  # rows that differ beyond their first dimension: strided, as below
     # torch 1.13 builds a nested tensor only by copying the rows into a buffer of its own
-    return torch.nested.nested_tensor(parts)
+    # (as_nested_tensor copies once; nested_tensor clones each row first, 30x slower here)
+    return torch.nested.as_nested_tensor(parts)
