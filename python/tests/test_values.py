@@ -612,8 +612,20 @@ def test_bad_torch_input(client, partition, torch):
     for match, value in cases:
         with pytest.raises((TypeError, ValueError), match=r"'f'.*" + match):
             put(client, partition, ["a", "b"], {"f": value})
-    with pytest.raises(tq.InvalidArgumentError, match="1048577 rows"):
-        _values.encode({"f": torch.zeros(1 << 20 | 1)}, 1 << 20 | 1)
+
+
+def test_batch_limits():
+    with pytest.raises(tq.InvalidArgumentError, match="1048577 rows: a batch has 1 to 1048576"):
+        _values.encode({"f": np.zeros(1 << 20 | 1, np.uint8)}, 1 << 20 | 1)
+    with pytest.raises(tq.InvalidArgumentError, match="257 of them; a batch has 1 to 256"):
+        _values.encode({f"f{i}": np.zeros(1) for i in range(257)}, 1)
+    with pytest.raises(tq.InvalidArgumentError, match="0 of them"):
+        _values.encode({}, 1)
+    with pytest.raises(TypeError, match="a dict or TensorDict"):
+        _values.encode([np.zeros(1)], 1)
+    with pytest.raises(TypeError, match="names are str"):
+        _values.encode({1: np.zeros(1)}, 1)
+    _values.encode({f"f{i}": np.zeros(1) for i in range(256)}, 1).close()
 
 
 def test_dtype_and_kind_conflicts_against_the_field(client, partition):

@@ -7,6 +7,7 @@ from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_uint32, c_void
 
 MAX_NDIM = 8
 MAX_ROWS = 1 << 20  # rows of one batch (TQ_WIRE_MAX_ROWS)
+MAX_FIELDS = 256    # fields of one batch (TQ_WIRE_MAX_FIELDS)
 FIELD_TENSOR, FIELD_NESTED, FIELD_BYTES = range(3)
 # tq_dtype_t, as include/tq/tq.h numbers them (part of the ABI); U16 and after are newer:
 # has_dtype() tells whether the loaded library knows one

@@ -202,8 +202,9 @@ def encode(fields, rows, what="rows"):
         fields = dict(fields.items())
     elif not isinstance(fields, dict):
         raise TypeError(f"fields: a dict or TensorDict of columns, not {type(fields).__name__}")
-    if not fields:
-        raise InvalidArgumentError(ERR_INVALID, "fields: at least one is required")
+    if not fields or len(fields) > _capi.MAX_FIELDS:
+        raise InvalidArgumentError(ERR_INVALID, f"fields: {len(fields)} of them; a batch has "
+                                                f"1 to {_capi.MAX_FIELDS}")
     batch = Batch(rows)
     try:
         for name, value in fields.items():
@@ -530,8 +531,7 @@ def decode(client, meta, fields=None, *, to=None, tensordict=None, mode=None, un
                              "or use mode='into'")
         handle = c_void_p()
         _check_client(client, lib.tq_get_data(client, meta, byref(handle)), "get_data")
-        return _from_handle(handle, take=True, to=to, td_mode=td_mode, unpickle=unpickle,
-                            formats=_meta_formats(meta))
+        return _from_handle(handle, take=True, to=to, td_mode=td_mode, unpickle=unpickle)
     if not _capi.has("tq_get_data_into"):
         raise TQError(ERR_UNSUPPORTED, "mode='into' needs a libtqrdma with tq_get_data_into")
     rows, specs = _meta_fields(meta, fields)
@@ -544,26 +544,18 @@ def decode(client, meta, fields=None, *, to=None, tensordict=None, mode=None, un
     return _container(out, rows, td_mode)
 
 
-def from_batch(handle, *, take=False, to=None, tensordict=None, unpickle=True, formats=None):
+def from_batch(handle, *, take=False, to=None, tensordict=None, unpickle=True):
     """A batch that a get returned (tq_kv_batch_get, tq_get_data, tq_request_take_batch) as
-    {field: value}. take=False copies the values out and the batch stays the caller's;
-    take=True wraps its memory (no copy) and takes it: it is destroyed when the last value
-    is gone. formats: {field: label} where the batch carries none."""
+    {field: value}, or a TensorDict (as decode). take=False copies the values out and the
+    batch stays the caller's; take=True wraps its memory (no copy) and takes it: it is
+    destroyed when the last value over it is gone (at once if none is)."""
     to, td_mode = _resolve(to, tensordict)
-    return _from_handle(handle, take=take, to=to, td_mode=td_mode, unpickle=unpickle,
-                        formats=formats)
+    return _from_handle(handle, take=take, to=to, td_mode=td_mode, unpickle=unpickle)
 
 
 def _check_client(client, rc, what):
     if rc < 0:
         raise error(rc, what, lib.tq_last_error(client).decode(errors="replace"))
-
-
-def _meta_formats(meta):
-    if not _capi.has("tq_meta_field_format"):
-        return None
-    names = [lib.tq_meta_field_name(meta, i) for i in range(lib.tq_meta_num_fields(meta))]
-    return {n.decode(): (lib.tq_meta_field_format(meta, n) or b"").decode() for n in names}
 
 
 def _container(out, rows, td_mode):
@@ -658,7 +650,7 @@ def _typed(raw, family, f, shape, copy):
     return raw.view(_np_dtype(f.dtype, f.name)).reshape(shape)
 
 
-def _from_handle(handle, take, to, td_mode, unpickle, formats):
+def _from_handle(handle, take, to, td_mode, unpickle):
     owner = _Owner(handle) if take else None
     rows = lib.tq_batch_rows(handle)
     out = {}
@@ -669,9 +661,7 @@ def _from_handle(handle, take, to, td_mode, unpickle, formats):
         rc = lib.tq_batch_field(handle, bname, byref(info))
         if rc < 0:
             raise error(rc, f"field {name!r}")
-        if formats is not None and name in formats:
-            label = formats[name]
-        elif _capi.has("tq_batch_field_format"):
+        if _capi.has("tq_batch_field_format"):
             label = (lib.tq_batch_field_format(handle, bname) or b"").decode()
         else:
             label = ""
