@@ -477,6 +477,33 @@ def test_wrapped_batch_lives_as_long_as_its_values(client, partition):
     assert alive() is None               # the batch was destroyed with its last value
 
 
+def test_wrapped_tensors_keep_their_batch(client, partition, how, torch, monkeypatch):
+    if how in ("copy", "into"):
+        pytest.skip("values of their own")
+    owners = []
+
+    class Owner(_values._Owner):
+        def __init__(self, handle):
+            super().__init__(handle)
+            owners.append(weakref.ref(self))
+    monkeypatch.setattr(_values, "_Owner", Owner)
+    keys = keys_of(2)
+    put(client, partition, keys, {"x": torch.arange(8.).reshape(2, 4),
+                                  "n": [torch.ones(1), torch.ones(3)]})
+    got = get(client, partition, keys, how, to="torch")
+    x, n = got["x"][1:], got["n"][1]
+    del got
+    gc.collect()
+    assert len(owners) == 1 and owners[0]() is not None
+    assert x.tolist() == [[4., 5., 6., 7.]] and n.tolist() == [1., 1., 1.]
+    del x
+    gc.collect()
+    assert owners[0]() is not None      # n still needs it
+    del n
+    gc.collect()
+    assert owners[0]() is None
+
+
 # ---- TensorDict (tensordict is not a dependency: a stand-in with its shape) -------------
 @pytest.fixture
 def fake_tensordict(monkeypatch, torch):

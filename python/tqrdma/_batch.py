@@ -35,7 +35,8 @@ class Batch:
         self._keep = []
 
     def __del__(self):
-        self.close()
+        if lib is not None:  # not at interpreter shutdown
+            self.close()
 
     def add_tensor(self, name, dtype, row_shape, ptr, keep):
         """A tensor field: rows x row_shape elements of dtype at ptr, kept alive by keep."""
