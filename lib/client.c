@@ -740,7 +740,8 @@ static int ms_left(uint64_t deadline)
 int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
             const tq__rows_t *spec, int64_t *indexes_out)
 {
-    uint64_t deadline = tq__now_ms() + (uint64_t)c->timeout_ms;
+    /* a non-blocking request's deadline counts from its submission */
+    uint64_t deadline = tq__now_ms() + (uint64_t)tq__timeout_left(c->timeout_ms);
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
@@ -798,8 +799,13 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
     off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
     tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
     tq_rbuf cr;
-    if ((rc = tq__call(c, cc, off, ms_left(commit_by) + margin, &cr)) != TQ_OK)
+    /* the answer is awaited its full margin, past a request's deadline if need
+     * be: cut short, no answer would not mean that the controller refused */
+    char err[TQ_ERRMSG_MAX] = "";
+    if ((rc = tq__ctrl_call(cc, off, ms_left(commit_by) + margin, &cr, err)) != TQ_OK) {
+        call_error(c, rc, err);
         goto out;
+    }
     if (indexes_out != NULL)
         for (uint32_t i = 0; i < a.rows; i++)
             indexes_out[i] = tq_array_i64(a.indexes, i);
