@@ -395,7 +395,14 @@ static int post_column(tq_client *c, tq__lane_t *l, tq_rma_dir_t dir, const tq_w
                 break;
             }
             uint64_t len = TQ_MIN(row_bytes[row] - in_row, runs[k].length - done);
-            iov[n++] = (tq_rma_iov_t){(char *)rows[row] + in_row, runs[k].offset + done, len};
+            char *local = (char *)rows[row] + in_row;
+            tq_rma_iov_t *last = n > 0 ? &iov[n - 1] : NULL;
+            /* rows next to each other on both sides (a tensor's column) move as one */
+            if (last != NULL && (char *)last->local + last->length == local &&
+                last->remote_offset + last->length == runs[k].offset + done)
+                last->length += len;
+            else
+                iov[n++] = (tq_rma_iov_t){local, runs[k].offset + done, len};
             in_row += len;
             done += len;
         }
