@@ -98,8 +98,6 @@ def main():
         if _capi.has("tq_get_data_into"):
             gbps("get meta + decode mode='into' (tq_get_data_into, fresh memory)",
                  timed(n, lambda: meta_get("into")))
-            if args.torch:
-                gbps("  the same, to='torch' (torch.empty)", timed(n, lambda: meta_get("into")))
 
     src = [v if isinstance(v, np.ndarray) else v.numpy() for v in fields.values()]
 

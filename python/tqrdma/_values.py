@@ -595,11 +595,11 @@ def _alloc(dst, f, rows, family):
 
 
 def _empty(family, f, shape):
-    if family == "torch":
-        t = _torch().empty(shape, dtype=_torch_dtype(f.dtype, f.name))
-        return t, t.data_ptr()
-    a = np.empty(shape, _np_dtype(f.dtype, f.name))
-    return a, a.ctypes.data
+    """New memory for a value of f's dtype and shape, and its address. numpy allocates it for
+    torch too: numpy asks for transparent huge pages (madvise) where torch 1.13 does not, and
+    first touching torch.empty's 302 MB took 1.3 to 3 s here, numpy's 0.1 to 0.3 s."""
+    raw = np.empty(lib.tq_dtype_size(f.dtype) * int(np.prod(shape, dtype=np.int64)), np.uint8)
+    return _typed(raw, family, f, shape, copy=False), raw.ctypes.data
 
 
 def _offsets(cells):
