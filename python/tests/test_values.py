@@ -552,6 +552,9 @@ def test_tensordict_in_and_out(client, partition, how, torch, fake_tensordict):
         assert got["text"].tolist() == ["a", "b"]
         assert got["obj"].tolist() == [{"k": 1}, [2]]
     assert isinstance(get(client, partition, keys, how, tensordict=False), dict)
+    inner = td.TensorDict({"x": torch.ones(2)}, batch_size=[2])
+    with pytest.raises(TypeError, match="'inner'.*flatten_keys"):
+        _values.encode(td.TensorDict({"inner": inner}, batch_size=[2]), 2)
     with pytest.raises(tq.InvalidArgumentError, match="batch_size"):
         _values.encode(fields, 3)
 
@@ -681,6 +684,27 @@ def test_bad_read_options(client, partition):
     if _capi.has("tq_kv_get_meta"):
         with pytest.raises(ValueError, match="mode: one of"):
             get(client, partition, keys, "copy-please")
+
+
+def test_decode_selects_fields(client, partition):
+    if not _capi.has("tq_get_data_into"):
+        pytest.skip("libtqrdma without tq_get_data_into")
+    keys = keys_of(2)
+    put(client, partition, keys, {"a": np.ones((2, 2)), "b": [b"x", b"y"], "c": ["s", "t"]})
+    meta = c_void_p()
+    _check(client, lib.tq_kv_get_meta(client, partition.encode(), 2, _capi.strings(keys), 0,
+                                      None, byref(meta)), "get_meta")
+    try:
+        got = _values.decode(client, meta, ["c", "a"], mode="into")
+        assert list(got) == ["c", "a"] and got["c"] == ["s", "t"]
+        same_array(np.ones((2, 2)), got["a"])
+        with pytest.raises(tq.NotFoundError, match="field 'nope'"):
+            _values.decode(client, meta, ["a", "nope"], mode="into")
+        with pytest.raises(ValueError, match="mode='wrap' reads the meta's fields"):
+            _values.decode(client, meta, ["a"], mode="wrap")
+        assert sorted(_values.decode(client, meta)) == ["a", "b", "c"]  # the default: wrap
+    finally:
+        lib.tq_meta_free(meta)
 
 
 # ---- another process --------------------------------------------------------------------

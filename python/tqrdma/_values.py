@@ -226,6 +226,9 @@ def add_column(batch, name, value, what="rows"):
         return _add_dense(batch, name, *_torch_cell(value, name), rows, what, TORCH)
     if _is_non_tensor(value):
         value = value.tolist()  # tensordict's NonTensorData/NonTensorStack: their objects
+    elif _tensordict() is not None and isinstance(value, _tensordict().TensorDictBase):
+        raise TypeError(f"field {name!r}: a TensorDict inside a TensorDict; put "
+                        "td.flatten_keys('.')")
     elif isinstance(value, (str, *_BYTES_LIKE)):
         raise TypeError(f"field {name!r}: a {type(value).__name__} is one value; a column is "
                         f"a list of one per row")
