@@ -1,6 +1,7 @@
 """The value layer (tqrdma._values) against the embedded default: every value type round
 trips with its type, zero copy both ways, and bad input fails naming the field, with
 nothing written. pytest; run also with TQRDMA_NO_TORCH=1 (see conftest.py)."""
+import ctypes
 import gc
 import os
 import pickle
@@ -703,6 +704,47 @@ def test_decode_selects_fields(client, partition):
         with pytest.raises(ValueError, match="mode='wrap' reads the meta's fields"):
             _values.decode(client, meta, ["a"], mode="wrap")
         assert sorted(_values.decode(client, meta)) == ["a", "b", "c"]  # the default: wrap
+    finally:
+        lib.tq_meta_free(meta)
+
+
+def test_into_and_wrap_for_the_non_blocking_reads(client, partition):
+    """Into's two steps around tq_get_data_into_nb, from_batch(take=True) after tq_get_data_nb."""
+    if not _capi.has("tq_get_data_into_nb"):
+        pytest.skip("libtqrdma without the non-blocking reads")
+    proto = {"tq_get_data_into_nb": [c_void_p, c_void_p, c_void_p, ctypes.POINTER(c_void_p)],
+             "tq_get_data_nb": [c_void_p, c_void_p, ctypes.POINTER(c_void_p)],
+             "tq_request_wait": [c_void_p, ctypes.c_int], "tq_request_free": [c_void_p],
+             "tq_request_take_batch": [c_void_p]}
+    fns = {}
+    for name, args in proto.items():  # declared here: the package's async layer is elsewhere
+        fn = getattr(ctypes.CDLL(_capi.path), name)
+        fn.argtypes, fn.restype = args, c_void_p if name.endswith("batch") else ctypes.c_int
+        fns[name] = fn
+    keys = keys_of(2)
+    put(client, partition, keys, {"a": np.arange(4.).reshape(2, 2), "s": ["x", "y"]})
+    meta = c_void_p()
+    _check(client, lib.tq_kv_get_meta(client, partition.encode(), 2, _capi.strings(keys), 0,
+                                      None, byref(meta)), "get_meta")
+    try:
+        with _values.Into(meta) as dst:
+            req = c_void_p()
+            _check(client, fns["tq_get_data_into_nb"](client, meta, dst.handle, byref(req)), "nb")
+            try:
+                assert fns["tq_request_wait"](req, 10000) == 0
+            finally:
+                fns["tq_request_free"](req)
+            got = dst.finish()
+        same_array(np.arange(4.).reshape(2, 2), got["a"])
+        assert got["s"] == ["x", "y"]
+        req = c_void_p()
+        _check(client, fns["tq_get_data_nb"](client, meta, byref(req)), "nb")
+        try:
+            assert fns["tq_request_wait"](req, 10000) == 0
+            got = _values.from_batch(c_void_p(fns["tq_request_take_batch"](req)), take=True)
+        finally:
+            fns["tq_request_free"](req)
+        same_array(np.arange(4.).reshape(2, 2), got["a"])
     finally:
         lib.tq_meta_free(meta)
 

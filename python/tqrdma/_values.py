@@ -39,11 +39,11 @@ exceptions, each a copy: a non-contiguous (or byte-swapped) value is copied C-co
 (TransferQueue's users send slices, so this is allowed rather than refused), a tensor on
 a device other than the CPU is copied to the CPU with .cpu() (as TransferQueue does; it
 comes back a CPU tensor), and a lazily conjugated or negated tensor is resolved. A get
-either reads straight into new tensors or arrays (mode="into": torch.empty/np.empty, then
-tq_get_data_into), or wraps the library's own receive buffers (mode="wrap": tq_get_data),
-which are pooled and stay mapped; the returned values keep that batch alive and it is
-destroyed when the last of them is gone. Nested torch tensors are the exception: torch
-1.13 builds one only by copying rows into new memory.
+either wraps the library's own receive buffers (mode="wrap", the default: tq_get_data),
+which are pooled and stay mapped, the returned values keeping that batch alive until the
+last of them is gone; or reads straight into new arrays (mode="into": np.empty, torch
+tensors over it by from_numpy, then tq_get_data_into). Nested torch tensors are the
+exception: torch 1.13 builds one only by copying rows into new memory.
 
 Every error names the field (and the row) and what is wrong; nothing is written after one:
 encode raises before any call writes.
@@ -62,13 +62,13 @@ from ._capi import lib
 from ._errors import (ERR_INVALID, ERR_PROTOCOL, ERR_UNSUPPORTED, InvalidArgumentError,
                       TQError, error)
 
-__all__ = ["encode", "one_row", "decode", "from_batch", "add_column", "FORMATS"]
+__all__ = ["encode", "one_row", "add_column", "decode", "Into", "from_batch", "FORMATS"]
 
 TORCH, TORCH_LIST, UTF8, PICKLE, NONE = "torch", "torch.list", "utf8", "pickle", ""
 FORMATS = (TORCH, TORCH_LIST, UTF8, PICKLE)
 
 MODES = ("wrap", "into")
-DEFAULT_MODE = "wrap"  # see the measurements in decode's docstring
+DEFAULT_MODE = "wrap"  # warm pooled memory: see the measurements in decode's docstring
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -519,10 +519,10 @@ def decode(client, meta, fields=None, *, to=None, tensordict=None, mode=None, un
 
     mode "wrap" (the default): tq_get_data reads into the library's receive buffers, which
     are pooled, stay mapped (and registered, on RDMA hardware), and the values are views
-    of them. mode "into": tq_get_data_into reads into new torch.empty/np.empty memory, the
-    values' own. Measured on one node, embedded, 1024 rows x 9 fields x 8192 float32
-    (302 MB): see tests/bench_values.py; wrap gets warm memory, into pays a page fault per
-    page of fresh memory.
+    of them. mode "into": tq_get_data_into reads into new memory, the values' own, and
+    pays a page fault for each of its pages. Measured with tests/bench_values.py, embedded,
+    1024 rows x 9 fields x 8192 float32 (302 MB), on a loaded 2-core VM: wrap 9-13 GB/s
+    (memcpy into touched memory: 6-17), into 1-3 GB/s (memcpy into fresh memory: 0.4-2.8).
     """
     mode = DEFAULT_MODE if mode is None else mode
     if mode not in MODES:
@@ -535,16 +535,53 @@ def decode(client, meta, fields=None, *, to=None, tensordict=None, mode=None, un
         handle = c_void_p()
         _check_client(client, lib.tq_get_data(client, meta, byref(handle)), "get_data")
         return _from_handle(handle, take=True, to=to, td_mode=td_mode, unpickle=unpickle)
-    if not _capi.has("tq_get_data_into"):
-        raise TQError(ERR_UNSUPPORTED, "mode='into' needs a libtqrdma with tq_get_data_into")
-    rows, specs = _meta_fields(meta, fields)
-    out = {}
-    with Batch(rows) as dst:
-        build = [(f, _alloc(dst, f, rows, _family(f, to, td_mode))) for f in specs]
+    with Into(meta, fields, to=to, tensordict=tensordict, unpickle=unpickle) as dst:
         _check_client(client, lib.tq_get_data_into(client, meta, dst.handle), "get_data_into")
-    for f, finish in build:
-        out[f.name] = finish(unpickle)
-    return _container(out, rows, td_mode)
+        return dst.finish()
+
+
+class Into:
+    """decode(mode="into") in two steps, for the non-blocking read: new memory for the rows
+    of meta, as a batch to read into (``handle``), and finish() -> the values once read.
+
+        with Into(meta) as dst:
+            tq_get_data_into_nb(client, meta, dst.handle, &request); ... wait ...
+            values = dst.finish()
+
+    Arguments as decode's. close() (or the with-block's end) frees the batch, not the
+    memory: that is the values'. Keep it open until the read is complete."""
+
+    def __init__(self, meta, fields=None, *, to=None, tensordict=None, unpickle=True):
+        if not _capi.has("tq_get_data_into"):
+            raise TQError(ERR_UNSUPPORTED, "mode='into' needs a libtqrdma with "
+                                           "tq_get_data_into")
+        to, self._td_mode = _resolve(to, tensordict)
+        self._unpickle = unpickle
+        self.rows, specs = _meta_fields(meta, fields)
+        self._batch = Batch(self.rows)
+        try:
+            self._build = [(f, _alloc(self._batch, f, self.rows, _family(f, to, self._td_mode)))
+                           for f in specs]
+        except BaseException:
+            self._batch.close()
+            raise
+        self.handle = self._batch.handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._batch.close()
+        self.handle = None
+
+    def finish(self):
+        """The values read (call once the read succeeded); closes the batch."""
+        out = {f.name: finish(self._unpickle) for f, finish in self._build}
+        self.close()
+        return _container(out, self.rows, self._td_mode)
 
 
 def from_batch(handle, *, take=False, to=None, tensordict=None, unpickle=True):
