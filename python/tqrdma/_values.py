@@ -521,8 +521,9 @@ def decode(client, meta, fields=None, *, to=None, tensordict=None, mode=None, un
     are pooled, stay mapped (and registered, on RDMA hardware), and the values are views
     of them. mode "into": tq_get_data_into reads into new memory, the values' own, and
     pays a page fault for each of its pages. Measured with tests/bench_values.py, embedded,
-    1024 rows x 9 fields x 8192 float32 (302 MB), on a loaded 2-core VM: wrap 9-13 GB/s
-    (memcpy into touched memory: 6-17), into 1-3 GB/s (memcpy into fresh memory: 0.4-2.8).
+    1024 rows x 9 fields x 8192 float32 (302 MB), on a loaded 2-core VM, medians of 5 in
+    each of 6 runs: wrap 8-17 GB/s (memcpy into touched memory: 9-16), into 0.8-3.7 GB/s
+    (memcpy into fresh np.empty memory: 1.5-2.6); the copy kv_batch_get made: 0.9-2.5.
     """
     mode = DEFAULT_MODE if mode is None else mode
     if mode not in MODES:
