@@ -98,7 +98,7 @@ TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,
 }
 
 int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                     size_t num_fields, const char *const *fields, tq_batch **batch_p)
+                     size_t num_fields, const char *const *fields)
 {
     int rc = check_target(c, partition, n, keys, true);
     if (rc != TQ_OK)
@@ -109,13 +109,11 @@ int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *
     for (size_t i = 0; fields != NULL && i < num_fields; i++)
         if (tq__check_name(c, fields[i], "field %zu", i) != TQ_OK)
             return TQ_ERR_INVALID;
-    if (batch_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
     return TQ_OK;
 }
 
-int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                   size_t num_fields, const char *const *fields, tq_batch **batch_p)
+int tq__kv_run_get_meta(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                        size_t num_fields, const char *const *fields, tq_meta **meta_p)
 {
     if (fields == NULL)
         num_fields = 0;
@@ -132,11 +130,19 @@ int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *co
     for (size_t i = 0; i < n; i++)
         tq_wire_encode_name(&cc->out, keys[i]);
     tq_rbuf r;
-    tq_meta *meta = NULL;
     rc = tq__call(c, cc, off, c->timeout_ms, &r);
     if (rc == TQ_OK)
-        rc = tq__meta_parse(c, cc, &r, &meta);
+        rc = tq__meta_parse(c, cc, partition, &r, meta_p);
     tq__conn_release(c, cc);
+    return rc;
+}
+
+/* The meta, then its data: no task consumed the rows, so the meta goes either way. */
+int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                   size_t num_fields, const char *const *fields, tq_batch **batch_p)
+{
+    tq_meta *meta = NULL;
+    int rc = tq__kv_run_get_meta(c, partition, n, keys, num_fields, fields, &meta);
     if (rc != TQ_OK)
         return rc;
     rc = tq__meta_read(c, meta, batch_p);
@@ -148,8 +154,21 @@ TQ_EXPORT int tq_kv_batch_get(tq_client *c, const char *partition, size_t n,
                               const char *const *keys, size_t num_fields,
                               const char *const *fields, tq_batch **batch_p)
 {
-    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields, batch_p);
+    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields);
+    if (rc == TQ_OK && batch_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
     return rc != TQ_OK ? rc : tq__kv_run_get(c, partition, n, keys, num_fields, fields, batch_p);
+}
+
+TQ_EXPORT int tq_kv_get_meta(tq_client *c, const char *partition, size_t n,
+                             const char *const *keys, size_t num_fields,
+                             const char *const *fields, tq_meta **meta_p)
+{
+    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields);
+    if (rc == TQ_OK && meta_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    return rc != TQ_OK ? rc
+                       : tq__kv_run_get_meta(c, partition, n, keys, num_fields, fields, meta_p);
 }
 
 /* ---- listing and clearing ---- */
@@ -275,7 +294,7 @@ out:
     return rc == TQ_ERR_NOMEM ? tq__set_error(c, rc, "out of memory") : rc;
 }
 
-static int check_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+int tq__kv_check_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
@@ -289,7 +308,7 @@ static int check_list(tq_client *c, const char *partition, tq_kv_entries **entri
 TQ_EXPORT int tq_kv_list_page(tq_client *c, const char *partition, const char *cursor,
                               size_t limit, tq_kv_entries **entries_p)
 {
-    int rc = check_list(c, partition, entries_p);
+    int rc = tq__kv_check_list(c, partition, entries_p);
     if (rc != TQ_OK)
         return rc;
     if (cursor != NULL && strlen(cursor) > TQ_WIRE_CURSOR_MAX)
@@ -306,12 +325,16 @@ TQ_EXPORT int tq_kv_list_page(tq_client *c, const char *partition, const char *c
     return TQ_OK;
 }
 
-/* Every page, one after another: one answer is bounded, a listing is not. */
 TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
 {
-    int rc = check_list(c, partition, entries_p);
-    if (rc != TQ_OK)
-        return rc;
+    int rc = tq__kv_check_list(c, partition, entries_p);
+    return rc != TQ_OK ? rc : tq__kv_run_list(c, partition, entries_p);
+}
+
+/* Every page, one after another: one answer is bounded, a listing is not. */
+int tq__kv_run_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+{
+    int rc;
     tq_kv_entries *e = calloc(1, sizeof(*e));
     if (e == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
@@ -329,11 +352,20 @@ TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **en
     return TQ_OK;
 }
 
+int tq__kv_check_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
+{
+    return check_target(c, partition, n, keys, true);
+}
+
 TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
 {
-    int rc = check_target(c, partition, n, keys, true);
-    if (rc != TQ_OK)
-        return rc;
+    int rc = tq__kv_check_clear(c, partition, n, keys);
+    return rc != TQ_OK ? rc : tq__kv_run_clear(c, partition, n, keys);
+}
+
+int tq__kv_run_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
+{
+    int rc;
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_kv_keys(&body, &(tq_msg_kv_keys_t){{partition, (uint16_t)strlen(partition)},

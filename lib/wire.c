@@ -6,6 +6,8 @@
 
 #include "tq/tq.h"
 
+_Static_assert(TQ_MAX_FORMAT == TQ_WIRE_FORMAT_MAX, "one limit on format labels");
+
 /* ---- output cursor ---- */
 
 void tq_wbuf_init(tq_wbuf *w) { memset(w, 0, sizeof(*w)); }
@@ -181,6 +183,19 @@ char *tq_str_dup(tq_str_t s)
 bool tq_str_is_name(tq_str_t s)
 {
     return s.len > 0 && s.len <= TQ_WIRE_NAME_MAX && memchr(s.ptr, '\0', s.len) == NULL;
+}
+
+bool tq_str_is_format(tq_str_t s)
+{
+    if (s.len > TQ_WIRE_FORMAT_MAX)
+        return false;
+    for (uint16_t i = 0; i < s.len; i++) {
+        char ch = s.ptr[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
+              ch == '-'))
+            return false;
+    }
+    return true;
 }
 
 /* A list of n strings, each a name on decoding. */
@@ -399,8 +414,9 @@ int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
 /* Bytes fields have the bytes dtype and no dimensions; nothing else does. */
 static bool field_schema_ok(tq_str_t name, uint8_t kind, uint8_t dtype, uint8_t ndim)
 {
-    return tq_str_is_name(name) && kind <= TQ_FIELD_BYTES && dtype <= TQ_DTYPE_BYTES &&
-           ndim <= TQ_MAX_NDIM && (kind == TQ_FIELD_BYTES) == (dtype == TQ_DTYPE_BYTES) &&
+    return tq_str_is_name(name) && kind <= TQ_FIELD_BYTES &&
+           tq_dtype_size((tq_dtype_t)dtype) != 0 && ndim <= TQ_MAX_NDIM &&
+           (kind == TQ_FIELD_BYTES) == (dtype == TQ_DTYPE_BYTES) &&
            (kind != TQ_FIELD_BYTES || ndim == 0);
 }
 
@@ -420,6 +436,7 @@ void tq_wire_encode_field(tq_wbuf *w, const tq_wire_field_t *m)
     tq_wire_put_u8(w, m->kind);
     tq_wire_put_u8(w, m->dtype);
     tq_wire_put_u8(w, m->ndim);
+    tq_wire_put_str(w, m->format.ptr, m->format.len);
     tq_wire_put_bytes(w, m->dims.ptr, (size_t)m->dims.count * 8);
 }
 
@@ -429,7 +446,9 @@ int tq_wire_decode_field(tq_rbuf *r, uint32_t rows, tq_wire_field_t *m)
     m->kind = tq_wire_get_u8(r);
     m->dtype = tq_wire_get_u8(r);
     m->ndim = tq_wire_get_u8(r);
-    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim))
+    m->format = tq_wire_get_str(r);
+    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim) ||
+        !tq_str_is_format(m->format))
         return TQ_ERR_PROTOCOL;
     m->dims = tq_wire_get_array(r, field_dims_count(m->kind, m->ndim, rows));
     return decoded(r);
@@ -545,6 +564,7 @@ void tq_wire_encode_meta_field(tq_wbuf *w, const tq_wire_meta_field_t *m)
     tq_wire_put_u8(w, m->kind);
     tq_wire_put_u8(w, m->dtype);
     tq_wire_put_u8(w, m->ndim);
+    tq_wire_put_str(w, m->format.ptr, m->format.len);
     tq_wire_put_bytes(w, m->row_shape.ptr, (size_t)m->row_shape.count * 8);
     tq_wire_put_bytes(w, m->shapes.ptr, (size_t)m->shapes.count * 8);
     tq_wire_put_bytes(w, m->row_bytes.ptr, (size_t)m->row_bytes.count * 8);
@@ -557,7 +577,9 @@ int tq_wire_decode_meta_field(tq_rbuf *r, uint32_t rows, tq_wire_meta_field_t *m
     m->kind = tq_wire_get_u8(r);
     m->dtype = tq_wire_get_u8(r);
     m->ndim = tq_wire_get_u8(r);
-    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim))
+    m->format = tq_wire_get_str(r);
+    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim) ||
+        !tq_str_is_format(m->format))
         return TQ_ERR_PROTOCOL;
     bool tensor = m->kind == TQ_FIELD_TENSOR, nested = m->kind == TQ_FIELD_NESTED;
     m->row_shape = tq_wire_get_array(r, tensor ? m->ndim : 0);

@@ -20,7 +20,7 @@
  * as the frame's buffer.
  */
 #define TQ_WIRE_MAGIC        0x44525154u /* "TQRD" */
-#define TQ_WIRE_VERSION      2
+#define TQ_WIRE_VERSION      3 /* 3: fields carry a format label */
 #define TQ_WIRE_HEADER_SIZE  24
 #define TQ_WIRE_MAX_BODY     (64u << 20)
 #define TQ_WIRE_FLAG_REPLY   0x01
@@ -28,6 +28,7 @@
 #define TQ_WIRE_MAX_TRANSPORTS 8
 #define TQ_WIRE_MAX_FIELDS   256   /* fields per request */
 #define TQ_WIRE_MAX_ROWS     (1u << 20) /* rows per request */
+#define TQ_WIRE_FORMAT_MAX   15    /* a field's format label: 0..15 bytes of [a-z0-9_.-] */
 
 typedef enum {
     TQ_MSG_HELLO = 1,         /* first message of every connection */
@@ -138,6 +139,8 @@ bool tq_str_eq(tq_str_t s, const char *c);
 char *tq_str_dup(tq_str_t s);
 /* A name: 1..TQ_WIRE_NAME_MAX bytes with no NUL inside. */
 bool tq_str_is_name(tq_str_t s);
+/* A format label: 0..TQ_WIRE_FORMAT_MAX bytes of [a-z0-9_.-] ("" is none). */
+bool tq_str_is_format(tq_str_t s);
 
 /* ---- frames ---- */
 
@@ -202,11 +205,14 @@ typedef struct {
 } tq_wire_unit_t;
 
 /* One field of an ALLOC request. The shape section depends on the kind:
- * tensor: row_shape[ndim]; nested: shapes[rows*ndim]; bytes: lengths[rows]. */
+ * tensor: row_shape[ndim]; nested: shapes[rows*ndim]; bytes: lengths[rows].
+ * format is the label a binding gave the field's encoding ("" for none),
+ * between ndim and the shape section. */
 typedef struct {
     tq_str_t   name;
     uint8_t    kind, dtype, ndim;
-    tq_array_t dims; /* row_shape, shapes or lengths as above */
+    tq_array_t dims;   /* row_shape, shapes or lengths as above */
+    tq_str_t   format; /* on the wire before dims */
 } tq_wire_field_t;
 
 /* How an ALLOC names its rows. */
@@ -282,6 +288,7 @@ typedef struct {
     tq_array_t shapes;     /* nested: rows*ndim entries */
     tq_array_t row_bytes;  /* rows entries */
     uint32_t   num_runs;
+    tq_str_t   format;     /* the field's format label, "" for none; on the wire after ndim */
 } tq_wire_meta_field_t;
 
 /* CLEAR request; reply: u32 removed. */

@@ -158,12 +158,14 @@ static const uint64_t text_lengths[] = {5, 0, 100, UINT64_C(1) << 33};
 static tq_msg_alloc_t fx_alloc(bool with_indexes, tq_wire_field_t f[4])
 {
     uint32_t rows = with_indexes ? 4 : 3;
-    f[0] = (tq_wire_field_t){STR("obs"), TQ_FIELD_TENSOR, TQ_DTYPE_F32, 2, ARR(obs_shape)};
-    f[1] = (tq_wire_field_t){STR("reward"), TQ_FIELD_TENSOR, TQ_DTYPE_F64, 0, NO_ARR};
+    f[0] = (tq_wire_field_t){STR("obs"), TQ_FIELD_TENSOR, TQ_DTYPE_F32, 2, ARR(obs_shape),
+                             STR("")};
+    f[1] = (tq_wire_field_t){STR("reward"), TQ_FIELD_TENSOR, TQ_DTYPE_F64, 0, NO_ARR,
+                             STR("py.float")};
     f[2] = (tq_wire_field_t){STR("tokens"), TQ_FIELD_NESTED, TQ_DTYPE_I64, 2,
-                             tq_array_of(tok_shapes, rows * 2)};
+                             tq_array_of(tok_shapes, rows * 2), STR("list")};
     f[3] = (tq_wire_field_t){STR("text"), TQ_FIELD_BYTES, TQ_DTYPE_BYTES, 0,
-                             tq_array_of(text_lengths, rows)};
+                             tq_array_of(text_lengths, rows), STR("utf-8_012345678")};
     return (tq_msg_alloc_t){
         .partition = with_indexes ? STR("train") : STR("eval/with spaces"),
         .rows = rows,
@@ -222,14 +224,15 @@ static void fx_meta_fields(meta_fx_t m[3])
 {
     memset(m, 0, 3 * sizeof(*m));
     m[0].f = (tq_wire_meta_field_t){STR("obs"), TQ_FIELD_TENSOR, TQ_DTYPE_F32, 2,
-                                    ARR(obs_shape), NO_ARR, ARR(obs_row_bytes), 2};
+                                    ARR(obs_shape), NO_ARR, ARR(obs_row_bytes), 2, STR("")};
     m[0].runs[0] = (tq_wire_extent_t){0, 0, 28224 * 2};
     m[0].runs[1] = (tq_wire_extent_t){1, 4096, 28224};
     m[1].f = (tq_wire_meta_field_t){STR("tokens"), TQ_FIELD_NESTED, TQ_DTYPE_I64, 1,
-                                    NO_ARR, ARR(tok_meta_shapes), ARR(tok_row_bytes), 1};
+                                    NO_ARR, ARR(tok_meta_shapes), ARR(tok_row_bytes), 1,
+                                    STR("list")};
     m[1].runs[0] = (tq_wire_extent_t){2, UINT64_C(1) << 20, 160};
     m[2].f = (tq_wire_meta_field_t){STR("text"), TQ_FIELD_BYTES, TQ_DTYPE_BYTES, 0,
-                                    NO_ARR, NO_ARR, ARR(text_row_bytes), 3};
+                                    NO_ARR, NO_ARR, ARR(text_row_bytes), 3, STR("utf8")};
     m[2].runs[0] = (tq_wire_extent_t){0, 100, 5};
     m[2].runs[1] = (tq_wire_extent_t){TQ_WIRE_NO_UNIT, 0, 0};
     m[2].runs[2] = (tq_wire_extent_t){1, 200, 100};
@@ -360,6 +363,7 @@ static int dec_field(tq_rbuf *r)
     memset(&f, 0, sizeof(f));
     int rc = tq_wire_decode_field(r, g_rows, &f);
     touch_str(f.name);
+    touch_str(f.format);
     touch_array(f.dims);
     return rc;
 }
@@ -437,6 +441,7 @@ static int dec_meta_field(tq_rbuf *r)
     memset(&f, 0, sizeof(f));
     int rc = tq_wire_decode_meta_field(r, g_rows, &f);
     touch_str(f.name);
+    touch_str(f.format);
     touch_array(f.row_shape);
     touch_array(f.shapes);
     touch_array(f.row_bytes);
@@ -763,6 +768,7 @@ static void check_alloc_roundtrip(bool with_indexes)
         cr_expect(eq(u8, f.kind, wf[i].kind), "field %d", i);
         cr_expect(eq(u8, f.dtype, wf[i].dtype), "field %d", i);
         cr_expect(eq(u8, f.ndim, wf[i].ndim), "field %d", i);
+        expect_str(f.format, wf[i].format, "field format");
         expect_array(f.dims, wf[i].dims, "field dims");
     }
     expect_done(&t.r, "alloc");
@@ -879,6 +885,7 @@ Test(wire, roundtrip_get_meta_reply)
         cr_expect(eq(u8, f.kind, want[i].f.kind), "meta field %d", i);
         cr_expect(eq(u8, f.dtype, want[i].f.dtype), "meta field %d", i);
         cr_expect(eq(u8, f.ndim, want[i].f.ndim), "meta field %d", i);
+        expect_str(f.format, want[i].f.format, "meta format");
         expect_array(f.row_shape, want[i].f.row_shape, "row_shape");
         expect_array(f.shapes, want[i].f.shapes, "shapes");
         expect_array(f.row_bytes, want[i].f.row_bytes, "row_bytes");
@@ -1222,6 +1229,7 @@ static void put_field_raw(tq_wbuf *w, const char *name, size_t nlen, uint8_t kin
     tq_wire_put_u8(w, kind);
     tq_wire_put_u8(w, dtype);
     tq_wire_put_u8(w, ndim);
+    tq_wire_put_str(w, "", 0); /* no format label */
     for (uint32_t i = 0; i < n; i++)
         tq_wire_put_u64(w, i + 1);
 }
@@ -1572,8 +1580,17 @@ Test(wire, hostile_field_kinds)
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "kind 3");
     put_field_raw(&w, "f", 1, 0xFF, TQ_DTYPE_F32, 0, 2);
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "kind 255");
-    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_BYTES + 1, 1, 1);
-    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 11");
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C128 + 1, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 17");
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, 0xFF, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 255");
+    /* the dtypes appended after bytes are tensor dtypes like the others */
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_U16, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_OK, "tensor u16");
+    put_field_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_C128, 1, 2);
+    EXPECT_RC(&w, dec_field, TQ_OK, "nested c128");
+    put_field_raw(&w, "f", 1, TQ_FIELD_BYTES, TQ_DTYPE_U64, 0, 2);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "bytes kind, u64 dtype");
     put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, TQ_MAX_NDIM + 1);
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "tensor ndim 9");
     put_field_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, 2 * (TQ_MAX_NDIM + 1));
@@ -1599,8 +1616,10 @@ Test(wire, hostile_field_kinds)
 
     put_meta_raw(&w, "f", 1, TQ_FIELD_BYTES + 1, TQ_DTYPE_F32, 0, 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta kind 3");
-    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_BYTES + 1, 0, 2, 0);
-    EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta dtype 11");
+    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C128 + 1, 0, 2, 0);
+    EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta dtype 17");
+    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C64, 0, 2, 0);
+    EXPECT_RC(&w, dec_meta_field, TQ_OK, "meta c64");
     put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, TQ_MAX_NDIM + 1 + 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta tensor ndim 9");
     put_meta_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, 2 * (TQ_MAX_NDIM + 1) + 2, 0);
@@ -1608,6 +1627,47 @@ Test(wire, hostile_field_kinds)
     put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM, TQ_MAX_NDIM + 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_OK, "meta tensor ndim 8");
     tq_wbuf_free(&w);
+}
+
+/* A format label is 0..15 bytes of [a-z0-9_.-], in ALLOC fields and meta fields alike. */
+Test(wire, hostile_format_labels)
+{
+    static const struct { const char *label; size_t len; int rc; } cases[] = {
+        {"", 0, TQ_OK}, {"utf8", 4, TQ_OK}, {"a.b-c_9", 7, TQ_OK},
+        {"0123456789abcde", 15, TQ_OK},                   /* 15: the most */
+        {"0123456789abcdef", 16, TQ_ERR_PROTOCOL},        /* 16: too long */
+        {"UTF8", 4, TQ_ERR_PROTOCOL}, {"a b", 3, TQ_ERR_PROTOCOL}, {"a/b", 3, TQ_ERR_PROTOCOL},
+        {"a\0b", 3, TQ_ERR_PROTOCOL}, {"\xc3\xa9", 2, TQ_ERR_PROTOCOL},
+    };
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    g_rows = 2;
+    for (size_t i = 0; i < N_ELEMS(cases); i++)
+        for (int meta = 0; meta < 2; meta++) {
+            tq_wire_put_cstr(&w, "f");
+            tq_wire_put_u8(&w, TQ_FIELD_TENSOR);
+            tq_wire_put_u8(&w, TQ_DTYPE_F32);
+            tq_wire_put_u8(&w, 1);
+            tq_wire_put_str(&w, cases[i].label, cases[i].len);
+            tq_wire_put_u64(&w, 4); /* row_shape */
+            if (meta) {
+                tq_wire_put_u64(&w, 16), tq_wire_put_u64(&w, 16); /* row_bytes */
+                tq_wire_put_u32(&w, 0);                           /* no runs */
+            }
+            EXPECT_RC(&w, meta ? dec_meta_field : dec_field, cases[i].rc, "%s label %zu",
+                      meta ? "meta" : "alloc", i);
+        }
+    /* a length past what is left */
+    tq_wire_put_cstr(&w, "f");
+    tq_wire_put_u8(&w, TQ_FIELD_BYTES);
+    tq_wire_put_u8(&w, TQ_DTYPE_BYTES);
+    tq_wire_put_u8(&w, 0);
+    tq_wire_put_u16(&w, 10);
+    tq_wire_put_bytes(&w, "utf8", 4);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "label longer than the body");
+    tq_wbuf_free(&w);
+    cr_expect(eq(int, tq_str_is_format((tq_str_t){"", 0}), 1));
+    cr_expect(eq(int, tq_str_is_format((tq_str_t){"-A", 2}), 0));
 }
 
 /* A meta field must agree on kind and dtype, as an ALLOC field must. */

@@ -198,6 +198,7 @@ int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fiel
             .shapes = tq_array_of(shapes, nested ? n * f->ndim : 0),
             .row_bytes = tq_array_of(row_bytes, n),
             .num_runs = num_runs,
+            .format = {f->format, (uint16_t)strlen(f->format)},
         };
         tq_wire_encode_meta_field(&c->out, &w);
         for (uint32_t i = 0; i < num_runs; i++)

@@ -96,6 +96,7 @@ typedef struct {
     tq_dtype_t      dtype;
     uint32_t        ndim;
     int64_t         row_shape[TQ_MAX_NDIM];
+    char            format[TQ_MAX_FORMAT + 1]; /* "" for none */
     tq_extent      *ext;
     tq_cell_t      *cells;
 } alloc_field_t;

@@ -191,6 +191,7 @@ int tq__partition_add_fields(tq_partition_t *p, uint32_t n, const tq_field_t *sp
         f->kind = spec->kind;
         f->dtype = spec->dtype;
         f->ndim = spec->ndim;
+        memcpy(f->format, spec->format, sizeof(f->format));
         if (spec->kind == TQ_FIELD_TENSOR)
             memcpy(f->row_shape, spec->row_shape, sizeof(f->row_shape));
     }

@@ -53,6 +53,7 @@ typedef struct {
     tq_dtype_t      dtype;
     uint32_t        ndim;
     int64_t         row_shape[TQ_MAX_NDIM]; /* tensor */
+    char            format[TQ_MAX_FORMAT + 1]; /* its format label, "" for none */
     tq_cell_t      *cells;                  /* one per row slot */
 } tq_field_t;
 

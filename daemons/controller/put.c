@@ -1,5 +1,6 @@
 /* put.c: the two-phase put: ALLOC reserves rows and extents, COMMIT makes them visible. */
 #define TQ_LOG_COMPONENT "controller"
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +73,8 @@ static const char *alloc_field_prepare(alloc_field_t *af, const tq_wire_field_t 
     af->kind = w->kind;
     af->dtype = w->dtype;
     af->ndim = w->ndim;
+    memcpy(af->format, w->format.ptr, w->format.len); /* checked: at most TQ_MAX_FORMAT */
+    af->format[w->format.len] = '\0';
     af->cells = calloc(rows, sizeof(tq_cell_t));
     if (af->cells == NULL)
         return "out of memory";
@@ -104,22 +107,32 @@ static const char *alloc_field_prepare(alloc_field_t *af, const tq_wire_field_t 
     return NULL;
 }
 
-/* A field that exists keeps its dtype and number of dimensions, and bytes
- * stay bytes; only the shape of a row may change (tensor becomes nested). */
-static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af)
+/* A field that exists keeps its dtype, number of dimensions and format
+ * label (a put that gives none keeps it), and bytes stay bytes; only the
+ * shape of a row may change (tensor becomes nested). A conflict is described
+ * in buf (naming the field), which is returned; NULL when none. */
+#define CONFLICT_MAX 400
+static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af, char *buf)
 {
     if (f == NULL)
         return NULL;
     if (f->dtype != af->dtype)
-        return "dtype conflicts with the field's";
-    if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
-        return "kind conflicts with the field's";
-    if (f->ndim != af->ndim)
-        return "number of dimensions conflicts with the field's";
-    return NULL;
+        snprintf(buf, CONFLICT_MAX, "field %s: dtype %d conflicts with the field's %d", f->name,
+                 (int)af->dtype, (int)f->dtype);
+    else if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
+        snprintf(buf, CONFLICT_MAX, "field %s: kind conflicts with the field's", f->name);
+    else if (f->ndim != af->ndim)
+        snprintf(buf, CONFLICT_MAX, "field %s: number of dimensions %u conflicts with the "
+                 "field's %u", f->name, af->ndim, f->ndim);
+    else if (af->format[0] != '\0' && f->format[0] != '\0' && strcmp(af->format, f->format) != 0)
+        snprintf(buf, CONFLICT_MAX, "field %s: format \"%s\" conflicts with the field's \"%s\"",
+                 f->name, af->format, f->format);
+    else
+        return NULL;
+    return buf;
 }
 
-static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why);
+static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict);
 
 /* Read the keys and tags of a keyed ALLOC into a. Returns a message on bad input. */
 static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
@@ -237,6 +250,7 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     p = tq__find_partition(ctl, pname);
 
     uint64_t totals[TQ_WIRE_MAX_FIELDS];
+    char conflict[CONFLICT_MAX];
     for (uint16_t i = 0; i < m.num_fields; i++) {
         tq_wire_field_t w;
         if (tq_wire_decode_field(r, m.rows, &w) != TQ_OK) {
@@ -259,7 +273,7 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
             status = af->cells ? TQ_ERR_INVALID : TQ_ERR_NOMEM;
             goto err;
         }
-        why = p ? schema_conflict(tq__partition_field(p, af->name), af) : NULL;
+        why = p ? schema_conflict(tq__partition_field(p, af->name), af, conflict) : NULL;
         if (why != NULL) {
             status = TQ_ERR_INVALID;
             goto err;
@@ -455,7 +469,7 @@ static void keys_apply(tq_partition_t *p, alloc_t *a, keys_plan_t *kp)
  * before the first change. On error the put is aborted and *why says what
  * went wrong.
  */
-static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
+static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict)
 {
     tq_partition_t *p = a->part;
     if (p == NULL) {
@@ -474,13 +488,14 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
         }
         /* a concurrent put may have created the field since the ALLOC */
         tq_field_t *f = tq__partition_field(p, af->name);
-        if ((*why = schema_conflict(f, af)) != NULL) {
+        if ((*why = schema_conflict(f, af, conflict)) != NULL) {
             tq__alloc_abort(a);
             return TQ_ERR_INVALID;
         }
         if (f == NULL) {
             specs[num_new] = (tq_field_t){.name = af->name, .kind = af->kind, .dtype = af->dtype,
                                           .ndim = af->ndim};
+            memcpy(specs[num_new].format, af->format, sizeof(af->format));
             memcpy(specs[num_new++].row_shape, af->row_shape, sizeof(af->row_shape));
         }
     }
@@ -505,6 +520,8 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
             (af->kind != TQ_FIELD_TENSOR ||
              memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0))
             f->kind = TQ_FIELD_NESTED; /* rows of another shape make a tensor ragged */
+        if (f->format[0] == '\0') /* the first label given is the field's */
+            memcpy(f->format, af->format, sizeof(f->format));
         ctl->metrics.bytes_committed += af->ext ? af->ext->length : 0;
         for (uint32_t k = 0; k < a->rows; k++) {
             tq_cell_t cell = af->cells[k];
@@ -538,7 +555,8 @@ void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         return;
     }
     const char *why = NULL;
-    int rc = alloc_commit(c->ctl, a, &why);
+    char conflict[CONFLICT_MAX];
+    int rc = alloc_commit(c->ctl, a, &why, conflict);
     if (rc != TQ_OK)
         return tq__reply_error(c, h, rc, "%s", why);
     tq__reply_ok(c, h);

@@ -1,5 +1,10 @@
-"""Fixtures: the package against the embedded default and against real tq-controller and
-tq-storage processes (TQ_CONTROLLER_BIN, TQ_STORAGE_BIN; ctest passes them)."""
+"""pytest fixtures: the package against the embedded default and against real tq-controller
+and tq-storage processes (TQ_CONTROLLER_BIN, TQ_STORAGE_BIN; ctest passes them).
+
+The suite runs twice: as is, and with TQRDMA_NO_TORCH=1, where the package acts as if
+torch were not installed and the tests that need torch skip (ctest python and
+python_notorch). The library comes from TQRDMA_LIBRARY."""
+import ctypes
 import itertools
 import os
 import select
@@ -11,10 +16,40 @@ import time
 
 import pytest
 
-import tqrdma as tq
+os.environ.pop("TQ_CONTROLLER", None)
+os.environ.setdefault("TQ_POOL_SIZE", "64M")
 
+import tqrdma as tq  # noqa: E402  (after the environment it reads)
+
+NO_TORCH = os.environ.get("TQRDMA_NO_TORCH", "") not in ("", "0")
 START_TIMEOUT = 10.0
 _counter = itertools.count()
+
+
+@pytest.fixture
+def torch():
+    """torch, or a skip where it is absent or TQRDMA_NO_TORCH is set."""
+    if NO_TORCH:
+        pytest.skip("TQRDMA_NO_TORCH is set")
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A raw tq_client of an embedded controller and storage unit, for the whole session."""
+    from tqrdma import _capi
+    handle = ctypes.c_void_p()
+    assert _capi.lib.tq_open(b"embedded", ctypes.byref(handle)) == 0, \
+        _capi.lib.tq_last_error(None)
+    yield handle
+    _capi.lib.tq_close(handle)
+
+
+@pytest.fixture
+def partition(request):
+    """A partition of its own for each test."""
+    name = request.node.name.replace("[", ".").replace("]", "")[:200]
+    return f"{name}.{next(_counter)}"
 
 
 class Cluster:
@@ -102,9 +137,3 @@ def tq_api(request):
         tq.init(request.getfixturevalue("cluster").address)
     yield tq
     tq.close()
-
-
-@pytest.fixture
-def partition(request):
-    """A partition of this test's own."""
-    return f"{request.node.name}.{next(_counter)}"

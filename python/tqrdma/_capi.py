@@ -6,9 +6,14 @@ import os
 from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_uint32, c_void_p
 
 MAX_NDIM = 8
+MAX_ROWS = 1 << 20  # rows of one batch (TQ_WIRE_MAX_ROWS)
+MAX_FIELDS = 256    # fields of one batch (TQ_WIRE_MAX_FIELDS)
 FIELD_TENSOR, FIELD_NESTED, FIELD_BYTES = range(3)
+# tq_dtype_t, as include/tq/tq.h numbers them (part of the ABI); U16 and after are newer:
+# has_dtype() tells whether the loaded library knows one
 (DTYPE_BOOL, DTYPE_U8, DTYPE_I8, DTYPE_I16, DTYPE_I32, DTYPE_I64, DTYPE_F16,
- DTYPE_BF16, DTYPE_F32, DTYPE_F64, DTYPE_BYTES) = range(11)
+ DTYPE_BF16, DTYPE_F32, DTYPE_F64, DTYPE_BYTES, DTYPE_U16, DTYPE_U32, DTYPE_U64,
+ DTYPE_C32, DTYPE_C64, DTYPE_C128) = range(17)
 
 
 class FieldInfo(ctypes.Structure):
@@ -47,13 +52,14 @@ def _load():
 
 lib, path = _load()
 
-_client_p, _batch_p, _entries_p = c_void_p, c_void_p, c_void_p
+_client_p, _batch_p, _entries_p, _meta_p = c_void_p, c_void_p, c_void_p, c_void_p
 _strings = POINTER(c_char_p)
 _PROTOTYPES = {
     "tq_status_string": (c_char_p, [c_int]),
     "tq_last_error": (c_char_p, [_client_p]),
     "tq_open": (c_int, [c_char_p, POINTER(_client_p)]),
     "tq_close": (None, [_client_p]),
+    "tq_controller_address": (c_char_p, [_client_p]),
     "tq_batch_create": (c_int, [c_uint32, POINTER(_batch_p)]),
     "tq_batch_destroy": (None, [_batch_p]),
     "tq_batch_add_tensor": (c_int, [_batch_p, c_char_p, c_int, c_uint32, POINTER(c_int64),
@@ -79,10 +85,45 @@ _PROTOTYPES = {
     "tq_kv_entries_tag": (c_char_p, [_entries_p, c_size_t]),
     "tq_kv_entries_free": (None, [_entries_p]),
     "tq_kv_clear": (c_int, [_client_p, c_char_p, c_size_t, _strings]),
+    "tq_dtype_size": (c_size_t, [c_int]),
+    "tq_put": (c_int, [_client_p, c_char_p, _batch_p, POINTER(c_int64), POINTER(c_int64)]),
+    "tq_get_data": (c_int, [_client_p, _meta_p, POINTER(_batch_p)]),
+    "tq_meta_rows": (c_uint32, [_meta_p]),
+    "tq_meta_indexes": (POINTER(c_int64), [_meta_p]),
+    "tq_meta_free": (None, [_meta_p]),
+}
+# Newer functions (issue 15): declared where the loaded library has them; has() tells.
+_OPTIONAL = {
+    "tq_batch_set_format": (c_int, [_batch_p, c_char_p, c_char_p]),
+    "tq_batch_field_format": (c_char_p, [_batch_p, c_char_p]),
+    "tq_meta_num_fields": (c_uint32, [_meta_p]),
+    "tq_meta_field_name": (c_char_p, [_meta_p, c_uint32]),
+    "tq_meta_field": (c_int, [_meta_p, c_char_p, POINTER(FieldInfo)]),
+    "tq_meta_row": (c_int, [_meta_p, c_char_p, c_uint32, POINTER(c_size_t),
+                            POINTER(POINTER(c_int64))]),
+    "tq_meta_field_format": (c_char_p, [_meta_p, c_char_p]),
+    "tq_meta_partition": (c_char_p, [_meta_p]),
+    "tq_get_data_into": (c_int, [_client_p, _meta_p, _batch_p]),
+    "tq_kv_get_meta": (c_int, [_client_p, c_char_p, c_size_t, _strings, c_size_t, _strings,
+                               POINTER(_meta_p)]),
 }
 for _name, (_restype, _argtypes) in _PROTOTYPES.items():
     _fn = getattr(lib, _name)
     _fn.restype, _fn.argtypes = _restype, _argtypes
+for _name, (_restype, _argtypes) in _OPTIONAL.items():
+    _fn = getattr(lib, _name, None)
+    if _fn is not None:
+        _fn.restype, _fn.argtypes = _restype, _argtypes
+
+
+def has(name):
+    """Whether the loaded library exports the C function name."""
+    return hasattr(lib, name)
+
+
+def has_dtype(code):
+    """Whether the loaded library knows tq_dtype_t code (tq_dtype_size is 0 for an unknown one)."""
+    return lib.tq_dtype_size(code) != 0
 
 
 def strings(values):

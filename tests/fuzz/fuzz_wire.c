@@ -54,6 +54,17 @@ static void want(const char *what, bool ok)
         fail("%s: a decoder accepted a value out of its limits", what);
 }
 
+/* A format label: at most TQ_WIRE_FORMAT_MAX bytes of [a-z0-9_.-]. */
+static void want_format(const char *what, tq_str_t s)
+{
+    touch_str(s);
+    bool ok = s.len <= TQ_WIRE_FORMAT_MAX;
+    for (uint16_t i = 0; ok && i < s.len; i++)
+        ok = (s.ptr[i] >= 'a' && s.ptr[i] <= 'z') || (s.ptr[i] >= '0' && s.ptr[i] <= '9') ||
+             s.ptr[i] == '_' || s.ptr[i] == '.' || s.ptr[i] == '-';
+    want(what, ok);
+}
+
 /* The bytes the last decode consumed, [from, r->p), equal what w re-encoded. */
 static void want_same(const char *what, const uint8_t *from, const tq_rbuf *r, tq_wbuf *w)
 {
@@ -143,12 +154,13 @@ static void meta_reply(tq_rbuf *r, tq_wbuf *w)
         if (tq_wire_decode_meta_field(r, m.rows, &f) != TQ_OK)
             return;
         want_name("meta field", f.name, false);
-        want("meta field", f.kind <= TQ_FIELD_BYTES && f.dtype <= TQ_DTYPE_BYTES &&
-                               f.ndim <= TQ_MAX_NDIM && f.row_bytes.count == m.rows &&
+        want("meta field", f.kind <= TQ_FIELD_BYTES &&
+                               tq_dtype_size((tq_dtype_t)f.dtype) != 0 && f.ndim <= TQ_MAX_NDIM && f.row_bytes.count == m.rows &&
                                f.row_shape.count == (f.kind == TQ_FIELD_TENSOR ? f.ndim : 0u) &&
                                f.shapes.count == (f.kind == TQ_FIELD_NESTED
                                                       ? (uint64_t)m.rows * f.ndim : 0u) &&
                                (uint64_t)f.num_runs * 20 <= (uint64_t)(r->end - r->p));
+        want_format("meta field format", f.format);
         touch_array(f.row_shape);
         touch_array(f.shapes);
         touch_array(f.row_bytes);
@@ -208,9 +220,10 @@ static void alloc_request(tq_rbuf *r, tq_wbuf *w)
         uint64_t dims = f.kind == TQ_FIELD_TENSOR   ? f.ndim
                         : f.kind == TQ_FIELD_NESTED ? (uint64_t)m.rows * f.ndim
                                                     : m.rows;
-        want("field", f.kind <= TQ_FIELD_BYTES && f.dtype <= TQ_DTYPE_BYTES &&
+        want("field", f.kind <= TQ_FIELD_BYTES && tq_dtype_size((tq_dtype_t)f.dtype) != 0 &&
                           f.ndim <= TQ_MAX_NDIM && f.dims.count == dims &&
                           (f.kind == TQ_FIELD_BYTES) == (f.dtype == TQ_DTYPE_BYTES));
+        want_format("field format", f.format);
         touch_array(f.dims);
         tq_wire_encode_field(w, &f);
         want_same("field", from, r, w);
