@@ -47,10 +47,15 @@ class CMeta:
 
 
 def batch_meta(cmeta, ready=True):
-    """A BatchMeta of a tq_meta's rows, its schema and custom meta, holding the handle."""
-    status = np.full(cmeta.rows, READY_FOR_CONSUME if ready else 0, dtype=np.int8)
-    if not ready:
-        status[:] = [_values.row_complete(cmeta.handle, r) for r in range(cmeta.rows)]
+    """A BatchMeta of a tq_meta's rows, its schema and custom meta, holding the handle.
+    ready: every cell is there (a "fetch"); else each row's status says."""
+    names = [n.encode() for n in cmeta.field_names()]
+    if ready:
+        status = np.full(cmeta.rows, READY_FOR_CONSUME, dtype=np.int8)
+    else:
+        status = np.array([bool(names) and all(lib.tq_meta_has_cell(cmeta.handle, n, r) == 1
+                                                for n in names) for r in range(cmeta.rows)],
+                          dtype=np.int8)
     return BatchMeta(cmeta.indexes, [cmeta.partition] * cmeta.rows,
-                     _values.schema(cmeta.handle), status, custom_meta=cmeta.custom_meta(),
+                     _values.meta_schema(cmeta.handle), status, custom_meta=cmeta.custom_meta(),
                      _handle=cmeta)

@@ -772,3 +772,117 @@ def _nested(f, family, parts):
     # torch 1.13 builds a nested tensor only by copying the rows into a buffer of its own
     # (as_nested_tensor copies once; nested_tensor clones each row first, 30x slower here)
     return torch.nested.as_nested_tensor(parts)
+
+
+# ---- what a BatchMeta records of its fields (TransferQueue's field_schema) ------------
+def is_tensordict(value):
+    td = _tensordict()
+    return td is not None and isinstance(value, td.TensorDictBase)
+
+
+def rows_of(fields, what):
+    """How many rows a dict or TensorDict of columns has (every column must agree)."""
+    if is_tensordict(fields):
+        return int(fields.batch_size[0])
+    if not isinstance(fields, dict):
+        raise TypeError(f"{what}: fields is a dict or TensorDict of columns, not "
+                        f"{type(fields).__name__}")
+    if not fields:
+        raise InvalidArgumentError(ERR_INVALID, f"{what}: fields: at least one is required")
+    counts = {name: _column_rows(value) for name, value in fields.items()}
+    first = next(iter(counts.values()))
+    for name, n in counts.items():
+        if n != first:
+            raise InvalidArgumentError(ERR_INVALID, f"{what}: field {name!r} has {n} rows, "
+                                       f"{next(iter(counts))!r} {first}")
+    return first
+
+
+def _column_rows(value):
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.size(0) if value.dim() else 0
+    if _is_non_tensor(value):
+        return len(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    shape = np.shape(value)
+    return shape[0] if shape else 0
+
+
+def plain_columns(fields):
+    """The columns as a plain dict (TransferQueue's data_parser takes one)."""
+    return dict(fields.items()) if is_tensordict(fields) else fields
+
+
+def field_schema(data, rows, what):
+    """{field: {"dtype", "shape", "is_nested", "is_non_tensor"[, "per_sample_shapes"]}} of
+    columns as a writer gives them."""
+    if rows_of(data, what) != rows:
+        raise ValueError(f"{what}: {rows_of(data, what)} rows for {rows} samples")
+    torch = _torch()
+    out = {}
+    for name, value in plain_columns(data).items():
+        if _is_non_tensor(value):
+            value = value.tolist()
+        if torch is not None and isinstance(value, torch.Tensor):
+            if value.is_nested:
+                shapes = [tuple(t.shape) for t in value.unbind()]
+                out[name] = _schema(value.dtype, None, True, False, shapes)
+            else:
+                out[name] = _schema(value.dtype, tuple(value.shape[1:]), False, False)
+        elif isinstance(value, (list, tuple)):
+            numeric = [v for v in value if hasattr(v, "dtype") and hasattr(v, "shape")]
+            if numeric and len(numeric) == len(value):
+                out[name] = _schema(numeric[0].dtype, None, True, False,
+                                    [tuple(v.shape) for v in value])
+            else:
+                out[name] = _schema(None, None, False, True)
+        else:
+            a = np.asarray(value)
+            out[name] = _schema(a.dtype, tuple(a.shape[1:]), False, False)
+    return out
+
+
+def _schema(dtype, shape, nested, non_tensor, per_sample_shapes=None):
+    s = {"dtype": dtype, "shape": shape, "is_nested": nested, "is_non_tensor": non_tensor}
+    if per_sample_shapes is not None:
+        s["per_sample_shapes"] = per_sample_shapes
+    return s
+
+
+def meta_schema(meta, to=None):
+    """field_schema of a tq_meta's fields, dtypes as the reader will get them (torch or
+    numpy, as decode chooses with to)."""
+    to, td_mode = _resolve(to, None)
+    rows, fields = _meta_fields(meta, None)
+    out = {}
+    for f in fields:
+        if f.kind == _capi.FIELD_BYTES:
+            out[f.name] = _schema(None, None, False, True)
+            continue
+        dtype = _torch_dtype(f.dtype, f.name) if _family(f, to, td_mode) == "torch" \
+            else _np_dtype(f.dtype, f.name)
+        if f.kind == _capi.FIELD_TENSOR:
+            out[f.name] = _schema(dtype, f.row_shape, False, False)
+        else:
+            out[f.name] = _schema(dtype, None, True, False, [shape for _, shape in f.cells])
+    return out
+
+
+def index_and_status(status):
+    """TransferQueue's (global indexes, status) pair of a status array: tensors where
+    torch imports, else arrays."""
+    index = np.arange(len(status), dtype=np.int64)
+    torch = _torch(load=True)
+    if torch is None:
+        return index, status
+    return torch.from_numpy(index), torch.from_numpy(status)
+
+
+def empty():
+    """What a get of no rows returns."""
+    td = _tensordict(load=True)
+    if td is not None:
+        return td.TensorDict({}, batch_size=[0])
+    return {}

@@ -49,6 +49,12 @@ def _names(values, what, allow_str=True):
     return values
 
 
+def _subset(cmeta, metadata):
+    """metadata's fields when they are fewer than the library's meta has, else None."""
+    fields = metadata.field_names
+    return None if sorted(cmeta.field_names()) == fields else fields
+
+
 def _sampler(name):
     """A sampler as the controller names it: ours, or TransferQueue's class or its name."""
     if name is None:
@@ -258,25 +264,35 @@ class TransferQueueClient:
         return CMeta(handle)
 
     def get_data(self, metadata):
-        """The data of metadata's rows and fields, as a TensorDict (a dict without tensordict)."""
+        """The data of metadata's rows and fields, as a TensorDict (a dict without tensordict).
+        The values are views of the memory the bytes were read into (no copy after)."""
         if metadata.size == 0:
             return _values.empty()
         cmeta = self._readable(metadata, "get_data")
-        reader = _values.Reader(cmeta.handle, metadata.field_names)
-        self._check(lib.tq_get_data_into(self.handle, cmeta.handle, reader.batch.handle),
-                    "get_data")
-        return reader.result()
+        return _values.decode(self.handle, cmeta.handle, _subset(cmeta, metadata),
+                              mode=None if _subset(cmeta, metadata) is None else "into")
 
     async def async_get_data(self, metadata):
         if metadata.size == 0:
             return _values.empty()
         cmeta = self._readable(metadata, "get_data")
-        reader = _values.Reader(cmeta.handle, metadata.field_names)
-        rc, request = _async.submit(self, lib.tq_get_data_into_nb, cmeta.handle,
-                                    reader.batch.handle, keep=[cmeta, reader])
+        fields = _subset(cmeta, metadata)
+        if fields is None:  # the whole meta: into the library's pooled buffers
+            rc, request = _async.submit(self, lib.tq_get_data_nb, cmeta.handle, keep=[cmeta])
+            self._check(rc, "get_data")
+            await self._wait_checked(request, "get_data")
+            batch = lib.tq_request_take_batch(request.handle)
+            request.free()
+            return _values.from_batch(batch, take=True)
+        dst = _values.Into(cmeta.handle, fields)
+        rc, request = _async.submit(self, lib.tq_get_data_into_nb, cmeta.handle, dst.handle,
+                                    keep=[cmeta, dst])
+        if rc < 0:
+            dst.close()
         self._check(rc, "get_data")
-        (await self._wait_checked(request, "get_data")).free()
-        return reader.result()
+        await self._wait_checked(request, "get_data")
+        request.free()
+        return dst.finish()
 
     # ---- clearing and consumption ----
     def clear_partition(self, partition_id):

@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from ctypes import byref, c_void_p
 
 from . import _async, _capi, _values
@@ -133,6 +134,11 @@ def _put_args(keys, partition_id, fields, tags, data_parser, what):
     return keys, _name(partition_id, "partition_id"), tags
 
 
+def _encode(fields, rows):
+    """The batch of a keyed put's fields; a tag-only put has none."""
+    return nullcontext() if fields is None else _values.encode(fields, rows, "keys")
+
+
 def _tags_c(tags):
     return None if tags is None else _capi.strings([None if t is None else json.dumps(t)
                                                       for t in tags])
@@ -152,9 +158,9 @@ def kv_batch_put(keys, partition_id, fields=None, tags=None, data_parser=None):
                                       "kv_batch_put")
     client = get_client()
     handle = c_void_p()
-    with _values.encode(fields, len(keys), "kv_batch_put") as batch:
+    with _encode(fields, len(keys)) as batch:
         client._check(lib.tq_kv_batch_put_meta(client.handle, partition, len(keys),
-                                               _capi.strings(keys), batch.handle,
+                                               _capi.strings(keys), batch and batch.handle,
                                                _tags_c(tags), byref(handle)), "kv_batch_put")
     return _put_meta(handle, keys, partition_id)
 
@@ -183,19 +189,16 @@ def _kv_meta(keys, partition_id, select_fields):
 def kv_batch_get(keys, partition_id, select_fields=None):
     """Read keys (a list, or one key) as a TensorDict (a dict without tensordict) of
     columns, rows in the order of keys. select_fields (a list, or one name): None reads
-    every field all the keys have. Unknown keys or fields raise a ValueError."""
+    every field all the keys have. Unknown keys or fields raise a ValueError. The values
+    are views of the memory the bytes were read into (no copy after)."""
     keys, partition, names = _kv_meta(keys, partition_id, select_fields)
     client = get_client()
     handle = c_void_p()
-    client._check(lib.tq_kv_get_meta(client.handle, partition, len(keys), _capi.strings(keys),
-                                     0 if names is None else len(names),
-                                     None if names is None else _capi.strings(names),
-                                     byref(handle)), "kv_batch_get")
-    cmeta = CMeta(handle)
-    reader = _values.Reader(cmeta.handle, names)
-    client._check(lib.tq_get_data_into(client.handle, cmeta.handle, reader.batch.handle),
-                  "kv_batch_get")
-    return reader.result()
+    client._check(lib.tq_kv_batch_get(client.handle, partition, len(keys), _capi.strings(keys),
+                                      0 if names is None else len(names),
+                                      None if names is None else _capi.strings(names),
+                                      byref(handle)), "kv_batch_get")
+    return _values.from_batch(handle, take=True)
 
 
 def _by_meta(meta, select_fields):
@@ -246,12 +249,14 @@ async def async_kv_batch_put(keys, partition_id, fields=None, tags=None, data_pa
     keys, partition, tags = _put_args(keys, partition_id, fields, tags, data_parser,
                                       "kv_batch_put")
     client = get_client()
-    batch = _values.encode(fields, len(keys), "kv_batch_put")
+    batch = None if fields is None else _values.encode(fields, len(keys), "keys")
     keys_c, tags_c = _capi.strings(keys), _tags_c(tags)
     rc, request = _async.submit(client, lib.tq_kv_batch_put_meta_nb, partition, len(keys), keys_c,
-                                batch.handle, tags_c, keep=[batch, partition, keys_c, tags_c])
+                                batch and batch.handle, tags_c,
+                                keep=[batch, partition, keys_c, tags_c])
     if rc < 0:
-        batch.close()
+        if batch:
+            batch.close()
         client._check(rc, "kv_batch_put")
     await _await(client, request, "kv_batch_put")
     handle = lib.tq_request_take_meta(request.handle)
@@ -271,19 +276,14 @@ async def async_kv_batch_get(keys, partition_id, select_fields=None):
     client = get_client()
     keys_c = _capi.strings(keys)
     names_c = None if names is None else _capi.strings(names)
-    rc, request = _async.submit(client, lib.tq_kv_get_meta_nb, partition, len(keys), keys_c,
+    rc, request = _async.submit(client, lib.tq_kv_batch_get_nb, partition, len(keys), keys_c,
                                 0 if names is None else len(names), names_c,
                                 keep=[partition, keys_c, names_c])
     client._check(rc, "kv_batch_get")
     await _await(client, request, "kv_batch_get")
-    cmeta = CMeta(lib.tq_request_take_meta(request.handle))
+    handle = lib.tq_request_take_batch(request.handle)
     request.free()
-    reader = _values.Reader(cmeta.handle, names)
-    rc, request = _async.submit(client, lib.tq_get_data_into_nb, cmeta.handle,
-                                reader.batch.handle, keep=[cmeta, reader])
-    client._check(rc, "kv_batch_get")
-    (await _await(client, request, "kv_batch_get")).free()
-    return reader.result()
+    return _values.from_batch(handle, take=True)
 
 
 async def async_kv_batch_get_by_meta(meta, select_fields=None):
