@@ -20,7 +20,7 @@
  * as the frame's buffer.
  */
 #define TQ_WIRE_MAGIC        0x44525154u /* "TQRD" */
-#define TQ_WIRE_VERSION      3 /* 3: fields carry a format label */
+#define TQ_WIRE_VERSION      4 /* 3: fields carry a format label; 4: fetch modes, absent cells */
 #define TQ_WIRE_HEADER_SIZE  24
 #define TQ_WIRE_MAX_BODY     (64u << 20)
 #define TQ_WIRE_FLAG_REPLY   0x01
@@ -54,6 +54,7 @@ typedef enum {
     TQ_MSG_UNIT_LEAVE,        /* storage unit: shutting down in order, no reply */
     TQ_MSG_PARTITIONS,        /* rows, fields and tasks of partitions */
     TQ_MSG_PING,              /* empty; answered at once, even while a request is parked */
+    TQ_MSG_GET_META_ROWS,     /* pin given rows (no consumption) */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -260,7 +261,9 @@ typedef struct {
     uint64_t id;
 } tq_msg_id_t;
 
-/* GET_META request: fields are num_fields strings that follow. */
+/* GET_META request: fields are num_fields strings that follow; mode (a
+ * TQ_FETCH_* value) ends it. Only a READY fetch names a task ("" otherwise
+ * allowed); only an INSERT names no field. */
 typedef struct {
     tq_str_t  partition, task;
     uint16_t  num_fields;
@@ -269,10 +272,14 @@ typedef struct {
     tq_str_t  sampler;
     tq_blob_t sampler_args;
     int32_t   timeout_ms;
+    uint8_t   mode;
 } tq_msg_get_meta_t;
 
 /* GET_META reply: the fixed part, then num_fields of: tq_wire_meta_field_t
- * followed by its num_runs tq_wire_extent_t. */
+ * followed by its num_runs tq_wire_extent_t. A meta field's cells may be
+ * absent on some rows (a FORCE fetch, a meta of given rows): then a u8 1 and
+ * one byte per row follow row_bytes (1: the cell exists, 0: it was never
+ * produced, and has no bytes); else a u8 0. */
 typedef struct {
     uint64_t   meta_id;
     uint32_t   lease_ms; /* the rows are unpinned this long after the reply */
@@ -289,7 +296,18 @@ typedef struct {
     tq_array_t row_bytes;  /* rows entries */
     uint32_t   num_runs;
     tq_str_t   format;     /* the field's format label, "" for none; on the wire after ndim */
+    tq_blob_t  present;    /* rows bytes of 0 or 1; NULL (len 0): every cell exists */
 } tq_wire_meta_field_t;
+
+/* GET_META_ROWS request: rows of a partition by index, then num_fields names
+ * (0: every field all the rows have). Reply: as GET_META. */
+typedef struct {
+    tq_str_t   partition;
+    uint32_t   count;
+    tq_array_t indexes;
+    uint16_t   num_fields;
+    tq_str_t   fields[TQ_WIRE_MAX_FIELDS];
+} tq_msg_meta_rows_t;
 
 /* CLEAR request; reply: u32 removed. */
 typedef struct {
@@ -376,6 +394,8 @@ void tq_wire_encode_get_meta_reply(tq_wbuf *w, const tq_msg_get_meta_reply_t *m)
 int  tq_wire_decode_get_meta_reply(tq_rbuf *r, tq_msg_get_meta_reply_t *m);
 void tq_wire_encode_meta_field(tq_wbuf *w, const tq_wire_meta_field_t *m);
 int  tq_wire_decode_meta_field(tq_rbuf *r, uint32_t rows, tq_wire_meta_field_t *m);
+void tq_wire_encode_meta_rows(tq_wbuf *w, const tq_msg_meta_rows_t *m);
+int  tq_wire_decode_meta_rows(tq_rbuf *r, tq_msg_meta_rows_t *m);
 void tq_wire_encode_clear(tq_wbuf *w, const tq_msg_clear_t *m);
 int  tq_wire_decode_clear(tq_rbuf *r, tq_msg_clear_t *m);
 void tq_wire_encode_partition(tq_wbuf *w, const tq_msg_partition_t *m);

@@ -29,7 +29,7 @@ static tq_batch *batch_new(uint32_t rows)
 
 /* rows rows of an I64 scalar field whose value is base + row. The values live in
  * a static ring, valid while the batch is used. */
-static __attribute__((unused)) tq_batch *i64_batch(const char *field, uint32_t rows, int64_t base)
+static tq_batch *i64_batch(const char *field, uint32_t rows, int64_t base)
 {
     static int64_t ring[4][64];
     static unsigned next;
@@ -70,7 +70,7 @@ static void put_ok(tq_client *c, const char *part, const tq_batch *b, const int6
 }
 
 static tq_meta *get_meta_ok(tq_client *c, const char *part, const char *task, size_t nf,
-                            const char *const *fields, uint32_t batch)
+                            const char *const *fields, uint32_t batch, int mode)
 {
     tq_fetch_args_t a = {0};
     a.partition = part;
@@ -78,10 +78,11 @@ static tq_meta *get_meta_ok(tq_client *c, const char *part, const char *task, si
     a.fields = fields;
     a.num_fields = nf;
     a.batch_size = batch;
+    a.mode = mode;
     tq_meta *m = NULL;
     int rc = tq_get_meta(c, &a, &m);
-    cr_assert(eq(int, rc, TQ_OK), "get_meta(%s): %s (%s)", part, tq_status_string(rc),
-              tq_last_error(c));
+    cr_assert(eq(int, rc, TQ_OK), "get_meta(%s, mode %d): %s (%s)", part, mode,
+              tq_status_string(rc), tq_last_error(c));
     return m;
 }
 
@@ -158,7 +159,7 @@ META_TEST(format_round_trip)
     tq_batch_destroy(b);
 
     const char *fields[] = {"text", "n"};
-    tq_meta *m = get_meta_ok(c, part, "t", 2, fields, 3);
+    tq_meta *m = get_meta_ok(c, part, "t", 2, fields, 3, TQ_FETCH_READY);
     cr_expect(eq(str, S(tq_meta_field_format(m, "text")), S("utf8")));
     cr_expect(eq(str, S(tq_meta_field_format(m, "n")), S("")));
     cr_expect(eq(ptr, (void *)tq_meta_field_format(m, "other"), NULL));
@@ -209,7 +210,7 @@ META_TEST(format_conflict)
     put_ok(c, part, b, NULL, NULL); /* no label: fine, the field keeps its own */
     tq_batch_destroy(b);
     const char *fields[] = {"text"};
-    tq_meta *m = get_meta_ok(c, part, "t", 1, fields, 3);
+    tq_meta *m = get_meta_ok(c, part, "t", 1, fields, 3, TQ_FETCH_READY);
     cr_expect(eq(str, S(tq_meta_field_format(m, "text")), S("utf8")));
     tq_meta_free(m);
 
@@ -236,4 +237,314 @@ META_TEST(format_conflict)
     cr_assert(eq(sz, tq_kv_entries_size(ents), 2));
     cr_expect(eq(str, S(tq_kv_entries_tag(ents, 0)), S("{}")), "the refused put's tag");
     tq_kv_entries_free(ents);
+}
+
+/* ---- 2. fetch modes ---- */
+
+static tq_fetch_args_t args_of(const char *part, const char *task, size_t nf,
+                               const char *const *fields, uint32_t batch, int mode)
+{
+    tq_fetch_args_t a = {0};
+    a.partition = part;
+    a.task = task;
+    a.fields = fields;
+    a.num_fields = nf;
+    a.batch_size = batch;
+    a.mode = mode;
+    return a;
+}
+
+static void expect_consumed(tq_client *c, const char *part, const char *task, const char *want)
+{
+    uint8_t *consumed = NULL;
+    int n = tq_consumption_status(c, part, task, &consumed);
+    cr_assert(lt(int, -1, n), "consumption_status: %s", tq_status_string(n));
+    char got[64] = "";
+    for (int i = 0; i < n && i < 63; i++)
+        got[i] = consumed[i] ? '1' : '0';
+    free(consumed);
+    cr_expect(eq(str, got, S(want)), "task %s consumed", task);
+}
+
+/* Rows 0-4 have "a", rows 0-2 also "b"; task t has consumed rows 0 and 1 (their meta
+ * still held: in flight). FORCE takes the lowest live rows whatever their state. */
+META_TEST(force_fetch)
+{
+    tq_client *c = e->c;
+    const char *part = tq_test_unique("force");
+    tq_batch *a = i64_batch("a", 5, 100), *b = i64_batch("b", 3, 200);
+    int64_t idx[3] = {0, 1, 2};
+    put_ok(c, part, a, NULL, NULL);
+    put_ok(c, part, b, idx, NULL);
+    tq_batch_destroy(a);
+    tq_batch_destroy(b);
+    const char *fa[] = {"a"}, *fab[] = {"a", "b"};
+    tq_meta *held = get_meta_ok(c, part, "t", 1, fa, 2, TQ_FETCH_READY);
+
+    tq_meta *m = get_meta_ok(c, part, NULL, 2, fab, 10, TQ_FETCH_FORCE);
+    cr_assert(eq(u32, tq_meta_rows(m), 5), "every live row, fewer than batch_size");
+    for (uint32_t i = 0; i < 5; i++) {
+        cr_expect(eq(i64, tq_meta_indexes(m)[i], i), "lowest first");
+        cr_expect(eq(int, tq_meta_has_cell(m, "a", i), 1), "row %u has a", i);
+        cr_expect(eq(int, tq_meta_has_cell(m, "b", i), i < 3), "row %u has b: %d", i, i < 3);
+    }
+    cr_expect(eq(int, tq_meta_has_cell(m, "c", 0), TQ_ERR_NOT_FOUND));
+    cr_expect(eq(int, tq_meta_has_cell(m, "a", 5), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_meta_has_cell(NULL, "a", 0), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_meta_has_cell(m, NULL, 0), TQ_ERR_INVALID));
+    tq_batch *got = (tq_batch *)(uintptr_t)0x5e5e;
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_ERR_NOT_FOUND), "absent cells are not read");
+    cr_expect(eq(ptr, got, (tq_batch *)(uintptr_t)0x5e5e));
+    error_names(c, "absent cell", "row 3", "b", NULL);
+    tq_meta_free(m);
+    expect_consumed(c, part, "t", "11000");
+
+    /* fields every row has: readable; batch_size bounds it; consumption untouched */
+    m = get_meta_ok(c, part, "t", 1, fa, 3, TQ_FETCH_FORCE);
+    cr_assert(eq(u32, tq_meta_rows(m), 3));
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_OK), "%s", tq_last_error(c));
+    for (uint32_t i = 0; i < 3; i++) {
+        const int64_t *v = tq_batch_row(got, "a", i, NULL, NULL);
+        cr_expect(eq(i64, *v, 100 + (int64_t)i));
+    }
+    tq_batch_destroy(got);
+    tq_meta_free(m);
+    expect_consumed(c, part, "t", "11000");
+    tq_meta_free(held);
+
+    /* READY still sees what FORCE read: nothing was consumed by it */
+    m = get_meta_ok(c, part, "t", 1, fa, 3, TQ_FETCH_READY);
+    cr_expect(eq(i64, tq_meta_indexes(m)[0], 2));
+    tq_meta_free(m);
+    expect_consumed(c, part, "t", "11111");
+    uint8_t *consumed = NULL;
+    cr_expect(eq(int, tq_consumption_status(c, part, "other", &consumed), 5));
+    for (int i = 0; i < 5; i++)
+        cr_expect(eq(u8, consumed[i], 0), "FORCE made no task consume");
+    free(consumed);
+
+    /* never waits, even asked to wait forever; an empty partition gives no rows */
+    const char *epart = tq_test_unique("force_empty");
+    cr_assert(eq(int, tq_partition_seal(c, epart), TQ_OK));
+    tq_fetch_args_t fargs = args_of(epart, NULL, 1, fa, 4, TQ_FETCH_FORCE);
+    fargs.timeout_ms = -1;
+    tq_meta *em = NULL;
+    int rc = tq_get_meta(c, &fargs, &em);
+    cr_assert(eq(int, rc, TQ_ERR_NOT_FOUND), "no field a in an empty partition: %s",
+              tq_status_string(rc));
+}
+
+META_TEST(force_fetch_refusals)
+{
+    tq_client *c = e->c;
+    const char *part = tq_test_unique("forcebad");
+    tq_batch *a = i64_batch("a", 2, 0);
+    put_ok(c, part, a, NULL, NULL);
+    tq_batch_destroy(a);
+    const char *fa[] = {"a"}, *fz[] = {"a", "zz"};
+    tq_meta *m = (tq_meta *)(uintptr_t)0x5e5e;
+
+    tq_fetch_args_t args = args_of("nope_partition", NULL, 1, fa, 1, TQ_FETCH_FORCE);
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_NOT_FOUND));
+    error_names(c, "unknown partition", "nope_partition", NULL);
+    args = args_of(part, NULL, 2, fz, 1, TQ_FETCH_FORCE);
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_NOT_FOUND));
+    error_names(c, "unknown field", "zz", NULL);
+    args = args_of(part, NULL, 1, fa, 1, TQ_FETCH_FORCE);
+    args.sampler = "sequential";
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    args.sampler = NULL;
+    args.sampler_args = "{}";
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    args = args_of(part, NULL, 0, NULL, 1, TQ_FETCH_FORCE);
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID), "FORCE names fields");
+    args = args_of(part, "", 1, fa, 1, TQ_FETCH_FORCE);
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID), "a task given is a name");
+    const int bad_modes[] = {-1, 3, 1000};
+    for (size_t i = 0; i < N_OF(bad_modes); i++) {
+        args = args_of(part, "t", 1, fa, 1, bad_modes[i]);
+        cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID), "mode %d", bad_modes[i]);
+        error_names(c, "bad mode", "mode", NULL);
+    }
+    args = args_of(part, NULL, 1, fa, 1, TQ_FETCH_READY);
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID), "READY needs a task");
+    cr_expect(eq(ptr, m, (tq_meta *)(uintptr_t)0x5e5e), "refusals write no meta");
+
+    /* streams fetch ready rows only */
+    tq_stream *st = (tq_stream *)(uintptr_t)0x5e5e;
+    for (int mode = TQ_FETCH_FORCE; mode <= TQ_FETCH_INSERT; mode++) {
+        args = args_of(part, "t", mode == TQ_FETCH_FORCE, mode == TQ_FETCH_FORCE ? fa : NULL, 1,
+                       mode);
+        cr_expect(eq(int, tq_stream_open(c, &args, &st), TQ_ERR_INVALID), "stream mode %d", mode);
+    }
+    cr_expect(eq(ptr, st, (tq_stream *)(uintptr_t)0x5e5e));
+}
+
+/* INSERT makes new rows with nothing produced; tq_put of their indexes fills them. */
+META_TEST(insert_rows)
+{
+    tq_client *c = e->c;
+    const char *part = tq_test_unique("insert");
+    tq_meta *m = get_meta_ok(c, part, NULL, 0, NULL, 4, TQ_FETCH_INSERT);
+    cr_assert(eq(u32, tq_meta_rows(m), 4));
+    int64_t idx[4];
+    for (uint32_t i = 0; i < 4; i++) {
+        idx[i] = tq_meta_indexes(m)[i];
+        cr_expect(eq(i64, idx[i], i));
+    }
+    cr_expect(eq(ptr, (void *)tq_meta_field_format(m, "a"), NULL), "no fields");
+    tq_batch *got = NULL;
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_OK), "nothing to read: %s", tq_last_error(c));
+    cr_expect(eq(u32, tq_batch_rows(got), 4));
+    cr_expect(eq(u32, tq_batch_num_fields(got), 0));
+    tq_batch_destroy(got);
+    tq_meta_free(m);
+
+    /* not ready for anyone until produced, but live: FORCE sees them */
+    const char *fa[] = {"a"};
+    tq_fetch_args_t args = args_of(part, "t", 1, fa, 1, TQ_FETCH_READY);
+    tq_meta *none = NULL;
+    cr_expect(eq(int, tq_get_meta(c, &args, &none), TQ_ERR_TIMEOUT));
+    char *json = NULL;
+    cr_assert(eq(int, tq_partitions(c, part, &json), TQ_OK));
+    cr_expect(ne(ptr, strstr(json, "\"rows\":4"), NULL), "%s", json);
+    free(json);
+
+    /* a second INSERT continues; a cleared index is reused first */
+    m = get_meta_ok(c, part, "ignored", 0, NULL, 2, TQ_FETCH_INSERT);
+    cr_expect(eq(i64, tq_meta_indexes(m)[0], 4));
+    cr_expect(eq(i64, tq_meta_indexes(m)[1], 5));
+    tq_meta_free(m);
+    int64_t five = 5;
+    cr_assert(eq(int, tq_clear(c, part, 1, &five), 1));
+    m = get_meta_ok(c, part, NULL, 0, NULL, 1, TQ_FETCH_INSERT);
+    cr_expect(eq(i64, tq_meta_indexes(m)[0], 5));
+    tq_meta_free(m);
+
+    /* fill the first four, even once sealed (they are live rows) */
+    cr_assert(eq(int, tq_partition_seal(c, part), TQ_OK));
+    tq_batch *b = i64_batch("a", 4, 40);
+    put_ok(c, part, b, idx, NULL);
+    tq_batch_destroy(b);
+    m = get_meta_ok(c, part, "t", 1, fa, 4, TQ_FETCH_READY);
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_OK), "%s", tq_last_error(c));
+    for (uint32_t i = 0; i < 4; i++) {
+        cr_expect(eq(i64, tq_meta_indexes(m)[i], idx[i]));
+        cr_expect(eq(i64, *(const int64_t *)tq_batch_row(got, "a", i, NULL, NULL), 40 + i));
+    }
+    tq_batch_destroy(got);
+    tq_meta_free(m);
+
+    /* sealed: no new rows, and nothing made */
+    args = args_of(part, NULL, 0, NULL, 3, TQ_FETCH_INSERT);
+    m = (tq_meta *)(uintptr_t)0x5e5e;
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    error_names(c, "insert on sealed", "sealed", NULL);
+    cr_expect(eq(ptr, m, (tq_meta *)(uintptr_t)0x5e5e));
+    cr_assert(eq(int, tq_partitions(c, part, &json), TQ_OK));
+    cr_expect(ne(ptr, strstr(json, "\"rows\":6"), NULL), "%s", json);
+    free(json);
+
+    /* INSERT names no fields, takes no sampler */
+    args = args_of(tq_test_unique("insbad"), NULL, 1, fa, 1, TQ_FETCH_INSERT);
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    args = args_of(tq_test_unique("insbad"), NULL, 0, NULL, 1, TQ_FETCH_INSERT);
+    args.sampler = "grpo";
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    args.sampler = NULL;
+    args.batch_size = 0;
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    args.batch_size = TQ_WIRE_MAX_ROWS + 1;
+    cr_expect(eq(int, tq_get_meta(c, &args, &m), TQ_ERR_INVALID));
+    cr_expect(eq(ptr, m, (tq_meta *)(uintptr_t)0x5e5e));
+}
+
+/* ---- 3. metas of given rows ---- */
+
+META_TEST(meta_rows)
+{
+    tq_client *c = e->c;
+    const char *part = tq_test_unique("rows");
+    tq_batch *a = i64_batch("a", 4, 10), *b = i64_batch("b", 2, 20);
+    int64_t bidx[2] = {1, 3};
+    put_ok(c, part, a, NULL, NULL);
+    put_ok(c, part, b, bidx, NULL);
+    tq_batch_destroy(a);
+    tq_batch_destroy(b);
+    const char *fa[] = {"a"};
+    tq_meta *taken = get_meta_ok(c, part, "t", 1, fa, 4, TQ_FETCH_READY); /* all in flight */
+
+    /* named fields, any order, repeats; absent cells marked; nothing consumed */
+    int64_t idx[4] = {3, 0, 3, 1};
+    const char *fab[] = {"b", "a"};
+    tq_meta *m = NULL;
+    int rc = tq_get_meta_rows(c, part, 4, idx, 2, fab, &m);
+    cr_assert(eq(int, rc, TQ_OK), "%s", tq_last_error(c));
+    cr_assert(eq(u32, tq_meta_rows(m), 4));
+    for (uint32_t i = 0; i < 4; i++) {
+        cr_expect(eq(i64, tq_meta_indexes(m)[i], idx[i]));
+        cr_expect(eq(int, tq_meta_has_cell(m, "a", i), 1));
+        cr_expect(eq(int, tq_meta_has_cell(m, "b", i), idx[i] == 1 || idx[i] == 3), "row %u", i);
+    }
+    tq_batch *got = NULL;
+    cr_expect(eq(int, tq_get_data(c, m, &got), TQ_ERR_NOT_FOUND), "row 0 lacks b");
+    error_names(c, "absent cell", "row 0", "b", NULL);
+    tq_meta_free(m);
+
+    /* no field named: those every row has */
+    int64_t both[2] = {3, 1};
+    cr_assert(eq(int, tq_get_meta_rows(c, part, 2, both, 0, NULL, &m), TQ_OK));
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_OK), "%s", tq_last_error(c));
+    cr_expect(eq(u32, tq_batch_num_fields(got), 2));
+    cr_expect(eq(i64, *(const int64_t *)tq_batch_row(got, "a", 0, NULL, NULL), 13));
+    cr_expect(eq(i64, *(const int64_t *)tq_batch_row(got, "b", 0, NULL, NULL), 21));
+    cr_expect(eq(i64, *(const int64_t *)tq_batch_row(got, "b", 1, NULL, NULL), 20));
+    tq_batch_destroy(got);
+    tq_meta_free(m);
+    cr_assert(eq(int, tq_get_meta_rows(c, part, 2, idx, 0, NULL, &m), TQ_OK));
+    cr_expect(eq(int, tq_meta_has_cell(m, "a", 0), 1), "3 and 0 share a only");
+    cr_expect(eq(int, tq_meta_has_cell(m, "b", 0), TQ_ERR_NOT_FOUND));
+    tq_meta_free(m);
+    expect_consumed(c, part, "t", "1111");
+    tq_meta_free(taken);
+
+    /* a row still pinned by a meta of rows is safe from a clear */
+    int64_t zero = 0;
+    cr_assert(eq(int, tq_get_meta_rows(c, part, 1, &zero, 1, fa, &m), TQ_OK));
+    cr_assert(eq(int, tq_clear(c, part, 1, &zero), 1));
+    b = i64_batch("a", 1, 99);
+    put_ok(c, part, b, NULL, NULL); /* reuses index 0 */
+    tq_batch_destroy(b);
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_OK), "%s", tq_last_error(c));
+    cr_expect(eq(i64, *(const int64_t *)tq_batch_row(got, "a", 0, NULL, NULL), 10),
+              "the pinned bytes, not the overwrite");
+    tq_batch_destroy(got);
+    tq_meta_free(m);
+
+    /* unknown and cleared rows, unknown partition or field, bad arguments */
+    m = (tq_meta *)(uintptr_t)0x5e5e;
+    int64_t seven[2] = {1, 7};
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 2, seven, 0, NULL, &m), TQ_ERR_NOT_FOUND));
+    error_names(c, "unknown row", "7", NULL);
+    int64_t two = 2;
+    cr_assert(eq(int, tq_clear(c, part, 1, &two), 1));
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, &two, 0, NULL, &m), TQ_ERR_NOT_FOUND));
+    error_names(c, "cleared row", "row 2", NULL);
+    cr_expect(eq(int, tq_get_meta_rows(c, "no_such_partition", 1, &zero, 0, NULL, &m),
+                 TQ_ERR_NOT_FOUND));
+    error_names(c, "unknown partition", "no_such_partition", NULL);
+    const char *fz[] = {"zz"}, *faa[] = {"a", "a"};
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, &zero, 1, fz, &m), TQ_ERR_NOT_FOUND));
+    error_names(c, "unknown field", "zz", NULL);
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, &zero, 2, faa, &m), TQ_ERR_INVALID));
+    int64_t neg = -1;
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, &neg, 0, NULL, &m), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 0, &zero, 0, NULL, &m), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, NULL, 0, NULL, &m), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, &zero, 0, NULL, NULL), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_get_meta_rows(c, NULL, 1, &zero, 0, NULL, &m), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_get_meta_rows(NULL, part, 1, &zero, 0, NULL, &m), TQ_ERR_INVALID));
+    cr_expect(eq(int, tq_get_meta_rows(c, part, 1, &zero, TQ_WIRE_MAX_FIELDS + 1, fa, &m),
+                 TQ_ERR_INVALID));
+    cr_expect(eq(ptr, m, (tq_meta *)(uintptr_t)0x5e5e), "no meta written on error");
 }

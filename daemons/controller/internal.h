@@ -219,6 +219,7 @@ void tq__alloc_abort(alloc_t *a);
 /* ---- fetch.c ---- */
 
 void tq__handle_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *body);
+void tq__handle_get_meta_rows(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_release(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);

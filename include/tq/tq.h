@@ -73,18 +73,31 @@ typedef struct {
     size_t          bytes;                  /**< total bytes of the column */
 } tq_field_info_t;
 
+/** What tq_get_meta picks (tq_fetch_args_t.mode). */
+enum {
+    TQ_FETCH_READY = 0, /**< batch_size ready rows the task has not consumed, by the
+                             sampler; consumes them, waits up to timeout_ms */
+    TQ_FETCH_FORCE,     /**< the lowest batch_size live rows, whatever their readiness or
+                             consumption: consumes nothing, never waits; a cell a row
+                             lacks is absent in the meta (tq_meta_has_cell) */
+    TQ_FETCH_INSERT     /**< batch_size new rows (no field produced), to fill later with
+                             tq_put(indexes); no fields, refused on a sealed partition */
+};
+
 /** Arguments of tq_get_meta. Zero-initialise, then set what you need. */
 typedef struct {
     const char         *partition;
-    const char         *task;         /**< consumer name: consumption is per task */
-    const char *const  *fields;
+    const char         *task;         /**< consumer name: consumption is per task
+                                           (READY only; FORCE and INSERT take NULL) */
+    const char *const  *fields;       /**< INSERT: none */
     size_t              num_fields;
     uint32_t            batch_size;
     const char         *sampler;      /**< NULL or "sequential", "grpo", "rank_aware",
-                                           "seqlen_balanced", or a plugin's name */
-    const char         *sampler_args; /**< JSON object text, or NULL */
-    int                 timeout_ms;   /**< 0: answer now; -1: wait forever */
+                                           "seqlen_balanced", or a plugin's name (READY) */
+    const char         *sampler_args; /**< JSON object text, or NULL (READY) */
+    int                 timeout_ms;   /**< 0: answer now; -1: wait forever (READY) */
     uint32_t            prefetch;     /**< streams: batches read ahead (0: 1) */
+    int                 mode;         /**< TQ_FETCH_READY (0), _FORCE or _INSERT; streams: READY */
 } tq_fetch_args_t;
 
 /** @return a static string describing @p status. */
@@ -193,14 +206,41 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
  * or the client goes (its last control connection closes), they go back to the
  * task. Only this client may release the meta. Waits up to args->timeout_ms for
  * enough rows.
+ *
+ * args->mode TQ_FETCH_FORCE instead answers at once with the lowest batch_size
+ * live rows (fewer, even none, when the partition has fewer), ready or not,
+ * consumed or not, consuming nothing; their data is pinned as above. Its meta
+ * has every requested field, with the cells a row lacks absent
+ * (tq_meta_has_cell); tq_get_data of a meta with an absent cell fails.
+ * TQ_FETCH_INSERT makes batch_size new rows (live, no field produced; the
+ * partition is created if new) and answers with a meta of them and no fields:
+ * tq_put(tq_meta_indexes(m)) fills them. Neither takes a task, sampler or
+ * sampler_args, nor waits.
  * @return TQ_OK; TQ_ERR_TIMEOUT when too few rows were ready (nothing consumed);
  *         TQ_ERR_END once the partition is sealed and the task has taken every
- *         row that is not lost; TQ_ERR_INVALID for missing fields, task or batch size.
+ *         row that is not lost; TQ_ERR_INVALID for missing fields, task or batch
+ *         size, a bad mode, an INSERT into a sealed partition; FORCE:
+ *         TQ_ERR_NOT_FOUND for an unknown partition or field.
  */
 TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p);
 /**
+ * The meta of n rows of @p partition by index (in that order, repeats allowed),
+ * whatever their readiness and consumption, consuming nothing; their data is
+ * pinned until tq_meta_free. Named fields may be absent on some rows
+ * (tq_meta_has_cell); fields NULL: every field all the rows have (maybe none).
+ * @return TQ_OK and *meta_p; TQ_ERR_NOT_FOUND for an unknown partition, a row
+ *         index that is not live (never written, cleared, or a put not yet
+ *         committed) or a field the partition lacks (tq_last_error names it);
+ *         TQ_ERR_INVALID for a bad argument (n 0, a negative index, NULL).
+ */
+TQ_EXPORT int tq_get_meta_rows(tq_client *c, const char *partition, size_t n,
+                               const int64_t *indexes, size_t num_fields,
+                               const char *const *fields, tq_meta **meta_p);
+/**
  * Read the rows of @p m by one-sided RMA into a new batch that owns its memory.
- * @return TQ_OK; TQ_ERR_LOST when a unit holding the data is gone; TQ_ERR_CONNECTION;
+ * @return TQ_OK; TQ_ERR_NOT_FOUND when a row lacks one of m's fields (an absent
+ *         cell, see tq_meta_has_cell: nothing is read); TQ_ERR_LOST when a unit
+ *         holding the data is gone; TQ_ERR_CONNECTION;
  *         TQ_ERR_TIMEOUT (also past the meta's lease). After an error, freeing the
  *         meta gives its rows back to the task (unless a later read succeeds).
  */
@@ -210,6 +250,10 @@ TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m);
 /** @return the format label of @p field in the partition's schema ("" when
  *          none), or NULL when @p m has no such field. */
 TQ_EXPORT const char    *tq_meta_field_format(const tq_meta *m, const char *field);
+/** @return 1 when row @p row of @p m has field @p field, 0 when the cell is absent
+ *          (never produced: a FORCE fetch or tq_get_meta_rows); TQ_ERR_NOT_FOUND
+ *          when m has no such field; TQ_ERR_INVALID for NULL or a row out of range. */
+TQ_EXPORT int            tq_meta_has_cell(const tq_meta *m, const char *field, uint32_t row);
 /** Unpin the data of @p m and free it: its rows stay consumed, or go back to the
  * task when the last tq_get_data of it failed. NULL is ignored. */
 TQ_EXPORT void tq_meta_free(tq_meta *m);

@@ -161,6 +161,11 @@ static void meta_reply(tq_rbuf *r, tq_wbuf *w)
                                                       ? (uint64_t)m.rows * f.ndim : 0u) &&
                                (uint64_t)f.num_runs * 20 <= (uint64_t)(r->end - r->p));
         want_format("meta field format", f.format);
+        touch_blob(f.present);
+        want("meta field present", f.present.ptr == NULL ? f.present.len == 0
+                                                         : f.present.len == m.rows);
+        for (uint32_t k = 0; f.present.ptr != NULL && k < f.present.len; k++)
+            want("meta field present", f.present.ptr[k] <= 1);
         touch_array(f.row_shape);
         touch_array(f.shapes);
         touch_array(f.row_bytes);
@@ -237,8 +242,10 @@ static void get_meta_request(tq_rbuf *r, tq_wbuf *w)
     if (tq_wire_decode_get_meta(r, &m) != TQ_OK)
         return;
     want_name("get_meta partition", m.partition, false);
-    want_name("get_meta task", m.task, false);
-    want("get_meta", m.num_fields >= 1 && m.num_fields <= TQ_WIRE_MAX_FIELDS &&
+    want_name("get_meta task", m.task, m.mode != TQ_FETCH_READY);
+    want("get_meta", m.num_fields <= TQ_WIRE_MAX_FIELDS &&
+                         (m.num_fields == 0) == (m.mode == TQ_FETCH_INSERT) &&
+                         m.mode <= TQ_FETCH_INSERT &&
                          m.batch_size >= 1 && m.batch_size <= TQ_WIRE_MAX_ROWS &&
                          m.timeout_ms >= -1);
     for (uint16_t i = 0; i < m.num_fields; i++)
