@@ -842,8 +842,46 @@ static void meta_destroy(tq_meta *m)
         free(m->fields[i].present);
     }
     free(m->fields);
+    for (uint32_t i = 0; i < m->rows; i++) {
+        if (m->keys != NULL)
+            free(m->keys[i]);
+        if (m->custom != NULL)
+            free(m->custom[i]);
+    }
+    free(m->keys);
+    free(m->custom);
     free(m->indexes);
     free(m);
+}
+
+/* The rows' keys and custom meta that follow a meta's fields. */
+static int meta_parse_rows_info(tq_rbuf *r, tq_meta *m)
+{
+    uint8_t what;
+    if (tq_wire_decode_rows_info(r, &what) != TQ_OK)
+        return TQ_ERR_PROTOCOL;
+    if (((what & TQ_WIRE_ROWS_KEYS) && (m->keys = calloc(m->rows + 1, sizeof(char *))) == NULL) ||
+        ((what & TQ_WIRE_ROWS_CUSTOM) && (m->custom = calloc(m->rows + 1, sizeof(char *))) == NULL))
+        return TQ_ERR_NOMEM;
+    for (uint32_t i = 0; m->keys != NULL && i < m->rows; i++) {
+        tq_str_t key;
+        if (tq_wire_decode_row_key(r, &key) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+        if (key.len > 0 && (m->keys[i] = tq_str_dup(key)) == NULL)
+            return TQ_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; m->custom != NULL && i < m->rows; i++) {
+        tq_blob_t text;
+        if (tq_wire_decode_custom(r, &text) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+        if (text.len == 0)
+            continue;
+        if ((m->custom[i] = malloc((size_t)text.len + 1)) == NULL)
+            return TQ_ERR_NOMEM;
+        memcpy(m->custom[i], text.ptr, text.len);
+        m->custom[i][text.len] = '\0';
+    }
+    return TQ_OK;
 }
 
 /* Copy a GET_META reply into a tq_meta, checking that it adds up. */
@@ -912,7 +950,10 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **m
         if (in_runs != f->bytes)
             goto err_protocol;
     }
-    if (!tq_rbuf_done(r))
+    int rc = meta_parse_rows_info(r, m);
+    if (rc == TQ_ERR_NOMEM)
+        goto err_nomem;
+    if (rc != TQ_OK || !tq_rbuf_done(r))
         goto err_protocol;
     *meta_p = m;
     return TQ_OK;

@@ -106,6 +106,8 @@ struct tq_meta {
     /* the last read failed: freeing gives the rows back to their task, which
      * has not got them (consumption is final only once the bytes are here) */
     bool              read_failed;
+    char            **keys;   /* per row: its key or NULL; NULL when no row has one */
+    char            **custom; /* per row: its custom meta or NULL ("{}"); NULL when none has */
 };
 
 /* How a put names its rows (tq_wire_rows_t) and, for keys, their tags. */

@@ -632,6 +632,58 @@ int tq_wire_decode_meta_rows(tq_rbuf *r, tq_msg_meta_rows_t *m)
     return decoded(r);
 }
 
+void tq_wire_encode_set_custom(tq_wbuf *w, const tq_msg_set_custom_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u32(w, m->count);
+    tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->count * 8);
+}
+
+int tq_wire_decode_set_custom(tq_rbuf *r, tq_msg_set_custom_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->count = tq_wire_get_u32(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
+        m->count > TQ_WIRE_MAX_ROWS)
+        return TQ_ERR_PROTOCOL;
+    m->indexes = tq_wire_get_array(r, m->count);
+    return decoded(r);
+}
+
+void tq_wire_encode_custom(tq_wbuf *w, const void *text, uint32_t len)
+{
+    tq_wire_put_blob(w, text, len);
+}
+
+int tq_wire_decode_custom(tq_rbuf *r, tq_blob_t *custom)
+{
+    *custom = tq_wire_get_blob(r);
+    if (!r->failed && (custom->len > TQ_MAX_CUSTOM_META ||
+                       memchr(custom->ptr, '\0', custom->len) != NULL))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_rows_info(tq_wbuf *w, uint8_t what) { tq_wire_put_u8(w, what); }
+
+int tq_wire_decode_rows_info(tq_rbuf *r, uint8_t *what)
+{
+    *what = tq_wire_get_u8(r);
+    if (*what & ~(TQ_WIRE_ROWS_KEYS | TQ_WIRE_ROWS_CUSTOM))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_row_key(tq_wbuf *w, tq_str_t key) { tq_wire_put_str(w, key.ptr, key.len); }
+
+int tq_wire_decode_row_key(tq_rbuf *r, tq_str_t *key)
+{
+    *key = tq_wire_get_str(r);
+    if (!r->failed && key->len > 0 && !tq_str_is_name(*key))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
 void tq_wire_encode_clear(tq_wbuf *w, const tq_msg_clear_t *m)
 {
     tq_wire_put_str(w, m->partition.ptr, m->partition.len);
@@ -703,6 +755,24 @@ int tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m)
     if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
         m->count > TQ_WIRE_MAX_ROWS || m->num_fields > TQ_WIRE_MAX_FIELDS ||
         !get_names(r, m->fields, m->num_fields))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_indexes(tq_wbuf *w, const tq_msg_kv_indexes_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u8(w, m->create);
+    tq_wire_put_u32(w, m->count);
+}
+
+int tq_wire_decode_kv_indexes(tq_rbuf *r, tq_msg_kv_indexes_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->create = tq_wire_get_u8(r);
+    m->count = tq_wire_get_u32(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->create > 1 || m->count == 0 ||
+        m->count > TQ_WIRE_MAX_ROWS)
         return TQ_ERR_PROTOCOL;
     return decoded(r);
 }

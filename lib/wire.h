@@ -20,7 +20,8 @@
  * as the frame's buffer.
  */
 #define TQ_WIRE_MAGIC        0x44525154u /* "TQRD" */
-#define TQ_WIRE_VERSION      4 /* 3: fields carry a format label; 4: fetch modes, absent cells */
+#define TQ_WIRE_VERSION      5 /* 3: format labels; 4: fetch modes, absent cells; 5: rows'
+                                   keys and custom meta in metas, key <-> index */
 #define TQ_WIRE_HEADER_SIZE  24
 #define TQ_WIRE_MAX_BODY     (64u << 20)
 #define TQ_WIRE_FLAG_REPLY   0x01
@@ -55,6 +56,9 @@ typedef enum {
     TQ_MSG_PARTITIONS,        /* rows, fields and tasks of partitions */
     TQ_MSG_PING,              /* empty; answered at once, even while a request is parked */
     TQ_MSG_GET_META_ROWS,     /* pin given rows (no consumption) */
+    TQ_MSG_SET_CUSTOM_META,   /* replace the custom meta of rows */
+    TQ_MSG_KV_INDEXES,        /* keys -> row indexes, maybe making rows for new keys */
+    TQ_MSG_KV_KEYS,           /* row indexes -> keys */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -279,7 +283,12 @@ typedef struct {
  * followed by its num_runs tq_wire_extent_t. A meta field's cells may be
  * absent on some rows (a FORCE fetch, a meta of given rows): then a u8 1 and
  * one byte per row follow row_bytes (1: the cell exists, 0: it was never
- * produced, and has no bytes); else a u8 0. */
+ * produced, and has no bytes); else a u8 0.
+ * After the fields, a u8 of TQ_WIRE_ROWS_* bits says what else follows, per
+ * row, in this order: the row's key (a string, "" for none), then its custom
+ * meta (a blob of JSON object text, "" for none). */
+#define TQ_WIRE_ROWS_KEYS   0x01
+#define TQ_WIRE_ROWS_CUSTOM 0x02
 typedef struct {
     uint64_t   meta_id;
     uint32_t   lease_ms; /* the rows are unpinned this long after the reply */
@@ -308,6 +317,14 @@ typedef struct {
     uint16_t   num_fields;
     tq_str_t   fields[TQ_WIRE_MAX_FIELDS];
 } tq_msg_meta_rows_t;
+
+/* SET_CUSTOM_META request: partition, count, count indexes, then count
+ * custom metas (tq_wire_decode_custom; "" removes one). Reply: empty. */
+typedef struct {
+    tq_str_t   partition;
+    uint32_t   count;
+    tq_array_t indexes;
+} tq_msg_set_custom_t;
 
 /* CLEAR request; reply: u32 removed. */
 typedef struct {
@@ -342,6 +359,16 @@ typedef struct {
     tq_str_t partition;
     uint32_t count;
 } tq_msg_kv_keys_t;
+
+/* KV_INDEXES request: partition, u8 create (0 or 1), u32 count (>= 1), then
+ * count keys (tq_wire_decode_name). Reply: count i64 row indexes, -1 for a
+ * key that has none. KV_KEYS request: as CLEAR (count >= 1). Reply: count
+ * keys (tq_wire_decode_row_key: "" for a row without one). */
+typedef struct {
+    tq_str_t partition;
+    uint8_t  create;
+    uint32_t count;
+} tq_msg_kv_indexes_t;
 
 typedef struct {
     tq_str_t  partition, key;
@@ -396,6 +423,18 @@ void tq_wire_encode_meta_field(tq_wbuf *w, const tq_wire_meta_field_t *m);
 int  tq_wire_decode_meta_field(tq_rbuf *r, uint32_t rows, tq_wire_meta_field_t *m);
 void tq_wire_encode_meta_rows(tq_wbuf *w, const tq_msg_meta_rows_t *m);
 int  tq_wire_decode_meta_rows(tq_rbuf *r, tq_msg_meta_rows_t *m);
+void tq_wire_encode_set_custom(tq_wbuf *w, const tq_msg_set_custom_t *m);
+int  tq_wire_decode_set_custom(tq_rbuf *r, tq_msg_set_custom_t *m);
+/* A row's custom meta: a blob of at most TQ_MAX_CUSTOM_META bytes with no NUL
+ * ("" for none); its JSON is the reader's to check. */
+void tq_wire_encode_custom(tq_wbuf *w, const void *text, uint32_t len);
+int  tq_wire_decode_custom(tq_rbuf *r, tq_blob_t *custom);
+/* What follows a meta's fields (TQ_WIRE_ROWS_* bits); and a row's key there
+ * (a name, or "" for none). */
+void tq_wire_encode_rows_info(tq_wbuf *w, uint8_t what);
+int  tq_wire_decode_rows_info(tq_rbuf *r, uint8_t *what);
+void tq_wire_encode_row_key(tq_wbuf *w, tq_str_t key);
+int  tq_wire_decode_row_key(tq_rbuf *r, tq_str_t *key);
 void tq_wire_encode_clear(tq_wbuf *w, const tq_msg_clear_t *m);
 int  tq_wire_decode_clear(tq_rbuf *r, tq_msg_clear_t *m);
 void tq_wire_encode_partition(tq_wbuf *w, const tq_msg_partition_t *m);
@@ -408,6 +447,8 @@ void tq_wire_encode_key(tq_wbuf *w, const char *key, const char *tag_json);
 int  tq_wire_decode_key(tq_rbuf *r, tq_str_t *key, tq_blob_t *tag);
 void tq_wire_encode_kv_get(tq_wbuf *w, const tq_msg_kv_get_t *m);
 int  tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m);
+void tq_wire_encode_kv_indexes(tq_wbuf *w, const tq_msg_kv_indexes_t *m);
+int  tq_wire_decode_kv_indexes(tq_rbuf *r, tq_msg_kv_indexes_t *m);
 void tq_wire_encode_kv_keys(tq_wbuf *w, const tq_msg_kv_keys_t *m);
 int  tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m);
 /* A partition's name, or "" for every partition. */

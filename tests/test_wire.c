@@ -2129,3 +2129,83 @@ Test(wire, meta_rows_roundtrip_and_hostile)
     cr_expect(eq(int, tq_wire_decode_meta_rows(&r, &got), TQ_ERR_PROTOCOL), "an empty field name");
     tq_wbuf_free(&w);
 }
+
+/* SET_CUSTOM_META, KV_INDEXES, and what follows a meta's fields: keys and custom meta. */
+Test(wire, rows_info_custom_kv_indexes)
+{
+    static const uint64_t rows2[] = {3, 1};
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_wire_encode_set_custom(&w, &(tq_msg_set_custom_t){STR("p"), 2, ARR(rows2)});
+    tq_wire_encode_custom(&w, "{\"a\":1}", 7);
+    tq_wire_encode_custom(&w, NULL, 0);
+    tq_rbuf r = tq_rbuf_make(w.data, w.len);
+    tq_msg_set_custom_t sc;
+    tq_blob_t text;
+    cr_assert(eq(int, tq_wire_decode_set_custom(&r, &sc), TQ_OK));
+    cr_expect(eq(u32, sc.count, 2));
+    expect_array(sc.indexes, ARR(rows2), "indexes");
+    cr_assert(eq(int, tq_wire_decode_custom(&r, &text), TQ_OK));
+    expect_blob(text, (tq_blob_t){(const uint8_t *)"{\"a\":1}", 7}, "custom");
+    cr_assert(eq(int, tq_wire_decode_custom(&r, &text), TQ_OK));
+    cr_expect(eq(u32, text.len, 0));
+    expect_done(&r, "set_custom");
+    tq_wbuf_reset(&w);
+
+    tq_wire_encode_set_custom(&w, &(tq_msg_set_custom_t){STR("p"), 0, NO_ARR});
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_set_custom(&r, &sc), TQ_ERR_PROTOCOL), "count 0");
+    tq_wbuf_reset(&w);
+    tq_wire_put_blob(&w, "{\"a\":\0}", 7);
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_custom(&r, &text), TQ_ERR_PROTOCOL), "a NUL inside");
+    tq_wbuf_reset(&w);
+    char *big = calloc(1, TQ_MAX_CUSTOM_META + 1);
+    memset(big, ' ', TQ_MAX_CUSTOM_META + 1);
+    for (int extra = 0; extra < 2; extra++) {
+        tq_wire_put_blob(&w, big, TQ_MAX_CUSTOM_META + (uint32_t)extra);
+        r = tq_rbuf_make(w.data, w.len);
+        cr_expect(eq(int, tq_wire_decode_custom(&r, &text), extra ? TQ_ERR_PROTOCOL : TQ_OK),
+                  "%d bytes", TQ_MAX_CUSTOM_META + extra);
+        tq_wbuf_reset(&w);
+    }
+    free(big);
+
+    for (unsigned what = 0; what < 256; what++) {
+        tq_wire_encode_rows_info(&w, (uint8_t)what);
+        r = tq_rbuf_make(w.data, w.len);
+        uint8_t got;
+        cr_expect(eq(int, tq_wire_decode_rows_info(&r, &got), what < 4 ? TQ_OK : TQ_ERR_PROTOCOL),
+                  "rows info %u", what);
+        tq_wbuf_reset(&w);
+    }
+    const struct { tq_str_t key; int rc; } keys[] = {
+        {STR(""), TQ_OK}, {STR("k"), TQ_OK}, {{"a\0b", 3}, TQ_ERR_PROTOCOL},
+    };
+    for (size_t i = 0; i < N_ELEMS(keys); i++) {
+        tq_wire_encode_row_key(&w, keys[i].key);
+        r = tq_rbuf_make(w.data, w.len);
+        tq_str_t got;
+        cr_expect(eq(int, tq_wire_decode_row_key(&r, &got), keys[i].rc), "row key %zu", i);
+        tq_wbuf_reset(&w);
+    }
+
+    tq_wire_encode_kv_indexes(&w, &(tq_msg_kv_indexes_t){STR("p"), 1, 3});
+    r = tq_rbuf_make(w.data, w.len);
+    tq_msg_kv_indexes_t ki;
+    cr_assert(eq(int, tq_wire_decode_kv_indexes(&r, &ki), TQ_OK));
+    cr_expect(eq(u8, ki.create, 1));
+    cr_expect(eq(u32, ki.count, 3));
+    expect_done(&r, "kv_indexes");
+    tq_wbuf_reset(&w);
+    const struct { uint8_t create; uint32_t count; } bad[] = {
+        {2, 1}, {0xFF, 1}, {0, 0}, {1, TQ_WIRE_MAX_ROWS + 1},
+    };
+    for (size_t i = 0; i < N_ELEMS(bad); i++) {
+        tq_wire_encode_kv_indexes(&w, &(tq_msg_kv_indexes_t){STR("p"), bad[i].create, bad[i].count});
+        r = tq_rbuf_make(w.data, w.len);
+        cr_expect(eq(int, tq_wire_decode_kv_indexes(&r, &ki), TQ_ERR_PROTOCOL), "kv_indexes %zu", i);
+        tq_wbuf_reset(&w);
+    }
+    tq_wbuf_free(&w);
+}

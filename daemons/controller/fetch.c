@@ -152,8 +152,9 @@ void tq__parked_free(parked_t *pk)
 }
 
 /* Write the GET_META answer for rows of p and pin their cells. */
-int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields, uint16_t nf,
-                   const int64_t *rows, uint32_t n, meta_t *meta)
+int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, const tq_partition_t *p,
+                   tq_field_t *const *fields, uint16_t nf, const int64_t *rows, uint32_t n,
+                   meta_t *meta)
 {
     uint64_t *row_bytes = malloc((size_t)n * 8 + 1);
     int64_t *shapes = malloc((size_t)n * TQ_MAX_NDIM * 8 + 1);
@@ -210,6 +211,21 @@ int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fiel
             tq_wire_encode_extent(&c->out, &runs[i]);
     }
     meta->num_pins = pin;
+    uint8_t what = 0; /* the rows' keys and custom meta, when any has one */
+    for (uint32_t i = 0; i < n; i++) {
+        what |= p->row_keys[rows[i]] != NULL ? TQ_WIRE_ROWS_KEYS : 0;
+        what |= p->custom[rows[i]] != NULL ? TQ_WIRE_ROWS_CUSTOM : 0;
+    }
+    tq_wire_encode_rows_info(&c->out, what);
+    for (uint32_t i = 0; (what & TQ_WIRE_ROWS_KEYS) && i < n; i++) {
+        const tq_kv_key_t *k = p->row_keys[rows[i]];
+        tq_wire_encode_row_key(&c->out, k ? (tq_str_t){k->key, (uint16_t)strlen(k->key)}
+                                          : (tq_str_t){"", 0});
+    }
+    for (uint32_t i = 0; (what & TQ_WIRE_ROWS_CUSTOM) && i < n; i++) {
+        const tq_custom_t *cm = p->custom[rows[i]];
+        tq_wire_encode_custom(&c->out, cm ? cm->text : NULL, cm ? cm->len : 0);
+    }
     if (tq__reply_end(c, off)) {
         meta->reply_end = c->sent + c->out.len;
         tq_list_insert_tail(&c->ctl->leases, &meta->lease_link);
@@ -288,7 +304,7 @@ static meta_outcome_t serve(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         return META_DONE;
     }
-    if (tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK) {
+    if (tq__reply_meta(c, h, f->p, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK) {
         /* not answered: the rows are the task's again, for the next request (waking
          * parked ones from here could re-enter the one being tried) */
         tq__claim_settle(&meta->claim, false);
@@ -505,11 +521,11 @@ static meta_outcome_t sample_seqlen(conn_t *c, const tq_wire_header_t *h, fetch_
         weight[g] = 0;
         for (long long i = 0; i < n; i++) {
             int64_t r = rows[g * (size_t)n + (size_t)i];
-            const tq_kv_key_t *kk = f->p->row_keys[r];
-            const cJSON *len = kk ? cJSON_GetObjectItemCaseSensitive(kk->tag, "total_lengths") : NULL;
+            const tq_custom_t *cm = tq__partition_custom(f->p, (uint64_t)r);
+            const cJSON *len = cm ? cJSON_GetObjectItemCaseSensitive(cm->obj, "total_lengths") : NULL;
             if (!cJSON_IsNumber(len)) {
-                tq__reply_error(c, h, TQ_ERR_INVALID, "row %lld has no numeric total_lengths tag",
-                            (long long)r);
+                tq__reply_error(c, h, TQ_ERR_INVALID, "row %lld has no numeric total_lengths in its "
+                                "custom meta (its tag)", (long long)r);
                 goto done;
             }
             weight[g] += len->valuedouble;
@@ -616,7 +632,7 @@ static meta_outcome_t serve_force(conn_t *c, const tq_wire_header_t *h, fetch_t 
     for (uint64_t r = 0; r < p->num_slots && n < want; r++)
         if (p->state[r] == TQ_ROW_LIVE)
             rows[n++] = (int64_t)r;
-    if (tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK)
+    if (tq__reply_meta(c, h, p, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK)
         tq__meta_free(c->ctl, meta, true);
     free(rows);
     return META_DONE;
@@ -659,7 +675,7 @@ static meta_outcome_t serve_insert(conn_t *c, const tq_wire_header_t *h, const f
     }
     for (uint32_t i = 0; i < n; i++)
         tq__partition_set_live(p, rows[i]);
-    if (tq__reply_meta(c, h, NULL, 0, rows, n, meta) != TQ_OK) { /* not answered: undo */
+    if (tq__reply_meta(c, h, p, NULL, 0, rows, n, meta) != TQ_OK) { /* not answered: undo */
         tq__meta_free(ctl, meta, true);
         tq__partition_clear_rows(p, n, rows);
     }
@@ -815,7 +831,7 @@ void tq__handle_get_meta_rows(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
         return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
     }
     memcpy(rows, m.indexes.ptr, (size_t)m.count * sizeof(int64_t));
-    if (tq__reply_meta(c, h, fields, (uint16_t)nf, rows, m.count, meta) != TQ_OK)
+    if (tq__reply_meta(c, h, p, fields, (uint16_t)nf, rows, m.count, meta) != TQ_OK)
         tq__meta_free(c->ctl, meta, true);
     free(rows);
 }

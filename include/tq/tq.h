@@ -24,6 +24,8 @@ extern "C" {
 #define TQ_MAX_NDIM 8
 /** Most bytes of a field's format label (tq_batch_set_format). */
 #define TQ_MAX_FORMAT 15
+/** Most bytes of one row's custom meta (a KV tag) as JSON text. */
+#define TQ_MAX_CUSTOM_META 65536
 
 /* Status codes with their strings: one list, so the two never drift apart. */
 #define TQ_STATUS_MAP(X)                                                       \
@@ -250,6 +252,15 @@ TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m);
 /** @return the format label of @p field in the partition's schema ("" when
  *          none), or NULL when @p m has no such field. */
 TQ_EXPORT const char    *tq_meta_field_format(const tq_meta *m, const char *field);
+/**
+ * @return the custom meta of row @p row of @p m as JSON object text, compact
+ *         ("{}" when none), as it was when m was made; NULL for a row out of
+ *         range. A keyed row's custom meta is its KV tag.
+ */
+TQ_EXPORT const char    *tq_meta_custom(const tq_meta *m, uint32_t row);
+/** @return the key of row @p row of @p m (KV interface), or NULL when it has
+ *          none or the row is out of range. */
+TQ_EXPORT const char    *tq_meta_key(const tq_meta *m, uint32_t row);
 /** @return 1 when row @p row of @p m has field @p field, 0 when the cell is absent
  *          (never produced: a FORCE fetch or tq_get_meta_rows); TQ_ERR_NOT_FOUND
  *          when m has no such field; TQ_ERR_INVALID for NULL or a row out of range. */
@@ -257,6 +268,21 @@ TQ_EXPORT int            tq_meta_has_cell(const tq_meta *m, const char *field, u
 /** Unpin the data of @p m and free it: its rows stay consumed, or go back to the
  * task when the last tq_get_data of it failed. NULL is ignored. */
 TQ_EXPORT void tq_meta_free(tq_meta *m);
+
+/**
+ * Set the custom meta of n live rows of @p partition: json[i] (a JSON object,
+ * at most TQ_MAX_CUSTOM_META bytes; NULL or "{}" removes it) replaces what
+ * row indexes[i] had, as TransferQueue's set_custom_meta does. It is the one
+ * per-row store: a keyed row's custom meta is its KV tag (a tag given to
+ * tq_kv_put merges into it key by key), every meta carries it
+ * (tq_meta_custom), and a clear removes it. All or nothing.
+ * @return TQ_OK; TQ_ERR_NOT_FOUND for an unknown partition or a row that is not
+ *         live; TQ_ERR_INVALID for text that is not one JSON object or is too
+ *         long, a negative or repeated index, NULL arguments (tq_last_error
+ *         names the row); TQ_ERR_NOSPACE past the controller's metadata budget.
+ */
+TQ_EXPORT int tq_set_custom_meta(tq_client *c, const char *partition, size_t n,
+                                 const int64_t *indexes, const char *const *json);
 
 /** Remove rows; their indexes become free. @return how many rows were removed, or an error. */
 TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int64_t *indexes);
@@ -326,6 +352,30 @@ TQ_EXPORT void        tq_kv_entries_free(tq_kv_entries *e);
 /** Remove the keys that exist (their rows and tags); the partition stays.
  * @return how many keys were removed, or an error. */
 TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys);
+
+/**
+ * The row index of each of n keys (repeats allowed), -1 for a key that has
+ * none. With @p create, keys that have none get new live rows first (no field,
+ * no tag; the partition is created if new), all of them or none: a later
+ * tq_put(indexes) or tq_set_custom_meta fills them, and tq_kv_batch_put finds
+ * the keys there. Without it, nothing changes.
+ * @param [out] indexes_out n indexes, written only on success.
+ * @return TQ_OK; TQ_ERR_INVALID for a bad argument, or new keys in a sealed
+ *         partition; TQ_ERR_NOSPACE past the controller's metadata budget.
+ */
+TQ_EXPORT int tq_kv_indexes(tq_client *c, const char *partition, size_t n,
+                            const char *const *keys, int create, int64_t *indexes_out);
+/**
+ * The keys of n live rows of @p partition by index.
+ * @param [out] keys_p an array of n keys, NULL for a row that has none, in one
+ *                     block to free with tq_kv_keys_free; written only on success.
+ * @return TQ_OK; TQ_ERR_NOT_FOUND for an unknown partition or a row that is not
+ *         live (tq_last_error names it); TQ_ERR_INVALID for a bad argument.
+ */
+TQ_EXPORT int  tq_kv_keys(tq_client *c, const char *partition, size_t n, const int64_t *indexes,
+                          char ***keys_p);
+/** Free what tq_kv_keys returned. NULL is ignored. */
+TQ_EXPORT void tq_kv_keys_free(char **keys);
 
 /*
  * Non-blocking twins: the same arguments, plus a request that completes later.
