@@ -860,11 +860,50 @@ static void meta_destroy(tq_meta *m)
         free(m->fields[i].shapes);
         free(m->fields[i].row_bytes);
         free(m->fields[i].runs);
+        free(m->fields[i].present);
     }
     free(m->fields);
+    for (uint32_t i = 0; i < m->rows; i++) {
+        if (m->keys != NULL)
+            free(m->keys[i]);
+        if (m->custom != NULL)
+            free(m->custom[i]);
+    }
+    free(m->keys);
+    free(m->custom);
     free(m->indexes);
     free(m->partition);
     free(m);
+}
+
+/* The rows' keys and custom meta that follow a meta's fields. */
+static int meta_parse_rows_info(tq_rbuf *r, tq_meta *m)
+{
+    uint8_t what;
+    if (tq_wire_decode_rows_info(r, &what) != TQ_OK)
+        return TQ_ERR_PROTOCOL;
+    if (((what & TQ_WIRE_ROWS_KEYS) && (m->keys = calloc(m->rows + 1, sizeof(char *))) == NULL) ||
+        ((what & TQ_WIRE_ROWS_CUSTOM) && (m->custom = calloc(m->rows + 1, sizeof(char *))) == NULL))
+        return TQ_ERR_NOMEM;
+    for (uint32_t i = 0; m->keys != NULL && i < m->rows; i++) {
+        tq_str_t key;
+        if (tq_wire_decode_row_key(r, &key) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+        if (key.len > 0 && (m->keys[i] = tq_str_dup(key)) == NULL)
+            return TQ_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; m->custom != NULL && i < m->rows; i++) {
+        tq_blob_t text;
+        if (tq_wire_decode_custom(r, &text) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+        if (text.len == 0)
+            continue;
+        if ((m->custom[i] = malloc((size_t)text.len + 1)) == NULL)
+            return TQ_ERR_NOMEM;
+        memcpy(m->custom[i], text.ptr, text.len);
+        m->custom[i][text.len] = '\0';
+    }
+    return TQ_OK;
 }
 
 /* Copy a GET_META reply into a tq_meta, checking that it adds up. */
@@ -917,6 +956,14 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, const char *partition, 
                 goto err_protocol;
             f->bytes += f->row_bytes[i];
         }
+        if (w.present.ptr != NULL) {
+            if ((f->present = malloc((size_t)h.rows + 1)) == NULL)
+                goto err_nomem;
+            memcpy(f->present, w.present.ptr, h.rows);
+            for (uint32_t i = 0; i < h.rows; i++)
+                if (!f->present[i] && f->row_bytes[i] != 0)
+                    goto err_protocol; /* an absent cell has no bytes */
+        }
         uint64_t in_runs = 0;
         f->num_runs = w.num_runs;
         for (uint32_t i = 0; i < w.num_runs; i++) {
@@ -927,7 +974,10 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, const char *partition, 
         if (in_runs != f->bytes)
             goto err_protocol;
     }
-    if (!tq_rbuf_done(r))
+    int rc = meta_parse_rows_info(r, m);
+    if (rc == TQ_ERR_NOMEM)
+        goto err_nomem;
+    if (rc != TQ_OK || !tq_rbuf_done(r))
         goto err_protocol;
     *meta_p = m;
     return TQ_OK;
@@ -943,14 +993,28 @@ int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args)
 {
     if (args == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "args is NULL");
+    int mode = args->mode;
+    if (mode != TQ_FETCH_READY && mode != TQ_FETCH_FORCE && mode != TQ_FETCH_INSERT)
+        return tq__set_error(c, TQ_ERR_INVALID, "mode %d: want TQ_FETCH_READY (0), "
+                             "TQ_FETCH_FORCE (1) or TQ_FETCH_INSERT (2)", mode);
     int rc = tq__check_name(c, args->partition, "partition");
-    if (rc == TQ_OK)
+    if (rc == TQ_OK && (mode == TQ_FETCH_READY || args->task != NULL))
         rc = tq__check_name(c, args->task, "task");
     if (rc != TQ_OK)
         return rc;
-    if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
+    if (mode != TQ_FETCH_READY && (args->sampler != NULL || args->sampler_args != NULL))
+        return tq__set_error(c, TQ_ERR_INVALID, "%s picks no ready rows: it takes no sampler "
+                             "nor sampler_args", mode == TQ_FETCH_FORCE ? "TQ_FETCH_FORCE"
+                                                                        : "TQ_FETCH_INSERT");
+    if (mode == TQ_FETCH_INSERT) {
+        if (args->fields != NULL || args->num_fields != 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "TQ_FETCH_INSERT makes rows with no field: "
+                                 "name none (fields NULL, num_fields 0)");
+    } else if (args->fields == NULL || args->num_fields == 0 ||
+               args->num_fields > TQ_WIRE_MAX_FIELDS) {
         return tq__set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
                              TQ_WIRE_MAX_FIELDS);
+    }
     for (size_t i = 0; i < args->num_fields; i++)
         if ((rc = tq__check_name(c, args->fields[i], "field %zu", i)) != TQ_OK)
             return rc;
@@ -984,15 +1048,17 @@ static int controller_wait_ms(const tq_client *c, int timeout_ms)
 int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args, tq_meta **meta_p)
 {
     size_t args_len = args->sampler_args ? strlen(args->sampler_args) : 0;
+    const char *task = args->mode == TQ_FETCH_READY ? args->task : ""; /* only READY's counts */
     tq_msg_get_meta_t m = {
         .partition = {args->partition, (uint16_t)strlen(args->partition)},
-        .task = {args->task, (uint16_t)strlen(args->task)},
+        .task = {task, (uint16_t)strlen(task)},
         .num_fields = (uint16_t)args->num_fields,
         .batch_size = args->batch_size,
         .sampler = {args->sampler ? args->sampler : "",
                     (uint16_t)(args->sampler ? strlen(args->sampler) : 0)},
         .sampler_args = {(const uint8_t *)args->sampler_args, (uint32_t)args_len},
-        .timeout_ms = controller_wait_ms(c, args->timeout_ms),
+        .timeout_ms = args->mode == TQ_FETCH_READY ? controller_wait_ms(c, args->timeout_ms) : 0,
+        .mode = (uint8_t)args->mode,
     };
     for (size_t i = 0; i < args->num_fields; i++)
         m.fields[i] = (tq_str_t){args->fields[i], (uint16_t)strlen(args->fields[i])};
@@ -1028,8 +1094,60 @@ int tq__get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
     return rc;
 }
 
+TQ_EXPORT int tq_get_meta_rows(tq_client *c, const char *partition, size_t n,
+                               const int64_t *indexes, size_t num_fields,
+                               const char *const *fields, tq_meta **meta_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++)
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+    if (fields == NULL)
+        num_fields = 0;
+    if (num_fields > TQ_WIRE_MAX_FIELDS)
+        return tq__set_error(c, TQ_ERR_INVALID, "fields: NULL, or 1 to %d names",
+                             TQ_WIRE_MAX_FIELDS);
+    tq_msg_meta_rows_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                            .count = (uint32_t)n, .indexes = tq_array_of(indexes, (uint32_t)n),
+                            .num_fields = (uint16_t)num_fields};
+    for (size_t i = 0; i < num_fields; i++) {
+        if ((rc = tq__check_name(c, fields[i], "field %zu", i)) != TQ_OK)
+            return rc;
+        m.fields[i] = (tq_str_t){fields[i], (uint16_t)strlen(fields[i])};
+    }
+    if (meta_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META_ROWS);
+    tq_wire_encode_meta_rows(&cc->out, &m);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK)
+        rc = tq__meta_parse(c, cc, partition, &r, meta_p);
+    tq__conn_release(c, cc);
+    return rc;
+}
+
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
+
+TQ_EXPORT int tq_meta_has_cell(const tq_meta *m, const char *field, uint32_t row)
+{
+    if (m == NULL || field == NULL || row >= m->rows)
+        return TQ_ERR_INVALID;
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        if (strcmp(m->fields[i].name, field) == 0)
+            return tq__meta_cell_present(&m->fields[i], row) ? 1 : 0;
+    return TQ_ERR_NOT_FOUND;
+}
 
 TQ_EXPORT const char *tq_meta_field_format(const tq_meta *m, const char *field)
 {
@@ -1124,8 +1242,23 @@ static int field_from_meta(tq_client *c, const tq_meta *m, const tq__meta_field_
     return TQ_OK;
 }
 
+int tq__meta_field_complete(const tq_client *c, const tq_meta *m, const tq__meta_field_t *f)
+{
+    for (uint32_t i = 0; i < m->rows; i++)
+        if (!tq__meta_cell_present(f, i))
+            return tq__set_error(c, TQ_ERR_NOT_FOUND, "row %lld has no field %s (never "
+                                 "produced): its cell cannot be read",
+                                 (long long)m->indexes[i], f->name);
+    return TQ_OK;
+}
+
 int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
 {
+    for (uint16_t k = 0; k < m->num_fields; k++) {
+        int rc = tq__meta_field_complete(c, m, &m->fields[k]);
+        if (rc != TQ_OK)
+            return rc;
+    }
     tq_batch *b;
     int rc = tq_batch_create(m->rows, &b);
     if (rc != TQ_OK)

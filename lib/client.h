@@ -82,7 +82,17 @@ typedef struct {
     uint64_t          bytes;
     tq_wire_extent_t *runs;
     uint32_t          num_runs;
+    uint8_t          *present;   /* rows bytes, 0 where the cell is absent; NULL: none is */
 } tq__meta_field_t;
+
+/* Does row i of f have its cell (a FORCE fetch or a meta of rows may lack some)? */
+static inline bool tq__meta_cell_present(const tq__meta_field_t *f, uint32_t i)
+{
+    return f->present == NULL || f->present[i] != 0;
+}
+/* TQ_OK when every row of f has its cell; else TQ_ERR_NOT_FOUND naming the first
+ * row that lacks it: nothing of such a meta field can be read. */
+int tq__meta_field_complete(const tq_client *c, const tq_meta *m, const tq__meta_field_t *f);
 
 struct tq_meta {
     tq_client        *client;
@@ -97,6 +107,8 @@ struct tq_meta {
     /* the last read failed: freeing gives the rows back to their task, which
      * has not got them (consumption is final only once the bytes are here) */
     bool              read_failed;
+    char            **keys;   /* per row: its key or NULL; NULL when no row has one */
+    char            **custom; /* per row: its custom meta or NULL ("{}"); NULL when none has */
 };
 
 /* How a put names its rows (tq_wire_rows_t) and, for keys, their tags. */

@@ -66,6 +66,10 @@ int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *
     for (size_t i = 0; tags_json != NULL && i < n; i++) {
         if (tags_json[i] == NULL)
             continue;
+        if (strlen(tags_json[i]) > TQ_MAX_CUSTOM_META)
+            return tq__set_error(c, TQ_ERR_INVALID, "the tag of key %s is %zu bytes: at most %d "
+                                 "(TQ_MAX_CUSTOM_META)", keys[i], strlen(tags_json[i]),
+                                 TQ_MAX_CUSTOM_META);
         cJSON *tag = cJSON_ParseWithOpts(tags_json[i], NULL, 1); /* nothing may follow */
         bool object = cJSON_IsObject(tag);
         cJSON_Delete(tag);
@@ -378,3 +382,145 @@ int tq__kv_run_clear(tq_client *c, const char *partition, size_t n, const char *
     tq_wbuf_free(&body);
     return rc == TQ_OK ? (int)removed : rc;
 }
+
+/* ---- custom meta: one JSON object per row (a keyed row's is its tag) ---- */
+
+TQ_EXPORT int tq_set_custom_meta(tq_client *c, const char *partition, size_t n,
+                                 const int64_t *indexes, const char *const *json)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes == NULL || json == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes and json: 1 to %u of each are required",
+                             TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++) {
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+        size_t len = json[i] ? strlen(json[i]) : 0;
+        if (len > TQ_MAX_CUSTOM_META)
+            return tq__set_error(c, TQ_ERR_INVALID, "the custom meta of row %lld is %zu bytes: "
+                                 "at most %d (TQ_MAX_CUSTOM_META)", (long long)indexes[i], len,
+                                 TQ_MAX_CUSTOM_META);
+        cJSON *obj = json[i] ? cJSON_ParseWithOpts(json[i], NULL, 1) : NULL;
+        bool object = json[i] == NULL || cJSON_IsObject(obj);
+        cJSON_Delete(obj);
+        if (!object)
+            return tq__set_error(c, TQ_ERR_INVALID, "the custom meta of row %lld is not one JSON "
+                                 "object", (long long)indexes[i]);
+    }
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_wire_encode_set_custom(&body, &(tq_msg_set_custom_t){
+        {partition, (uint16_t)strlen(partition)}, (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
+    for (size_t i = 0; i < n; i++)
+        tq_wire_encode_custom(&body, json[i], json[i] ? (uint32_t)strlen(json[i]) : 0);
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, TQ_MSG_SET_CUSTOM_META, &body, NULL);
+    tq_wbuf_free(&body);
+    return rc;
+}
+
+TQ_EXPORT const char *tq_meta_custom(const tq_meta *m, uint32_t row)
+{
+    if (m == NULL || row >= m->rows)
+        return NULL;
+    return m->custom != NULL && m->custom[row] != NULL ? m->custom[row] : "{}";
+}
+
+TQ_EXPORT const char *tq_meta_key(const tq_meta *m, uint32_t row)
+{
+    return m != NULL && row < m->rows && m->keys != NULL ? m->keys[row] : NULL;
+}
+
+/* ---- key <-> row index ---- */
+
+TQ_EXPORT int tq_kv_indexes(tq_client *c, const char *partition, size_t n,
+                            const char *const *keys, int create, int64_t *indexes_out)
+{
+    int rc = check_target(c, partition, n, keys, true);
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes_out == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes_out is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_INDEXES);
+    tq_wire_encode_kv_indexes(&cc->out, &(tq_msg_kv_indexes_t){
+        {partition, (uint16_t)strlen(partition)}, create != 0, (uint32_t)n});
+    for (size_t i = 0; i < n; i++)
+        tq_wire_encode_name(&cc->out, keys[i]);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK) {
+        tq_array_t a = tq_wire_get_array(&r, n);
+        bool ok = tq_rbuf_done(&r);
+        for (uint32_t i = 0; ok && i < n; i++)
+            ok = tq_array_i64(a, i) >= (create ? 0 : -1);
+        if (!ok)
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed kv_indexes reply");
+        for (uint32_t i = 0; ok && i < n; i++)
+            indexes_out[i] = tq_array_i64(a, i);
+    }
+    tq__conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT int tq_kv_keys(tq_client *c, const char *partition, size_t n, const int64_t *indexes,
+                         char ***keys_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++)
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+    if (keys_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "keys_p is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_KEYS);
+    tq_wire_encode_clear(&cc->out, &(tq_msg_clear_t){{partition, (uint16_t)strlen(partition)},
+                                                     (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK) {
+        /* one block: the n pointers, then the keys they point to */
+        tq_rbuf scan = r;
+        size_t bytes = n * sizeof(char *);
+        for (size_t i = 0; i < n; i++) {
+            tq_str_t k;
+            if (tq_wire_decode_row_key(&scan, &k) != TQ_OK)
+                break;
+            bytes += k.len + 1u;
+        }
+        char **keys = tq_rbuf_done(&scan) ? malloc(bytes) : NULL;
+        if (!tq_rbuf_done(&scan))
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed kv_keys reply");
+        else if (keys == NULL)
+            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+        char *at = keys ? (char *)(keys + n) : NULL;
+        for (size_t i = 0; keys != NULL && i < n; i++) {
+            tq_str_t k;
+            tq_wire_decode_row_key(&r, &k);
+            keys[i] = k.len ? at : NULL;
+            memcpy(at, k.ptr, k.len);
+            at[k.len] = '\0';
+            at += k.len + 1u;
+        }
+        if (keys != NULL)
+            *keys_p = keys;
+    }
+    tq__conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT void tq_kv_keys_free(char **keys) { free(keys); }

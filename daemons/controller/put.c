@@ -135,7 +135,7 @@ static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af,
 static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict);
 
 /* Read the keys and tags of a keyed ALLOC into a. Returns a message on bad input. */
-static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
+static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p, char *buf)
 {
     a->keys = calloc(a->rows, sizeof(char *));
     a->tags = calloc(a->rows, sizeof(cJSON *));
@@ -157,19 +157,10 @@ static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
             *status_p = TQ_ERR_INVALID, why = "a key is given twice";
         } else if (tq_hashmap_put(seen, a->keys[i], a->keys[i]) != 0) {
             why = "out of memory";
-        } else if (tag.len > 0) {
-            /* cJSON rejects trailing bytes only in NUL-terminated text */
-            char *text = malloc((size_t)tag.len + 1);
-            if (text == NULL) {
-                why = "out of memory";
-                break;
-            }
-            memcpy(text, tag.ptr, tag.len);
-            text[tag.len] = '\0';
-            a->tags[i] = cJSON_ParseWithOpts(text, NULL, 1);
-            free(text);
-            if (!cJSON_IsObject(a->tags[i]))
-                *status_p = TQ_ERR_INVALID, why = "a tag is not a JSON object";
+        } else if (tag.len > 0 && (a->tags[i] = tq__custom_parse(tag.ptr, tag.len, &why)) == NULL) {
+            *status_p = strcmp(why, "out of memory") == 0 ? TQ_ERR_NOMEM : TQ_ERR_INVALID;
+            snprintf(buf, CONFLICT_MAX, "the tag of key %s: %s", a->keys[i], why);
+            why = buf;
         }
     }
 out:
@@ -241,7 +232,8 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     if (a->indexes == NULL || a->fields == NULL)
         goto err;
     a->num_fields = m.num_fields;
-    if (m.row_mode == TQ_ROWS_KEYS && (why = alloc_read_keys(a, r, &status)) != NULL)
+    char conflict[CONFLICT_MAX];
+    if (m.row_mode == TQ_ROWS_KEYS && (why = alloc_read_keys(a, r, &status, conflict)) != NULL)
         goto err;
 
     char pname[TQ_WIRE_NAME_MAX + 1];
@@ -250,7 +242,6 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     p = tq__find_partition(ctl, pname);
 
     uint64_t totals[TQ_WIRE_MAX_FIELDS];
-    char conflict[CONFLICT_MAX];
     for (uint16_t i = 0; i < m.num_fields; i++) {
         tq_wire_field_t w;
         if (tq_wire_decode_field(r, m.rows, &w) != TQ_OK) {
@@ -403,10 +394,12 @@ void tq__retry_parked_allocs(tq_controller *ctl)
 }
 
 /* What a keyed commit will change, made before anything changes: per key, a
- * new key object (NULL: the key exists) and its merged tag (NULL: none). */
+ * new key object (NULL: the key exists) and, for a key given a tag, the row's
+ * custom meta with the tag merged in (NULL also when that is empty). */
 typedef struct {
     tq_kv_key_t **fresh;
-    cJSON       **tags;
+    tq_custom_t **tags;
+    int64_t       charged; /* what the merged tags add to the metadata budget */
 } keys_plan_t;
 
 static void keys_plan_free(const alloc_t *a, keys_plan_t *kp)
@@ -415,28 +408,56 @@ static void keys_plan_free(const alloc_t *a, keys_plan_t *kp)
         if (kp->fresh != NULL)
             tq__kv_key_free(kp->fresh[i]);
         if (kp->tags != NULL)
-            cJSON_Delete(kp->tags[i]);
+            tq__custom_free(kp->tags[i]);
     }
     free(kp->fresh);
     free(kp->tags);
 }
 
-static int keys_plan(tq_partition_t *p, const alloc_t *a, keys_plan_t *kp)
+/* Plan the keys and tags of a, charging the tags' growth to the budget.
+ * TQ_ERR_INVALID (a merged tag too long, said in buf, *why), TQ_ERR_NOSPACE,
+ * TQ_ERR_NOMEM: then nothing stays charged. */
+static int keys_plan(tq_partition_t *p, const alloc_t *a, keys_plan_t *kp, char *buf,
+                     const char **why)
 {
     kp->fresh = calloc(a->rows, sizeof(*kp->fresh));
     kp->tags = calloc(a->rows, sizeof(*kp->tags));
+    *why = "out of memory";
     if (kp->fresh == NULL || kp->tags == NULL)
         return TQ_ERR_NOMEM;
     size_t fresh = 0;
+    int64_t delta = 0;
     for (uint32_t i = 0; i < a->rows; i++) {
         tq_kv_key_t *k = tq__partition_key(p, a->keys[i]);
         if (k == NULL && (k = kp->fresh[i] = tq__kv_key_create(a->keys[i], a->indexes[i])) == NULL)
             return TQ_ERR_NOMEM;
         fresh += kp->fresh[i] != NULL;
-        if (a->tags[i] != NULL && (kp->tags[i] = tq__kv_tag_merged(k->tag, a->tags[i])) == NULL)
-            return TQ_ERR_NOMEM;
+        if (a->tags[i] == NULL)
+            continue;
+        const tq_custom_t *old = tq__partition_custom(p, (uint64_t)k->row);
+        cJSON *merged = tq__kv_tag_merged(old ? old->obj : NULL, a->tags[i]);
+        const char *bad = NULL;
+        int rc = merged ? tq__custom_make(merged, &kp->tags[i], &bad) : TQ_ERR_NOMEM;
+        if (rc == TQ_ERR_INVALID) {
+            snprintf(buf, CONFLICT_MAX, "the tag of key %s merged into the one it has: %s",
+                     a->keys[i], bad);
+            *why = buf;
+        }
+        if (rc != TQ_OK)
+            return rc;
+        delta += tq__custom_cost(kp->tags[i]) - tq__custom_cost(old);
     }
-    return tq__partition_keys_reserve(p, fresh);
+    if (!tq__partition_custom_charge(p, delta)) {
+        *why = METADATA_SPENT;
+        return TQ_ERR_NOSPACE;
+    }
+    kp->charged = delta;
+    if (tq__partition_keys_reserve(p, fresh) != TQ_OK) {
+        tq__partition_custom_charge(p, -delta);
+        kp->charged = 0;
+        return TQ_ERR_NOMEM;
+    }
+    return TQ_OK;
 }
 
 /* Bind the put's keys to rows, as planned: a key that exists keeps its row
@@ -455,9 +476,8 @@ static void keys_apply(tq_partition_t *p, alloc_t *a, keys_plan_t *kp)
             a->indexes[i] = k->row;
         }
         tq__partition_set_live(p, k->row);
-        if (kp->tags[i] != NULL) {
-            cJSON_Delete(k->tag);
-            k->tag = kp->tags[i];
+        if (a->tags[i] != NULL) {
+            tq__partition_set_custom(p, k->row, kp->tags[i]);
             kp->tags[i] = NULL;
         }
     }
@@ -499,14 +519,16 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *
             memcpy(specs[num_new++].row_shape, af->row_shape, sizeof(af->row_shape));
         }
     }
-    keys_plan_t kp = {NULL, NULL};
-    int rc = a->keys != NULL ? keys_plan(p, a, &kp) : TQ_OK;
-    if (rc == TQ_OK)
-        rc = tq__partition_add_fields(p, num_new, specs); /* the last step that can fail */
+    keys_plan_t kp = {NULL, NULL, 0};
+    int rc = a->keys != NULL ? keys_plan(p, a, &kp, conflict, why) : TQ_OK;
+    if (rc == TQ_OK && (rc = tq__partition_add_fields(p, num_new, specs)) != TQ_OK) {
+        /* the last step that can fail */
+        tq__partition_custom_charge(p, -kp.charged);
+        *why = rc == TQ_ERR_NOSPACE ? METADATA_SPENT : "out of memory";
+    }
     if (rc != TQ_OK) {
         keys_plan_free(a, &kp);
         tq__alloc_abort(a);
-        *why = rc == TQ_ERR_NOSPACE ? METADATA_SPENT : "out of memory";
         return rc;
     }
 

@@ -24,6 +24,8 @@ extern "C" {
 #define TQ_MAX_NDIM 8
 /** Most bytes of a field's format label (tq_batch_set_format). */
 #define TQ_MAX_FORMAT 15
+/** Most bytes of one row's custom meta (a KV tag) as JSON text. */
+#define TQ_MAX_CUSTOM_META 65536
 
 /* Status codes with their strings: one list, so the two never drift apart. */
 #define TQ_STATUS_MAP(X)                                                       \
@@ -77,18 +79,31 @@ typedef struct {
     size_t          bytes;                  /**< total bytes of the column */
 } tq_field_info_t;
 
+/** What tq_get_meta picks (tq_fetch_args_t.mode). */
+enum {
+    TQ_FETCH_READY = 0, /**< batch_size ready rows the task has not consumed, by the
+                             sampler; consumes them, waits up to timeout_ms */
+    TQ_FETCH_FORCE,     /**< the lowest batch_size live rows, whatever their readiness or
+                             consumption: consumes nothing, never waits; a cell a row
+                             lacks is absent in the meta (tq_meta_has_cell) */
+    TQ_FETCH_INSERT     /**< batch_size new rows (no field produced), to fill later with
+                             tq_put(indexes); no fields, refused on a sealed partition */
+};
+
 /** Arguments of tq_get_meta. Zero-initialise, then set what you need. */
 typedef struct {
     const char         *partition;
-    const char         *task;         /**< consumer name: consumption is per task */
-    const char *const  *fields;
+    const char         *task;         /**< consumer name: consumption is per task
+                                           (READY only; FORCE and INSERT take NULL) */
+    const char *const  *fields;       /**< INSERT: none */
     size_t              num_fields;
     uint32_t            batch_size;
     const char         *sampler;      /**< NULL or "sequential", "grpo", "rank_aware",
-                                           "seqlen_balanced", or a plugin's name */
-    const char         *sampler_args; /**< JSON object text, or NULL */
-    int                 timeout_ms;   /**< 0: answer now; -1: wait forever */
+                                           "seqlen_balanced", or a plugin's name (READY) */
+    const char         *sampler_args; /**< JSON object text, or NULL (READY) */
+    int                 timeout_ms;   /**< 0: answer now; -1: wait forever (READY) */
     uint32_t            prefetch;     /**< streams: batches read ahead (0: 1) */
+    int                 mode;         /**< TQ_FETCH_READY (0), _FORCE or _INSERT; streams: READY */
 } tq_fetch_args_t;
 
 /** @return a static string describing @p status. */
@@ -197,14 +212,41 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
  * or the client goes (its last control connection closes), they go back to the
  * task. Only this client may release the meta. Waits up to args->timeout_ms for
  * enough rows.
+ *
+ * args->mode TQ_FETCH_FORCE instead answers at once with the lowest batch_size
+ * live rows (fewer, even none, when the partition has fewer), ready or not,
+ * consumed or not, consuming nothing; their data is pinned as above. Its meta
+ * has every requested field, with the cells a row lacks absent
+ * (tq_meta_has_cell); tq_get_data of a meta with an absent cell fails.
+ * TQ_FETCH_INSERT makes batch_size new rows (live, no field produced; the
+ * partition is created if new) and answers with a meta of them and no fields:
+ * tq_put(tq_meta_indexes(m)) fills them. Neither takes a task, sampler or
+ * sampler_args, nor waits.
  * @return TQ_OK; TQ_ERR_TIMEOUT when too few rows were ready (nothing consumed);
  *         TQ_ERR_END once the partition is sealed and the task has taken every
- *         row that is not lost; TQ_ERR_INVALID for missing fields, task or batch size.
+ *         row that is not lost; TQ_ERR_INVALID for missing fields, task or batch
+ *         size, a bad mode, an INSERT into a sealed partition; FORCE:
+ *         TQ_ERR_NOT_FOUND for an unknown partition or field.
  */
 TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p);
 /**
+ * The meta of n rows of @p partition by index (in that order, repeats allowed),
+ * whatever their readiness and consumption, consuming nothing; their data is
+ * pinned until tq_meta_free. Named fields may be absent on some rows
+ * (tq_meta_has_cell); fields NULL: every field all the rows have (maybe none).
+ * @return TQ_OK and *meta_p; TQ_ERR_NOT_FOUND for an unknown partition, a row
+ *         index that is not live (never written, cleared, or a put not yet
+ *         committed) or a field the partition lacks (tq_last_error names it);
+ *         TQ_ERR_INVALID for a bad argument (n 0, a negative index, NULL).
+ */
+TQ_EXPORT int tq_get_meta_rows(tq_client *c, const char *partition, size_t n,
+                               const int64_t *indexes, size_t num_fields,
+                               const char *const *fields, tq_meta **meta_p);
+/**
  * Read the rows of @p m by one-sided RMA into a new batch that owns its memory.
- * @return TQ_OK; TQ_ERR_LOST when a unit holding the data is gone; TQ_ERR_CONNECTION;
+ * @return TQ_OK; TQ_ERR_NOT_FOUND when a row lacks one of m's fields (an absent
+ *         cell, see tq_meta_has_cell: nothing is read); TQ_ERR_LOST when a unit
+ *         holding the data is gone; TQ_ERR_CONNECTION;
  *         TQ_ERR_TIMEOUT (also past the meta's lease). After an error, freeing the
  *         meta gives its rows back to the task (unless a later read succeeds).
  */
@@ -253,9 +295,37 @@ TQ_EXPORT int tq_meta_field(const tq_meta *m, const char *field, tq_field_info_t
  */
 TQ_EXPORT int tq_meta_row(const tq_meta *m, const char *field, uint32_t row, size_t *bytes_p,
                           const int64_t **shape_p);
+/**
+ * @return the custom meta of row @p row of @p m as JSON object text, compact
+ *         ("{}" when none), as it was when m was made; NULL for a row out of
+ *         range. A keyed row's custom meta is its KV tag.
+ */
+TQ_EXPORT const char    *tq_meta_custom(const tq_meta *m, uint32_t row);
+/** @return the key of row @p row of @p m (KV interface), or NULL when it has
+ *          none or the row is out of range. */
+TQ_EXPORT const char    *tq_meta_key(const tq_meta *m, uint32_t row);
+/** @return 1 when row @p row of @p m has field @p field, 0 when the cell is absent
+ *          (never produced: a FORCE fetch or tq_get_meta_rows); TQ_ERR_NOT_FOUND
+ *          when m has no such field; TQ_ERR_INVALID for NULL or a row out of range. */
+TQ_EXPORT int            tq_meta_has_cell(const tq_meta *m, const char *field, uint32_t row);
 /** Unpin the data of @p m and free it: its rows stay consumed, or go back to the
  * task when the last tq_get_data of it failed. NULL is ignored. */
 TQ_EXPORT void tq_meta_free(tq_meta *m);
+
+/**
+ * Set the custom meta of n live rows of @p partition: json[i] (a JSON object,
+ * at most TQ_MAX_CUSTOM_META bytes; NULL or "{}" removes it) replaces what
+ * row indexes[i] had, as TransferQueue's set_custom_meta does. It is the one
+ * per-row store: a keyed row's custom meta is its KV tag (a tag given to
+ * tq_kv_put merges into it key by key), every meta carries it
+ * (tq_meta_custom), and a clear removes it. All or nothing.
+ * @return TQ_OK; TQ_ERR_NOT_FOUND for an unknown partition or a row that is not
+ *         live; TQ_ERR_INVALID for text that is not one JSON object or is too
+ *         long, a negative or repeated index, NULL arguments (tq_last_error
+ *         names the row); TQ_ERR_NOSPACE past the controller's metadata budget.
+ */
+TQ_EXPORT int tq_set_custom_meta(tq_client *c, const char *partition, size_t n,
+                                 const int64_t *indexes, const char *const *json);
 
 /** Remove rows; their indexes become free. @return how many rows were removed, or an error. */
 TQ_EXPORT int tq_clear(tq_client *c, const char *partition, size_t n, const int64_t *indexes);
@@ -335,6 +405,30 @@ TQ_EXPORT void        tq_kv_entries_free(tq_kv_entries *e);
 /** Remove the keys that exist (their rows and tags); the partition stays.
  * @return how many keys were removed, or an error. */
 TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys);
+
+/**
+ * The row index of each of n keys (repeats allowed), -1 for a key that has
+ * none. With @p create, keys that have none get new live rows first (no field,
+ * no tag; the partition is created if new), all of them or none: a later
+ * tq_put(indexes) or tq_set_custom_meta fills them, and tq_kv_batch_put finds
+ * the keys there. Without it, nothing changes.
+ * @param [out] indexes_out n indexes, written only on success.
+ * @return TQ_OK; TQ_ERR_INVALID for a bad argument, or new keys in a sealed
+ *         partition; TQ_ERR_NOSPACE past the controller's metadata budget.
+ */
+TQ_EXPORT int tq_kv_indexes(tq_client *c, const char *partition, size_t n,
+                            const char *const *keys, int create, int64_t *indexes_out);
+/**
+ * The keys of n live rows of @p partition by index.
+ * @param [out] keys_p an array of n keys, NULL for a row that has none, in one
+ *                     block to free with tq_kv_keys_free; written only on success.
+ * @return TQ_OK; TQ_ERR_NOT_FOUND for an unknown partition or a row that is not
+ *         live (tq_last_error names it); TQ_ERR_INVALID for a bad argument.
+ */
+TQ_EXPORT int  tq_kv_keys(tq_client *c, const char *partition, size_t n, const int64_t *indexes,
+                          char ***keys_p);
+/** Free what tq_kv_keys returned. NULL is ignored. */
+TQ_EXPORT void tq_kv_keys_free(char **keys);
 
 /*
  * Non-blocking twins: the same arguments, plus a request that completes later.
