@@ -746,7 +746,7 @@ static int ms_left(uint64_t deadline)
  * the controller refused it, or never saw it.
  */
 int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
-            const tq__rows_t *spec, int64_t *indexes_out)
+            const tq__rows_t *spec, int64_t *indexes_out, tq_meta **meta_p)
 {
     /* a non-blocking request's deadline counts from its submission */
     uint64_t deadline = tq__now_ms() + (uint64_t)tq__timeout_left(c->timeout_ms);
@@ -804,7 +804,7 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
                            c->timeout_ms);
         goto abort;
     }
-    off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
+    off = tq__ctrl_begin(cc, meta_p != NULL ? TQ_MSG_COMMIT_META : TQ_MSG_COMMIT);
     tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
     tq_rbuf cr;
     /* the answer is awaited its full margin, past a request's deadline if need
@@ -817,6 +817,8 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
     if (indexes_out != NULL)
         for (uint32_t i = 0; i < a.rows; i++)
             indexes_out[i] = tq_array_i64(a.indexes, i);
+    if (meta_p != NULL) /* committed: an error now is of the answer, not of the put */
+        rc = tq__meta_parse(c, cc, partition, &cr, meta_p);
     goto out;
 abort:
     put_abort(c, cc, a.alloc_id);
@@ -848,7 +850,7 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
     if (rc != TQ_OK)
         return rc;
     tq__rows_t spec = {indexes ? TQ_ROWS_INDEXES : TQ_ROWS_NEW, indexes, NULL, NULL};
-    return tq__put(c, partition, b->rows, b, &spec, indexes_out);
+    return tq__put(c, partition, b->rows, b, &spec, indexes_out, NULL);
 }
 
 /* ---- get ---- */

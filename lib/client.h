@@ -146,10 +146,11 @@ int  tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_
 int  tq__simple_call(tq_client *c, uint16_t type, const tq_wbuf *body, uint32_t *answer_p);
 
 /* Put `rows` rows: the fields of b (NULL: none, keyed puts only) to the rows
- * named by spec, in one ALLOC and (when there are bytes to write) one COMMIT.
- * Arguments are checked by the caller. */
+ * named by spec, in one ALLOC and one COMMIT. With meta_p, the COMMIT's answer
+ * is the meta of the rows written (tq_kv_batch_put_meta). Arguments are
+ * checked by the caller. */
 int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
-            const tq__rows_t *spec, int64_t *indexes_out);
+            const tq__rows_t *spec, int64_t *indexes_out, tq_meta **meta_p);
 
 /* Turn a GET_META/KV_GET reply about rows of partition into a meta; read its
  * columns into a batch; unpin and free it: its rows stay consumed by their

@@ -81,10 +81,10 @@ int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *
 }
 
 int tq__kv_run_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                   const tq_batch *fields, const char *const *tags_json)
+                   const tq_batch *fields, const char *const *tags_json, tq_meta **meta_p)
 {
     tq__rows_t spec = {TQ_ROWS_KEYS, NULL, keys, tags_json};
-    return tq__put(c, partition, (uint32_t)n, fields, &spec, NULL);
+    return tq__put(c, partition, (uint32_t)n, fields, &spec, NULL, meta_p);
 }
 
 TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
@@ -92,7 +92,17 @@ TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
                               const char *const *tags_json)
 {
     int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
-    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json);
+    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json, NULL);
+}
+
+TQ_EXPORT int tq_kv_batch_put_meta(tq_client *c, const char *partition, size_t n,
+                                   const char *const *keys, const tq_batch *fields,
+                                   const char *const *tags_json, tq_meta **meta_p)
+{
+    int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
+    if (rc == TQ_OK && meta_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json, meta_p);
 }
 
 TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,

@@ -100,7 +100,13 @@ static void run(tq_request *r)
 
 static int job_kv_put(tq_request *r)
 {
-    return tq__kv_run_put(r->client, r->partition, r->n, r->keys, r->batch_in, r->tags);
+    return tq__kv_run_put(r->client, r->partition, r->n, r->keys, r->batch_in, r->tags, NULL);
+}
+
+static int job_kv_put_meta(tq_request *r)
+{
+    return tq__kv_run_put(r->client, r->partition, r->n, r->keys, r->batch_in, r->tags,
+                          &r->meta_out);
 }
 
 static int job_kv_get(tq_request *r)
@@ -148,7 +154,7 @@ static int job_put(tq_request *r)
 {
     const tq_batch *b = r->batch_in;
     tq__rows_t spec = {r->indexes ? TQ_ROWS_INDEXES : TQ_ROWS_NEW, r->indexes, NULL, NULL};
-    return tq__put(r->client, r->partition, b->rows, b, &spec, r->indexes_out);
+    return tq__put(r->client, r->partition, b->rows, b, &spec, r->indexes_out, NULL);
 }
 
 static void *worker_main(void *arg)
@@ -256,22 +262,36 @@ static int request_make(tq_client *c, int (*job)(tq_request *), const char *part
     return TQ_OK;
 }
 
-TQ_EXPORT int tq_kv_batch_put_nb(tq_client *c, const char *partition, size_t n,
-                                 const char *const *keys, const tq_batch *fields,
-                                 const char *const *tags_json, tq_request **req_p)
+static int kv_put_submit(tq_client *c, int (*job)(tq_request *), const char *partition,
+                         size_t n, const char *const *keys, const tq_batch *fields,
+                         const char *const *tags_json, tq_request **req_p)
 {
     int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
     if (rc != TQ_OK)
         return rc;
     if (req_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "req_p is NULL");
-    tq_request *r = request_new(job_kv_put, partition, n);
+    tq_request *r = request_new(job, partition, n);
     if (r == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
     r->keys = keys;
     r->tags = tags_json;
     r->batch_in = fields;
     return submit(c, r, req_p);
+}
+
+TQ_EXPORT int tq_kv_batch_put_nb(tq_client *c, const char *partition, size_t n,
+                                 const char *const *keys, const tq_batch *fields,
+                                 const char *const *tags_json, tq_request **req_p)
+{
+    return kv_put_submit(c, job_kv_put, partition, n, keys, fields, tags_json, req_p);
+}
+
+TQ_EXPORT int tq_kv_batch_put_meta_nb(tq_client *c, const char *partition, size_t n,
+                                      const char *const *keys, const tq_batch *fields,
+                                      const char *const *tags_json, tq_request **req_p)
+{
+    return kv_put_submit(c, job_kv_put_meta, partition, n, keys, fields, tags_json, req_p);
 }
 
 TQ_EXPORT int tq_kv_put_nb(tq_client *c, const char *partition, const char *key,

@@ -59,6 +59,7 @@ typedef enum {
     TQ_MSG_SET_CUSTOM_META,   /* replace the custom meta of rows */
     TQ_MSG_KV_INDEXES,        /* keys -> row indexes, maybe making rows for new keys */
     TQ_MSG_KV_KEYS,           /* row indexes -> keys */
+    TQ_MSG_COMMIT_META,       /* COMMIT, answered with the meta of the rows written */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 

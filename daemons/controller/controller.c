@@ -48,7 +48,7 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_UNIT_LEAVE] = "unit_leave", [TQ_MSG_PARTITIONS] = "partitions",
     [TQ_MSG_PING] = "ping", [TQ_MSG_GET_META_ROWS] = "get_meta_rows",
     [TQ_MSG_SET_CUSTOM_META] = "set_custom_meta", [TQ_MSG_KV_INDEXES] = "kv_indexes",
-    [TQ_MSG_KV_KEYS] = "kv_keys",
+    [TQ_MSG_KV_KEYS] = "kv_keys", [TQ_MSG_COMMIT_META] = "commit_meta",
 };
 
 const char *tq__msg_name(uint16_t type)
@@ -569,6 +569,7 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
     case TQ_MSG_UNITS:         return handle_units(c, h, &r);
     case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, body);
     case TQ_MSG_COMMIT:        return tq__handle_commit(c, h, &r);
+    case TQ_MSG_COMMIT_META:   return tq__handle_commit(c, h, &r);
     case TQ_MSG_ABORT:         return tq__handle_abort(c, h, &r);
     case TQ_MSG_GET_META:      return tq__handle_get_meta(c, h, body);
     case TQ_MSG_RELEASE:       return tq__handle_release(c, h, &r);

@@ -212,6 +212,9 @@ void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 /* Pools gained room: try the parked ALLOCs again, oldest first. */
 void tq__retry_parked_allocs(tq_controller *ctl);
 void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+/* Answer with a meta of n rows and every field they all have, pinned, consuming nothing. */
+void tq__reply_rows_meta(conn_t *c, const tq_wire_header_t *h, tq_partition_t *p,
+                         const int64_t *rows, uint32_t n);
 void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 /* Give up a pending put: rows it reserved become free again. */
 void tq__alloc_abort(alloc_t *a);

@@ -13,6 +13,48 @@
 #include "util/common.h"
 #include "util/hashmap.h"
 
+/* The fields every one of n rows has, in schema order; fields has room for all. */
+static uint32_t shared_fields(tq_partition_t *p, const int64_t *rows, uint32_t n,
+                              tq_field_t **fields)
+{
+    uint32_t nf = 0;
+    for (uint32_t i = 0; i < p->num_fields; i++) {
+        bool shared = true;
+        for (uint32_t k = 0; k < n && shared; k++)
+            shared = p->fields[i].cells[rows[k]].produced;
+        if (shared)
+            fields[nf++] = &p->fields[i];
+    }
+    return nf;
+}
+
+/* Answer with a meta of the rows that pins their cells of fields, consuming nothing. */
+static void reply_pinned(conn_t *c, const tq_wire_header_t *h, tq_partition_t *p,
+                         tq_field_t *const *fields, uint32_t nf, const int64_t *rows, uint32_t n)
+{
+    if (nf > TQ_WIRE_MAX_FIELDS) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "the rows share %u fields: name at most %u", nf,
+                        TQ_WIRE_MAX_FIELDS);
+        return;
+    }
+    meta_t *meta = tq__meta_new(c, (size_t)n * nf);
+    if (meta == NULL)
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    else if (tq__reply_meta(c, h, p, fields, (uint16_t)nf, rows, n, meta) != TQ_OK)
+        tq__meta_free(c->ctl, meta, true);
+}
+
+void tq__reply_rows_meta(conn_t *c, const tq_wire_header_t *h, tq_partition_t *p,
+                         const int64_t *rows, uint32_t n)
+{
+    tq_field_t **fields = malloc(p->num_fields * sizeof(*fields) + 1);
+    if (fields == NULL)
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    else
+        reply_pinned(c, h, p, fields, shared_fields(p, rows, n, fields), rows, n);
+    free(fields);
+}
+
 /* KV_GET: pin the rows of the keys, in their order, and answer as GET_META. */
 void tq__handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
@@ -64,29 +106,11 @@ void tq__handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
                 }
             fields[nf++] = f;
         }
-    } else { /* every field all the keys have */
-        for (uint32_t i = 0; i < p->num_fields; i++) {
-            bool shared = true;
-            for (uint32_t k = 0; k < m.count && shared; k++)
-                shared = p->fields[i].cells[rows[k]].produced;
-            if (shared)
-                fields[nf++] = &p->fields[i];
-        }
-        if (nf == 0) {
-            tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "the keys share no field");
-            goto out;
-        }
-        if (nf > TQ_WIRE_MAX_FIELDS) {
-            tq__reply_error(c, h, TQ_ERR_INVALID, "the keys share %u fields: name at most %u", nf,
-                        TQ_WIRE_MAX_FIELDS);
-            goto out;
-        }
+    } else if ((nf = shared_fields(p, rows, m.count, fields)) == 0) {
+        tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "the keys share no field");
+        goto out;
     }
-    meta_t *meta = tq__meta_new(c, (size_t)m.count * nf); /* pins only: it consumes nothing */
-    if (meta == NULL)
-        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
-    else if (tq__reply_meta(c, h, p, fields, (uint16_t)nf, rows, m.count, meta) != TQ_OK)
-        tq__meta_free(c->ctl, meta, true);
+    reply_pinned(c, h, p, fields, nf, rows, m.count);
 out:
     free(fields);
     free(rows);

@@ -132,7 +132,8 @@ static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af,
     return buf;
 }
 
-static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict);
+static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict,
+                          int64_t *rows_out);
 
 /* Read the keys and tags of a keyed ALLOC into a. Returns a message on bad input. */
 static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p, char *buf)
@@ -487,9 +488,11 @@ static void keys_apply(tq_partition_t *p, alloc_t *a, keys_plan_t *kp)
  * Make a pending put visible, all of it or nothing: fields, cells, keys and
  * tags; then free it. Everything that can fail (budgets, memory) is done
  * before the first change. On error the put is aborted and *why says what
- * went wrong.
+ * went wrong. rows_out, when not NULL, gets the rows written (a key that
+ * existed keeps its row: known only now).
  */
-static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict)
+static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict,
+                        int64_t *rows_out)
 {
     tq_partition_t *p = a->part;
     if (p == NULL) {
@@ -553,6 +556,8 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *
             tq__partition_set_cell(p, f, a->indexes[k], &cell);
         }
     }
+    if (rows_out != NULL)
+        memcpy(rows_out, a->indexes, (size_t)a->rows * sizeof(int64_t));
     char *name = strdup(p->name);
     alloc_free(a);
     if (name != NULL)
@@ -561,28 +566,50 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *
     return TQ_OK;
 }
 
+/* COMMIT, or COMMIT_META: the same, answered with the meta of the rows written
+ * (every field they all have now, their custom meta and keys), so a keyed put
+ * says what it left without a second round trip. */
 void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_msg_id_t m;
-    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
-        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r)) {
+        tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
+        return;
+    }
     alloc_t *a = alloc_find(c, m.id);
-    if (a == NULL)
-        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
-                           (unsigned long long)m.id);
+    if (a == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
+                        (unsigned long long)m.id);
+        return;
+    }
     /* the client has given up by now, and been told the put failed */
     if (tq__now_ms() > a->commit_by_ms) {
         tq__alloc_abort(a);
         tq__reply_error(c, h, TQ_ERR_TIMEOUT, "the commit came after its deadline");
         return;
     }
+    /* alloc_commit frees the allocation: keep what the meta answer names */
+    tq_partition_t *p = a->part;
+    uint32_t rows = a->rows;
+    int64_t *indexes = NULL;
+    if (h->type == TQ_MSG_COMMIT_META &&
+        (indexes = malloc((size_t)rows * sizeof(int64_t) + 1)) == NULL) {
+        tq__alloc_abort(a);
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return;
+    }
     const char *why = NULL;
     char conflict[CONFLICT_MAX];
-    int rc = alloc_commit(c->ctl, a, &why, conflict);
+    int rc = alloc_commit(c->ctl, a, &why, conflict, indexes);
     if (rc != TQ_OK)
-        return tq__reply_error(c, h, rc, "%s", why);
-    tq__reply_ok(c, h);
-    tq__reply_send_now(c); /* visible now: the answer must not wait for the loop */
+        tq__reply_error(c, h, rc, "%s", why);
+    else if (indexes != NULL)
+        tq__reply_rows_meta(c, h, p, indexes, rows);
+    else
+        tq__reply_ok(c, h);
+    free(indexes);
+    if (rc == TQ_OK)
+        tq__reply_send_now(c); /* visible now: the answer must not wait for the loop */
 }
 
 void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)

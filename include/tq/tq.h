@@ -354,6 +354,19 @@ TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
                               const char *const *keys, const tq_batch *fields,
                               const char *const *tags_json);
 /**
+ * tq_kv_batch_put, answered with the meta of the keys as the put left them:
+ * rows in the order of keys, every field all of them have now (maybe none),
+ * their merged tags (tq_meta_custom) and keys (tq_meta_key). It pins like
+ * tq_kv_get_meta's, so it may be read; free it with tq_meta_free. The same one
+ * round trip as tq_kv_batch_put (the COMMIT's answer carries the meta).
+ * @return as tq_kv_batch_put; TQ_ERR_INVALID also for a NULL meta_p. An error
+ *         after the commit (out of memory for the meta, a malformed answer)
+ *         leaves the keys written.
+ */
+TQ_EXPORT int tq_kv_batch_put_meta(tq_client *c, const char *partition, size_t n,
+                                   const char *const *keys, const tq_batch *fields,
+                                   const char *const *tags_json, tq_meta **meta_p);
+/**
  * Read n keys, rows in the order of keys. fields NULL: every field produced
  * for all the keys (their intersection). Consumes nothing.
  * @return TQ_OK and *batch_p; TQ_ERR_NOT_FOUND for an unknown partition or key,
@@ -440,7 +453,7 @@ TQ_EXPORT void tq_kv_keys_free(char **keys);
  * from submission (a request whose time ran out in the queue fails unrun).
  * What a call produces is taken from the request once complete:
  * tq_request_take_batch (tq_kv_batch_get_nb, tq_get_data_nb),
- * tq_request_take_meta (tq_get_meta_nb, tq_kv_get_meta_nb),
+ * tq_request_take_meta (tq_get_meta_nb, tq_kv_get_meta_nb, tq_kv_batch_put_meta_nb),
  * tq_request_take_entries (tq_kv_list_nb), tq_request_result (tq_kv_clear_nb's
  * count).
  */
@@ -449,6 +462,9 @@ TQ_EXPORT int tq_kv_put_nb(tq_client *c, const char *partition, const char *key,
 TQ_EXPORT int tq_kv_batch_put_nb(tq_client *c, const char *partition, size_t n,
                                  const char *const *keys, const tq_batch *fields,
                                  const char *const *tags_json, tq_request **req_p);
+TQ_EXPORT int tq_kv_batch_put_meta_nb(tq_client *c, const char *partition, size_t n,
+                                      const char *const *keys, const tq_batch *fields,
+                                      const char *const *tags_json, tq_request **req_p);
 TQ_EXPORT int tq_kv_batch_get_nb(tq_client *c, const char *partition, size_t n,
                                  const char *const *keys, size_t num_fields,
                                  const char *const *fields, tq_request **req_p);

@@ -116,7 +116,7 @@ _PROTOTYPES = {
                               POINTER(c_int64)]),
     "tq_kv_keys": (c_int, [_client_p, c_char_p, c_size_t, POINTER(c_int64),
                            POINTER(POINTER(c_char_p))]),
-    "tq_kv_keys_free": (None, [POINTER(c_char_p), c_size_t]),
+    "tq_kv_keys_free": (None, [POINTER(c_char_p)]),
     "tq_set_custom_meta": (c_int, [_client_p, c_char_p, c_size_t, POINTER(c_int64), _strings]),
     "tq_clear": (c_int, [_client_p, c_char_p, c_size_t, POINTER(c_int64)]),
     "tq_clear_partition": (c_int, [_client_p, c_char_p]),

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _async, _capi, _values
 from ._capi import lib
-from ._errors import ERR_INVALID, ERR_NOT_FOUND, ERR_TIMEOUT, InvalidArgumentError, error
+from ._errors import ERR_INVALID, ERR_TIMEOUT, InvalidArgumentError, error
 from ._meta import CMeta, batch_meta
 from .metadata import READY_FOR_CONSUME, BatchMeta
 
@@ -369,19 +369,22 @@ class TransferQueueClient:
                 "set_custom_meta")
 
     def kv_retrieve_meta(self, keys, partition_id, create=False):
-        """The BatchMeta of keys' rows (create: new keys get rows). Unknown keys without
-        create: an empty BatchMeta."""
+        """The BatchMeta of keys' rows, in their order (create: new keys get rows first);
+        keys that have none are left out, so unknown keys give an empty BatchMeta."""
         keys = _names(keys, "keys")
+        if not keys:
+            return BatchMeta.empty()
         partition = _name(partition_id, "partition_id")
         indexes = (c_int64 * len(keys))()
-        rc = lib.tq_kv_indexes(self.handle, partition, len(keys), _capi.strings(keys),
-                               int(bool(create)), indexes)
-        if rc < 0 and not create and rc == ERR_NOT_FOUND:
+        self._check(lib.tq_kv_indexes(self.handle, partition, len(keys), _capi.strings(keys),
+                                      int(bool(create)), indexes), "kv_retrieve_meta")
+        found = [i for i in indexes if i >= 0]
+        if not found:
             return BatchMeta.empty()
-        self._check(rc, "kv_retrieve_meta")
         handle = c_void_p()
-        self._check(lib.tq_get_meta_rows(self.handle, partition, len(keys), indexes, 0, None,
-                                         byref(handle)), "kv_retrieve_meta")
+        self._check(lib.tq_get_meta_rows(self.handle, partition, len(found),
+                                         (c_int64 * len(found))(*found), 0, None, byref(handle)),
+                    "kv_retrieve_meta")
         return batch_meta(CMeta(handle), ready=False)
 
     def kv_retrieve_keys(self, global_indexes, partition_id):
@@ -394,7 +397,7 @@ class TransferQueueClient:
         try:
             return [None if keys[i] is None else keys[i].decode() for i in range(len(indexes))]
         finally:
-            lib.tq_kv_keys_free(keys, len(indexes))
+            lib.tq_kv_keys_free(keys)
 
     def kv_list(self, partition_id=None):
         """{partition: {key: tag}}; an unknown partition gives {}."""

@@ -207,7 +207,7 @@ static void reader_reply(reader_t *rd)
         rd->last_sentinel = h->request_id;
     bool has_id = h->type == TQ_MSG_HELLO || h->type == TQ_MSG_ALLOC ||
                   h->type == TQ_MSG_GET_META || h->type == TQ_MSG_KV_GET ||
-                  h->type == TQ_MSG_GET_META_ROWS;
+                  h->type == TQ_MSG_GET_META_ROWS || h->type == TQ_MSG_COMMIT_META;
     if (status == TQ_OK && has_id && rd->head_len == 12)
         rd->last_id = get_le(rd->head + 4, 8);
 }

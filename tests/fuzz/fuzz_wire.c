@@ -350,6 +350,7 @@ static void request(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     }
     case TQ_MSG_ALLOC: alloc_request(r, w); break;
     case TQ_MSG_COMMIT:
+    case TQ_MSG_COMMIT_META:
     case TQ_MSG_ABORT:
     case TQ_MSG_RELEASE:
     case TQ_MSG_RELEASE_UNREAD:
@@ -513,6 +514,7 @@ static void reply(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     }
     case TQ_MSG_GET_META:
     case TQ_MSG_GET_META_ROWS:
+    case TQ_MSG_COMMIT_META:
     case TQ_MSG_KV_GET: meta_reply(r, w); break;
     case TQ_MSG_KV_INDEXES: { /* one i64 per key: as many as are there */
         uint64_t n = (uint64_t)(r->end - r->p) / 8;
