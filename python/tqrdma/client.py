@@ -124,12 +124,13 @@ class TransferQueueClient:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(ERR_INVALID, f"get_meta: batch_size must be a positive int, "
                                                     f"not {batch_size!r}")
-        fields = _names(data_fields or [], "data_fields")
+        # insert makes rows with no field yet: its data_fields are the put's business
+        fields = [] if mode == "insert" else _names(data_fields or [], "data_fields")
         config = dict(sampling_config or {})
         sampler = _sampler(config.pop("sampler", None)) or self.sampler
         keep = [_name(partition_id, "partition_id"), _capi.strings(fields)]
-        args = _capi.FetchArgs(partition=keep[0], fields=keep[1], num_fields=len(fields),
-                               batch_size=batch_size, mode=_MODES[mode])
+        args = _capi.FetchArgs(partition=keep[0], fields=keep[1] if fields else None,
+                               num_fields=len(fields), batch_size=batch_size, mode=_MODES[mode])
         if task_name is not None:
             keep.append(_name(task_name, "task_name"))
             args.task = keep[-1]
