@@ -1066,8 +1066,11 @@ int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args,
         m.fields[i] = (tq_str_t){args->fields[i], (uint16_t)strlen(args->fields[i])};
     size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META);
     tq_wire_encode_get_meta(&cc->out, &m);
-    /* the controller answers by its own deadline; ours only guards against its death */
-    int wait = args->timeout_ms < 0 ? -1 : args->timeout_ms + c->timeout_ms;
+    /* the controller answers by its own deadline; ours only guards against its death
+     * (FORCE and INSERT never wait there) */
+    int wait = args->mode != TQ_FETCH_READY ? c->timeout_ms
+               : args->timeout_ms < 0       ? -1
+                                            : args->timeout_ms + c->timeout_ms;
     tq_rbuf r;
     int rc = tq__call(c, cc, off, wait, &r);
     return rc == TQ_OK ? tq__meta_parse(c, cc, args->partition, &r, meta_p) : rc;

@@ -220,8 +220,9 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
  * (tq_meta_has_cell); tq_get_data of a meta with an absent cell fails.
  * TQ_FETCH_INSERT makes batch_size new rows (live, no field produced; the
  * partition is created if new) and answers with a meta of them and no fields:
- * tq_put(tq_meta_indexes(m)) fills them. Neither takes a task, sampler or
- * sampler_args, nor waits.
+ * tq_put(tq_meta_indexes(m)) fills them. Neither waits (timeout_ms is not
+ * used) nor takes a sampler or sampler_args; a task may be NULL (one given is
+ * checked as a name, and counts for nothing).
  * @return TQ_OK; TQ_ERR_TIMEOUT when too few rows were ready (nothing consumed);
  *         TQ_ERR_END once the partition is sealed and the task has taken every
  *         row that is not lost; TQ_ERR_INVALID for missing fields, task or batch
