@@ -1259,7 +1259,7 @@ int tq__meta_field_complete(const tq_client *c, const tq_meta *m, const tq__meta
 
 int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
 {
-    for (uint16_t k = 0; k < m->num_fields; k++) {
+    for (uint16_t k = 0; k < m->num_fields; k++) { /* a FORCE meta may lack cells */
         int rc = tq__meta_field_complete(c, m, &m->fields[k]);
         if (rc != TQ_OK)
             return rc;

@@ -140,7 +140,9 @@ int tq__meta_check_into(tq_client *c, const tq_meta *m, const tq_batch *dst)
         if (mf == NULL)
             return tq__set_error(c, TQ_ERR_INVALID, "field %s of dst is not in the meta",
                                  f->name);
-        int rc = check_field(c, m, f, mf);
+        int rc = tq__meta_field_complete(c, m, mf); /* a FORCE meta may lack cells */
+        if (rc == TQ_OK)
+            rc = check_field(c, m, f, mf);
         if (rc != TQ_OK)
             return rc;
     }

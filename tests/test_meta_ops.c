@@ -297,6 +297,17 @@ META_TEST(force_fetch)
     cr_assert(eq(int, tq_get_data(c, m, &got), TQ_ERR_NOT_FOUND), "absent cells are not read");
     cr_expect(eq(ptr, got, (tq_batch *)(uintptr_t)0x5e5e));
     error_names(c, "absent cell", "row 3", "b", NULL);
+    /* nor into the caller's memory: nothing of it is written */
+    int64_t into_b[5];
+    memset(into_b, 0x5a, sizeof(into_b));
+    tq_batch *dst = NULL;
+    cr_assert(eq(int, tq_batch_create(5, &dst), TQ_OK));
+    cr_assert(eq(int, tq_batch_add_tensor(dst, "b", TQ_DTYPE_I64, 0, NULL, into_b), TQ_OK));
+    cr_assert(eq(int, tq_get_data_into(c, m, dst), TQ_ERR_NOT_FOUND), "absent cells read into");
+    error_names(c, "absent cell into", "row 3", "b", NULL);
+    for (int i = 0; i < 5; i++)
+        cr_expect(eq(u64, (uint64_t)into_b[i], 0x5a5a5a5a5a5a5a5aull), "row %d written", i);
+    tq_batch_destroy(dst);
     tq_meta_free(m);
     expect_consumed(c, part, "t", "11000");
 
