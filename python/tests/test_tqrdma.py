@@ -102,7 +102,7 @@ class KVTests:
             self.assertEqual(0, _capi.lib.tq_batch_add_tensor(
                 batch, b"bf", _capi.DTYPE_BF16, 1, shape, bits.ctypes.data))
             self.assertEqual(0, _capi.lib.tq_kv_batch_put(
-                tq._client, self.p.encode(), 2, _capi.strings(["a", "b"]), batch, None))
+                tq.get_client().handle, self.p.encode(), 2, _capi.strings(["a", "b"]), batch, None))
         finally:
             _capi.lib.tq_batch_destroy(batch)
         assert_same(self, bits, tq.kv_batch_get(["a", "b"], self.p)["bf"])
@@ -118,7 +118,7 @@ class KVTests:
         self.assertEqual({self.p: want}, listed)
         self.assertEqual(["a", "b", "c", "d"], list(listed[self.p]))  # insertion order
         self.assertEqual(want, tq.kv_list()[self.p])
-        self.assertEqual({"no-such-partition": {}}, tq.kv_list("no-such-partition"))
+        self.assertEqual({}, tq.kv_list("no-such-partition"))  # as TransferQueue
 
     def test_select_fields(self):
         tq.kv_batch_put(["a", "b"], self.p, fields={"x": np.ones((2, 2)), "y": [b"1", b"2"],
@@ -131,7 +131,7 @@ class KVTests:
 
     def test_clear_then_get_fails(self):
         tq.kv_batch_put(["a", "b", "c"], self.p, fields={"x": np.arange(3)})
-        self.assertEqual(2, tq.kv_clear(["a", "c", "never-there"], self.p))
+        self.assertIsNone(tq.kv_clear(["a", "c", "never-there"], self.p))  # as TransferQueue
         with self.assertRaises(tq.NotFoundError) as cm:
             tq.kv_batch_get(["a"], self.p)
         self.assertEqual(tq.ERR_NOT_FOUND, cm.exception.status)
@@ -139,11 +139,12 @@ class KVTests:
         self.assertIn("a", str(cm.exception))
         assert_same(self, np.arange(3)[1:2], tq.kv_batch_get("b", self.p)["x"])
         self.assertEqual({self.p: {"b": {}}}, tq.kv_list(self.p))
-        self.assertEqual(0, tq.kv_clear("a", self.p))
+        tq.kv_clear("a", self.p)  # absent: ignored
+        self.assertEqual({self.p: {"b": {}}}, tq.kv_list(self.p))
 
     def test_bad_arguments(self):
         x3 = np.zeros((3, 2), np.float32)
-        with self.assertRaisesRegex(tq.InvalidArgumentError, "'x'.*first dimension 3 for 2 keys"):
+        with self.assertRaisesRegex(tq.InvalidArgumentError, "'x' has 3 rows for 2 keys"):
             tq.kv_batch_put(["a", "b"], self.p, fields={"x": x3})
         with self.assertRaisesRegex(ValueError, "'y'.*3 rows for 2 keys"):
             tq.kv_batch_put(["a", "b"], self.p, fields={"y": [b"1", b"2", b"3"]})
@@ -168,7 +169,7 @@ class KVTests:
         # nothing above was written
         with self.assertRaises(tq.NotFoundError):
             tq.kv_batch_get(["a"], self.p)
-        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertEqual({}, tq.kv_list(self.p))
         # unknown partition, unknown key: the message names what is missing
         tq.kv_put("a", self.p, fields={"x": np.zeros(2)})
         with self.assertRaisesRegex(tq.NotFoundError, "no-such-partition"):
@@ -201,7 +202,7 @@ class KVTests:
                 self.assertEqual(tq.ERR_INVALID, cm.exception.status)
                 self.assertIn(what, str(cm.exception))
                 self.assertIn("NUL", str(cm.exception))
-        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertEqual({}, tq.kv_list(self.p))
         self.assertNotIn(self.p + "\0x", tq.kv_list())
 
     def test_empty_and_long_names_name_the_argument(self):
@@ -221,7 +222,7 @@ class KVTests:
                 with self.assertRaises(tq.InvalidArgumentError) as cm:
                     call()
                 self.assertIn(what, str(cm.exception))
-        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertEqual({}, tq.kv_list(self.p))
         tq.kv_put("n" * 255, self.p, fields={"f" * 255: x[0]})  # the longest names are fine
         self.assertEqual(["n" * 255], list(tq.kv_list(self.p)[self.p]))
 
@@ -231,7 +232,7 @@ class KVTests:
         for first in range(0, len(keys), 10000):
             tq.kv_batch_put(keys[first:first + 10000], self.p, tags=[{}] * 10000)
         entries = ctypes.c_void_p()
-        self.assertEqual(0, _capi.lib.tq_kv_list_page(tq._client, self.p.encode(), None, 0,
+        self.assertEqual(0, _capi.lib.tq_kv_list_page(tq.get_client().handle, self.p.encode(), None, 0,
                                                       byref(entries)))
         try:
             page = _capi.lib.tq_kv_entries_size(entries)
@@ -264,9 +265,9 @@ class KVTests:
         blobs = [b"first", b"second", b"third"]
         strided = np.arange(6, dtype=np.int32)[::2]
         seen = {}
-        real_put = _capi.lib.tq_kv_batch_put
+        real_put = _capi.lib.tq_kv_batch_put_meta
 
-        def spy(client, partition, n, keys, batch, tags):
+        def spy(client, partition, n, keys, batch, tags, meta_p):
             info = _capi.FieldInfo()
             self.assertEqual(0, _capi.lib.tq_batch_field(batch, b"tensor", byref(info)))
             seen["tensor"] = info.data
@@ -275,9 +276,9 @@ class KVTests:
                              for i in range(3)]
             self.assertEqual(0, _capi.lib.tq_batch_field(batch, b"strided", byref(info)))
             seen["strided"] = info.data
-            return real_put(client, partition, n, keys, batch, tags)
+            return real_put(client, partition, n, keys, batch, tags, meta_p)
 
-        with mock.patch.object(_capi.lib, "tq_kv_batch_put", spy):
+        with mock.patch.object(_capi.lib, "tq_kv_batch_put_meta", spy):
             tq.kv_batch_put(["a", "b", "c"], self.p, fields={
                 "tensor": tensor, "rows": rows, "blobs": blobs, "strided": strided})
         self.assertEqual(tensor.ctypes.data, seen["tensor"])
@@ -381,8 +382,9 @@ class LifecycleTest(unittest.TestCase):
         os.environ.pop("TQ_CONTROLLER", None)
         tq.init("embedded")
         try:
-            with self.assertRaisesRegex(RuntimeError, "already"):
-                tq.init()
+            client = tq.get_client()
+            tq.init()  # as TransferQueue's: the process stays on its connection
+            self.assertIs(client, tq.get_client())
             self.assertIsInstance(tq.kv_list(), dict)
         finally:
             tq.close()

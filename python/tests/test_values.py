@@ -21,7 +21,7 @@ except ImportError:  # unittest discover (ctest `python`) imports this file too
 import numpy as np
 
 import tqrdma as tq
-from tqrdma import _capi, _values
+from tqrdma import _capi, _errors, _values
 from tqrdma._capi import lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +34,7 @@ needs_labels = pytest.mark.skipif(not LABELS, reason="libtqrdma without format l
 
 def _check(client, rc, what):
     if rc < 0:
-        raise tq.error(rc, what, lib.tq_last_error(client).decode(errors="replace"))
+        raise _errors.error(rc, what, lib.tq_last_error(client).decode(errors="replace"))
     return rc
 
 

@@ -789,7 +789,7 @@ def rows_of(fields, what):
                         f"{type(fields).__name__}")
     if not fields:
         raise InvalidArgumentError(ERR_INVALID, f"{what}: fields: at least one is required")
-    counts = {name: _column_rows(value) for name, value in fields.items()}
+    counts = {name: _column_rows(name, value) for name, value in fields.items()}
     first = next(iter(counts.values()))
     for name, n in counts.items():
         if n != first:
@@ -798,7 +798,10 @@ def rows_of(fields, what):
     return first
 
 
-def _column_rows(value):
+def _column_rows(name, value):
+    if isinstance(value, (str, *_BYTES_LIKE)):
+        raise TypeError(f"field {name!r}: a {type(value).__name__} is one value; a column is "
+                        f"a list of one per row")
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):
         return value.size(0) if value.dim() else 0

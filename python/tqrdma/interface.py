@@ -115,20 +115,23 @@ def _one_key(fields):
 def _put_args(keys, partition_id, fields, tags, data_parser, what):
     keys = _names(keys, "keys", allow_str=False)
     if fields is None and tags is None:
-        raise ValueError(f"{what}: give fields or tags (or both)")
+        raise InvalidArgumentError(ERR_INVALID, f"{what}: give fields or tags (or both)")
     if not keys:
         raise InvalidArgumentError(ERR_INVALID, f"{what}: keys: at least one is required")
     if tags is not None:
         tags = list(tags)
         if len(tags) != len(keys):
-            raise ValueError(f"{what}: {len(tags)} tags for {len(keys)} keys")
+            raise InvalidArgumentError(ERR_INVALID, f"{what}: {len(tags)} tags for "
+                                                    f"{len(keys)} keys")
         for i, t in enumerate(tags):
             if t is not None and not isinstance(t, dict):
                 raise TypeError(f"{what}: tags[{i}] is a dict, not {type(t).__name__}")
     if fields is not None:
         rows = _values.rows_of(fields, what)
         if rows != len(keys):
-            raise ValueError(f"{what}: fields have {rows} rows for {len(keys)} keys")
+            first = next(iter(_values.plain_columns(fields)))
+            raise InvalidArgumentError(ERR_INVALID, f"{what}: field {first!r} has {rows} rows "
+                                                    f"for {len(keys)} keys")
         if data_parser is not None:
             data_parser(_values.plain_columns(fields))  # changes the values in place
     return keys, _name(partition_id, "partition_id"), tags
