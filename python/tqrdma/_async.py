@@ -2,11 +2,20 @@
 
 A request (tq_*_nb) runs on the library's own few workers; its file descriptor
 becomes readable when it completes, and the event loop watches that.
+
+A request borrows its arguments' memory (names, batches, tensors) until it
+completes, whatever happens to the coroutine that awaits it: one whose waiter
+is cancelled or dropped becomes an orphan, held (with what it borrows) by a
+strong reference until it is seen complete, never left to the garbage
+collector, which frees a cycle's members in any order.
 """
 import asyncio
+import select
 from ctypes import byref, c_void_p
 
 from ._capi import lib
+
+_orphans = set()
 
 
 class Request:
@@ -14,6 +23,11 @@ class Request:
 
     def __init__(self, client, handle, keep):
         self.client, self.handle, self.keep = client, handle, keep
+
+    def done(self):
+        """Whether it has completed (its fd is readable), without waiting."""
+        fd = lib.tq_request_fd(self.handle)
+        return fd < 0 or bool(select.select([fd], [], [], 0)[0])
 
     def status(self):
         """The request's own status, once complete (its fd was readable)."""
@@ -24,17 +38,25 @@ class Request:
         return lib.tq_last_error(self.client.handle).decode(errors="replace")
 
     def free(self):
-        handle, self.handle, self.keep = self.handle, None, None
+        """Free it (waiting for it to complete first), then what it borrowed."""
+        handle, self.handle = self.handle, None
         if handle:
             lib.tq_request_free(handle)
+        self.keep = None
 
-    def __del__(self):
-        self.free()
+
+def reap(client=None, wait=False):
+    """Free the orphans that completed (wait: all of them, or client's), e.g. before
+    the client closes."""
+    for request in list(_orphans):
+        if (client is None or request.client is client) and (wait or request.done()):
+            _orphans.discard(request)
+            request.free()
 
 
 async def wait(request):
-    """Wait for request without blocking the loop; return its status. A cancelled wait
-    leaves the request to finish in the background, its buffers still kept."""
+    """Wait for request without blocking the loop; return its status."""
+    reap()
     loop = asyncio.get_running_loop()
     fd = lib.tq_request_fd(request.handle)
     done = loop.create_future()
@@ -46,10 +68,10 @@ async def wait(request):
 
     loop.add_reader(fd, readable)
     try:
-        await asyncio.shield(done)
-    except asyncio.CancelledError:
-        # the library still writes into the kept buffers: free only once complete
-        done.add_done_callback(lambda _: request.free())
+        await done
+    except BaseException:  # cancelled, or the coroutine dropped: it still runs
+        loop.remove_reader(fd)
+        _orphans.add(request)
         raise
     return request.status()
 

@@ -103,9 +103,11 @@ class TransferQueueClient:
         return lib.tq_controller_address(self.handle).decode()
 
     def close(self):
-        handle, self._c = getattr(self, "_c", None), None
-        if handle:
-            lib.tq_close(handle)
+        if getattr(self, "_c", None) is None:
+            return
+        _async.reap(self, wait=True)  # requests whose waiters went away still borrow memory
+        handle, self._c = self._c, None
+        lib.tq_close(handle)
 
     def __del__(self):
         self.close()

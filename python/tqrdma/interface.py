@@ -178,7 +178,13 @@ def kv_put(key, partition_id, fields=None, tag=None, data_parser=None):
 
 
 def _get_fields(select_fields):
-    return None if select_fields is None else _names(select_fields, "select_fields")
+    if select_fields is None:
+        return None
+    names = _names(select_fields, "select_fields")
+    if not names:
+        raise InvalidArgumentError(ERR_INVALID, "select_fields: at least one is required "
+                                                "(None reads every field)")
+    return names
 
 
 def _kv_meta(keys, partition_id, select_fields):
