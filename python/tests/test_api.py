@@ -302,3 +302,25 @@ def test_async_client_twins(tq_api, partition):
         assert partition in await client.async_get_partition_list()
         await client.async_clear_partition(partition)
     asyncio.run(main())
+
+
+def test_metas_and_data_outlive_close():
+    """A BatchMeta and the tensors read through it may outlive tq.close() (the process's
+    exit included): the library's meta is let go before its client, and the data keep
+    their memory. Before, the meta's finalizer ran after the client was freed: a crash,
+    which UCX's error handler turned into a hang."""
+    import subprocess
+    import sys
+    script = (
+        "import numpy as np, tqrdma as tq\n"
+        "tq.init()\n"
+        "c = tq.get_client()\n"
+        "c.put({'x': np.arange(12).reshape(4, 3)}, partition_id='p')\n"
+        "meta = c.get_meta(['x'], 4, 'p', task_name='t', timeout_ms=0)\n"
+        "data = c.get_data(meta)\n"
+        "tq.close()\n"
+        "assert data['x'].sum() == 66, data\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

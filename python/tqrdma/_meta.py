@@ -10,12 +10,14 @@ from .metadata import READY_FOR_CONSUME, BatchMeta
 
 
 class CMeta:
-    """A tq_meta: pins its rows' data until it is garbage collected (tq_meta_free)."""
+    """A tq_meta: pins its rows' data until it is freed, when garbage collected or when its
+    client closes (a meta must not outlive its client: tq_meta_free needs it)."""
 
-    __slots__ = ("handle", "rows", "indexes", "partition")
+    __slots__ = ("handle", "rows", "indexes", "partition", "__weakref__")
 
-    def __init__(self, handle):
+    def __init__(self, client, handle):
         self.handle = handle if isinstance(handle, c_void_p) else c_void_p(handle)
+        client._metas.add(self)
         self.rows = lib.tq_meta_rows(self.handle)
         ptr = lib.tq_meta_indexes(self.handle)
         self.indexes = [ptr[i] for i in range(self.rows)]
@@ -37,13 +39,15 @@ class CMeta:
 
     def covers(self, meta):
         """Whether this handle can read meta's rows: the same rows, in the same order."""
-        return (meta.global_indexes == self.indexes
+        return (self.handle is not None and meta.global_indexes == self.indexes
                 and all(p == self.partition for p in meta.partition_ids))
 
-    def __del__(self):
+    def free(self):
         handle, self.handle = getattr(self, "handle", None), None
         if handle:
             lib.tq_meta_free(handle)
+
+    __del__ = free
 
 
 def batch_meta(cmeta, ready=True):

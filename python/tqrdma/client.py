@@ -8,6 +8,7 @@ short control calls, run on the loop's default executor.
 import asyncio
 import functools
 import json
+import weakref
 from ctypes import POINTER, byref, c_char_p, c_int64, c_uint8, c_void_p
 
 import numpy as np
@@ -88,6 +89,7 @@ class TransferQueueClient:
         if rc < 0:
             raise error(rc, "init", lib.tq_last_error(None).decode(errors="replace"))
         self._c = handle
+        self._metas = weakref.WeakSet()  # freed before the client: they need it
         self.polling_mode = bool(polling_mode)
         self.sampler = _sampler(sampler)
 
@@ -106,6 +108,8 @@ class TransferQueueClient:
         if getattr(self, "_c", None) is None:
             return
         _async.reap(self, wait=True)  # requests whose waiters went away still borrow memory
+        for meta in list(self._metas):
+            meta.free()
         handle, self._c = self._c, None
         lib.tq_close(handle)
 
@@ -151,7 +155,7 @@ class TransferQueueClient:
         if rc == ERR_TIMEOUT and self.polling_mode:
             return BatchMeta.empty()
         self._check(rc, what)
-        return batch_meta(CMeta(handle), ready=mode == "fetch")
+        return batch_meta(CMeta(self, handle), ready=mode == "fetch")
 
     def get_meta(self, data_fields, batch_size, partition_id, mode="fetch", task_name=None,
                  sampling_config=None, timeout_ms=None):
@@ -191,7 +195,7 @@ class TransferQueueClient:
                 return BatchMeta.empty()
             raise error(status, "get_meta", detail)
         request.free()
-        return batch_meta(CMeta(handle), ready=mode == "fetch")
+        return batch_meta(CMeta(self, handle), ready=mode == "fetch")
 
     # ---- put ----
     def _put_plan(self, data, metadata, partition_id):
@@ -264,7 +268,7 @@ class TransferQueueClient:
             self.handle, _name(metadata.partition_ids[0], "partition_id"), metadata.size,
             (c_int64 * metadata.size)(*metadata.global_indexes), len(fields),
             _capi.strings(fields), byref(handle)), what)
-        return CMeta(handle)
+        return CMeta(self, handle)
 
     def get_data(self, metadata):
         """The data of metadata's rows and fields, as a TensorDict (a dict without tensordict).
@@ -388,7 +392,7 @@ class TransferQueueClient:
         self._check(lib.tq_get_meta_rows(self.handle, partition, len(found),
                                          (c_int64 * len(found))(*found), 0, None, byref(handle)),
                     "kv_retrieve_meta")
-        return batch_meta(CMeta(handle), ready=False)
+        return batch_meta(CMeta(self, handle), ready=False)
 
     def kv_retrieve_keys(self, global_indexes, partition_id):
         """The keys of rows (None for a row without a key)."""

@@ -147,10 +147,14 @@ def _tags_c(tags):
                                                       for t in tags])
 
 
-def _put_meta(handle, keys, partition_id):
-    """The KVBatchMeta of a keyed put's answer: every field the keys have now, merged tags."""
-    cmeta = CMeta(handle)
-    return KVBatchMeta(keys, cmeta.custom_meta(), partition_id, cmeta.field_names())
+def _put_meta(client, handle, keys, partition_id):
+    """The KVBatchMeta of a keyed put's answer: every field the keys have now, merged tags
+    (the meta's pins are let go at once: a KVBatchMeta names keys, not data)."""
+    cmeta = CMeta(client, handle)
+    try:
+        return KVBatchMeta(keys, cmeta.custom_meta(), partition_id, cmeta.field_names())
+    finally:
+        cmeta.free()
 
 
 def kv_batch_put(keys, partition_id, fields=None, tags=None, data_parser=None):
@@ -165,7 +169,7 @@ def kv_batch_put(keys, partition_id, fields=None, tags=None, data_parser=None):
         client._check(lib.tq_kv_batch_put_meta(client.handle, partition, len(keys),
                                                _capi.strings(keys), batch and batch.handle,
                                                _tags_c(tags), byref(handle)), "kv_batch_put")
-    return _put_meta(handle, keys, partition_id)
+    return _put_meta(client, handle, keys, partition_id)
 
 
 def kv_put(key, partition_id, fields=None, tag=None, data_parser=None):
@@ -270,7 +274,7 @@ async def async_kv_batch_put(keys, partition_id, fields=None, tags=None, data_pa
     await _await(client, request, "kv_batch_put")
     handle = lib.tq_request_take_meta(request.handle)
     request.free()
-    return _put_meta(handle, keys, partition_id)
+    return _put_meta(client, handle, keys, partition_id)
 
 
 async def async_kv_put(key, partition_id, fields=None, tag=None, data_parser=None):
