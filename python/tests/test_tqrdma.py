@@ -2,13 +2,7 @@
 tq-storage processes (TQ_CONTROLLER_BIN, TQ_STORAGE_BIN; ctest passes them)."""
 import ctypes
 import os
-import select
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import time
 import unittest
 from ctypes import byref
 from unittest import mock
@@ -16,9 +10,8 @@ from unittest import mock
 import numpy as np
 
 import tqrdma as tq
+from conftest import Cluster
 from tqrdma import _capi
-
-START_TIMEOUT = 10.0
 
 
 def assert_same(test, want, got):
@@ -309,70 +302,19 @@ class DaemonTest(KVTests, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        controller_bin = os.environ.get("TQ_CONTROLLER_BIN")
-        storage_bin = os.environ.get("TQ_STORAGE_BIN")
-        if not controller_bin or not storage_bin:
-            raise unittest.SkipTest("TQ_CONTROLLER_BIN and TQ_STORAGE_BIN are not set")
-        cls.dir = tempfile.mkdtemp(prefix="tq-py-")
-        cls.procs = []
+        cls.cluster = Cluster()
         try:
-            port_file = os.path.join(cls.dir, "port")
-            cls.procs.append(subprocess.Popen(
-                [controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file],
-                stdout=subprocess.DEVNULL))
-            address = cls._wait_port_file(port_file)
-            storage = subprocess.Popen([storage_bin, "--controller", address, "--pool-size", "64M"],
-                                       stdout=subprocess.PIPE)
-            cls.procs.append(storage)
-            # it prints "unit N" once the controller knows it
-            ready, _, _ = select.select([storage.stdout], [], [], START_TIMEOUT)
-            line = storage.stdout.readline() if ready else b""
-            if not line.startswith(b"unit"):
-                raise RuntimeError(f"tq-storage did not register with {address}: {line!r}")
-            tq.init(address)
+            tq.init(cls.cluster.address)
         except BaseException:
-            cls._stop()
+            cls.cluster.stop()
             raise
 
     @classmethod
     def tearDownClass(cls):
         tq.close()
-        codes = cls._stop()
+        codes = cls.cluster.stop()
         if codes != [0, 0]:
             raise AssertionError(f"daemons exited with {codes} on SIGTERM, want [0, 0]")
-
-    @classmethod
-    def _wait_port_file(cls, path):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                with open(path) as f:
-                    line = f.readline().strip()
-                if ":" in line:
-                    return line
-            except FileNotFoundError:
-                pass
-            if cls.procs[0].poll() is not None:
-                break
-            time.sleep(0.01)
-        raise RuntimeError(f"tq-controller wrote no address to {path}")
-
-    @classmethod
-    def _stop(cls):
-        """SIGTERM, storage first; a bounded wait, then SIGKILL. The exit codes."""
-        codes = []
-        for p in reversed(cls.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            try:
-                codes.append(p.wait(timeout=10))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes.append(p.wait())
-            if p.stdout:
-                p.stdout.close()
-        shutil.rmtree(cls.dir, ignore_errors=True)
-        return codes
 
 
 class LifecycleTest(unittest.TestCase):

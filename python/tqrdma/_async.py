@@ -14,6 +14,7 @@ import select
 from ctypes import byref, c_void_p
 
 from ._capi import lib
+from ._errors import error
 
 _orphans = set()
 
@@ -74,6 +75,17 @@ async def wait(request):
         _orphans.add(request)
         raise
     return request.status()
+
+
+async def wait_ok(request, what):
+    """wait, then the request itself (complete, its results to take), or the exception
+    its failure stands for (the request freed)."""
+    status = await wait(request)
+    if status < 0:
+        detail = request.error()
+        request.free()
+        raise error(status, what, detail)
+    return request
 
 
 def submit(client, call, *args, keep=()):

@@ -151,10 +151,13 @@ class TransferQueueClient:
         args.timeout_ms = timeout_ms
         return args, keep
 
-    def _meta_or_empty(self, rc, handle, mode, what):
+    def _meta_or_empty(self, rc, handle, mode, what, detail=None):
+        """The BatchMeta of a get_meta's outcome: polling mode answers a shortfall empty."""
         if rc == ERR_TIMEOUT and self.polling_mode:
             return BatchMeta.empty()
-        self._check(rc, what)
+        if rc < 0:
+            raise error(rc, what, detail if detail is not None else
+                        lib.tq_last_error(self._c).decode(errors="replace"))
         return batch_meta(CMeta(self, handle), ready=mode == "fetch")
 
     def get_meta(self, data_fields, batch_size, partition_id, mode="fetch", task_name=None,
@@ -184,18 +187,20 @@ class TransferQueueClient:
                              task_name=None, sampling_config=None, timeout_ms=None):
         args, keep = self._fetch_args(data_fields, batch_size, partition_id, mode, task_name,
                                       sampling_config, timeout_ms)
-        rc, request = _async.submit(self, lib.tq_get_meta_nb, byref(args), keep=[args, keep])
-        self._check(rc, "get_meta")
-        status = await _async.wait(request)
-        handle = lib.tq_request_take_meta(request.handle) if status >= 0 else None
-        if status < 0:
+        forever = args.timeout_ms < 0  # a request's wait is bounded: ask again, as get_meta
+        while True:
+            rc, request = _async.submit(self, lib.tq_get_meta_nb, byref(args),
+                                        keep=[args, keep])
+            self._check(rc, "get_meta")
+            status = await _async.wait(request)
+            if status >= 0:
+                handle = lib.tq_request_take_meta(request.handle)
+                request.free()
+                return batch_meta(CMeta(self, handle), ready=mode == "fetch")
             detail = request.error()
             request.free()
-            if status == ERR_TIMEOUT and self.polling_mode:
-                return BatchMeta.empty()
-            raise error(status, "get_meta", detail)
-        request.free()
-        return batch_meta(CMeta(self, handle), ready=mode == "fetch")
+            if status != ERR_TIMEOUT or not forever:
+                return self._meta_or_empty(status, None, mode, "get_meta", detail)
 
     # ---- put ----
     def _put_plan(self, data, metadata, partition_id):
@@ -240,16 +245,8 @@ class TransferQueueClient:
         except BaseException:
             batch.close()
             raise
-        await self._wait_checked(request, "put")
+        await _async.wait_ok(request, "put")
         return self._put_result(data, metadata, partition, out, rows)
-
-    async def _wait_checked(self, request, what):
-        status = await _async.wait(request)
-        if status < 0:
-            detail = request.error()
-            request.free()
-            raise error(status, what, detail)
-        return request
 
     # ---- get_data ----
     def _readable(self, metadata, what):
@@ -287,7 +284,7 @@ class TransferQueueClient:
         if fields is None:  # the whole meta: into the library's pooled buffers
             rc, request = _async.submit(self, lib.tq_get_data_nb, cmeta.handle, keep=[cmeta])
             self._check(rc, "get_data")
-            await self._wait_checked(request, "get_data")
+            await _async.wait_ok(request, "get_data")
             batch = lib.tq_request_take_batch(request.handle)
             request.free()
             return _values.from_batch(batch, take=True)
@@ -297,7 +294,7 @@ class TransferQueueClient:
         if rc < 0:
             dst.close()
         self._check(rc, "get_data")
-        await self._wait_checked(request, "get_data")
+        await _async.wait_ok(request, "get_data")
         request.free()
         return dst.finish()
 
@@ -414,7 +411,7 @@ class TransferQueueClient:
         partition = None if partition_id is None else _name(partition_id, "partition_id")
         rc, request = _async.submit(self, lib.tq_kv_list_nb, partition, keep=[partition])
         self._check(rc, "kv_list")
-        await self._wait_checked(request, "kv_list")
+        await _async.wait_ok(request, "kv_list")
         entries = lib.tq_request_take_entries(request.handle)
         request.free()
         out = {}

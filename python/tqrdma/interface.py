@@ -10,7 +10,7 @@ from ctypes import byref, c_void_p
 
 from . import _async, _capi, _values
 from ._capi import lib
-from ._errors import ERR_INVALID, InvalidArgumentError, error
+from ._errors import ERR_INVALID, InvalidArgumentError
 from ._meta import CMeta
 from .client import TransferQueueClient, _kv_entries_dict, _name, _names
 from .metadata import KVBatchMeta
@@ -249,15 +249,6 @@ def kv_clear(keys, partition_id):
 
 # ---- their async_ twins: the library's non-blocking requests ----
 
-async def _await(client, request, what):
-    status = await _async.wait(request)
-    if status < 0:
-        detail = request.error()
-        request.free()
-        raise error(status, what, detail)
-    return request
-
-
 async def async_kv_batch_put(keys, partition_id, fields=None, tags=None, data_parser=None):
     keys, partition, tags = _put_args(keys, partition_id, fields, tags, data_parser,
                                       "kv_batch_put")
@@ -271,7 +262,7 @@ async def async_kv_batch_put(keys, partition_id, fields=None, tags=None, data_pa
         if batch:
             batch.close()
         client._check(rc, "kv_batch_put")
-    await _await(client, request, "kv_batch_put")
+    await _async.wait_ok(request, "kv_batch_put")
     handle = lib.tq_request_take_meta(request.handle)
     request.free()
     return _put_meta(client, handle, keys, partition_id)
@@ -293,7 +284,7 @@ async def async_kv_batch_get(keys, partition_id, select_fields=None):
                                 0 if names is None else len(names), names_c,
                                 keep=[partition, keys_c, names_c])
     client._check(rc, "kv_batch_get")
-    await _await(client, request, "kv_batch_get")
+    await _async.wait_ok(request, "kv_batch_get")
     handle = lib.tq_request_take_batch(request.handle)
     request.free()
     return _values.from_batch(handle, take=True)
@@ -314,4 +305,4 @@ async def async_kv_clear(keys, partition_id):
     rc, request = _async.submit(client, lib.tq_kv_clear_nb, partition, len(keys), keys_c,
                                 keep=[partition, keys_c])
     client._check(rc, "kv_clear")
-    (await _await(client, request, "kv_clear")).free()
+    (await _async.wait_ok(request, "kv_clear")).free()

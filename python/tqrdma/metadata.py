@@ -46,6 +46,19 @@ def _merge_extra_info(chunks, what):
     return merged
 
 
+def _split(size, chunks):
+    """size positions in chunks ranges of near-equal length, the first ones one longer."""
+    if chunks < 1:
+        raise ValueError(f"chunk: chunks must be at least 1, not {chunks}")
+    if chunks > size:
+        log.warning("chunk: %d chunks of %d samples: some are empty", chunks, size)
+    base, extra = divmod(size, chunks)
+    bounds = [0]
+    for i in range(chunks):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 class _SampleView:
     """One sample of a BatchMeta, read-only (``meta.samples[i]``)."""
 
@@ -281,17 +294,7 @@ class BatchMeta:
 
     def chunk(self, chunks):
         """chunks BatchMetas of near-equal size, the first ones one larger; some may be empty."""
-        if chunks < 1:
-            raise ValueError(f"chunk: chunks must be at least 1, not {chunks}")
-        if chunks > self.size:
-            log.warning("chunk: %d chunks of %d samples: some are empty", chunks, self.size)
-        base, extra = divmod(self.size, chunks)
-        out, start = [], 0
-        for i in range(chunks):
-            end = start + base + (i < extra)
-            out.append(self._rows(range(start, end)))
-            start = end
-        return out
+        return [self._rows(r) for r in _split(self.size, chunks)]
 
     def chunk_by_partition(self):
         groups = {}
@@ -435,17 +438,8 @@ class KVBatchMeta:
         self.keys, self.tags = reordered.keys, reordered.tags
 
     def chunk(self, chunks):
-        if chunks < 1:
-            raise ValueError(f"chunk: chunks must be at least 1, not {chunks}")
-        if chunks > self.size:
-            log.warning("chunk: %d chunks of %d keys: some are empty", chunks, self.size)
-        base, extra = divmod(self.size, chunks)
-        out, start = [], 0
-        for i in range(chunks):
-            end = start + base + (i < extra)
-            out.append(self._of(range(start, end)))
-            start = end
-        return out
+        """chunks KVBatchMetas of near-equal size, the first ones one larger."""
+        return [self._of(r) for r in _split(self.size, chunks)]
 
     @classmethod
     def concat(cls, data):
