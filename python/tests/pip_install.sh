@@ -29,7 +29,7 @@ venv=$scratch/venv
 # --without-pip: Debian's pip, from the system site (ensurepip would take seconds)
 "$py" -m venv --system-site-packages --without-pip "$venv"
 target=$src
-"$py" -c 'import torch' 2>/dev/null && target="$src[torch]" # the extra, met by Debian's torch
+"$py" -c 'import torch' 2>/dev/null && target="${src}[torch]" # the extra, met by Debian's torch
 echo "== pip install --no-build-isolation $target"
 start=$SECONDS
 "$venv/bin/python" -m pip install -q --no-build-isolation "$target"
