@@ -24,15 +24,22 @@ class FieldInfo(ctypes.Structure):
 
 
 def _candidates():
-    """Where the library may be, best first: the environment, the install, the linker."""
+    """Where the library may be, best first: the environment, the one shipped inside the
+    package (pip), the install's record, the linker."""
     env = os.environ.get("TQRDMA_LIBRARY")
     if env:
         yield env
         return
+    here = os.path.dirname(os.path.abspath(__file__))
+    shipped = os.path.join(here, "libtqrdma.so.0")  # built into the package by setup.py
+    if os.path.exists(shipped):
+        yield shipped
     try:
-        from . import _libdir  # written by cmake --install, relative to this package
-        yield os.path.normpath(os.path.join(os.path.dirname(__file__), _libdir.LIBDIR,
-                                            "libtqrdma.so.0"))
+        # cmake --install writes LIBDIR relative to this package; setup.py, built against
+        # an installed library, writes its absolute directory and file (LIBRARY)
+        from . import _libdir
+        yield getattr(_libdir, "LIBRARY", None) or os.path.normpath(
+            os.path.join(here, _libdir.LIBDIR, "libtqrdma.so.0"))
     except ImportError:
         pass
     found = ctypes.util.find_library("tqrdma")
