@@ -2,12 +2,25 @@
 # Install the Debian packages tqrdma builds, tests and benchmarks with, and any
 # extra ones named as arguments. Idempotent and quiet: does nothing when
 # everything is there.
+#   ci/install-deps.sh [--no-torch] [PACKAGE ...]
+# --no-torch: all but python3-torch, the one that takes long (~180 packages, ~580 MiB
+# installed: 74 s of dpkg on a 2-core CI machine), so that a caller can install it
+# beside other work (ci/test.sh does, during the optimised build).
 set -euo pipefail
 
+torch=(python3-torch)
+if [ "${1:-}" = --no-torch ]; then
+  torch=()
+  shift
+fi
 packages=(
   build-essential cmake pkg-config clang
   libibverbs-dev librdmacm-dev libucx-dev ucx-utils libfabric-dev
-  libcjson-dev libcriterion-dev iproute2 python3 python3-numpy
+  libcjson-dev libcriterion-dev iproute2
+  # the Python package: its tests (pytest, with and without torch) and pip install into
+  # a venv with only Debian's setuptools and wheel (ctest python_install)
+  python3 python3-numpy python3-pytest python3-venv python3-pip python3-setuptools
+  python3-wheel "${torch[@]}"
   "$@"
 )
 

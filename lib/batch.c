@@ -9,6 +9,20 @@
 #include "util/common.h"
 #include "wire.h"
 
+const char *tq__dtype_name(tq_dtype_t dtype)
+{
+    static const char *const names[] = {
+        [TQ_DTYPE_BOOL] = "bool", [TQ_DTYPE_U8] = "u8",     [TQ_DTYPE_I8] = "i8",
+        [TQ_DTYPE_I16] = "i16",   [TQ_DTYPE_I32] = "i32",   [TQ_DTYPE_I64] = "i64",
+        [TQ_DTYPE_F16] = "f16",   [TQ_DTYPE_BF16] = "bf16", [TQ_DTYPE_F32] = "f32",
+        [TQ_DTYPE_F64] = "f64",   [TQ_DTYPE_BYTES] = "bytes", [TQ_DTYPE_U16] = "u16",
+        [TQ_DTYPE_U32] = "u32",   [TQ_DTYPE_U64] = "u64",   [TQ_DTYPE_C32] = "c32",
+        [TQ_DTYPE_C64] = "c64",   [TQ_DTYPE_C128] = "c128",
+    };
+    return (unsigned)dtype < sizeof(names) / sizeof(names[0]) && names[dtype] != NULL
+               ? names[dtype] : "unknown";
+}
+
 bool tq__valid_name(const char *name)
 {
     return name != NULL && name[0] != '\0' && strlen(name) <= TQ_WIRE_NAME_MAX;
@@ -203,6 +217,28 @@ TQ_EXPORT int tq_batch_add_bytes(tq_batch *b, const char *field, const void *con
         f.bytes += lengths[i];
     }
     return tq__batch_adopt_field(b, &f);
+}
+
+TQ_EXPORT int tq_batch_set_format(tq_batch *b, const char *field, const char *format)
+{
+    if (b == NULL || field == NULL)
+        return tq__set_error(NULL, TQ_ERR_INVALID, "the batch or the field name is NULL");
+    tq__batch_field_t *f = find(b, field);
+    if (f == NULL)
+        return tq__set_error(NULL, TQ_ERR_NOT_FOUND, "the batch has no field %s", field);
+    size_t len = format ? strlen(format) : 0;
+    if (len > TQ_MAX_FORMAT || !tq_str_is_format((tq_str_t){format, (uint16_t)len}))
+        return tq__set_error(NULL, TQ_ERR_INVALID, "field %s: format label \"%.*s\" is not 1 to "
+                             "%d bytes of [a-z0-9_.-]", field, len > 64 ? 64 : (int)len, format,
+                             TQ_MAX_FORMAT);
+    memcpy(f->format, len ? format : "", len + 1);
+    return TQ_OK;
+}
+
+TQ_EXPORT const char *tq_batch_field_format(const tq_batch *b, const char *field)
+{
+    const tq__batch_field_t *f = b != NULL && field != NULL ? find(b, field) : NULL;
+    return f != NULL ? f->format : NULL;
 }
 
 TQ_EXPORT uint32_t tq_batch_rows(const tq_batch *b) { return b ? b->rows : 0; }

@@ -14,6 +14,7 @@ typedef struct {
     tq_dtype_t      dtype;
     uint32_t        ndim;
     int64_t         row_shape[TQ_MAX_NDIM]; /* tensor */
+    char            format[TQ_MAX_FORMAT + 1]; /* its format label, "" for none */
     const void     *data;                   /* tensor: the column */
     const void    **rows;                   /* row i's bytes */
     size_t         *row_bytes;
@@ -29,6 +30,9 @@ struct tq_batch {
     uint32_t           num_fields, cap_fields;
     tq__batch_field_t *fields;
 };
+
+/* "f32", "bytes", ...; "unknown" for a value no dtype has. */
+const char *tq__dtype_name(tq_dtype_t dtype);
 
 /* Check a field name: 1..255 bytes. */
 bool tq__valid_name(const char *name);

@@ -395,7 +395,14 @@ static int post_column(tq_client *c, tq__lane_t *l, tq_rma_dir_t dir, const tq_w
                 break;
             }
             uint64_t len = TQ_MIN(row_bytes[row] - in_row, runs[k].length - done);
-            iov[n++] = (tq_rma_iov_t){(char *)rows[row] + in_row, runs[k].offset + done, len};
+            char *local = (char *)rows[row] + in_row;
+            tq_rma_iov_t *last = n > 0 ? &iov[n - 1] : NULL;
+            /* rows next to each other on both sides (a tensor's column) move as one */
+            if (last != NULL && (char *)last->local + last->length == local &&
+                last->remote_offset + last->length == runs[k].offset + done)
+                last->length += len;
+            else
+                iov[n++] = (tq_rma_iov_t){local, runs[k].offset + done, len};
             in_row += len;
             done += len;
         }
@@ -687,7 +694,8 @@ static void encode_field(tq_wbuf *w, uint32_t rows, const tq__batch_field_t *f)
 {
     tq_wire_field_t wf = {.name = {f->name, (uint16_t)strlen(f->name)},
                           .kind = (uint8_t)f->kind, .dtype = (uint8_t)f->dtype,
-                          .ndim = (uint8_t)f->ndim};
+                          .ndim = (uint8_t)f->ndim,
+                          .format = {f->format, (uint16_t)strlen(f->format)}};
     switch (f->kind) {
     case TQ_FIELD_TENSOR: wf.dims = tq_array_of(f->row_shape, f->ndim); break;
     case TQ_FIELD_NESTED: wf.dims = tq_array_of(f->shapes, rows * f->ndim); break;
@@ -738,9 +746,10 @@ static int ms_left(uint64_t deadline)
  * the controller refused it, or never saw it.
  */
 int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
-            const tq__rows_t *spec, int64_t *indexes_out)
+            const tq__rows_t *spec, int64_t *indexes_out, tq_meta **meta_p)
 {
-    uint64_t deadline = tq__now_ms() + (uint64_t)c->timeout_ms;
+    /* a non-blocking request's deadline counts from its submission */
+    uint64_t deadline = tq__now_ms() + (uint64_t)tq__timeout_left(c->timeout_ms);
     tq_ctrl_conn *cc;
     int rc = tq__conn_acquire(c, &cc);
     if (rc != TQ_OK)
@@ -795,14 +804,21 @@ int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *
                            c->timeout_ms);
         goto abort;
     }
-    off = tq__ctrl_begin(cc, TQ_MSG_COMMIT);
+    off = tq__ctrl_begin(cc, meta_p != NULL ? TQ_MSG_COMMIT_META : TQ_MSG_COMMIT);
     tq_wire_encode_id(&cc->out, &(tq_msg_id_t){a.alloc_id});
     tq_rbuf cr;
-    if ((rc = tq__call(c, cc, off, ms_left(commit_by) + margin, &cr)) != TQ_OK)
+    /* the answer is awaited its full margin, past a request's deadline if need
+     * be: cut short, no answer would not mean that the controller refused */
+    char err[TQ_ERRMSG_MAX] = "";
+    if ((rc = tq__ctrl_call(cc, off, ms_left(commit_by) + margin, &cr, err)) != TQ_OK) {
+        call_error(c, rc, err);
         goto out;
+    }
     if (indexes_out != NULL)
         for (uint32_t i = 0; i < a.rows; i++)
             indexes_out[i] = tq_array_i64(a.indexes, i);
+    if (meta_p != NULL) /* committed: an error now is of the answer, not of the put */
+        rc = tq__meta_parse(c, cc, partition, &cr, meta_p);
     goto out;
 abort:
     put_abort(c, cc, a.alloc_id);
@@ -811,8 +827,7 @@ out:
     return rc;
 }
 
-TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
-                     const int64_t *indexes, int64_t *indexes_out)
+int tq__check_put(tq_client *c, const char *partition, const tq_batch *b, const int64_t *indexes)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
@@ -825,8 +840,17 @@ TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
         if (indexes[i] < 0)
             return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
                                  (long long)indexes[i]);
+    return TQ_OK;
+}
+
+TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
+                     const int64_t *indexes, int64_t *indexes_out)
+{
+    int rc = tq__check_put(c, partition, b, indexes);
+    if (rc != TQ_OK)
+        return rc;
     tq__rows_t spec = {indexes ? TQ_ROWS_INDEXES : TQ_ROWS_NEW, indexes, NULL, NULL};
-    return tq__put(c, partition, b->rows, b, &spec, indexes_out);
+    return tq__put(c, partition, b->rows, b, &spec, indexes_out, NULL);
 }
 
 /* ---- get ---- */
@@ -838,14 +862,55 @@ static void meta_destroy(tq_meta *m)
         free(m->fields[i].shapes);
         free(m->fields[i].row_bytes);
         free(m->fields[i].runs);
+        free(m->fields[i].present);
     }
     free(m->fields);
+    for (uint32_t i = 0; i < m->rows; i++) {
+        if (m->keys != NULL)
+            free(m->keys[i]);
+        if (m->custom != NULL)
+            free(m->custom[i]);
+    }
+    free(m->keys);
+    free(m->custom);
     free(m->indexes);
+    free(m->partition);
     free(m);
 }
 
+/* The rows' keys and custom meta that follow a meta's fields. */
+static int meta_parse_rows_info(tq_rbuf *r, tq_meta *m)
+{
+    uint8_t what;
+    if (tq_wire_decode_rows_info(r, &what) != TQ_OK)
+        return TQ_ERR_PROTOCOL;
+    if (((what & TQ_WIRE_ROWS_KEYS) && (m->keys = calloc(m->rows + 1, sizeof(char *))) == NULL) ||
+        ((what & TQ_WIRE_ROWS_CUSTOM) && (m->custom = calloc(m->rows + 1, sizeof(char *))) == NULL))
+        return TQ_ERR_NOMEM;
+    for (uint32_t i = 0; m->keys != NULL && i < m->rows; i++) {
+        tq_str_t key;
+        if (tq_wire_decode_row_key(r, &key) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+        if (key.len > 0 && (m->keys[i] = tq_str_dup(key)) == NULL)
+            return TQ_ERR_NOMEM;
+    }
+    for (uint32_t i = 0; m->custom != NULL && i < m->rows; i++) {
+        tq_blob_t text;
+        if (tq_wire_decode_custom(r, &text) != TQ_OK)
+            return TQ_ERR_PROTOCOL;
+        if (text.len == 0)
+            continue;
+        if ((m->custom[i] = malloc((size_t)text.len + 1)) == NULL)
+            return TQ_ERR_NOMEM;
+        memcpy(m->custom[i], text.ptr, text.len);
+        m->custom[i][text.len] = '\0';
+    }
+    return TQ_OK;
+}
+
 /* Copy a GET_META reply into a tq_meta, checking that it adds up. */
-int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **meta_p)
+int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, const char *partition, tq_rbuf *r,
+                   tq_meta **meta_p)
 {
     tq_msg_get_meta_reply_t h;
     if (tq_wire_decode_get_meta_reply(r, &h) != TQ_OK)
@@ -861,7 +926,8 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **m
     m->num_fields = h.num_fields;
     m->indexes = malloc((size_t)h.rows * 8 + 1);
     m->fields = calloc(h.num_fields ? h.num_fields : 1, sizeof(*m->fields));
-    if (m->indexes == NULL || m->fields == NULL)
+    m->partition = strdup(partition);
+    if (m->indexes == NULL || m->fields == NULL || m->partition == NULL)
         goto err_nomem;
     for (uint32_t i = 0; i < h.rows; i++)
         m->indexes[i] = tq_array_i64(h.indexes, i);
@@ -874,6 +940,8 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **m
         f->kind = w.kind;
         f->dtype = w.dtype;
         f->ndim = w.ndim;
+        memcpy(f->format, w.format.ptr, w.format.len); /* checked: at most TQ_MAX_FORMAT */
+        f->format[w.format.len] = '\0';
         f->shapes = calloc((size_t)h.rows * (w.ndim ? w.ndim : 1) + 1, sizeof(int64_t));
         f->row_bytes = malloc((size_t)h.rows * 8 + 1);
         f->runs = malloc((size_t)w.num_runs * sizeof(*f->runs) + 1);
@@ -890,6 +958,14 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **m
                 goto err_protocol;
             f->bytes += f->row_bytes[i];
         }
+        if (w.present.ptr != NULL) {
+            if ((f->present = malloc((size_t)h.rows + 1)) == NULL)
+                goto err_nomem;
+            memcpy(f->present, w.present.ptr, h.rows);
+            for (uint32_t i = 0; i < h.rows; i++)
+                if (!f->present[i] && f->row_bytes[i] != 0)
+                    goto err_protocol; /* an absent cell has no bytes */
+        }
         uint64_t in_runs = 0;
         f->num_runs = w.num_runs;
         for (uint32_t i = 0; i < w.num_runs; i++) {
@@ -900,7 +976,10 @@ int tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **m
         if (in_runs != f->bytes)
             goto err_protocol;
     }
-    if (!tq_rbuf_done(r))
+    int rc = meta_parse_rows_info(r, m);
+    if (rc == TQ_ERR_NOMEM)
+        goto err_nomem;
+    if (rc != TQ_OK || !tq_rbuf_done(r))
         goto err_protocol;
     *meta_p = m;
     return TQ_OK;
@@ -916,14 +995,28 @@ int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args)
 {
     if (args == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "args is NULL");
+    int mode = args->mode;
+    if (mode != TQ_FETCH_READY && mode != TQ_FETCH_FORCE && mode != TQ_FETCH_INSERT)
+        return tq__set_error(c, TQ_ERR_INVALID, "mode %d: want TQ_FETCH_READY (0), "
+                             "TQ_FETCH_FORCE (1) or TQ_FETCH_INSERT (2)", mode);
     int rc = tq__check_name(c, args->partition, "partition");
-    if (rc == TQ_OK)
+    if (rc == TQ_OK && (mode == TQ_FETCH_READY || args->task != NULL))
         rc = tq__check_name(c, args->task, "task");
     if (rc != TQ_OK)
         return rc;
-    if (args->fields == NULL || args->num_fields == 0 || args->num_fields > TQ_WIRE_MAX_FIELDS)
+    if (mode != TQ_FETCH_READY && (args->sampler != NULL || args->sampler_args != NULL))
+        return tq__set_error(c, TQ_ERR_INVALID, "%s picks no ready rows: it takes no sampler "
+                             "nor sampler_args", mode == TQ_FETCH_FORCE ? "TQ_FETCH_FORCE"
+                                                                        : "TQ_FETCH_INSERT");
+    if (mode == TQ_FETCH_INSERT) {
+        if (args->fields != NULL || args->num_fields != 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "TQ_FETCH_INSERT makes rows with no field: "
+                                 "name none (fields NULL, num_fields 0)");
+    } else if (args->fields == NULL || args->num_fields == 0 ||
+               args->num_fields > TQ_WIRE_MAX_FIELDS) {
         return tq__set_error(c, TQ_ERR_INVALID, "fields: 1 to %d names are required",
                              TQ_WIRE_MAX_FIELDS);
+    }
     for (size_t i = 0; i < args->num_fields; i++)
         if ((rc = tq__check_name(c, args->fields[i], "field %zu", i)) != TQ_OK)
             return rc;
@@ -939,28 +1032,48 @@ int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args)
     return TQ_OK;
 }
 
+/*
+ * How long the controller may hold a GET_META: as asked, but under a deadline
+ * (a non-blocking request's) it answers TQ_ERR_TIMEOUT itself a margin before
+ * it: a call we gave up on could otherwise still take rows, in flight to a
+ * meta nobody has.
+ */
+static int controller_wait_ms(const tq_client *c, int timeout_ms)
+{
+    int left = tq__timeout_left(-1);
+    if (left < 0)
+        return timeout_ms; /* no deadline */
+    int cut = left - TQ_MIN(left / 4, TQ_MIN(c->timeout_ms / 4, 1000));
+    return timeout_ms >= 0 && timeout_ms <= cut ? timeout_ms : cut;
+}
+
 int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args, tq_meta **meta_p)
 {
     size_t args_len = args->sampler_args ? strlen(args->sampler_args) : 0;
+    const char *task = args->mode == TQ_FETCH_READY ? args->task : ""; /* only READY's counts */
     tq_msg_get_meta_t m = {
         .partition = {args->partition, (uint16_t)strlen(args->partition)},
-        .task = {args->task, (uint16_t)strlen(args->task)},
+        .task = {task, (uint16_t)strlen(task)},
         .num_fields = (uint16_t)args->num_fields,
         .batch_size = args->batch_size,
         .sampler = {args->sampler ? args->sampler : "",
                     (uint16_t)(args->sampler ? strlen(args->sampler) : 0)},
         .sampler_args = {(const uint8_t *)args->sampler_args, (uint32_t)args_len},
-        .timeout_ms = args->timeout_ms,
+        .timeout_ms = args->mode == TQ_FETCH_READY ? controller_wait_ms(c, args->timeout_ms) : 0,
+        .mode = (uint8_t)args->mode,
     };
     for (size_t i = 0; i < args->num_fields; i++)
         m.fields[i] = (tq_str_t){args->fields[i], (uint16_t)strlen(args->fields[i])};
     size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META);
     tq_wire_encode_get_meta(&cc->out, &m);
-    /* the controller answers by its own deadline; ours only guards against its death */
-    int wait = args->timeout_ms < 0 ? -1 : args->timeout_ms + c->timeout_ms;
+    /* the controller answers by its own deadline; ours only guards against its death
+     * (FORCE and INSERT never wait there) */
+    int wait = args->mode != TQ_FETCH_READY ? c->timeout_ms
+               : args->timeout_ms < 0       ? -1
+                                            : args->timeout_ms + c->timeout_ms;
     tq_rbuf r;
     int rc = tq__call(c, cc, off, wait, &r);
-    return rc == TQ_OK ? tq__meta_parse(c, cc, &r, meta_p) : rc;
+    return rc == TQ_OK ? tq__meta_parse(c, cc, args->partition, &r, meta_p) : rc;
 }
 
 TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
@@ -972,16 +1085,82 @@ TQ_EXPORT int tq_get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **m
         return rc;
     if (meta_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    return tq__get_meta(c, args, meta_p);
+}
+
+int tq__get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p)
+{
     tq_ctrl_conn *cc;
-    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+    int rc = tq__conn_acquire(c, &cc);
+    if (rc != TQ_OK)
         return rc;
     rc = tq__get_meta_on(c, cc, args, meta_p);
     tq__conn_release(c, cc);
     return rc;
 }
 
+TQ_EXPORT int tq_get_meta_rows(tq_client *c, const char *partition, size_t n,
+                               const int64_t *indexes, size_t num_fields,
+                               const char *const *fields, tq_meta **meta_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = tq__check_name(c, partition, "partition");
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++)
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+    if (fields == NULL)
+        num_fields = 0;
+    if (num_fields > TQ_WIRE_MAX_FIELDS)
+        return tq__set_error(c, TQ_ERR_INVALID, "fields: NULL, or 1 to %d names",
+                             TQ_WIRE_MAX_FIELDS);
+    tq_msg_meta_rows_t m = {.partition = {partition, (uint16_t)strlen(partition)},
+                            .count = (uint32_t)n, .indexes = tq_array_of(indexes, (uint32_t)n),
+                            .num_fields = (uint16_t)num_fields};
+    for (size_t i = 0; i < num_fields; i++) {
+        if ((rc = tq__check_name(c, fields[i], "field %zu", i)) != TQ_OK)
+            return rc;
+        m.fields[i] = (tq_str_t){fields[i], (uint16_t)strlen(fields[i])};
+    }
+    if (meta_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_GET_META_ROWS);
+    tq_wire_encode_meta_rows(&cc->out, &m);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK)
+        rc = tq__meta_parse(c, cc, partition, &r, meta_p);
+    tq__conn_release(c, cc);
+    return rc;
+}
+
 TQ_EXPORT uint32_t tq_meta_rows(const tq_meta *m) { return m ? m->rows : 0; }
 TQ_EXPORT const int64_t *tq_meta_indexes(const tq_meta *m) { return m ? m->indexes : NULL; }
+
+TQ_EXPORT int tq_meta_has_cell(const tq_meta *m, const char *field, uint32_t row)
+{
+    if (m == NULL || field == NULL || row >= m->rows)
+        return TQ_ERR_INVALID;
+    for (uint16_t i = 0; i < m->num_fields; i++)
+        if (strcmp(m->fields[i].name, field) == 0)
+            return tq__meta_cell_present(&m->fields[i], row) ? 1 : 0;
+    return TQ_ERR_NOT_FOUND;
+}
+
+TQ_EXPORT const char *tq_meta_field_format(const tq_meta *m, const char *field)
+{
+    for (uint16_t i = 0; m != NULL && field != NULL && i < m->num_fields; i++)
+        if (strcmp(m->fields[i].name, field) == 0)
+            return m->fields[i].format;
+    return NULL;
+}
 
 /*
  * A plain RELEASE is one-way and must never hold its caller up (a frozen
@@ -1036,124 +1215,160 @@ TQ_EXPORT void tq_meta_free(tq_meta *m)
         tq__meta_release(m, m->read_failed);
 }
 
-/* A batch field over a freshly read column of meta field f. */
-static int field_from_meta(tq_client *c, const tq_meta *m, const tq__meta_field_t *f, void *column,
-                           size_t cap, tq__batch_field_t *bf)
+/* A batch field over a new column for meta field f, from the receive pool
+ * (the field owns it). On error the caller frees bf. */
+static int field_from_meta(tq_client *c, const tq_meta *m, const tq__meta_field_t *f,
+                           tq__batch_field_t *bf)
 {
     memset(bf, 0, sizeof(*bf));
-    bf->owned_cap = cap;
-    bf->owned_pool = c->recv;
     bf->name = strdup(f->name);
     bf->rows = calloc(m->rows, sizeof(*bf->rows));
     bf->row_bytes = calloc(m->rows, sizeof(*bf->row_bytes));
     bf->shapes = calloc((size_t)m->rows * (f->ndim ? f->ndim : 1), sizeof(int64_t));
-    bf->owned = column;
-    if (bf->name == NULL || bf->rows == NULL || bf->row_bytes == NULL || bf->shapes == NULL)
+    if ((bf->owned = tq__bufpool_get(c->recv, f->bytes, &bf->owned_cap)) != NULL)
+        bf->owned_pool = c->recv;
+    if (bf->name == NULL || bf->rows == NULL || bf->row_bytes == NULL || bf->shapes == NULL ||
+        bf->owned == NULL)
         return TQ_ERR_NOMEM;
     bf->kind = f->kind;
     bf->dtype = f->dtype;
     bf->ndim = f->ndim;
     memcpy(bf->row_shape, f->row_shape, sizeof(bf->row_shape));
+    memcpy(bf->format, f->format, sizeof(bf->format));
     memcpy(bf->shapes, f->shapes, (size_t)m->rows * f->ndim * sizeof(int64_t));
-    bf->data = column;
+    bf->data = bf->owned;
     bf->bytes = f->bytes;
     size_t at = 0;
     for (uint32_t i = 0; i < m->rows; i++) {
-        bf->rows[i] = (char *)column + at;
+        bf->rows[i] = (char *)bf->owned + at;
         bf->row_bytes[i] = f->row_bytes[i];
         at += f->row_bytes[i];
     }
     return TQ_OK;
 }
 
+int tq__meta_field_complete(const tq_client *c, const tq_meta *m, const tq__meta_field_t *f)
+{
+    for (uint32_t i = 0; i < m->rows; i++)
+        if (!tq__meta_cell_present(f, i))
+            return tq__set_error(c, TQ_ERR_NOT_FOUND, "row %lld has no field %s (never "
+                                 "produced): its cell cannot be read",
+                                 (long long)m->indexes[i], f->name);
+    return TQ_OK;
+}
+
 int tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p)
 {
+    for (uint16_t k = 0; k < m->num_fields; k++) { /* a FORCE meta may lack cells */
+        int rc = tq__meta_field_complete(c, m, &m->fields[k]);
+        if (rc != TQ_OK)
+            return rc;
+    }
     tq_batch *b;
     int rc = tq_batch_create(m->rows, &b);
     if (rc != TQ_OK)
         return tq__set_error(c, rc, "cannot create a batch");
-    void **columns = calloc(m->num_fields, sizeof(void *));
-    size_t *caps = calloc(m->num_fields, sizeof(size_t));
-    void ***row_ptrs = calloc(m->num_fields, sizeof(void **));
-    if (columns == NULL || caps == NULL || row_ptrs == NULL) {
-        rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (uint16_t k = 0; k < m->num_fields; k++) {
-        const tq__meta_field_t *f = &m->fields[k];
-        columns[k] = tq__bufpool_get(c->recv, f->bytes, &caps[k]);
-        row_ptrs[k] = malloc(m->rows * sizeof(void *));
-        if (columns[k] == NULL || row_ptrs[k] == NULL) {
-            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory for %llu bytes of field %s",
-                               (unsigned long long)f->bytes, f->name);
-            goto out;
-        }
-        size_t at = 0;
-        for (uint32_t i = 0; i < m->rows; i++) {
-            row_ptrs[k][i] = (char *)columns[k] + at;
-            at += f->row_bytes[i];
-        }
-    }
-
-    tq__lane_t *l = NULL;
-    if ((rc = lane_acquire(c, &l)) != TQ_OK)
-        goto out;
-    for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
-        rc = units_cover(c, l, m->epoch, m->fields[k].runs, m->fields[k].num_runs);
-    for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++)
-        rc = post_column(c, l, TQ_RMA_GET, m->fields[k].runs, m->fields[k].num_runs, row_ptrs[k],
-                         m->fields[k].row_bytes, m->rows);
-    int frc = units_flush(c, l, c->timeout_ms);
-    rc = rc != TQ_OK ? rc : frc;
-    for (uint16_t k = 0; rc != TQ_OK && rc != TQ_ERR_LOST && k < m->num_fields; k++)
-        rc = lost_or(c, l, m->fields[k].runs, m->fields[k].num_runs, rc);
-    lane_release(c, l);
-    if (rc == TQ_OK && tq__now_ms() >= m->trusted_until_ms)
-        rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the meta's lease ran out before its data was "
-                                              "read: the rows may have been cleared meanwhile");
-
     for (uint16_t k = 0; rc == TQ_OK && k < m->num_fields; k++) {
+        const tq__meta_field_t *f = &m->fields[k];
         tq__batch_field_t bf;
-        rc = field_from_meta(c, m, &m->fields[k], columns[k], caps[k], &bf);
-        columns[k] = NULL; /* bf owns it now, and gives it back when freed */
-        if (rc == TQ_OK)
-            rc = tq__batch_adopt_field(b, &bf); /* frees bf on failure */
-        else
+        if ((rc = field_from_meta(c, m, f, &bf)) != TQ_OK) {
             tq__batch_field_free(&bf);
-        if (rc != TQ_OK)
+            tq__set_error(c, rc, "out of memory for %llu bytes of field %s",
+                          (unsigned long long)f->bytes, f->name);
+        } else if ((rc = tq__batch_adopt_field(b, &bf)) != TQ_OK) { /* frees bf on failure */
             tq__set_error(c, rc, "cannot build the batch");
+        }
     }
-out:
-    for (uint16_t k = 0; k < m->num_fields; k++) {
-        if (columns != NULL && columns[k] != NULL)
-            tq__bufpool_put(c->recv, columns[k], caps[k]);
-        if (row_ptrs != NULL)
-            free(row_ptrs[k]);
-    }
-    free(columns);
-    free(caps);
-    free(row_ptrs);
+    if (rc == TQ_OK)
+        rc = tq__meta_read_into(c, m, b);
     if (rc != TQ_OK) {
-        tq_batch_destroy(b);
+        tq_batch_destroy(b); /* its columns go back to the pool */
         return rc;
     }
     *batch_p = b;
     return TQ_OK;
 }
 
-TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
+/*
+ * dst's row pointers are the RMA's local buffers: no copy on this side. Every
+ * transport takes unregistered memory (tq_transport_ops.post): UCX and verbs
+ * register it through their registration caches (UCX below 64 KiB lets UCX
+ * copy or register itself); verbs stages runs under 8 KiB through a
+ * registered buffer of the endpoint, copied out at the flush; libfabric
+ * registers per operation where its provider needs local registration (no
+ * cache: libfabric does not tell us of unmaps), else uses the memory as is.
+ */
+int tq__meta_read_into(tq_client *c, const tq_meta *m, tq_batch *dst)
+{
+    const tq__meta_field_t **mf = malloc(dst->num_fields * sizeof(*mf) + 1);
+    if (mf == NULL)
+        return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+    for (uint32_t k = 0; k < dst->num_fields; k++)
+        mf[k] = tq__meta_find(m, dst->fields[k].name); /* checked: never NULL */
+
+    tq__lane_t *l = NULL;
+    int rc = lane_acquire(c, &l);
+    if (rc != TQ_OK) {
+        free(mf);
+        return rc;
+    }
+    for (uint32_t k = 0; rc == TQ_OK && k < dst->num_fields; k++)
+        rc = units_cover(c, l, m->epoch, mf[k]->runs, mf[k]->num_runs);
+    for (uint32_t k = 0; rc == TQ_OK && k < dst->num_fields; k++)
+        rc = post_column(c, l, TQ_RMA_GET, mf[k]->runs, mf[k]->num_runs,
+                         (void *const *)dst->fields[k].rows, mf[k]->row_bytes, m->rows);
+    int frc = units_flush(c, l, c->timeout_ms);
+    rc = rc != TQ_OK ? rc : frc;
+    for (uint32_t k = 0; rc != TQ_OK && rc != TQ_ERR_LOST && k < dst->num_fields; k++)
+        rc = lost_or(c, l, mf[k]->runs, mf[k]->num_runs, rc);
+    lane_release(c, l);
+    free(mf);
+    if (rc == TQ_OK && tq__now_ms() >= m->trusted_until_ms)
+        rc = tq__set_error(c, TQ_ERR_TIMEOUT, "the meta's lease ran out before its data was "
+                                              "read: the rows may have been cleared meanwhile");
+    return rc;
+}
+
+int tq__check_get_data(tq_client *c, const tq_meta *m)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
-    if (m == NULL || batch_p == NULL || m->client != c)
-        return tq__set_error(c, TQ_ERR_INVALID,
-                             "meta is NULL, of another client, or batch_p is NULL");
+    if (m == NULL || m->client != c)
+        return tq__set_error(c, TQ_ERR_INVALID, "meta is NULL or of another client");
     if (m->rows == 0)
         return tq__set_error(c, TQ_ERR_INVALID, "the meta has no rows");
+    return TQ_OK;
+}
+
+/* the one thing a read changes in the meta: whether its rows were delivered */
+int tq__get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
+{
     int rc = tq__meta_read(c, m, batch_p);
-    /* the one thing a read changes in the meta: whether its rows were delivered */
     ((tq_meta *)m)->read_failed = rc != TQ_OK;
     return rc;
+}
+
+int tq__get_data_into(tq_client *c, const tq_meta *m, tq_batch *dst)
+{
+    int rc = tq__meta_read_into(c, m, dst);
+    ((tq_meta *)m)->read_failed = rc != TQ_OK;
+    return rc;
+}
+
+TQ_EXPORT int tq_get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p)
+{
+    int rc = tq__check_get_data(c, m);
+    if (rc == TQ_OK && batch_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
+    return rc != TQ_OK ? rc : tq__get_data(c, m, batch_p);
+}
+
+TQ_EXPORT int tq_get_data_into(tq_client *c, const tq_meta *m, tq_batch *dst)
+{
+    int rc = tq__check_get_data(c, m);
+    if (rc == TQ_OK)
+        rc = tq__meta_check_into(c, m, dst);
+    return rc != TQ_OK ? rc : tq__get_data_into(c, m, dst);
 }
 
 /* ---- administration ---- */

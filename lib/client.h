@@ -76,15 +76,27 @@ typedef struct {
     tq_dtype_t        dtype;
     uint32_t          ndim;
     int64_t           row_shape[TQ_MAX_NDIM];
+    char              format[TQ_MAX_FORMAT + 1]; /* its label in the schema, "" for none */
     int64_t          *shapes;    /* rows x ndim */
     uint64_t         *row_bytes;
     uint64_t          bytes;
     tq_wire_extent_t *runs;
     uint32_t          num_runs;
+    uint8_t          *present;   /* rows bytes, 0 where the cell is absent; NULL: none is */
 } tq__meta_field_t;
+
+/* Does row i of f have its cell (a FORCE fetch or a meta of rows may lack some)? */
+static inline bool tq__meta_cell_present(const tq__meta_field_t *f, uint32_t i)
+{
+    return f->present == NULL || f->present[i] != 0;
+}
+/* TQ_OK when every row of f has its cell; else TQ_ERR_NOT_FOUND naming the first
+ * row that lacks it: nothing of such a meta field can be read. */
+int tq__meta_field_complete(const tq_client *c, const tq_meta *m, const tq__meta_field_t *f);
 
 struct tq_meta {
     tq_client        *client;
+    char             *partition;        /* the rows' */
     uint64_t          id;
     uint64_t          epoch;            /* of the controller that answered it */
     uint64_t          trusted_until_ms; /* its rows stay pinned at least until then */
@@ -95,6 +107,8 @@ struct tq_meta {
     /* the last read failed: freeing gives the rows back to their task, which
      * has not got them (consumption is final only once the bytes are here) */
     bool              read_failed;
+    char            **keys;   /* per row: its key or NULL; NULL when no row has one */
+    char            **custom; /* per row: its custom meta or NULL ("{}"); NULL when none has */
 };
 
 /* How a put names its rows (tq_wire_rows_t) and, for keys, their tags. */
@@ -132,22 +146,42 @@ int  tq__call(tq_client *c, tq_ctrl_conn *cc, size_t offset, int timeout_ms, tq_
 int  tq__simple_call(tq_client *c, uint16_t type, const tq_wbuf *body, uint32_t *answer_p);
 
 /* Put `rows` rows: the fields of b (NULL: none, keyed puts only) to the rows
- * named by spec, in one ALLOC and (when there are bytes to write) one COMMIT.
- * Arguments are checked by the caller. */
+ * named by spec, in one ALLOC and one COMMIT. With meta_p, the COMMIT's answer
+ * is the meta of the rows written (tq_kv_batch_put_meta). Arguments are
+ * checked by the caller. */
 int tq__put(tq_client *c, const char *partition, uint32_t rows, const tq_batch *b,
-            const tq__rows_t *spec, int64_t *indexes_out);
+            const tq__rows_t *spec, int64_t *indexes_out, tq_meta **meta_p);
 
-/* Turn a GET_META/KV_GET reply into a meta; read its columns into a batch;
- * unpin and free it: its rows stay consumed by their task, or (unread) go
- * back to it, answered before this returns. */
-int  tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, tq_rbuf *r, tq_meta **meta_p);
+/* Turn a GET_META/KV_GET reply about rows of partition into a meta; read its
+ * columns into a batch; unpin and free it: its rows stay consumed by their
+ * task, or (unread) go back to it, answered before this returns. */
+int  tq__meta_parse(tq_client *c, const tq_ctrl_conn *cc, const char *partition, tq_rbuf *r,
+                    tq_meta **meta_p);
 int  tq__meta_read(tq_client *c, const tq_meta *m, tq_batch **batch_p);
 void tq__meta_release(tq_meta *m, bool unread);
+
+/* The one read path: the rows of m, for the fields of dst, by one-sided RMA
+ * straight into dst's memory (tq__meta_read allocates a batch, then reads into
+ * it). tq__meta_check_into first: TQ_OK when dst fits m (tq_get_data_into's
+ * rules), else TQ_ERR_INVALID naming the field and what differs. */
+int  tq__meta_check_into(tq_client *c, const tq_meta *m, const tq_batch *dst);
+int  tq__meta_read_into(tq_client *c, const tq_meta *m, tq_batch *dst);
+/* The field of m of that name, or NULL. */
+const tq__meta_field_t *tq__meta_find(const tq_meta *m, const char *name);
+/* Check tq_get_data's arguments (the meta is c's and has rows). */
+int  tq__check_get_data(tq_client *c, const tq_meta *m);
+/* tq_get_data(_into) once checked: the read, and whether it delivered noted in m. */
+int  tq__get_data(tq_client *c, const tq_meta *m, tq_batch **batch_p);
+int  tq__get_data_into(tq_client *c, const tq_meta *m, tq_batch *dst);
 
 /* GET_META on a given connection (a stream's own); args checked by the caller. */
 int tq__get_meta_on(tq_client *c, tq_ctrl_conn *cc, const tq_fetch_args_t *args, tq_meta **meta_p);
 /* Check fetch arguments as tq_get_meta does. */
 int tq__check_fetch(tq_client *c, const tq_fetch_args_t *args);
+/* tq_get_meta once checked, on a connection of its own. */
+int tq__get_meta(tq_client *c, const tq_fetch_args_t *args, tq_meta **meta_p);
+/* Check tq_put's arguments. */
+int tq__check_put(tq_client *c, const char *partition, const tq_batch *b, const int64_t *indexes);
 
 /* Stop and free the threads of non-blocking requests (request.c). */
 void tq__workers_stop(tq__workers *w);

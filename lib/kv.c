@@ -66,6 +66,10 @@ int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *
     for (size_t i = 0; tags_json != NULL && i < n; i++) {
         if (tags_json[i] == NULL)
             continue;
+        if (strlen(tags_json[i]) > TQ_MAX_CUSTOM_META)
+            return tq__set_error(c, TQ_ERR_INVALID, "the tag of key %s is %zu bytes: at most %d "
+                                 "(TQ_MAX_CUSTOM_META)", keys[i], strlen(tags_json[i]),
+                                 TQ_MAX_CUSTOM_META);
         cJSON *tag = cJSON_ParseWithOpts(tags_json[i], NULL, 1); /* nothing may follow */
         bool object = cJSON_IsObject(tag);
         cJSON_Delete(tag);
@@ -77,10 +81,10 @@ int tq__kv_check_put(tq_client *c, const char *partition, size_t n, const char *
 }
 
 int tq__kv_run_put(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                   const tq_batch *fields, const char *const *tags_json)
+                   const tq_batch *fields, const char *const *tags_json, tq_meta **meta_p)
 {
     tq__rows_t spec = {TQ_ROWS_KEYS, NULL, keys, tags_json};
-    return tq__put(c, partition, (uint32_t)n, fields, &spec, NULL);
+    return tq__put(c, partition, (uint32_t)n, fields, &spec, NULL, meta_p);
 }
 
 TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
@@ -88,7 +92,17 @@ TQ_EXPORT int tq_kv_batch_put(tq_client *c, const char *partition, size_t n,
                               const char *const *tags_json)
 {
     int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
-    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json);
+    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json, NULL);
+}
+
+TQ_EXPORT int tq_kv_batch_put_meta(tq_client *c, const char *partition, size_t n,
+                                   const char *const *keys, const tq_batch *fields,
+                                   const char *const *tags_json, tq_meta **meta_p)
+{
+    int rc = tq__kv_check_put(c, partition, n, keys, fields, tags_json);
+    if (rc == TQ_OK && meta_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    return rc != TQ_OK ? rc : tq__kv_run_put(c, partition, n, keys, fields, tags_json, meta_p);
 }
 
 TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,
@@ -98,7 +112,7 @@ TQ_EXPORT int tq_kv_put(tq_client *c, const char *partition, const char *key,
 }
 
 int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                     size_t num_fields, const char *const *fields, tq_batch **batch_p)
+                     size_t num_fields, const char *const *fields)
 {
     int rc = check_target(c, partition, n, keys, true);
     if (rc != TQ_OK)
@@ -109,13 +123,11 @@ int tq__kv_check_get(tq_client *c, const char *partition, size_t n, const char *
     for (size_t i = 0; fields != NULL && i < num_fields; i++)
         if (tq__check_name(c, fields[i], "field %zu", i) != TQ_OK)
             return TQ_ERR_INVALID;
-    if (batch_p == NULL)
-        return tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
     return TQ_OK;
 }
 
-int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
-                   size_t num_fields, const char *const *fields, tq_batch **batch_p)
+int tq__kv_run_get_meta(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                        size_t num_fields, const char *const *fields, tq_meta **meta_p)
 {
     if (fields == NULL)
         num_fields = 0;
@@ -132,11 +144,19 @@ int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *co
     for (size_t i = 0; i < n; i++)
         tq_wire_encode_name(&cc->out, keys[i]);
     tq_rbuf r;
-    tq_meta *meta = NULL;
     rc = tq__call(c, cc, off, c->timeout_ms, &r);
     if (rc == TQ_OK)
-        rc = tq__meta_parse(c, cc, &r, &meta);
+        rc = tq__meta_parse(c, cc, partition, &r, meta_p);
     tq__conn_release(c, cc);
+    return rc;
+}
+
+/* The meta, then its data: no task consumed the rows, so the meta goes either way. */
+int tq__kv_run_get(tq_client *c, const char *partition, size_t n, const char *const *keys,
+                   size_t num_fields, const char *const *fields, tq_batch **batch_p)
+{
+    tq_meta *meta = NULL;
+    int rc = tq__kv_run_get_meta(c, partition, n, keys, num_fields, fields, &meta);
     if (rc != TQ_OK)
         return rc;
     rc = tq__meta_read(c, meta, batch_p);
@@ -148,8 +168,21 @@ TQ_EXPORT int tq_kv_batch_get(tq_client *c, const char *partition, size_t n,
                               const char *const *keys, size_t num_fields,
                               const char *const *fields, tq_batch **batch_p)
 {
-    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields, batch_p);
+    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields);
+    if (rc == TQ_OK && batch_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "batch_p is NULL");
     return rc != TQ_OK ? rc : tq__kv_run_get(c, partition, n, keys, num_fields, fields, batch_p);
+}
+
+TQ_EXPORT int tq_kv_get_meta(tq_client *c, const char *partition, size_t n,
+                             const char *const *keys, size_t num_fields,
+                             const char *const *fields, tq_meta **meta_p)
+{
+    int rc = tq__kv_check_get(c, partition, n, keys, num_fields, fields);
+    if (rc == TQ_OK && meta_p == NULL)
+        rc = tq__set_error(c, TQ_ERR_INVALID, "meta_p is NULL");
+    return rc != TQ_OK ? rc
+                       : tq__kv_run_get_meta(c, partition, n, keys, num_fields, fields, meta_p);
 }
 
 /* ---- listing and clearing ---- */
@@ -275,7 +308,7 @@ out:
     return rc == TQ_ERR_NOMEM ? tq__set_error(c, rc, "out of memory") : rc;
 }
 
-static int check_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+int tq__kv_check_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
 {
     if (c == NULL)
         return TQ_ERR_INVALID;
@@ -289,7 +322,7 @@ static int check_list(tq_client *c, const char *partition, tq_kv_entries **entri
 TQ_EXPORT int tq_kv_list_page(tq_client *c, const char *partition, const char *cursor,
                               size_t limit, tq_kv_entries **entries_p)
 {
-    int rc = check_list(c, partition, entries_p);
+    int rc = tq__kv_check_list(c, partition, entries_p);
     if (rc != TQ_OK)
         return rc;
     if (cursor != NULL && strlen(cursor) > TQ_WIRE_CURSOR_MAX)
@@ -306,12 +339,16 @@ TQ_EXPORT int tq_kv_list_page(tq_client *c, const char *partition, const char *c
     return TQ_OK;
 }
 
-/* Every page, one after another: one answer is bounded, a listing is not. */
 TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
 {
-    int rc = check_list(c, partition, entries_p);
-    if (rc != TQ_OK)
-        return rc;
+    int rc = tq__kv_check_list(c, partition, entries_p);
+    return rc != TQ_OK ? rc : tq__kv_run_list(c, partition, entries_p);
+}
+
+/* Every page, one after another: one answer is bounded, a listing is not. */
+int tq__kv_run_list(tq_client *c, const char *partition, tq_kv_entries **entries_p)
+{
+    int rc;
     tq_kv_entries *e = calloc(1, sizeof(*e));
     if (e == NULL)
         return tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
@@ -329,11 +366,20 @@ TQ_EXPORT int tq_kv_list(tq_client *c, const char *partition, tq_kv_entries **en
     return TQ_OK;
 }
 
+int tq__kv_check_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
+{
+    return check_target(c, partition, n, keys, true);
+}
+
 TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
 {
-    int rc = check_target(c, partition, n, keys, true);
-    if (rc != TQ_OK)
-        return rc;
+    int rc = tq__kv_check_clear(c, partition, n, keys);
+    return rc != TQ_OK ? rc : tq__kv_run_clear(c, partition, n, keys);
+}
+
+int tq__kv_run_clear(tq_client *c, const char *partition, size_t n, const char *const *keys)
+{
+    int rc;
     tq_wbuf body;
     tq_wbuf_init(&body);
     tq_wire_encode_kv_keys(&body, &(tq_msg_kv_keys_t){{partition, (uint16_t)strlen(partition)},
@@ -346,3 +392,145 @@ TQ_EXPORT int tq_kv_clear(tq_client *c, const char *partition, size_t n, const c
     tq_wbuf_free(&body);
     return rc == TQ_OK ? (int)removed : rc;
 }
+
+/* ---- custom meta: one JSON object per row (a keyed row's is its tag) ---- */
+
+TQ_EXPORT int tq_set_custom_meta(tq_client *c, const char *partition, size_t n,
+                                 const int64_t *indexes, const char *const *json)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes == NULL || json == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes and json: 1 to %u of each are required",
+                             TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++) {
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+        size_t len = json[i] ? strlen(json[i]) : 0;
+        if (len > TQ_MAX_CUSTOM_META)
+            return tq__set_error(c, TQ_ERR_INVALID, "the custom meta of row %lld is %zu bytes: "
+                                 "at most %d (TQ_MAX_CUSTOM_META)", (long long)indexes[i], len,
+                                 TQ_MAX_CUSTOM_META);
+        cJSON *obj = json[i] ? cJSON_ParseWithOpts(json[i], NULL, 1) : NULL;
+        bool object = json[i] == NULL || cJSON_IsObject(obj);
+        cJSON_Delete(obj);
+        if (!object)
+            return tq__set_error(c, TQ_ERR_INVALID, "the custom meta of row %lld is not one JSON "
+                                 "object", (long long)indexes[i]);
+    }
+    tq_wbuf body;
+    tq_wbuf_init(&body);
+    tq_wire_encode_set_custom(&body, &(tq_msg_set_custom_t){
+        {partition, (uint16_t)strlen(partition)}, (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
+    for (size_t i = 0; i < n; i++)
+        tq_wire_encode_custom(&body, json[i], json[i] ? (uint32_t)strlen(json[i]) : 0);
+    rc = body.failed ? tq__set_error(c, TQ_ERR_NOMEM, "out of memory")
+                     : tq__simple_call(c, TQ_MSG_SET_CUSTOM_META, &body, NULL);
+    tq_wbuf_free(&body);
+    return rc;
+}
+
+TQ_EXPORT const char *tq_meta_custom(const tq_meta *m, uint32_t row)
+{
+    if (m == NULL || row >= m->rows)
+        return NULL;
+    return m->custom != NULL && m->custom[row] != NULL ? m->custom[row] : "{}";
+}
+
+TQ_EXPORT const char *tq_meta_key(const tq_meta *m, uint32_t row)
+{
+    return m != NULL && row < m->rows && m->keys != NULL ? m->keys[row] : NULL;
+}
+
+/* ---- key <-> row index ---- */
+
+TQ_EXPORT int tq_kv_indexes(tq_client *c, const char *partition, size_t n,
+                            const char *const *keys, int create, int64_t *indexes_out)
+{
+    int rc = check_target(c, partition, n, keys, true);
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes_out == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes_out is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_INDEXES);
+    tq_wire_encode_kv_indexes(&cc->out, &(tq_msg_kv_indexes_t){
+        {partition, (uint16_t)strlen(partition)}, create != 0, (uint32_t)n});
+    for (size_t i = 0; i < n; i++)
+        tq_wire_encode_name(&cc->out, keys[i]);
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK) {
+        tq_array_t a = tq_wire_get_array(&r, n);
+        bool ok = tq_rbuf_done(&r);
+        for (uint32_t i = 0; ok && i < n; i++)
+            ok = tq_array_i64(a, i) >= (create ? 0 : -1);
+        if (!ok)
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed kv_indexes reply");
+        for (uint32_t i = 0; ok && i < n; i++)
+            indexes_out[i] = tq_array_i64(a, i);
+    }
+    tq__conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT int tq_kv_keys(tq_client *c, const char *partition, size_t n, const int64_t *indexes,
+                         char ***keys_p)
+{
+    if (c == NULL)
+        return TQ_ERR_INVALID;
+    int rc = check_partition(c, partition);
+    if (rc != TQ_OK)
+        return rc;
+    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++)
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+    if (keys_p == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "keys_p is NULL");
+    tq_ctrl_conn *cc;
+    if ((rc = tq__conn_acquire(c, &cc)) != TQ_OK)
+        return rc;
+    size_t off = tq__ctrl_begin(cc, TQ_MSG_KV_KEYS);
+    tq_wire_encode_clear(&cc->out, &(tq_msg_clear_t){{partition, (uint16_t)strlen(partition)},
+                                                     (uint32_t)n, tq_array_of(indexes, (uint32_t)n)});
+    tq_rbuf r;
+    if ((rc = tq__call(c, cc, off, c->timeout_ms, &r)) == TQ_OK) {
+        /* one block: the n pointers, then the keys they point to */
+        tq_rbuf scan = r;
+        size_t bytes = n * sizeof(char *);
+        for (size_t i = 0; i < n; i++) {
+            tq_str_t k;
+            if (tq_wire_decode_row_key(&scan, &k) != TQ_OK)
+                break;
+            bytes += k.len + 1u;
+        }
+        char **keys = tq_rbuf_done(&scan) ? malloc(bytes) : NULL;
+        if (!tq_rbuf_done(&scan))
+            rc = tq__set_error(c, TQ_ERR_PROTOCOL, "malformed kv_keys reply");
+        else if (keys == NULL)
+            rc = tq__set_error(c, TQ_ERR_NOMEM, "out of memory");
+        char *at = keys ? (char *)(keys + n) : NULL;
+        for (size_t i = 0; keys != NULL && i < n; i++) {
+            tq_str_t k;
+            tq_wire_decode_row_key(&r, &k);
+            keys[i] = k.len ? at : NULL;
+            memcpy(at, k.ptr, k.len);
+            at[k.len] = '\0';
+            at += k.len + 1u;
+        }
+        if (keys != NULL)
+            *keys_p = keys;
+    }
+    tq__conn_release(c, cc);
+    return rc;
+}
+
+TQ_EXPORT void tq_kv_keys_free(char **keys) { free(keys); }

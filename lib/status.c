@@ -17,6 +17,8 @@ size_t tq_dtype_size(tq_dtype_t dtype)
         [TQ_DTYPE_BOOL] = 1, [TQ_DTYPE_U8] = 1,  [TQ_DTYPE_I8] = 1,   [TQ_DTYPE_I16] = 2,
         [TQ_DTYPE_I32] = 4,  [TQ_DTYPE_I64] = 8, [TQ_DTYPE_F16] = 2,  [TQ_DTYPE_BF16] = 2,
         [TQ_DTYPE_F32] = 4,  [TQ_DTYPE_F64] = 8, [TQ_DTYPE_BYTES] = 1,
+        [TQ_DTYPE_U16] = 2,  [TQ_DTYPE_U32] = 4, [TQ_DTYPE_U64] = 8,  [TQ_DTYPE_C32] = 4,
+        [TQ_DTYPE_C64] = 8,  [TQ_DTYPE_C128] = 16,
     };
     return (unsigned)dtype < sizeof(sizes) ? sizes[dtype] : 0;
 }

@@ -222,6 +222,9 @@ TQ_EXPORT int tq_stream_open(tq_client *c, const tq_fetch_args_t *args, tq_strea
     int rc = tq__check_fetch(c, args);
     if (rc != TQ_OK)
         return rc;
+    if (args->mode != TQ_FETCH_READY)
+        return tq__set_error(c, TQ_ERR_INVALID, "a stream fetches ready rows: mode must be "
+                             "TQ_FETCH_READY, not %d", args->mode);
     if (stream_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "stream_p is NULL");
     if (args->prefetch > MAX_PREFETCH)

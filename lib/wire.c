@@ -6,6 +6,8 @@
 
 #include "tq/tq.h"
 
+_Static_assert(TQ_MAX_FORMAT == TQ_WIRE_FORMAT_MAX, "one limit on format labels");
+
 /* ---- output cursor ---- */
 
 void tq_wbuf_init(tq_wbuf *w) { memset(w, 0, sizeof(*w)); }
@@ -181,6 +183,19 @@ char *tq_str_dup(tq_str_t s)
 bool tq_str_is_name(tq_str_t s)
 {
     return s.len > 0 && s.len <= TQ_WIRE_NAME_MAX && memchr(s.ptr, '\0', s.len) == NULL;
+}
+
+bool tq_str_is_format(tq_str_t s)
+{
+    if (s.len > TQ_WIRE_FORMAT_MAX)
+        return false;
+    for (uint16_t i = 0; i < s.len; i++) {
+        char ch = s.ptr[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
+              ch == '-'))
+            return false;
+    }
+    return true;
 }
 
 /* A list of n strings, each a name on decoding. */
@@ -399,8 +414,9 @@ int tq_wire_decode_alloc(tq_rbuf *r, tq_msg_alloc_t *m)
 /* Bytes fields have the bytes dtype and no dimensions; nothing else does. */
 static bool field_schema_ok(tq_str_t name, uint8_t kind, uint8_t dtype, uint8_t ndim)
 {
-    return tq_str_is_name(name) && kind <= TQ_FIELD_BYTES && dtype <= TQ_DTYPE_BYTES &&
-           ndim <= TQ_MAX_NDIM && (kind == TQ_FIELD_BYTES) == (dtype == TQ_DTYPE_BYTES) &&
+    return tq_str_is_name(name) && kind <= TQ_FIELD_BYTES &&
+           tq_dtype_size((tq_dtype_t)dtype) != 0 && ndim <= TQ_MAX_NDIM &&
+           (kind == TQ_FIELD_BYTES) == (dtype == TQ_DTYPE_BYTES) &&
            (kind != TQ_FIELD_BYTES || ndim == 0);
 }
 
@@ -420,6 +436,7 @@ void tq_wire_encode_field(tq_wbuf *w, const tq_wire_field_t *m)
     tq_wire_put_u8(w, m->kind);
     tq_wire_put_u8(w, m->dtype);
     tq_wire_put_u8(w, m->ndim);
+    tq_wire_put_str(w, m->format.ptr, m->format.len);
     tq_wire_put_bytes(w, m->dims.ptr, (size_t)m->dims.count * 8);
 }
 
@@ -429,7 +446,9 @@ int tq_wire_decode_field(tq_rbuf *r, uint32_t rows, tq_wire_field_t *m)
     m->kind = tq_wire_get_u8(r);
     m->dtype = tq_wire_get_u8(r);
     m->ndim = tq_wire_get_u8(r);
-    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim))
+    m->format = tq_wire_get_str(r);
+    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim) ||
+        !tq_str_is_format(m->format))
         return TQ_ERR_PROTOCOL;
     m->dims = tq_wire_get_array(r, field_dims_count(m->kind, m->ndim, rows));
     return decoded(r);
@@ -495,6 +514,7 @@ void tq_wire_encode_get_meta(tq_wbuf *w, const tq_msg_get_meta_t *m)
     tq_wire_put_str(w, m->sampler.ptr, m->sampler.len);
     tq_wire_put_blob(w, m->sampler_args.ptr, m->sampler_args.len);
     tq_wire_put_u32(w, (uint32_t)m->timeout_ms);
+    tq_wire_put_u8(w, m->mode);
 }
 
 int tq_wire_decode_get_meta(tq_rbuf *r, tq_msg_get_meta_t *m)
@@ -502,16 +522,19 @@ int tq_wire_decode_get_meta(tq_rbuf *r, tq_msg_get_meta_t *m)
     m->partition = tq_wire_get_str(r);
     m->task = tq_wire_get_str(r);
     m->num_fields = tq_wire_get_u16(r);
-    if (r->failed || !tq_str_is_name(m->partition) || !tq_str_is_name(m->task) ||
-        m->num_fields == 0 || m->num_fields > TQ_WIRE_MAX_FIELDS ||
+    if (r->failed || !tq_str_is_name(m->partition) ||
+        (m->task.len > 0 && !tq_str_is_name(m->task)) || m->num_fields > TQ_WIRE_MAX_FIELDS ||
         !get_names(r, m->fields, m->num_fields))
         return TQ_ERR_PROTOCOL;
     m->batch_size = tq_wire_get_u32(r);
     m->sampler = tq_wire_get_str(r);
     m->sampler_args = tq_wire_get_blob(r);
     m->timeout_ms = (int32_t)tq_wire_get_u32(r);
+    m->mode = tq_wire_get_u8(r);
     if (m->batch_size == 0 || m->batch_size > TQ_WIRE_MAX_ROWS || m->timeout_ms < -1 ||
-        (m->sampler.len > 0 && !tq_str_is_name(m->sampler)))
+        (m->sampler.len > 0 && !tq_str_is_name(m->sampler)) || m->mode > TQ_FETCH_INSERT ||
+        (m->mode == TQ_FETCH_READY && m->task.len == 0) ||
+        ((m->num_fields == 0) != (m->mode == TQ_FETCH_INSERT)))
         return TQ_ERR_PROTOCOL;
     return decoded(r);
 }
@@ -545,9 +568,13 @@ void tq_wire_encode_meta_field(tq_wbuf *w, const tq_wire_meta_field_t *m)
     tq_wire_put_u8(w, m->kind);
     tq_wire_put_u8(w, m->dtype);
     tq_wire_put_u8(w, m->ndim);
+    tq_wire_put_str(w, m->format.ptr, m->format.len);
     tq_wire_put_bytes(w, m->row_shape.ptr, (size_t)m->row_shape.count * 8);
     tq_wire_put_bytes(w, m->shapes.ptr, (size_t)m->shapes.count * 8);
     tq_wire_put_bytes(w, m->row_bytes.ptr, (size_t)m->row_bytes.count * 8);
+    tq_wire_put_u8(w, m->present.ptr != NULL);
+    if (m->present.ptr != NULL)
+        tq_wire_put_bytes(w, m->present.ptr, m->present.len);
     tq_wire_put_u32(w, m->num_runs);
 }
 
@@ -557,15 +584,103 @@ int tq_wire_decode_meta_field(tq_rbuf *r, uint32_t rows, tq_wire_meta_field_t *m
     m->kind = tq_wire_get_u8(r);
     m->dtype = tq_wire_get_u8(r);
     m->ndim = tq_wire_get_u8(r);
-    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim))
+    m->format = tq_wire_get_str(r);
+    if (r->failed || !field_schema_ok(m->name, m->kind, m->dtype, m->ndim) ||
+        !tq_str_is_format(m->format))
         return TQ_ERR_PROTOCOL;
     bool tensor = m->kind == TQ_FIELD_TENSOR, nested = m->kind == TQ_FIELD_NESTED;
     m->row_shape = tq_wire_get_array(r, tensor ? m->ndim : 0);
     m->shapes = tq_wire_get_array(r, nested ? (uint64_t)rows * m->ndim : 0);
     m->row_bytes = tq_wire_get_array(r, rows);
+    uint8_t some_absent = tq_wire_get_u8(r);
+    m->present = (tq_blob_t){NULL, 0};
+    if (some_absent > 1)
+        return TQ_ERR_PROTOCOL;
+    if (some_absent) {
+        const uint8_t *p = rbuf_take(r, rows);
+        for (uint32_t i = 0; p != NULL && i < rows; i++)
+            if (p[i] > 1)
+                return TQ_ERR_PROTOCOL;
+        m->present = (tq_blob_t){p ? p : (const uint8_t *)"", p ? rows : 0};
+    }
     m->num_runs = tq_wire_get_u32(r);
     /* each run is 20 bytes on the wire: a count beyond what is left is a lie */
     if (!r->failed && m->num_runs > (uint64_t)(r->end - r->p) / 20)
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_meta_rows(tq_wbuf *w, const tq_msg_meta_rows_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u32(w, m->count);
+    tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->count * 8);
+    tq_wire_put_u16(w, m->num_fields);
+    put_strs(w, m->fields, m->num_fields);
+}
+
+int tq_wire_decode_meta_rows(tq_rbuf *r, tq_msg_meta_rows_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->count = tq_wire_get_u32(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
+        m->count > TQ_WIRE_MAX_ROWS)
+        return TQ_ERR_PROTOCOL;
+    m->indexes = tq_wire_get_array(r, m->count);
+    m->num_fields = tq_wire_get_u16(r);
+    if (r->failed || m->num_fields > TQ_WIRE_MAX_FIELDS || !get_names(r, m->fields, m->num_fields))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_set_custom(tq_wbuf *w, const tq_msg_set_custom_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u32(w, m->count);
+    tq_wire_put_bytes(w, m->indexes.ptr, (size_t)m->count * 8);
+}
+
+int tq_wire_decode_set_custom(tq_rbuf *r, tq_msg_set_custom_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->count = tq_wire_get_u32(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
+        m->count > TQ_WIRE_MAX_ROWS)
+        return TQ_ERR_PROTOCOL;
+    m->indexes = tq_wire_get_array(r, m->count);
+    return decoded(r);
+}
+
+void tq_wire_encode_custom(tq_wbuf *w, const void *text, uint32_t len)
+{
+    tq_wire_put_blob(w, text, len);
+}
+
+int tq_wire_decode_custom(tq_rbuf *r, tq_blob_t *custom)
+{
+    *custom = tq_wire_get_blob(r);
+    if (!r->failed && (custom->len > TQ_MAX_CUSTOM_META ||
+                       memchr(custom->ptr, '\0', custom->len) != NULL))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_rows_info(tq_wbuf *w, uint8_t what) { tq_wire_put_u8(w, what); }
+
+int tq_wire_decode_rows_info(tq_rbuf *r, uint8_t *what)
+{
+    *what = tq_wire_get_u8(r);
+    if (*what & ~(TQ_WIRE_ROWS_KEYS | TQ_WIRE_ROWS_CUSTOM))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_row_key(tq_wbuf *w, tq_str_t key) { tq_wire_put_str(w, key.ptr, key.len); }
+
+int tq_wire_decode_row_key(tq_rbuf *r, tq_str_t *key)
+{
+    *key = tq_wire_get_str(r);
+    if (!r->failed && key->len > 0 && !tq_str_is_name(*key))
         return TQ_ERR_PROTOCOL;
     return decoded(r);
 }
@@ -641,6 +756,24 @@ int tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m)
     if (r->failed || !tq_str_is_name(m->partition) || m->count == 0 ||
         m->count > TQ_WIRE_MAX_ROWS || m->num_fields > TQ_WIRE_MAX_FIELDS ||
         !get_names(r, m->fields, m->num_fields))
+        return TQ_ERR_PROTOCOL;
+    return decoded(r);
+}
+
+void tq_wire_encode_kv_indexes(tq_wbuf *w, const tq_msg_kv_indexes_t *m)
+{
+    tq_wire_put_str(w, m->partition.ptr, m->partition.len);
+    tq_wire_put_u8(w, m->create);
+    tq_wire_put_u32(w, m->count);
+}
+
+int tq_wire_decode_kv_indexes(tq_rbuf *r, tq_msg_kv_indexes_t *m)
+{
+    m->partition = tq_wire_get_str(r);
+    m->create = tq_wire_get_u8(r);
+    m->count = tq_wire_get_u32(r);
+    if (r->failed || !tq_str_is_name(m->partition) || m->create > 1 || m->count == 0 ||
+        m->count > TQ_WIRE_MAX_ROWS)
         return TQ_ERR_PROTOCOL;
     return decoded(r);
 }

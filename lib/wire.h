@@ -20,7 +20,8 @@
  * as the frame's buffer.
  */
 #define TQ_WIRE_MAGIC        0x44525154u /* "TQRD" */
-#define TQ_WIRE_VERSION      2
+#define TQ_WIRE_VERSION      5 /* 3: format labels; 4: fetch modes, absent cells; 5: rows'
+                                   keys and custom meta in metas, key <-> index */
 #define TQ_WIRE_HEADER_SIZE  24
 #define TQ_WIRE_MAX_BODY     (64u << 20)
 #define TQ_WIRE_FLAG_REPLY   0x01
@@ -28,6 +29,7 @@
 #define TQ_WIRE_MAX_TRANSPORTS 8
 #define TQ_WIRE_MAX_FIELDS   256   /* fields per request */
 #define TQ_WIRE_MAX_ROWS     (1u << 20) /* rows per request */
+#define TQ_WIRE_FORMAT_MAX   15    /* a field's format label: 0..15 bytes of [a-z0-9_.-] */
 
 typedef enum {
     TQ_MSG_HELLO = 1,         /* first message of every connection */
@@ -53,6 +55,11 @@ typedef enum {
     TQ_MSG_UNIT_LEAVE,        /* storage unit: shutting down in order, no reply */
     TQ_MSG_PARTITIONS,        /* rows, fields and tasks of partitions */
     TQ_MSG_PING,              /* empty; answered at once, even while a request is parked */
+    TQ_MSG_GET_META_ROWS,     /* pin given rows (no consumption) */
+    TQ_MSG_SET_CUSTOM_META,   /* replace the custom meta of rows */
+    TQ_MSG_KV_INDEXES,        /* keys -> row indexes, maybe making rows for new keys */
+    TQ_MSG_KV_KEYS,           /* row indexes -> keys */
+    TQ_MSG_COMMIT_META,       /* COMMIT, answered with the meta of the rows written */
     TQ_MSG_TYPE_MAX
 } tq_msg_type_t;
 
@@ -138,6 +145,8 @@ bool tq_str_eq(tq_str_t s, const char *c);
 char *tq_str_dup(tq_str_t s);
 /* A name: 1..TQ_WIRE_NAME_MAX bytes with no NUL inside. */
 bool tq_str_is_name(tq_str_t s);
+/* A format label: 0..TQ_WIRE_FORMAT_MAX bytes of [a-z0-9_.-] ("" is none). */
+bool tq_str_is_format(tq_str_t s);
 
 /* ---- frames ---- */
 
@@ -202,11 +211,14 @@ typedef struct {
 } tq_wire_unit_t;
 
 /* One field of an ALLOC request. The shape section depends on the kind:
- * tensor: row_shape[ndim]; nested: shapes[rows*ndim]; bytes: lengths[rows]. */
+ * tensor: row_shape[ndim]; nested: shapes[rows*ndim]; bytes: lengths[rows].
+ * format is the label a binding gave the field's encoding ("" for none),
+ * between ndim and the shape section. */
 typedef struct {
     tq_str_t   name;
     uint8_t    kind, dtype, ndim;
-    tq_array_t dims; /* row_shape, shapes or lengths as above */
+    tq_array_t dims;   /* row_shape, shapes or lengths as above */
+    tq_str_t   format; /* on the wire before dims */
 } tq_wire_field_t;
 
 /* How an ALLOC names its rows. */
@@ -254,7 +266,9 @@ typedef struct {
     uint64_t id;
 } tq_msg_id_t;
 
-/* GET_META request: fields are num_fields strings that follow. */
+/* GET_META request: fields are num_fields strings that follow; mode (a
+ * TQ_FETCH_* value) ends it. Only a READY fetch names a task ("" otherwise
+ * allowed); only an INSERT names no field. */
 typedef struct {
     tq_str_t  partition, task;
     uint16_t  num_fields;
@@ -263,10 +277,19 @@ typedef struct {
     tq_str_t  sampler;
     tq_blob_t sampler_args;
     int32_t   timeout_ms;
+    uint8_t   mode;
 } tq_msg_get_meta_t;
 
 /* GET_META reply: the fixed part, then num_fields of: tq_wire_meta_field_t
- * followed by its num_runs tq_wire_extent_t. */
+ * followed by its num_runs tq_wire_extent_t. A meta field's cells may be
+ * absent on some rows (a FORCE fetch, a meta of given rows): then a u8 1 and
+ * one byte per row follow row_bytes (1: the cell exists, 0: it was never
+ * produced, and has no bytes); else a u8 0.
+ * After the fields, a u8 of TQ_WIRE_ROWS_* bits says what else follows, per
+ * row, in this order: the row's key (a string, "" for none), then its custom
+ * meta (a blob of JSON object text, "" for none). */
+#define TQ_WIRE_ROWS_KEYS   0x01
+#define TQ_WIRE_ROWS_CUSTOM 0x02
 typedef struct {
     uint64_t   meta_id;
     uint32_t   lease_ms; /* the rows are unpinned this long after the reply */
@@ -282,7 +305,27 @@ typedef struct {
     tq_array_t shapes;     /* nested: rows*ndim entries */
     tq_array_t row_bytes;  /* rows entries */
     uint32_t   num_runs;
+    tq_str_t   format;     /* the field's format label, "" for none; on the wire after ndim */
+    tq_blob_t  present;    /* rows bytes of 0 or 1; NULL (len 0): every cell exists */
 } tq_wire_meta_field_t;
+
+/* GET_META_ROWS request: rows of a partition by index, then num_fields names
+ * (0: every field all the rows have). Reply: as GET_META. */
+typedef struct {
+    tq_str_t   partition;
+    uint32_t   count;
+    tq_array_t indexes;
+    uint16_t   num_fields;
+    tq_str_t   fields[TQ_WIRE_MAX_FIELDS];
+} tq_msg_meta_rows_t;
+
+/* SET_CUSTOM_META request: partition, count, count indexes, then count
+ * custom metas (tq_wire_decode_custom; "" removes one). Reply: empty. */
+typedef struct {
+    tq_str_t   partition;
+    uint32_t   count;
+    tq_array_t indexes;
+} tq_msg_set_custom_t;
 
 /* CLEAR request; reply: u32 removed. */
 typedef struct {
@@ -317,6 +360,16 @@ typedef struct {
     tq_str_t partition;
     uint32_t count;
 } tq_msg_kv_keys_t;
+
+/* KV_INDEXES request: partition, u8 create (0 or 1), u32 count (>= 1), then
+ * count keys (tq_wire_decode_name). Reply: count i64 row indexes, -1 for a
+ * key that has none. KV_KEYS request: as CLEAR (count >= 1). Reply: count
+ * keys (tq_wire_decode_row_key: "" for a row without one). */
+typedef struct {
+    tq_str_t partition;
+    uint8_t  create;
+    uint32_t count;
+} tq_msg_kv_indexes_t;
 
 typedef struct {
     tq_str_t  partition, key;
@@ -369,6 +422,20 @@ void tq_wire_encode_get_meta_reply(tq_wbuf *w, const tq_msg_get_meta_reply_t *m)
 int  tq_wire_decode_get_meta_reply(tq_rbuf *r, tq_msg_get_meta_reply_t *m);
 void tq_wire_encode_meta_field(tq_wbuf *w, const tq_wire_meta_field_t *m);
 int  tq_wire_decode_meta_field(tq_rbuf *r, uint32_t rows, tq_wire_meta_field_t *m);
+void tq_wire_encode_meta_rows(tq_wbuf *w, const tq_msg_meta_rows_t *m);
+int  tq_wire_decode_meta_rows(tq_rbuf *r, tq_msg_meta_rows_t *m);
+void tq_wire_encode_set_custom(tq_wbuf *w, const tq_msg_set_custom_t *m);
+int  tq_wire_decode_set_custom(tq_rbuf *r, tq_msg_set_custom_t *m);
+/* A row's custom meta: a blob of at most TQ_MAX_CUSTOM_META bytes with no NUL
+ * ("" for none); its JSON is the reader's to check. */
+void tq_wire_encode_custom(tq_wbuf *w, const void *text, uint32_t len);
+int  tq_wire_decode_custom(tq_rbuf *r, tq_blob_t *custom);
+/* What follows a meta's fields (TQ_WIRE_ROWS_* bits); and a row's key there
+ * (a name, or "" for none). */
+void tq_wire_encode_rows_info(tq_wbuf *w, uint8_t what);
+int  tq_wire_decode_rows_info(tq_rbuf *r, uint8_t *what);
+void tq_wire_encode_row_key(tq_wbuf *w, tq_str_t key);
+int  tq_wire_decode_row_key(tq_rbuf *r, tq_str_t *key);
 void tq_wire_encode_clear(tq_wbuf *w, const tq_msg_clear_t *m);
 int  tq_wire_decode_clear(tq_rbuf *r, tq_msg_clear_t *m);
 void tq_wire_encode_partition(tq_wbuf *w, const tq_msg_partition_t *m);
@@ -381,6 +448,8 @@ void tq_wire_encode_key(tq_wbuf *w, const char *key, const char *tag_json);
 int  tq_wire_decode_key(tq_rbuf *r, tq_str_t *key, tq_blob_t *tag);
 void tq_wire_encode_kv_get(tq_wbuf *w, const tq_msg_kv_get_t *m);
 int  tq_wire_decode_kv_get(tq_rbuf *r, tq_msg_kv_get_t *m);
+void tq_wire_encode_kv_indexes(tq_wbuf *w, const tq_msg_kv_indexes_t *m);
+int  tq_wire_decode_kv_indexes(tq_rbuf *r, tq_msg_kv_indexes_t *m);
 void tq_wire_encode_kv_keys(tq_wbuf *w, const tq_msg_kv_keys_t *m);
 int  tq_wire_decode_kv_keys(tq_rbuf *r, tq_msg_kv_keys_t *m);
 /* A partition's name, or "" for every partition. */

@@ -95,6 +95,8 @@ static void check_line(const cJSON *j, unsigned clients, unsigned iters)
     cr_expect_geq(num(j, "bytes_per_s"), 0);
     cr_expect_gt(num(j, "p50_us"), 0);
     cr_expect_leq(num(j, "p50_us"), num(j, "p99_us"));
+    cr_expect_lt(0, num(j, "min_us"));
+    cr_expect_leq(num(j, "min_us"), num(j, "p50_us"));
     num(j, "field_bytes");
 }
 

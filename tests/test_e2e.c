@@ -387,7 +387,9 @@ static const dtype_case_t dtype_cases[] = {
     {"t_bool", TQ_DTYPE_BOOL, 1}, {"t_u8", TQ_DTYPE_U8, 1},     {"t_i8", TQ_DTYPE_I8, 1},
     {"t_i16", TQ_DTYPE_I16, 2},   {"t_i32", TQ_DTYPE_I32, 4},   {"t_i64", TQ_DTYPE_I64, 8},
     {"t_f16", TQ_DTYPE_F16, 2},   {"t_bf16", TQ_DTYPE_BF16, 2}, {"t_f32", TQ_DTYPE_F32, 4},
-    {"t_f64", TQ_DTYPE_F64, 8},
+    {"t_f64", TQ_DTYPE_F64, 8},   {"t_u16", TQ_DTYPE_U16, 2},   {"t_u32", TQ_DTYPE_U32, 4},
+    {"t_u64", TQ_DTYPE_U64, 8},   {"t_c32", TQ_DTYPE_C32, 4},   {"t_c64", TQ_DTYPE_C64, 8},
+    {"t_c128", TQ_DTYPE_C128, 16},
 };
 #define NUM_DTYPES (sizeof(dtype_cases) / sizeof(dtype_cases[0]))
 
@@ -408,7 +410,8 @@ static uint32_t lcg(uint32_t *s)
     return *s >> 8;
 }
 
-/* n elements of dtype: pseudo-random bytes, specials first for floats. */
+/* n elements of dtype: pseudo-random bytes, specials first for floats (and
+ * for the float parts of complex numbers). */
 static void fill(void *data, tq_dtype_t dtype, size_t size, size_t n, uint32_t seed)
 {
     uint8_t *p = data;
@@ -418,16 +421,20 @@ static void fill(void *data, tq_dtype_t dtype, size_t size, size_t n, uint32_t s
         for (size_t i = 0; i < n; i++)
             p[i] &= 1;
     const void *sp = NULL;
-    size_t ns = 0;
+    size_t ns = 0, part = size; /* bytes of one float */
     switch (dtype) {
     case TQ_DTYPE_F16: sp = f16_specials, ns = sizeof(f16_specials) / 2; break;
     case TQ_DTYPE_BF16: sp = bf16_specials, ns = sizeof(bf16_specials) / 2; break;
     case TQ_DTYPE_F32: sp = f32_specials, ns = sizeof(f32_specials) / 4; break;
     case TQ_DTYPE_F64: sp = f64_specials, ns = sizeof(f64_specials) / 8; break;
+    case TQ_DTYPE_C32: sp = f16_specials, ns = sizeof(f16_specials) / 2, part = 2; break;
+    case TQ_DTYPE_C64: sp = f32_specials, ns = sizeof(f32_specials) / 4, part = 4; break;
+    case TQ_DTYPE_C128: sp = f64_specials, ns = sizeof(f64_specials) / 8, part = 8; break;
     default: break;
     }
+    size_t parts = n * (size / part);
     if (sp != NULL)
-        memcpy(p, sp, (ns < n ? ns : n) * size);
+        memcpy(p, sp, (ns < parts ? ns : parts) * part);
 }
 
 E2E_TEST(s13_roundtrip_every_kind)

@@ -272,8 +272,10 @@ Test(integrity, commit_over_the_metadata_budget_is_atomic, .timeout = 60)
     /* 3000 rows make room for 4096 row slots: the 1 MiB budget holds them
      * with two fields, not with three */
     enum { ROWS = 3000, SLOTS = 4096 };
-    cr_assert(lt(u64, SLOTS * (1 + sizeof(tq_kv_key_t *) + 2 * sizeof(tq_cell_t)), 1u << 20));
-    cr_assert(lt(u64, 1u << 20, SLOTS * (1 + sizeof(tq_kv_key_t *) + 3 * sizeof(tq_cell_t))));
+    cr_assert(lt(u64, SLOTS * (1 + sizeof(tq_kv_key_t *) + sizeof(tq_custom_t *) + 2 * sizeof(tq_cell_t)),
+                 1u << 20));
+    cr_assert(lt(u64, 1u << 20,
+                 SLOTS * (1 + sizeof(tq_kv_key_t *) + sizeof(tq_custom_t *) + 3 * sizeof(tq_cell_t))));
     const char *args[] = {"--max-metadata", "1M", NULL};
     tq_test_cluster cl;
     cr_assert(eq(int, tq_test_cluster_start_with(&cl, 1, "64M", args, NULL), 0));

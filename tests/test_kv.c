@@ -1432,3 +1432,68 @@ KV_TEST(list_pages_stay_consistent)
     cr_assert(eq(ptr, l, ENTRIES_SENTINEL), "a refused page wrote entries_p");
     cr_assert(strstr(tq_last_error(c), "cursor") != NULL, "error: %s", tq_last_error(c));
 }
+
+/* ---- tq_kv_batch_put_meta: the put's answer is the meta of its keys ---- */
+
+/* What TransferQueue's kv_put returns, from the one round trip: every field
+ * the keys have now (cumulative over puts), their merged tags, their keys; and
+ * the meta reads back what was put. */
+KV_TEST(put_meta_is_cumulative)
+{
+    tq_client *c = e->c;
+    const char *part = "put_meta";
+    const char *key = "k";
+    i64_row_t a, b;
+    tq_meta *m = NULL;
+    const char *tag1 = "{\"step\":1}", *tag2 = "{\"status\":\"run\"}";
+    cr_assert(eq(int, tq_kv_batch_put_meta(c, part, 1, &key, i64_row(&a, "ids", 11), &tag1, &m),
+                 TQ_OK), "%s", tq_last_error(c));
+    cr_assert(eq(u32, tq_meta_rows(m), 1));
+    cr_assert(eq(u32, tq_meta_num_fields(m), 1));
+    cr_assert(eq(str, (char *)tq_meta_field_name(m, 0), "ids"));
+    cr_assert(eq(str, (char *)tq_meta_key(m, 0), "k"));
+    assert_tag(tq_meta_custom(m, 0), tag1, "first put");
+    tq_meta_free(m);
+    tq_batch_destroy(a.b);
+
+    cr_assert(eq(int, tq_kv_batch_put_meta(c, part, 1, &key, i64_row(&b, "mask", 22), &tag2, &m),
+                 TQ_OK), "%s", tq_last_error(c));
+    cr_assert(eq(u32, tq_meta_num_fields(m), 2), "the fields of both puts");
+    assert_tag(tq_meta_custom(m, 0), "{\"step\":1,\"status\":\"run\"}", "merged");
+    tq_batch *got = NULL;
+    cr_assert(eq(int, tq_get_data(c, m, &got), TQ_OK), "%s", tq_last_error(c));
+    assert_i64_cell(got, "ids", 0, 11, "ids");
+    assert_i64_cell(got, "mask", 0, 22, "mask");
+    tq_batch_destroy(got);
+    tq_meta_free(m);
+    tq_batch_destroy(b.b);
+
+    /* a tag-only put of a new key: a meta of no field */
+    const char *fresh = "tag-only", *tag3 = "{\"t\":3}";
+    cr_assert(eq(int, tq_kv_batch_put_meta(c, part, 1, &fresh, NULL, &tag3, &m), TQ_OK), "%s",
+              tq_last_error(c));
+    cr_assert(eq(u32, tq_meta_num_fields(m), 0));
+    assert_tag(tq_meta_custom(m, 0), tag3, "tag-only");
+    tq_meta_free(m);
+
+    /* its non-blocking twin answers the same, through tq_request_take_meta */
+    tq_request *r = NULL;
+    cr_assert(eq(int, tq_kv_batch_put_meta_nb(c, part, 1, &key, NULL, &tag3, &r), TQ_OK));
+    cr_assert(eq(int, tq_request_wait(r, -1), TQ_OK), "%s", tq_last_error(c));
+    m = tq_request_take_meta(r);
+    cr_assert(ne(ptr, m, NULL));
+    cr_assert(eq(u32, tq_meta_num_fields(m), 2));
+    assert_tag(tq_meta_custom(m, 0), "{\"step\":1,\"status\":\"run\",\"t\":3}", "nb");
+    tq_meta_free(m);
+    tq_request_free(r);
+
+    /* bad input: nothing is written */
+    m = (tq_meta *)(uintptr_t)0x5e61;
+    cr_assert(eq(int, tq_kv_batch_put_meta(c, part, 1, &key, NULL, &tag3, NULL), TQ_ERR_INVALID));
+    const char *none = "never";
+    cr_assert(eq(int, tq_kv_batch_put_meta(c, part, 1, &none, NULL, NULL, &m), TQ_ERR_INVALID));
+    cr_assert(eq(ptr, m, (tq_meta *)(uintptr_t)0x5e61), "a refused put wrote meta_p");
+    int64_t ix = 0;
+    cr_assert(eq(int, tq_kv_indexes(c, part, 1, &none, 0, &ix), TQ_OK));
+    cr_assert(eq(i64, ix, -1), "the refused key exists");
+}

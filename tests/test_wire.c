@@ -158,12 +158,14 @@ static const uint64_t text_lengths[] = {5, 0, 100, UINT64_C(1) << 33};
 static tq_msg_alloc_t fx_alloc(bool with_indexes, tq_wire_field_t f[4])
 {
     uint32_t rows = with_indexes ? 4 : 3;
-    f[0] = (tq_wire_field_t){STR("obs"), TQ_FIELD_TENSOR, TQ_DTYPE_F32, 2, ARR(obs_shape)};
-    f[1] = (tq_wire_field_t){STR("reward"), TQ_FIELD_TENSOR, TQ_DTYPE_F64, 0, NO_ARR};
+    f[0] = (tq_wire_field_t){STR("obs"), TQ_FIELD_TENSOR, TQ_DTYPE_F32, 2, ARR(obs_shape),
+                             STR("")};
+    f[1] = (tq_wire_field_t){STR("reward"), TQ_FIELD_TENSOR, TQ_DTYPE_F64, 0, NO_ARR,
+                             STR("py.float")};
     f[2] = (tq_wire_field_t){STR("tokens"), TQ_FIELD_NESTED, TQ_DTYPE_I64, 2,
-                             tq_array_of(tok_shapes, rows * 2)};
+                             tq_array_of(tok_shapes, rows * 2), STR("list")};
     f[3] = (tq_wire_field_t){STR("text"), TQ_FIELD_BYTES, TQ_DTYPE_BYTES, 0,
-                             tq_array_of(text_lengths, rows)};
+                             tq_array_of(text_lengths, rows), STR("utf-8_012345678")};
     return (tq_msg_alloc_t){
         .partition = with_indexes ? STR("train") : STR("eval/with spaces"),
         .rows = rows,
@@ -209,6 +211,7 @@ static const uint64_t obs_row_bytes[] = {28224, 28224, 28224};
 static const uint64_t tok_meta_shapes[] = {3, 0, 17};
 static const uint64_t tok_row_bytes[] = {24, 0, 136};
 static const uint64_t text_row_bytes[] = {5, 0, 100};
+static const uint8_t tok_present[] = {1, 0, 1}; /* row 1 never produced tokens */
 
 static const tq_msg_get_meta_reply_t fx_meta_reply = {
     .meta_id = 0xA5A5A5A55A5A5A5Aull, .lease_ms = 0xFFFFFFFFu, .rows = 3, .indexes = {(const uint8_t *)meta_idx, 3}, .num_fields = 3};
@@ -222,14 +225,17 @@ static void fx_meta_fields(meta_fx_t m[3])
 {
     memset(m, 0, 3 * sizeof(*m));
     m[0].f = (tq_wire_meta_field_t){STR("obs"), TQ_FIELD_TENSOR, TQ_DTYPE_F32, 2,
-                                    ARR(obs_shape), NO_ARR, ARR(obs_row_bytes), 2};
+                                    ARR(obs_shape), NO_ARR, ARR(obs_row_bytes), 2, STR(""),
+                                    {NULL, 0}};
     m[0].runs[0] = (tq_wire_extent_t){0, 0, 28224 * 2};
     m[0].runs[1] = (tq_wire_extent_t){1, 4096, 28224};
     m[1].f = (tq_wire_meta_field_t){STR("tokens"), TQ_FIELD_NESTED, TQ_DTYPE_I64, 1,
-                                    NO_ARR, ARR(tok_meta_shapes), ARR(tok_row_bytes), 1};
+                                    NO_ARR, ARR(tok_meta_shapes), ARR(tok_row_bytes), 1,
+                                    STR("list"), {tok_present, 3}};
     m[1].runs[0] = (tq_wire_extent_t){2, UINT64_C(1) << 20, 160};
     m[2].f = (tq_wire_meta_field_t){STR("text"), TQ_FIELD_BYTES, TQ_DTYPE_BYTES, 0,
-                                    NO_ARR, NO_ARR, ARR(text_row_bytes), 3};
+                                    NO_ARR, NO_ARR, ARR(text_row_bytes), 3, STR("utf8"),
+                                    {NULL, 0}};
     m[2].runs[0] = (tq_wire_extent_t){0, 100, 5};
     m[2].runs[1] = (tq_wire_extent_t){TQ_WIRE_NO_UNIT, 0, 0};
     m[2].runs[2] = (tq_wire_extent_t){1, 200, 100};
@@ -360,6 +366,7 @@ static int dec_field(tq_rbuf *r)
     memset(&f, 0, sizeof(f));
     int rc = tq_wire_decode_field(r, g_rows, &f);
     touch_str(f.name);
+    touch_str(f.format);
     touch_array(f.dims);
     return rc;
 }
@@ -437,6 +444,8 @@ static int dec_meta_field(tq_rbuf *r)
     memset(&f, 0, sizeof(f));
     int rc = tq_wire_decode_meta_field(r, g_rows, &f);
     touch_str(f.name);
+    touch_str(f.format);
+    touch_blob(f.present);
     touch_array(f.row_shape);
     touch_array(f.shapes);
     touch_array(f.row_bytes);
@@ -763,6 +772,7 @@ static void check_alloc_roundtrip(bool with_indexes)
         cr_expect(eq(u8, f.kind, wf[i].kind), "field %d", i);
         cr_expect(eq(u8, f.dtype, wf[i].dtype), "field %d", i);
         cr_expect(eq(u8, f.ndim, wf[i].ndim), "field %d", i);
+        expect_str(f.format, wf[i].format, "field format");
         expect_array(f.dims, wf[i].dims, "field dims");
     }
     expect_done(&t.r, "alloc");
@@ -879,6 +889,9 @@ Test(wire, roundtrip_get_meta_reply)
         cr_expect(eq(u8, f.kind, want[i].f.kind), "meta field %d", i);
         cr_expect(eq(u8, f.dtype, want[i].f.dtype), "meta field %d", i);
         cr_expect(eq(u8, f.ndim, want[i].f.ndim), "meta field %d", i);
+        expect_str(f.format, want[i].f.format, "meta format");
+        expect_blob(f.present, want[i].f.present, "present");
+        cr_expect(eq(int, f.present.ptr == NULL, want[i].f.present.ptr == NULL), "present %d", i);
         expect_array(f.row_shape, want[i].f.row_shape, "row_shape");
         expect_array(f.shapes, want[i].f.shapes, "shapes");
         expect_array(f.row_bytes, want[i].f.row_bytes, "row_bytes");
@@ -1222,6 +1235,7 @@ static void put_field_raw(tq_wbuf *w, const char *name, size_t nlen, uint8_t kin
     tq_wire_put_u8(w, kind);
     tq_wire_put_u8(w, dtype);
     tq_wire_put_u8(w, ndim);
+    tq_wire_put_str(w, "", 0); /* no format label */
     for (uint32_t i = 0; i < n; i++)
         tq_wire_put_u64(w, i + 1);
 }
@@ -1231,6 +1245,7 @@ static void put_meta_raw(tq_wbuf *w, const char *name, size_t nlen, uint8_t kind
                          uint8_t ndim, uint32_t entries, uint32_t num_runs)
 {
     put_field_raw(w, name, nlen, kind, dtype, ndim, entries);
+    tq_wire_put_u8(w, 0); /* every cell exists */
     tq_wire_put_u32(w, num_runs);
 }
 
@@ -1246,6 +1261,7 @@ static void put_get_meta_raw(tq_wbuf *w, tq_str_t part, tq_str_t task, uint16_t 
     tq_wire_put_cstr(w, "sequential");
     tq_wire_put_blob(w, "{}", 2);
     tq_wire_put_u32(w, (uint32_t)timeout);
+    tq_wire_put_u8(w, TQ_FETCH_READY);
 }
 
 #define EXPECT_RC(w, fn, want, ...)                                                          \
@@ -1572,8 +1588,17 @@ Test(wire, hostile_field_kinds)
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "kind 3");
     put_field_raw(&w, "f", 1, 0xFF, TQ_DTYPE_F32, 0, 2);
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "kind 255");
-    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_BYTES + 1, 1, 1);
-    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 11");
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C128 + 1, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 17");
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, 0xFF, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "dtype 255");
+    /* the dtypes appended after bytes are tensor dtypes like the others */
+    put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_U16, 1, 1);
+    EXPECT_RC(&w, dec_field, TQ_OK, "tensor u16");
+    put_field_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_C128, 1, 2);
+    EXPECT_RC(&w, dec_field, TQ_OK, "nested c128");
+    put_field_raw(&w, "f", 1, TQ_FIELD_BYTES, TQ_DTYPE_U64, 0, 2);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "bytes kind, u64 dtype");
     put_field_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, TQ_MAX_NDIM + 1);
     EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "tensor ndim 9");
     put_field_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, 2 * (TQ_MAX_NDIM + 1));
@@ -1599,8 +1624,10 @@ Test(wire, hostile_field_kinds)
 
     put_meta_raw(&w, "f", 1, TQ_FIELD_BYTES + 1, TQ_DTYPE_F32, 0, 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta kind 3");
-    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_BYTES + 1, 0, 2, 0);
-    EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta dtype 11");
+    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C128 + 1, 0, 2, 0);
+    EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta dtype 17");
+    put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_C64, 0, 2, 0);
+    EXPECT_RC(&w, dec_meta_field, TQ_OK, "meta c64");
     put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, TQ_MAX_NDIM + 1 + 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_ERR_PROTOCOL, "meta tensor ndim 9");
     put_meta_raw(&w, "f", 1, TQ_FIELD_NESTED, TQ_DTYPE_F32, TQ_MAX_NDIM + 1, 2 * (TQ_MAX_NDIM + 1) + 2, 0);
@@ -1608,6 +1635,48 @@ Test(wire, hostile_field_kinds)
     put_meta_raw(&w, "f", 1, TQ_FIELD_TENSOR, TQ_DTYPE_F32, TQ_MAX_NDIM, TQ_MAX_NDIM + 2, 0);
     EXPECT_RC(&w, dec_meta_field, TQ_OK, "meta tensor ndim 8");
     tq_wbuf_free(&w);
+}
+
+/* A format label is 0..15 bytes of [a-z0-9_.-], in ALLOC fields and meta fields alike. */
+Test(wire, hostile_format_labels)
+{
+    static const struct { const char *label; size_t len; int rc; } cases[] = {
+        {"", 0, TQ_OK}, {"utf8", 4, TQ_OK}, {"a.b-c_9", 7, TQ_OK},
+        {"0123456789abcde", 15, TQ_OK},                   /* 15: the most */
+        {"0123456789abcdef", 16, TQ_ERR_PROTOCOL},        /* 16: too long */
+        {"UTF8", 4, TQ_ERR_PROTOCOL}, {"a b", 3, TQ_ERR_PROTOCOL}, {"a/b", 3, TQ_ERR_PROTOCOL},
+        {"a\0b", 3, TQ_ERR_PROTOCOL}, {"\xc3\xa9", 2, TQ_ERR_PROTOCOL},
+    };
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    g_rows = 2;
+    for (size_t i = 0; i < N_ELEMS(cases); i++)
+        for (int meta = 0; meta < 2; meta++) {
+            tq_wire_put_cstr(&w, "f");
+            tq_wire_put_u8(&w, TQ_FIELD_TENSOR);
+            tq_wire_put_u8(&w, TQ_DTYPE_F32);
+            tq_wire_put_u8(&w, 1);
+            tq_wire_put_str(&w, cases[i].label, cases[i].len);
+            tq_wire_put_u64(&w, 4); /* row_shape */
+            if (meta) {
+                tq_wire_put_u64(&w, 16), tq_wire_put_u64(&w, 16); /* row_bytes */
+                tq_wire_put_u8(&w, 0);                            /* every cell exists */
+                tq_wire_put_u32(&w, 0);                           /* no runs */
+            }
+            EXPECT_RC(&w, meta ? dec_meta_field : dec_field, cases[i].rc, "%s label %zu",
+                      meta ? "meta" : "alloc", i);
+        }
+    /* a length past what is left */
+    tq_wire_put_cstr(&w, "f");
+    tq_wire_put_u8(&w, TQ_FIELD_BYTES);
+    tq_wire_put_u8(&w, TQ_DTYPE_BYTES);
+    tq_wire_put_u8(&w, 0);
+    tq_wire_put_u16(&w, 10);
+    tq_wire_put_bytes(&w, "utf8", 4);
+    EXPECT_RC(&w, dec_field, TQ_ERR_PROTOCOL, "label longer than the body");
+    tq_wbuf_free(&w);
+    cr_expect(eq(int, tq_str_is_format((tq_str_t){"", 0}), 1));
+    cr_expect(eq(int, tq_str_is_format((tq_str_t){"-A", 2}), 0));
 }
 
 /* A meta field must agree on kind and dtype, as an ALLOC field must. */
@@ -1692,6 +1761,68 @@ Test(wire, hostile_get_meta_numbers)
     tq_wire_put_u16(&w, 3);
     tq_wire_put_cstr(&w, "f");
     EXPECT_RC(&w, dec_get_meta, TQ_ERR_PROTOCOL, "3 fields claimed, 1 present");
+    tq_wbuf_free(&w);
+}
+
+/* The fetch mode ends a GET_META: only READY needs a task, only INSERT names no field. */
+Test(wire, hostile_get_meta_modes)
+{
+    static const struct {
+        const char *task;
+        uint16_t    num_fields;
+        int         mode; /* < 0: the byte is missing */
+        int         rc;
+    } cases[] = {
+        {"t", 1, TQ_FETCH_READY, TQ_OK},       {"", 1, TQ_FETCH_READY, TQ_ERR_PROTOCOL},
+        {"t", 0, TQ_FETCH_READY, TQ_ERR_PROTOCOL}, {"", 1, TQ_FETCH_FORCE, TQ_OK},
+        {"t", 2, TQ_FETCH_FORCE, TQ_OK},       {"", 0, TQ_FETCH_FORCE, TQ_ERR_PROTOCOL},
+        {"", 0, TQ_FETCH_INSERT, TQ_OK},       {"t", 0, TQ_FETCH_INSERT, TQ_OK},
+        {"", 1, TQ_FETCH_INSERT, TQ_ERR_PROTOCOL}, {"t", 1, 3, TQ_ERR_PROTOCOL},
+        {"t", 1, 0xFF, TQ_ERR_PROTOCOL},       {"t", 1, -1, TQ_ERR_PROTOCOL},
+    };
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        tq_wire_put_cstr(&w, "p");
+        tq_wire_put_cstr(&w, cases[i].task);
+        tq_wire_put_u16(&w, cases[i].num_fields);
+        for (uint16_t k = 0; k < cases[i].num_fields; k++)
+            tq_wire_put_cstr(&w, k ? "g" : "f");
+        tq_wire_put_u32(&w, 4);
+        tq_wire_put_cstr(&w, "");
+        tq_wire_put_blob(&w, NULL, 0);
+        tq_wire_put_u32(&w, 0);
+        if (cases[i].mode >= 0)
+            tq_wire_put_u8(&w, (uint8_t)cases[i].mode);
+        EXPECT_RC(&w, dec_get_meta, cases[i].rc, "case %zu", i);
+    }
+    tq_wbuf_free(&w);
+}
+
+/* Which cells a meta field has: a flag, then one byte (0 or 1) per row. */
+Test(wire, hostile_meta_present)
+{
+    static const struct {
+        int         flag;
+        const char *bytes;
+        size_t      n;
+        int         rc;
+    } cases[] = {
+        {0, "", 0, TQ_OK},           {1, "\x01\x00", 2, TQ_OK}, {1, "\x00\x00", 2, TQ_OK},
+        {1, "\x01\x02", 2, TQ_ERR_PROTOCOL}, {1, "\xff\x01", 2, TQ_ERR_PROTOCOL},
+        {1, "\x01", 1, TQ_ERR_PROTOCOL},      {2, "", 0, TQ_ERR_PROTOCOL},
+        {0xFF, "\x01\x01", 2, TQ_ERR_PROTOCOL},
+    };
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    g_rows = 2;
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        put_field_raw(&w, "f", 1, TQ_FIELD_BYTES, TQ_DTYPE_BYTES, 0, 2); /* 2 row_bytes */
+        tq_wire_put_u8(&w, (uint8_t)cases[i].flag);
+        tq_wire_put_bytes(&w, cases[i].bytes, cases[i].n);
+        tq_wire_put_u32(&w, 0);
+        EXPECT_RC(&w, dec_meta_field, cases[i].rc, "case %zu", i);
+    }
     tq_wbuf_free(&w);
 }
 
@@ -1954,4 +2085,138 @@ Test(wire, wbuf_body_over_limit_fails)
 
     tq_wbuf_free(&w);
     free(src);
+}
+
+/* GET_META_ROWS: partition, rows, indexes, then field names (maybe none). */
+Test(wire, meta_rows_roundtrip_and_hostile)
+{
+    static const uint64_t rows3[] = {7, 0, UINT64_C(1) << 40};
+    tq_msg_meta_rows_t m = {.partition = STR("p"), .count = 3, .indexes = ARR(rows3),
+                            .num_fields = 2};
+    m.fields[0] = STR("a");
+    m.fields[1] = STR("bb");
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_wire_encode_meta_rows(&w, &m);
+    tq_rbuf r = tq_rbuf_make(w.data, w.len);
+    tq_msg_meta_rows_t got;
+    cr_assert(eq(int, tq_wire_decode_meta_rows(&r, &got), TQ_OK));
+    expect_str(got.partition, m.partition, "partition");
+    cr_expect(eq(u32, got.count, 3));
+    expect_array(got.indexes, m.indexes, "indexes");
+    cr_assert(eq(u16, got.num_fields, 2));
+    expect_str(got.fields[1], m.fields[1], "field");
+    expect_done(&r, "meta_rows");
+    for (size_t n = 0; n < w.len; n++) { /* every prefix is short */
+        tq_rbuf pr = tq_rbuf_make(w.data, n);
+        cr_expect(eq(int, tq_wire_decode_meta_rows(&pr, &got), TQ_ERR_PROTOCOL), "prefix %zu", n);
+    }
+    tq_wbuf_reset(&w);
+
+    const uint32_t counts[] = {0, TQ_WIRE_MAX_ROWS + 1, UINT32_MAX};
+    for (size_t i = 0; i < N_ELEMS(counts); i++) {
+        tq_wire_put_cstr(&w, "p");
+        tq_wire_put_u32(&w, counts[i]);
+        tq_wire_put_u64(&w, 1);
+        tq_wire_put_u16(&w, 0);
+        r = tq_rbuf_make(w.data, w.len);
+        cr_expect(eq(int, tq_wire_decode_meta_rows(&r, &got), TQ_ERR_PROTOCOL), "count %u",
+                  counts[i]);
+        tq_wbuf_reset(&w);
+    }
+    tq_wire_put_cstr(&w, "p");
+    tq_wire_put_u32(&w, 1);
+    tq_wire_put_u64(&w, 1);
+    tq_wire_put_u16(&w, TQ_WIRE_MAX_FIELDS + 1);
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_meta_rows(&r, &got), TQ_ERR_PROTOCOL), "too many fields");
+    tq_wbuf_reset(&w);
+    tq_wire_put_cstr(&w, "p");
+    tq_wire_put_u32(&w, 1);
+    tq_wire_put_u64(&w, 1);
+    tq_wire_put_u16(&w, 1);
+    tq_wire_put_cstr(&w, "");
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_meta_rows(&r, &got), TQ_ERR_PROTOCOL), "an empty field name");
+    tq_wbuf_free(&w);
+}
+
+/* SET_CUSTOM_META, KV_INDEXES, and what follows a meta's fields: keys and custom meta. */
+Test(wire, rows_info_custom_kv_indexes)
+{
+    static const uint64_t rows2[] = {3, 1};
+    tq_wbuf w;
+    tq_wbuf_init(&w);
+    tq_wire_encode_set_custom(&w, &(tq_msg_set_custom_t){STR("p"), 2, ARR(rows2)});
+    tq_wire_encode_custom(&w, "{\"a\":1}", 7);
+    tq_wire_encode_custom(&w, NULL, 0);
+    tq_rbuf r = tq_rbuf_make(w.data, w.len);
+    tq_msg_set_custom_t sc;
+    tq_blob_t text;
+    cr_assert(eq(int, tq_wire_decode_set_custom(&r, &sc), TQ_OK));
+    cr_expect(eq(u32, sc.count, 2));
+    expect_array(sc.indexes, ARR(rows2), "indexes");
+    cr_assert(eq(int, tq_wire_decode_custom(&r, &text), TQ_OK));
+    expect_blob(text, (tq_blob_t){(const uint8_t *)"{\"a\":1}", 7}, "custom");
+    cr_assert(eq(int, tq_wire_decode_custom(&r, &text), TQ_OK));
+    cr_expect(eq(u32, text.len, 0));
+    expect_done(&r, "set_custom");
+    tq_wbuf_reset(&w);
+
+    tq_wire_encode_set_custom(&w, &(tq_msg_set_custom_t){STR("p"), 0, NO_ARR});
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_set_custom(&r, &sc), TQ_ERR_PROTOCOL), "count 0");
+    tq_wbuf_reset(&w);
+    tq_wire_put_blob(&w, "{\"a\":\0}", 7);
+    r = tq_rbuf_make(w.data, w.len);
+    cr_expect(eq(int, tq_wire_decode_custom(&r, &text), TQ_ERR_PROTOCOL), "a NUL inside");
+    tq_wbuf_reset(&w);
+    char *big = calloc(1, TQ_MAX_CUSTOM_META + 1);
+    memset(big, ' ', TQ_MAX_CUSTOM_META + 1);
+    for (int extra = 0; extra < 2; extra++) {
+        tq_wire_put_blob(&w, big, TQ_MAX_CUSTOM_META + (uint32_t)extra);
+        r = tq_rbuf_make(w.data, w.len);
+        cr_expect(eq(int, tq_wire_decode_custom(&r, &text), extra ? TQ_ERR_PROTOCOL : TQ_OK),
+                  "%d bytes", TQ_MAX_CUSTOM_META + extra);
+        tq_wbuf_reset(&w);
+    }
+    free(big);
+
+    for (unsigned what = 0; what < 256; what++) {
+        tq_wire_encode_rows_info(&w, (uint8_t)what);
+        r = tq_rbuf_make(w.data, w.len);
+        uint8_t got;
+        cr_expect(eq(int, tq_wire_decode_rows_info(&r, &got), what < 4 ? TQ_OK : TQ_ERR_PROTOCOL),
+                  "rows info %u", what);
+        tq_wbuf_reset(&w);
+    }
+    const struct { tq_str_t key; int rc; } keys[] = {
+        {STR(""), TQ_OK}, {STR("k"), TQ_OK}, {{"a\0b", 3}, TQ_ERR_PROTOCOL},
+    };
+    for (size_t i = 0; i < N_ELEMS(keys); i++) {
+        tq_wire_encode_row_key(&w, keys[i].key);
+        r = tq_rbuf_make(w.data, w.len);
+        tq_str_t got;
+        cr_expect(eq(int, tq_wire_decode_row_key(&r, &got), keys[i].rc), "row key %zu", i);
+        tq_wbuf_reset(&w);
+    }
+
+    tq_wire_encode_kv_indexes(&w, &(tq_msg_kv_indexes_t){STR("p"), 1, 3});
+    r = tq_rbuf_make(w.data, w.len);
+    tq_msg_kv_indexes_t ki;
+    cr_assert(eq(int, tq_wire_decode_kv_indexes(&r, &ki), TQ_OK));
+    cr_expect(eq(u8, ki.create, 1));
+    cr_expect(eq(u32, ki.count, 3));
+    expect_done(&r, "kv_indexes");
+    tq_wbuf_reset(&w);
+    const struct { uint8_t create; uint32_t count; } bad[] = {
+        {2, 1}, {0xFF, 1}, {0, 0}, {1, TQ_WIRE_MAX_ROWS + 1},
+    };
+    for (size_t i = 0; i < N_ELEMS(bad); i++) {
+        tq_wire_encode_kv_indexes(&w, &(tq_msg_kv_indexes_t){STR("p"), bad[i].create, bad[i].count});
+        r = tq_rbuf_make(w.data, w.len);
+        cr_expect(eq(int, tq_wire_decode_kv_indexes(&r, &ki), TQ_ERR_PROTOCOL), "kv_indexes %zu", i);
+        tq_wbuf_reset(&w);
+    }
+    tq_wbuf_free(&w);
 }

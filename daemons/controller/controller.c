@@ -46,7 +46,9 @@ static const char *const msg_names[TQ_MSG_TYPE_MAX] = {
     [TQ_MSG_PRODUCTION_STATUS] = "production_status",
     [TQ_MSG_CONSUMPTION_STATUS] = "consumption_status", [TQ_MSG_CANCEL] = "cancel",
     [TQ_MSG_UNIT_LEAVE] = "unit_leave", [TQ_MSG_PARTITIONS] = "partitions",
-    [TQ_MSG_PING] = "ping",
+    [TQ_MSG_PING] = "ping", [TQ_MSG_GET_META_ROWS] = "get_meta_rows",
+    [TQ_MSG_SET_CUSTOM_META] = "set_custom_meta", [TQ_MSG_KV_INDEXES] = "kv_indexes",
+    [TQ_MSG_KV_KEYS] = "kv_keys", [TQ_MSG_COMMIT_META] = "commit_meta",
 };
 
 const char *tq__msg_name(uint16_t type)
@@ -567,6 +569,7 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
     case TQ_MSG_UNITS:         return handle_units(c, h, &r);
     case TQ_MSG_ALLOC:         return tq__handle_alloc(c, h, body);
     case TQ_MSG_COMMIT:        return tq__handle_commit(c, h, &r);
+    case TQ_MSG_COMMIT_META:   return tq__handle_commit(c, h, &r);
     case TQ_MSG_ABORT:         return tq__handle_abort(c, h, &r);
     case TQ_MSG_GET_META:      return tq__handle_get_meta(c, h, body);
     case TQ_MSG_RELEASE:       return tq__handle_release(c, h, &r);
@@ -582,6 +585,10 @@ static void dispatch(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
     case TQ_MSG_PRODUCTION_STATUS:
     case TQ_MSG_CONSUMPTION_STATUS: return handle_status(c, h, &r);
     case TQ_MSG_PARTITIONS:    return handle_partitions(c, h, &r);
+    case TQ_MSG_GET_META_ROWS: return tq__handle_get_meta_rows(c, h, &r);
+    case TQ_MSG_SET_CUSTOM_META: return tq__handle_set_custom_meta(c, h, &r);
+    case TQ_MSG_KV_INDEXES:    return tq__handle_kv_indexes(c, h, &r);
+    case TQ_MSG_KV_KEYS:       return tq__handle_kv_keys(c, h, &r);
     case TQ_MSG_PING: /* a client waiting on a parked request checks we are alive */
         tq__reply_ok(c, h);
         break;

@@ -152,14 +152,16 @@ void tq__parked_free(parked_t *pk)
 }
 
 /* Write the GET_META answer for rows of p and pin their cells. */
-int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields, uint16_t nf,
-                   const int64_t *rows, uint32_t n, meta_t *meta)
+int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, const tq_partition_t *p,
+                   tq_field_t *const *fields, uint16_t nf, const int64_t *rows, uint32_t n,
+                   meta_t *meta)
 {
     uint64_t *row_bytes = malloc((size_t)n * 8 + 1);
     int64_t *shapes = malloc((size_t)n * TQ_MAX_NDIM * 8 + 1);
     tq_wire_extent_t *runs = malloc((size_t)n * sizeof(*runs) + 1);
+    uint8_t *present = malloc((size_t)n + 1);
     int rc = TQ_ERR_NOMEM;
-    if (row_bytes == NULL || shapes == NULL || runs == NULL) {
+    if (row_bytes == NULL || shapes == NULL || runs == NULL || present == NULL) {
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -171,8 +173,11 @@ int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fiel
     for (uint16_t k = 0; k < nf; k++) {
         const tq_field_t *f = fields[k];
         uint32_t num_runs = 0;
+        bool absent = false; /* a cell never produced: said so, with no bytes */
         for (uint32_t i = 0; i < n; i++) {
             const tq_cell_t *cell = &f->cells[rows[i]];
+            present[i] = cell->produced;
+            absent |= !cell->produced;
             row_bytes[i] = cell->length;
             memcpy(&shapes[(size_t)i * f->ndim], cell->shape, f->ndim * sizeof(int64_t));
             if (cell->ext != NULL) {
@@ -198,12 +203,29 @@ int tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fiel
             .shapes = tq_array_of(shapes, nested ? n * f->ndim : 0),
             .row_bytes = tq_array_of(row_bytes, n),
             .num_runs = num_runs,
+            .format = {f->format, (uint16_t)strlen(f->format)},
+            .present = {absent ? present : NULL, absent ? n : 0},
         };
         tq_wire_encode_meta_field(&c->out, &w);
         for (uint32_t i = 0; i < num_runs; i++)
             tq_wire_encode_extent(&c->out, &runs[i]);
     }
     meta->num_pins = pin;
+    uint8_t what = 0; /* the rows' keys and custom meta, when any has one */
+    for (uint32_t i = 0; i < n; i++) {
+        what |= p->row_keys[rows[i]] != NULL ? TQ_WIRE_ROWS_KEYS : 0;
+        what |= p->custom[rows[i]] != NULL ? TQ_WIRE_ROWS_CUSTOM : 0;
+    }
+    tq_wire_encode_rows_info(&c->out, what);
+    for (uint32_t i = 0; (what & TQ_WIRE_ROWS_KEYS) && i < n; i++) {
+        const tq_kv_key_t *k = p->row_keys[rows[i]];
+        tq_wire_encode_row_key(&c->out, k ? (tq_str_t){k->key, (uint16_t)strlen(k->key)}
+                                          : (tq_str_t){"", 0});
+    }
+    for (uint32_t i = 0; (what & TQ_WIRE_ROWS_CUSTOM) && i < n; i++) {
+        const tq_custom_t *cm = p->custom[rows[i]];
+        tq_wire_encode_custom(&c->out, cm ? cm->text : NULL, cm ? cm->len : 0);
+    }
     if (tq__reply_end(c, off)) {
         meta->reply_end = c->sent + c->out.len;
         tq_list_insert_tail(&c->ctl->leases, &meta->lease_link);
@@ -215,6 +237,7 @@ out:
     free(row_bytes);
     free(shapes);
     free(runs);
+    free(present);
     return rc;
 }
 
@@ -281,7 +304,7 @@ static meta_outcome_t serve(conn_t *c, const tq_wire_header_t *h, fetch_t *f,
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
         return META_DONE;
     }
-    if (tq__reply_meta(c, h, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK) {
+    if (tq__reply_meta(c, h, f->p, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK) {
         /* not answered: the rows are the task's again, for the next request (waking
          * parked ones from here could re-enter the one being tried) */
         tq__claim_settle(&meta->claim, false);
@@ -498,11 +521,11 @@ static meta_outcome_t sample_seqlen(conn_t *c, const tq_wire_header_t *h, fetch_
         weight[g] = 0;
         for (long long i = 0; i < n; i++) {
             int64_t r = rows[g * (size_t)n + (size_t)i];
-            const tq_kv_key_t *kk = f->p->row_keys[r];
-            const cJSON *len = kk ? cJSON_GetObjectItemCaseSensitive(kk->tag, "total_lengths") : NULL;
+            const tq_custom_t *cm = tq__partition_custom(f->p, (uint64_t)r);
+            const cJSON *len = cm ? cJSON_GetObjectItemCaseSensitive(cm->obj, "total_lengths") : NULL;
             if (!cJSON_IsNumber(len)) {
-                tq__reply_error(c, h, TQ_ERR_INVALID, "row %lld has no numeric total_lengths tag",
-                            (long long)r);
+                tq__reply_error(c, h, TQ_ERR_INVALID, "row %lld has no numeric total_lengths in its "
+                                "custom meta (its tag)", (long long)r);
                 goto done;
             }
             weight[g] += len->valuedouble;
@@ -581,6 +604,85 @@ done:
     return out;
 }
 
+/* FORCE: the lowest batch_size live rows, whatever their readiness and
+ * consumption, with every requested field (absent where a row lacks it),
+ * pinned under a meta that claims nothing. Never waits. */
+static meta_outcome_t serve_force(conn_t *c, const tq_wire_header_t *h, fetch_t *f)
+{
+    char name[TQ_WIRE_NAME_MAX + 1];
+    tq_partition_t *p = tq__find_partition_str(c->ctl, f->m.partition);
+    if (p == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %s",
+                        tq__name_cstr(f->m.partition, name));
+        return META_DONE;
+    }
+    for (uint16_t i = 0; i < f->m.num_fields; i++)
+        if ((f->fields[i] = tq__partition_field(p, tq__name_cstr(f->m.fields[i], name))) == NULL) {
+            tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "partition %s has no field %s", p->name, name);
+            return META_DONE;
+        }
+    uint32_t want = (uint32_t)TQ_MIN((uint64_t)f->m.batch_size, p->live_rows), n = 0;
+    int64_t *rows = malloc((size_t)want * sizeof(int64_t) + 1);
+    meta_t *meta = rows ? tq__meta_new(c, (size_t)want * f->m.num_fields) : NULL;
+    if (meta == NULL) {
+        free(rows);
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return META_DONE;
+    }
+    for (uint64_t r = 0; r < p->num_slots && n < want; r++)
+        if (p->state[r] == TQ_ROW_LIVE)
+            rows[n++] = (int64_t)r;
+    if (tq__reply_meta(c, h, p, f->fields, f->m.num_fields, rows, n, meta) != TQ_OK)
+        tq__meta_free(c->ctl, meta, true);
+    free(rows);
+    return META_DONE;
+}
+
+/* INSERT: batch_size new live rows with no field produced (the partition made
+ * if new), answered as a meta of them with no fields. */
+static meta_outcome_t serve_insert(conn_t *c, const tq_wire_header_t *h, const fetch_t *f)
+{
+    tq_controller *ctl = c->ctl;
+    char name[TQ_WIRE_NAME_MAX + 1];
+    tq__name_cstr(f->m.partition, name);
+    tq_partition_t *p = tq__find_partition(ctl, name);
+    if (p != NULL && p->sealed) {
+        tq__reply_error(c, h, TQ_ERR_INVALID, "partition %s is sealed: no new rows", name);
+        return META_DONE;
+    }
+    int status = TQ_ERR_NOMEM;
+    const char *why = "out of memory";
+    bool created = p == NULL;
+    if (p == NULL && (p = tq__partition_add(ctl, name, &status, &why)) == NULL) {
+        tq__reply_error(c, h, status, "%s", why);
+        return META_DONE;
+    }
+    uint32_t n = f->m.batch_size;
+    int64_t *rows = malloc((size_t)n * sizeof(int64_t));
+    meta_t *meta = rows ? tq__meta_new(c, 1) : NULL;
+    if (meta != NULL && (status = tq__partition_reserve_new(p, n, rows)) != TQ_OK)
+        why = status == TQ_ERR_NOSPACE ? "the controller's row metadata budget "
+                                         "(--max-metadata) is spent"
+                                       : "the partition would pass its most rows";
+    if (meta == NULL || status != TQ_OK) {
+        if (meta != NULL)
+            tq__meta_free(ctl, meta, true);
+        if (created && p->live_rows == 0 && tq_list_empty(&p->allocs))
+            tq__partition_remove(ctl, p);
+        free(rows);
+        tq__reply_error(c, h, status, "%s", why);
+        return META_DONE;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        tq__partition_set_live(p, rows[i]);
+    if (tq__reply_meta(c, h, p, NULL, 0, rows, n, meta) != TQ_OK) { /* not answered: undo */
+        tq__meta_free(ctl, meta, true);
+        tq__partition_clear_rows(p, n, rows);
+    }
+    free(rows);
+    return META_DONE;
+}
+
 /* Try to answer a GET_META now. META_WAIT: too few rows, nothing was written. */
 static meta_outcome_t try_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *body,
                                    uint32_t len, int32_t *timeout_p, char **partition_p)
@@ -600,6 +702,14 @@ static meta_outcome_t try_get_meta(conn_t *c, const tq_wire_header_t *h, const u
                             m->fields[i].len, m->fields[i].ptr);
                 return META_DONE;
             }
+    if (m->mode != TQ_FETCH_READY) {
+        if (m->sampler.len > 0 || m->sampler_args.len > 0) {
+            tq__reply_error(c, h, TQ_ERR_INVALID, "a %s fetch takes no sampler nor sampler_args",
+                            m->mode == TQ_FETCH_FORCE ? "force" : "insert");
+            return META_DONE;
+        }
+        return m->mode == TQ_FETCH_FORCE ? serve_force(c, h, &f) : serve_insert(c, h, &f);
+    }
     tq__name_cstr(m->sampler, f.sampler);
     tq__name_cstr(m->task, f.task);
     const tq_sampler_t *plain = NULL;
@@ -671,6 +781,59 @@ void tq__handle_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *bo
     }
     if (tq__park(c, h, body, timeout, partition) != TQ_OK)
         tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+}
+
+/* GET_META_ROWS: the meta of given live rows, whatever their readiness and
+ * consumption, pinned; named fields may be absent on some rows (said so), no
+ * field named: every field all of them have. Consumes nothing. */
+void tq__handle_get_meta_rows(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
+{
+    tq_msg_meta_rows_t m;
+    if (tq_wire_decode_meta_rows(r, &m) != TQ_OK || !tq_rbuf_done(r))
+        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed get_meta_rows");
+    char name[TQ_WIRE_NAME_MAX + 1];
+    tq_partition_t *p = tq__find_partition_str(c->ctl, m.partition);
+    if (p == NULL)
+        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %s",
+                               tq__name_cstr(m.partition, name));
+    for (uint32_t i = 0; i < m.count; i++) {
+        int64_t row = tq_array_i64(m.indexes, i);
+        if (row < 0 || (uint64_t)row >= p->num_slots || p->state[row] != TQ_ROW_LIVE)
+            return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "partition %s has no row %lld",
+                                   p->name, (long long)row);
+    }
+    tq_field_t *fields[TQ_WIRE_MAX_FIELDS];
+    uint32_t nf = 0;
+    for (uint16_t i = 0; i < m.num_fields; i++) {
+        for (uint16_t j = 0; j < i; j++)
+            if (m.fields[i].len == m.fields[j].len &&
+                memcmp(m.fields[i].ptr, m.fields[j].ptr, m.fields[i].len) == 0)
+                return tq__reply_error(c, h, TQ_ERR_INVALID, "field %s requested twice",
+                                       tq__name_cstr(m.fields[i], name));
+        if ((fields[nf++] = tq__partition_field(p, tq__name_cstr(m.fields[i], name))) == NULL)
+            return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "partition %s has no field %s",
+                                   p->name, name);
+    }
+    for (uint32_t k = 0; m.num_fields == 0 && k < p->num_fields; k++) {
+        bool shared = true;
+        for (uint32_t i = 0; i < m.count && shared; i++)
+            shared = p->fields[k].cells[tq_array_i64(m.indexes, i)].produced;
+        if (shared && nf == TQ_WIRE_MAX_FIELDS)
+            return tq__reply_error(c, h, TQ_ERR_INVALID, "the rows share over %u fields: name "
+                                   "at most that many", TQ_WIRE_MAX_FIELDS);
+        if (shared)
+            fields[nf++] = &p->fields[k];
+    }
+    int64_t *rows = malloc((size_t)m.count * sizeof(int64_t));
+    meta_t *meta = rows ? tq__meta_new(c, (size_t)m.count * nf) : NULL;
+    if (meta == NULL) {
+        free(rows);
+        return tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+    }
+    memcpy(rows, m.indexes.ptr, (size_t)m.count * sizeof(int64_t));
+    if (tq__reply_meta(c, h, p, fields, (uint16_t)nf, rows, m.count, meta) != TQ_OK)
+        tq__meta_free(c->ctl, meta, true);
+    free(rows);
 }
 
 int tq__park(conn_t *c, const tq_wire_header_t *h, const uint8_t *body, int64_t timeout_ms,

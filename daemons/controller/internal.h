@@ -96,6 +96,7 @@ typedef struct {
     tq_dtype_t      dtype;
     uint32_t        ndim;
     int64_t         row_shape[TQ_MAX_NDIM];
+    char            format[TQ_MAX_FORMAT + 1]; /* "" for none */
     tq_extent      *ext;
     tq_cell_t      *cells;
 } alloc_field_t;
@@ -211,6 +212,9 @@ void tq__handle_alloc(conn_t *c, const tq_wire_header_t *h, const uint8_t *body)
 /* Pools gained room: try the parked ALLOCs again, oldest first. */
 void tq__retry_parked_allocs(tq_controller *ctl);
 void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+/* Answer with a meta of n rows and every field they all have, pinned, consuming nothing. */
+void tq__reply_rows_meta(conn_t *c, const tq_wire_header_t *h, tq_partition_t *p,
+                         const int64_t *rows, uint32_t n);
 void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 /* Give up a pending put: rows it reserved become free again. */
 void tq__alloc_abort(alloc_t *a);
@@ -218,6 +222,7 @@ void tq__alloc_abort(alloc_t *a);
 /* ---- fetch.c ---- */
 
 void tq__handle_get_meta(conn_t *c, const tq_wire_header_t *h, const uint8_t *body);
+void tq__handle_get_meta_rows(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_release(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_release_unread(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_cancel(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
@@ -234,11 +239,13 @@ void tq__unit_lost(tq_controller *ctl, const struct tq_unit *u);
 /* A meta of c's session for up to max_pins pins, registered under a new id.
  * NULL when out of memory. */
 meta_t *tq__meta_new(conn_t *c, size_t max_pins);
-/* Write a GET_META-shaped answer for rows and pin their cells under meta.
+/* Write a GET_META-shaped answer for rows of p (their fields, keys and custom
+ * meta) and pin their cells under meta.
  * @return TQ_OK, or an error: an error reply went instead (too large, out
  * of memory) and the caller disposes of meta. */
-int     tq__reply_meta(conn_t *c, const tq_wire_header_t *h, tq_field_t *const *fields,
-                       uint16_t nf, const int64_t *rows, uint32_t n, meta_t *meta);
+int     tq__reply_meta(conn_t *c, const tq_wire_header_t *h, const tq_partition_t *p,
+                       tq_field_t *const *fields, uint16_t nf, const int64_t *rows, uint32_t n,
+                       meta_t *meta);
 /* Keep request h (its body) to try again until timeout_ms passes (< 0: never);
  * partition (owned by the parked request) is what a GET_META waits on.
  * @return TQ_OK, or TQ_ERR_NOMEM (partition freed). */
@@ -267,5 +274,8 @@ void tq__metrics_http(conn_t *c);
 void tq__handle_kv_get(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_kv_list(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 void tq__handle_kv_clear(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_set_custom_meta(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_kv_indexes(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
+void tq__handle_kv_keys(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r);
 
 #endif

@@ -16,10 +16,14 @@ void tq__extent_unref(tq_extent *ext)
     free(ext);
 }
 
+_Static_assert(TQ_MAX_CUSTOM_META == 65536, "the message below says so");
+#define CUSTOM_TOO_LONG "over 65536 bytes (TQ_MAX_CUSTOM_META) as JSON text"
+
 /* What the per-row arrays take at cap slots, with fields fields and tasks tasks. */
 static uint64_t meta_bytes(uint64_t cap, uint32_t fields, uint32_t tasks)
 {
-    return cap * (1 + sizeof(tq_kv_key_t *) + fields * sizeof(tq_cell_t) + tasks);
+    return cap * (1 + sizeof(tq_kv_key_t *) + sizeof(tq_custom_t *) +
+                  fields * sizeof(tq_cell_t) + tasks);
 }
 
 /* Charge the partition's arrays at that shape to its budget, if it fits. */
@@ -108,8 +112,11 @@ void tq__partition_destroy(tq_partition_t *p)
         tq__partition_unkeep(p, tq_list_entry(pos, tq_kept_t, link));
     tq_hashmap_destroy(p->keys);
     tq_hashmap_destroy(p->kept);
+    for (uint64_t r = 0; r < p->num_slots; r++)
+        tq__custom_free(p->custom[r]);
     if (p->budget != NULL)
-        p->budget->used -= p->charged;
+        p->budget->used -= p->charged + (uint64_t)p->custom_charged;
+    free(p->custom);
     free(p->row_keys);
     free(p->fields);
     free(p->state);
@@ -143,6 +150,7 @@ static int grow_slots(tq_partition_t *p, uint64_t slots)
 
     GROW(p->state, 1);
     GROW(p->row_keys, sizeof(tq_kv_key_t *));
+    GROW(p->custom, sizeof(tq_custom_t *));
     for (uint32_t i = 0; i < p->num_fields; i++)
         GROW(p->fields[i].cells, sizeof(tq_cell_t));
     tq_list *pos;
@@ -191,6 +199,7 @@ int tq__partition_add_fields(tq_partition_t *p, uint32_t n, const tq_field_t *sp
         f->kind = spec->kind;
         f->dtype = spec->dtype;
         f->ndim = spec->ndim;
+        memcpy(f->format, spec->format, sizeof(f->format));
         if (spec->kind == TQ_FIELD_TENSOR)
             memcpy(f->row_shape, spec->row_shape, sizeof(f->row_shape));
     }
@@ -326,10 +335,9 @@ tq_kv_key_t *tq__kv_key_create(const char *key, int64_t row)
     if (k == NULL)
         return NULL;
     k->key = strdup(key);
-    k->tag = cJSON_CreateObject();
     k->row = row;
     tq_list_init(&k->link);
-    if (k->key == NULL || k->tag == NULL) {
+    if (k->key == NULL) {
         tq__kv_key_free(k);
         return NULL;
     }
@@ -340,7 +348,6 @@ void tq__kv_key_free(tq_kv_key_t *k)
 {
     if (k == NULL)
         return;
-    cJSON_Delete(k->tag);
     free(k->key);
     free(k);
 }
@@ -363,7 +370,7 @@ void tq__partition_bind_key(tq_partition_t *p, tq_kv_key_t *k)
 
 cJSON *tq__kv_tag_merged(const cJSON *tag, const cJSON *obj)
 {
-    cJSON *out = cJSON_Duplicate(tag, 1);
+    cJSON *out = tag ? cJSON_Duplicate(tag, 1) : cJSON_CreateObject();
     const cJSON *item;
     cJSON_ArrayForEach(item, obj) {
         cJSON *copy = out ? cJSON_Duplicate(item, 1) : NULL;
@@ -377,6 +384,90 @@ cJSON *tq__kv_tag_merged(const cJSON *tag, const cJSON *obj)
             cJSON_AddItemToObject(out, item->string, copy);
     }
     return out;
+}
+
+cJSON *tq__custom_parse(const void *text, size_t len, const char **why)
+{
+    if (len > TQ_MAX_CUSTOM_META) {
+        *why = CUSTOM_TOO_LONG;
+        return NULL;
+    }
+    if (memchr(text, '\0', len) != NULL) {
+        *why = "not a JSON object (a NUL inside)";
+        return NULL;
+    }
+    /* cJSON refuses trailing bytes only in NUL-terminated text */
+    char *copy = malloc(len + 1);
+    if (copy == NULL) {
+        *why = "out of memory";
+        return NULL;
+    }
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    cJSON *obj = cJSON_ParseWithOpts(copy, NULL, 1);
+    free(copy);
+    if (!cJSON_IsObject(obj)) {
+        cJSON_Delete(obj);
+        *why = "not a JSON object";
+        return NULL;
+    }
+    return obj;
+}
+
+int tq__custom_make(cJSON *obj, tq_custom_t **cm_p, const char **why)
+{
+    *cm_p = NULL;
+    if (obj->child == NULL) { /* {}: nothing to keep */
+        cJSON_Delete(obj);
+        return TQ_OK;
+    }
+    tq_custom_t *cm = calloc(1, sizeof(*cm));
+    char *text = cm ? cJSON_PrintUnformatted(obj) : NULL;
+    if (text == NULL) {
+        free(cm);
+        cJSON_Delete(obj);
+        *why = "out of memory";
+        return TQ_ERR_NOMEM;
+    }
+    size_t len = strlen(text);
+    if (len > TQ_MAX_CUSTOM_META) {
+        free(text);
+        free(cm);
+        cJSON_Delete(obj);
+        *why = CUSTOM_TOO_LONG;
+        return TQ_ERR_INVALID;
+    }
+    cm->obj = obj;
+    cm->text = text;
+    cm->len = (uint32_t)len;
+    *cm_p = cm;
+    return TQ_OK;
+}
+
+void tq__custom_free(tq_custom_t *cm)
+{
+    if (cm == NULL)
+        return;
+    cJSON_Delete(cm->obj);
+    free(cm->text);
+    free(cm);
+}
+
+bool tq__partition_custom_charge(tq_partition_t *p, int64_t delta)
+{
+    if (p->budget != NULL && delta > 0 && p->budget->used + (uint64_t)delta > p->budget->max)
+        return false;
+    if (p->budget != NULL)
+        p->budget->used += (uint64_t)delta; /* wraps back for delta < 0 */
+    p->custom_charged += delta;
+    return true;
+}
+
+void tq__partition_set_custom(tq_partition_t *p, int64_t row, tq_custom_t *cm)
+{
+    tq_assert(row >= 0 && (uint64_t)row < p->num_slots);
+    tq__custom_free(p->custom[row]);
+    p->custom[row] = cm;
 }
 
 uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *indexes)
@@ -401,6 +492,10 @@ uint32_t tq__partition_clear_rows(tq_partition_t *p, uint32_t n, const int64_t *
         }
         if (p->row_keys[r] != NULL)
             key_destroy(p, p->row_keys[r]);
+        if (p->custom[r] != NULL) {
+            tq__partition_custom_charge(p, -tq__custom_cost(p->custom[r]));
+            tq__partition_set_custom(p, (int64_t)r, NULL);
+        }
         mark_free(p, r);
         p->live_rows--;
         removed++;

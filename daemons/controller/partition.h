@@ -53,6 +53,7 @@ typedef struct {
     tq_dtype_t      dtype;
     uint32_t        ndim;
     int64_t         row_shape[TQ_MAX_NDIM]; /* tensor */
+    char            format[TQ_MAX_FORMAT + 1]; /* its format label, "" for none */
     tq_cell_t      *cells;                  /* one per row slot */
 } tq_field_t;
 
@@ -66,14 +67,30 @@ typedef struct tq_task {
     tq_list    claims;    /* tq_claim_t.link */
 } tq_task_t;
 
-/* A key of the KV interface: one row of its partition, and a tag. */
+/* A key of the KV interface: one row of its partition. Its tag is the row's
+ * custom meta. */
 typedef struct tq_kv_key {
     tq_list  link;  /* in the partition's key_order: insertion order */
     char    *key;
     uint64_t seq;   /* its place in key_order: grows with every key bound */
     int64_t  row;
-    cJSON   *tag;   /* a JSON object */
 } tq_kv_key_t;
+
+/* A row's custom meta: a JSON object with at least one member (an empty one
+ * is no custom meta), kept parsed (samplers read it) and printed (answers
+ * carry it). A keyed row's KV tag is its custom meta: one store. */
+typedef struct {
+    cJSON   *obj;
+    char    *text;
+    uint32_t len;
+} tq_custom_t;
+
+/* Bytes a custom meta is charged to the metadata budget: its text, its parse
+ * tree (about as large again) and the structures around them. */
+static inline int64_t tq__custom_cost(const tq_custom_t *cm)
+{
+    return cm ? 2 * (int64_t)cm->len + 128 : 0;
+}
 
 /* Rows a stateful sampler keeps for the callers that must get the same batch. */
 typedef struct {
@@ -101,6 +118,8 @@ typedef struct tq_partition {
     uint64_t    seq;          /* its place among partitions (set by the controller) */
     uint64_t    last_key_seq; /* of the last key bound */
     tq_kv_key_t **row_keys;  /* per slot: its key, or NULL */
+    tq_custom_t **custom;    /* per slot: its custom meta, or NULL */
+    int64_t     custom_charged; /* bytes of custom meta charged to the budget */
     bool        sealed;      /* no new rows will come */
     tq_hashmap *kept;        /* key -> tq_kept_t */
     tq_list     kept_order;
@@ -177,9 +196,28 @@ void         tq__kv_key_free(tq_kv_key_t *k);
 int          tq__partition_keys_reserve(tq_partition_t *p, size_t n);
 /* Bind a created key to its row (which has none), within reserved room. */
 void         tq__partition_bind_key(tq_partition_t *p, tq_kv_key_t *k);
-/* A copy of tag with the members of obj (a JSON object) merged in, a later
- * value winning; NULL when out of memory. */
+/* A copy of tag (NULL: an empty object) with the members of obj (a JSON
+ * object) merged in, a later value winning; NULL when out of memory. */
 cJSON       *tq__kv_tag_merged(const cJSON *tag, const cJSON *obj);
+
+/* Parse len bytes as a row's custom meta: a JSON object, nothing after it, no
+ * NUL, at most TQ_MAX_CUSTOM_META bytes. NULL with *why on bad input or no memory. */
+cJSON *tq__custom_parse(const void *text, size_t len, const char **why);
+/* The custom meta of obj (taken, freed on error): *cm_p NULL for an empty
+ * object. TQ_ERR_INVALID (*why) when its text passes TQ_MAX_CUSTOM_META
+ * bytes; TQ_ERR_NOMEM. */
+int  tq__custom_make(cJSON *obj, tq_custom_t **cm_p, const char **why);
+void tq__custom_free(tq_custom_t *cm);
+/* Charge delta bytes (< 0: give back) of custom meta to the budget: false,
+ * charging nothing, when it would pass it. */
+bool tq__partition_custom_charge(tq_partition_t *p, int64_t delta);
+/* Replace row's custom meta by cm (NULL: none), taking it and freeing the old;
+ * the caller charged the difference of their costs. */
+void tq__partition_set_custom(tq_partition_t *p, int64_t row, tq_custom_t *cm);
+static inline const tq_custom_t *tq__partition_custom(const tq_partition_t *p, uint64_t row)
+{
+    return row < p->num_slots ? p->custom[row] : NULL;
+}
 
 /* Remove live rows (and their keys); returns how many were removed.
  * Out-of-range ones are ignored. */

@@ -1,5 +1,6 @@
 /* put.c: the two-phase put: ALLOC reserves rows and extents, COMMIT makes them visible. */
 #define TQ_LOG_COMPONENT "controller"
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,6 +73,8 @@ static const char *alloc_field_prepare(alloc_field_t *af, const tq_wire_field_t 
     af->kind = w->kind;
     af->dtype = w->dtype;
     af->ndim = w->ndim;
+    memcpy(af->format, w->format.ptr, w->format.len); /* checked: at most TQ_MAX_FORMAT */
+    af->format[w->format.len] = '\0';
     af->cells = calloc(rows, sizeof(tq_cell_t));
     if (af->cells == NULL)
         return "out of memory";
@@ -104,25 +107,36 @@ static const char *alloc_field_prepare(alloc_field_t *af, const tq_wire_field_t 
     return NULL;
 }
 
-/* A field that exists keeps its dtype and number of dimensions, and bytes
- * stay bytes; only the shape of a row may change (tensor becomes nested). */
-static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af)
+/* A field that exists keeps its dtype, number of dimensions and format
+ * label (a put that gives none keeps it), and bytes stay bytes; only the
+ * shape of a row may change (tensor becomes nested). A conflict is described
+ * in buf (naming the field), which is returned; NULL when none. */
+#define CONFLICT_MAX 400
+static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af, char *buf)
 {
     if (f == NULL)
         return NULL;
     if (f->dtype != af->dtype)
-        return "dtype conflicts with the field's";
-    if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
-        return "kind conflicts with the field's";
-    if (f->ndim != af->ndim)
-        return "number of dimensions conflicts with the field's";
-    return NULL;
+        snprintf(buf, CONFLICT_MAX, "field %s: dtype %d conflicts with the field's %d", f->name,
+                 (int)af->dtype, (int)f->dtype);
+    else if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
+        snprintf(buf, CONFLICT_MAX, "field %s: kind conflicts with the field's", f->name);
+    else if (f->ndim != af->ndim)
+        snprintf(buf, CONFLICT_MAX, "field %s: number of dimensions %u conflicts with the "
+                 "field's %u", f->name, af->ndim, f->ndim);
+    else if (af->format[0] != '\0' && f->format[0] != '\0' && strcmp(af->format, f->format) != 0)
+        snprintf(buf, CONFLICT_MAX, "field %s: format \"%s\" conflicts with the field's \"%s\"",
+                 f->name, af->format, f->format);
+    else
+        return NULL;
+    return buf;
 }
 
-static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why);
+static int  alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict,
+                          int64_t *rows_out);
 
 /* Read the keys and tags of a keyed ALLOC into a. Returns a message on bad input. */
-static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
+static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p, char *buf)
 {
     a->keys = calloc(a->rows, sizeof(char *));
     a->tags = calloc(a->rows, sizeof(cJSON *));
@@ -144,19 +158,10 @@ static const char *alloc_read_keys(alloc_t *a, tq_rbuf *r, int *status_p)
             *status_p = TQ_ERR_INVALID, why = "a key is given twice";
         } else if (tq_hashmap_put(seen, a->keys[i], a->keys[i]) != 0) {
             why = "out of memory";
-        } else if (tag.len > 0) {
-            /* cJSON rejects trailing bytes only in NUL-terminated text */
-            char *text = malloc((size_t)tag.len + 1);
-            if (text == NULL) {
-                why = "out of memory";
-                break;
-            }
-            memcpy(text, tag.ptr, tag.len);
-            text[tag.len] = '\0';
-            a->tags[i] = cJSON_ParseWithOpts(text, NULL, 1);
-            free(text);
-            if (!cJSON_IsObject(a->tags[i]))
-                *status_p = TQ_ERR_INVALID, why = "a tag is not a JSON object";
+        } else if (tag.len > 0 && (a->tags[i] = tq__custom_parse(tag.ptr, tag.len, &why)) == NULL) {
+            *status_p = strcmp(why, "out of memory") == 0 ? TQ_ERR_NOMEM : TQ_ERR_INVALID;
+            snprintf(buf, CONFLICT_MAX, "the tag of key %s: %s", a->keys[i], why);
+            why = buf;
         }
     }
 out:
@@ -228,7 +233,8 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
     if (a->indexes == NULL || a->fields == NULL)
         goto err;
     a->num_fields = m.num_fields;
-    if (m.row_mode == TQ_ROWS_KEYS && (why = alloc_read_keys(a, r, &status)) != NULL)
+    char conflict[CONFLICT_MAX];
+    if (m.row_mode == TQ_ROWS_KEYS && (why = alloc_read_keys(a, r, &status, conflict)) != NULL)
         goto err;
 
     char pname[TQ_WIRE_NAME_MAX + 1];
@@ -259,7 +265,7 @@ static alloc_outcome_t try_alloc(conn_t *c, const tq_wire_header_t *h, const uin
             status = af->cells ? TQ_ERR_INVALID : TQ_ERR_NOMEM;
             goto err;
         }
-        why = p ? schema_conflict(tq__partition_field(p, af->name), af) : NULL;
+        why = p ? schema_conflict(tq__partition_field(p, af->name), af, conflict) : NULL;
         if (why != NULL) {
             status = TQ_ERR_INVALID;
             goto err;
@@ -389,10 +395,12 @@ void tq__retry_parked_allocs(tq_controller *ctl)
 }
 
 /* What a keyed commit will change, made before anything changes: per key, a
- * new key object (NULL: the key exists) and its merged tag (NULL: none). */
+ * new key object (NULL: the key exists) and, for a key given a tag, the row's
+ * custom meta with the tag merged in (NULL also when that is empty). */
 typedef struct {
     tq_kv_key_t **fresh;
-    cJSON       **tags;
+    tq_custom_t **tags;
+    int64_t       charged; /* what the merged tags add to the metadata budget */
 } keys_plan_t;
 
 static void keys_plan_free(const alloc_t *a, keys_plan_t *kp)
@@ -401,28 +409,56 @@ static void keys_plan_free(const alloc_t *a, keys_plan_t *kp)
         if (kp->fresh != NULL)
             tq__kv_key_free(kp->fresh[i]);
         if (kp->tags != NULL)
-            cJSON_Delete(kp->tags[i]);
+            tq__custom_free(kp->tags[i]);
     }
     free(kp->fresh);
     free(kp->tags);
 }
 
-static int keys_plan(tq_partition_t *p, const alloc_t *a, keys_plan_t *kp)
+/* Plan the keys and tags of a, charging the tags' growth to the budget.
+ * TQ_ERR_INVALID (a merged tag too long, said in buf, *why), TQ_ERR_NOSPACE,
+ * TQ_ERR_NOMEM: then nothing stays charged. */
+static int keys_plan(tq_partition_t *p, const alloc_t *a, keys_plan_t *kp, char *buf,
+                     const char **why)
 {
     kp->fresh = calloc(a->rows, sizeof(*kp->fresh));
     kp->tags = calloc(a->rows, sizeof(*kp->tags));
+    *why = "out of memory";
     if (kp->fresh == NULL || kp->tags == NULL)
         return TQ_ERR_NOMEM;
     size_t fresh = 0;
+    int64_t delta = 0;
     for (uint32_t i = 0; i < a->rows; i++) {
         tq_kv_key_t *k = tq__partition_key(p, a->keys[i]);
         if (k == NULL && (k = kp->fresh[i] = tq__kv_key_create(a->keys[i], a->indexes[i])) == NULL)
             return TQ_ERR_NOMEM;
         fresh += kp->fresh[i] != NULL;
-        if (a->tags[i] != NULL && (kp->tags[i] = tq__kv_tag_merged(k->tag, a->tags[i])) == NULL)
-            return TQ_ERR_NOMEM;
+        if (a->tags[i] == NULL)
+            continue;
+        const tq_custom_t *old = tq__partition_custom(p, (uint64_t)k->row);
+        cJSON *merged = tq__kv_tag_merged(old ? old->obj : NULL, a->tags[i]);
+        const char *bad = NULL;
+        int rc = merged ? tq__custom_make(merged, &kp->tags[i], &bad) : TQ_ERR_NOMEM;
+        if (rc == TQ_ERR_INVALID) {
+            snprintf(buf, CONFLICT_MAX, "the tag of key %s merged into the one it has: %s",
+                     a->keys[i], bad);
+            *why = buf;
+        }
+        if (rc != TQ_OK)
+            return rc;
+        delta += tq__custom_cost(kp->tags[i]) - tq__custom_cost(old);
     }
-    return tq__partition_keys_reserve(p, fresh);
+    if (!tq__partition_custom_charge(p, delta)) {
+        *why = METADATA_SPENT;
+        return TQ_ERR_NOSPACE;
+    }
+    kp->charged = delta;
+    if (tq__partition_keys_reserve(p, fresh) != TQ_OK) {
+        tq__partition_custom_charge(p, -delta);
+        kp->charged = 0;
+        return TQ_ERR_NOMEM;
+    }
+    return TQ_OK;
 }
 
 /* Bind the put's keys to rows, as planned: a key that exists keeps its row
@@ -441,9 +477,8 @@ static void keys_apply(tq_partition_t *p, alloc_t *a, keys_plan_t *kp)
             a->indexes[i] = k->row;
         }
         tq__partition_set_live(p, k->row);
-        if (kp->tags[i] != NULL) {
-            cJSON_Delete(k->tag);
-            k->tag = kp->tags[i];
+        if (a->tags[i] != NULL) {
+            tq__partition_set_custom(p, k->row, kp->tags[i]);
             kp->tags[i] = NULL;
         }
     }
@@ -453,9 +488,11 @@ static void keys_apply(tq_partition_t *p, alloc_t *a, keys_plan_t *kp)
  * Make a pending put visible, all of it or nothing: fields, cells, keys and
  * tags; then free it. Everything that can fail (budgets, memory) is done
  * before the first change. On error the put is aborted and *why says what
- * went wrong.
+ * went wrong. rows_out, when not NULL, gets the rows written (a key that
+ * existed keeps its row: known only now).
  */
-static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
+static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why, char *conflict,
+                        int64_t *rows_out)
 {
     tq_partition_t *p = a->part;
     if (p == NULL) {
@@ -474,24 +511,27 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
         }
         /* a concurrent put may have created the field since the ALLOC */
         tq_field_t *f = tq__partition_field(p, af->name);
-        if ((*why = schema_conflict(f, af)) != NULL) {
+        if ((*why = schema_conflict(f, af, conflict)) != NULL) {
             tq__alloc_abort(a);
             return TQ_ERR_INVALID;
         }
         if (f == NULL) {
             specs[num_new] = (tq_field_t){.name = af->name, .kind = af->kind, .dtype = af->dtype,
                                           .ndim = af->ndim};
+            memcpy(specs[num_new].format, af->format, sizeof(af->format));
             memcpy(specs[num_new++].row_shape, af->row_shape, sizeof(af->row_shape));
         }
     }
-    keys_plan_t kp = {NULL, NULL};
-    int rc = a->keys != NULL ? keys_plan(p, a, &kp) : TQ_OK;
-    if (rc == TQ_OK)
-        rc = tq__partition_add_fields(p, num_new, specs); /* the last step that can fail */
+    keys_plan_t kp = {NULL, NULL, 0};
+    int rc = a->keys != NULL ? keys_plan(p, a, &kp, conflict, why) : TQ_OK;
+    if (rc == TQ_OK && (rc = tq__partition_add_fields(p, num_new, specs)) != TQ_OK) {
+        /* the last step that can fail */
+        tq__partition_custom_charge(p, -kp.charged);
+        *why = rc == TQ_ERR_NOSPACE ? METADATA_SPENT : "out of memory";
+    }
     if (rc != TQ_OK) {
         keys_plan_free(a, &kp);
         tq__alloc_abort(a);
-        *why = rc == TQ_ERR_NOSPACE ? METADATA_SPENT : "out of memory";
         return rc;
     }
 
@@ -505,6 +545,8 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
             (af->kind != TQ_FIELD_TENSOR ||
              memcmp(af->row_shape, f->row_shape, f->ndim * sizeof(int64_t)) != 0))
             f->kind = TQ_FIELD_NESTED; /* rows of another shape make a tensor ragged */
+        if (f->format[0] == '\0') /* the first label given is the field's */
+            memcpy(f->format, af->format, sizeof(f->format));
         ctl->metrics.bytes_committed += af->ext ? af->ext->length : 0;
         for (uint32_t k = 0; k < a->rows; k++) {
             tq_cell_t cell = af->cells[k];
@@ -514,6 +556,8 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
             tq__partition_set_cell(p, f, a->indexes[k], &cell);
         }
     }
+    if (rows_out != NULL)
+        memcpy(rows_out, a->indexes, (size_t)a->rows * sizeof(int64_t));
     char *name = strdup(p->name);
     alloc_free(a);
     if (name != NULL)
@@ -522,27 +566,50 @@ static int alloc_commit(tq_controller *ctl, alloc_t *a, const char **why)
     return TQ_OK;
 }
 
+/* COMMIT, or COMMIT_META: the same, answered with the meta of the rows written
+ * (every field they all have now, their custom meta and keys), so a keyed put
+ * says what it left without a second round trip. */
 void tq__handle_commit(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_msg_id_t m;
-    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r))
-        return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
+    if (tq_wire_decode_id(r, &m) != TQ_OK || !tq_rbuf_done(r)) {
+        tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed commit");
+        return;
+    }
     alloc_t *a = alloc_find(c, m.id);
-    if (a == NULL)
-        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
-                           (unsigned long long)m.id);
+    if (a == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no pending allocation %llu",
+                        (unsigned long long)m.id);
+        return;
+    }
     /* the client has given up by now, and been told the put failed */
     if (tq__now_ms() > a->commit_by_ms) {
         tq__alloc_abort(a);
         tq__reply_error(c, h, TQ_ERR_TIMEOUT, "the commit came after its deadline");
         return;
     }
+    /* alloc_commit frees the allocation: keep what the meta answer names */
+    tq_partition_t *p = a->part;
+    uint32_t rows = a->rows;
+    int64_t *indexes = NULL;
+    if (h->type == TQ_MSG_COMMIT_META &&
+        (indexes = malloc((size_t)rows * sizeof(int64_t) + 1)) == NULL) {
+        tq__alloc_abort(a);
+        tq__reply_error(c, h, TQ_ERR_NOMEM, "out of memory");
+        return;
+    }
     const char *why = NULL;
-    int rc = alloc_commit(c->ctl, a, &why);
+    char conflict[CONFLICT_MAX];
+    int rc = alloc_commit(c->ctl, a, &why, conflict, indexes);
     if (rc != TQ_OK)
-        return tq__reply_error(c, h, rc, "%s", why);
-    tq__reply_ok(c, h);
-    tq__reply_send_now(c); /* visible now: the answer must not wait for the loop */
+        tq__reply_error(c, h, rc, "%s", why);
+    else if (indexes != NULL)
+        tq__reply_rows_meta(c, h, p, indexes, rows);
+    else
+        tq__reply_ok(c, h);
+    free(indexes);
+    if (rc == TQ_OK)
+        tq__reply_send_now(c); /* visible now: the answer must not wait for the loop */
 }
 
 void tq__handle_abort(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)

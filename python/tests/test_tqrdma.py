@@ -2,13 +2,7 @@
 tq-storage processes (TQ_CONTROLLER_BIN, TQ_STORAGE_BIN; ctest passes them)."""
 import ctypes
 import os
-import select
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import time
 import unittest
 from ctypes import byref
 from unittest import mock
@@ -16,9 +10,8 @@ from unittest import mock
 import numpy as np
 
 import tqrdma as tq
+from conftest import Cluster
 from tqrdma import _capi
-
-START_TIMEOUT = 10.0
 
 
 def assert_same(test, want, got):
@@ -102,7 +95,7 @@ class KVTests:
             self.assertEqual(0, _capi.lib.tq_batch_add_tensor(
                 batch, b"bf", _capi.DTYPE_BF16, 1, shape, bits.ctypes.data))
             self.assertEqual(0, _capi.lib.tq_kv_batch_put(
-                tq._client, self.p.encode(), 2, _capi.strings(["a", "b"]), batch, None))
+                tq.get_client().handle, self.p.encode(), 2, _capi.strings(["a", "b"]), batch, None))
         finally:
             _capi.lib.tq_batch_destroy(batch)
         assert_same(self, bits, tq.kv_batch_get(["a", "b"], self.p)["bf"])
@@ -118,7 +111,7 @@ class KVTests:
         self.assertEqual({self.p: want}, listed)
         self.assertEqual(["a", "b", "c", "d"], list(listed[self.p]))  # insertion order
         self.assertEqual(want, tq.kv_list()[self.p])
-        self.assertEqual({"no-such-partition": {}}, tq.kv_list("no-such-partition"))
+        self.assertEqual({}, tq.kv_list("no-such-partition"))  # as TransferQueue
 
     def test_select_fields(self):
         tq.kv_batch_put(["a", "b"], self.p, fields={"x": np.ones((2, 2)), "y": [b"1", b"2"],
@@ -131,7 +124,7 @@ class KVTests:
 
     def test_clear_then_get_fails(self):
         tq.kv_batch_put(["a", "b", "c"], self.p, fields={"x": np.arange(3)})
-        self.assertEqual(2, tq.kv_clear(["a", "c", "never-there"], self.p))
+        self.assertIsNone(tq.kv_clear(["a", "c", "never-there"], self.p))  # as TransferQueue
         with self.assertRaises(tq.NotFoundError) as cm:
             tq.kv_batch_get(["a"], self.p)
         self.assertEqual(tq.ERR_NOT_FOUND, cm.exception.status)
@@ -139,11 +132,12 @@ class KVTests:
         self.assertIn("a", str(cm.exception))
         assert_same(self, np.arange(3)[1:2], tq.kv_batch_get("b", self.p)["x"])
         self.assertEqual({self.p: {"b": {}}}, tq.kv_list(self.p))
-        self.assertEqual(0, tq.kv_clear("a", self.p))
+        tq.kv_clear("a", self.p)  # absent: ignored
+        self.assertEqual({self.p: {"b": {}}}, tq.kv_list(self.p))
 
     def test_bad_arguments(self):
         x3 = np.zeros((3, 2), np.float32)
-        with self.assertRaisesRegex(tq.InvalidArgumentError, "'x'.*first dimension 3 for 2 keys"):
+        with self.assertRaisesRegex(tq.InvalidArgumentError, "'x' has 3 rows for 2 keys"):
             tq.kv_batch_put(["a", "b"], self.p, fields={"x": x3})
         with self.assertRaisesRegex(ValueError, "'y'.*3 rows for 2 keys"):
             tq.kv_batch_put(["a", "b"], self.p, fields={"y": [b"1", b"2", b"3"]})
@@ -155,10 +149,10 @@ class KVTests:
             tq.kv_batch_put(["a"], self.p)  # neither fields nor tags
         with self.assertRaisesRegex(tq.InvalidArgumentError, "dimensions"):
             tq.kv_batch_put(["a", "b"], self.p, fields={"n": [np.zeros(2), np.zeros((2, 2))]})
-        with self.assertRaisesRegex(TypeError, "uint32"):
-            tq.kv_batch_put(["a"], self.p, fields={"x": np.zeros((1, 2), np.uint32)})
-        with self.assertRaisesRegex(TypeError, "encode"):
-            tq.kv_put("a", self.p, fields={"s": "text"})
+        with self.assertRaisesRegex(TypeError, "'x'.*datetime64"):  # uint32 is stored now
+            tq.kv_batch_put(["a"], self.p, fields={"x": np.zeros((1, 2), "datetime64[s]")})
+        with self.assertRaisesRegex(TypeError, "'s'.*one value"):  # a column is a list of str
+            tq.kv_batch_put(["a"], self.p, fields={"s": "text"})
         with self.assertRaises(TypeError):
             tq.kv_put("a", self.p, tag="not a dict")
         with self.assertRaises(TypeError):
@@ -168,7 +162,7 @@ class KVTests:
         # nothing above was written
         with self.assertRaises(tq.NotFoundError):
             tq.kv_batch_get(["a"], self.p)
-        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertEqual({}, tq.kv_list(self.p))
         # unknown partition, unknown key: the message names what is missing
         tq.kv_put("a", self.p, fields={"x": np.zeros(2)})
         with self.assertRaisesRegex(tq.NotFoundError, "no-such-partition"):
@@ -201,7 +195,7 @@ class KVTests:
                 self.assertEqual(tq.ERR_INVALID, cm.exception.status)
                 self.assertIn(what, str(cm.exception))
                 self.assertIn("NUL", str(cm.exception))
-        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertEqual({}, tq.kv_list(self.p))
         self.assertNotIn(self.p + "\0x", tq.kv_list())
 
     def test_empty_and_long_names_name_the_argument(self):
@@ -221,7 +215,7 @@ class KVTests:
                 with self.assertRaises(tq.InvalidArgumentError) as cm:
                     call()
                 self.assertIn(what, str(cm.exception))
-        self.assertEqual({self.p: {}}, tq.kv_list(self.p))
+        self.assertEqual({}, tq.kv_list(self.p))
         tq.kv_put("n" * 255, self.p, fields={"f" * 255: x[0]})  # the longest names are fine
         self.assertEqual(["n" * 255], list(tq.kv_list(self.p)[self.p]))
 
@@ -231,7 +225,7 @@ class KVTests:
         for first in range(0, len(keys), 10000):
             tq.kv_batch_put(keys[first:first + 10000], self.p, tags=[{}] * 10000)
         entries = ctypes.c_void_p()
-        self.assertEqual(0, _capi.lib.tq_kv_list_page(tq._client, self.p.encode(), None, 0,
+        self.assertEqual(0, _capi.lib.tq_kv_list_page(tq.get_client().handle, self.p.encode(), None, 0,
                                                       byref(entries)))
         try:
             page = _capi.lib.tq_kv_entries_size(entries)
@@ -264,9 +258,9 @@ class KVTests:
         blobs = [b"first", b"second", b"third"]
         strided = np.arange(6, dtype=np.int32)[::2]
         seen = {}
-        real_put = _capi.lib.tq_kv_batch_put
+        real_put = _capi.lib.tq_kv_batch_put_meta
 
-        def spy(client, partition, n, keys, batch, tags):
+        def spy(client, partition, n, keys, batch, tags, meta_p):
             info = _capi.FieldInfo()
             self.assertEqual(0, _capi.lib.tq_batch_field(batch, b"tensor", byref(info)))
             seen["tensor"] = info.data
@@ -275,9 +269,9 @@ class KVTests:
                              for i in range(3)]
             self.assertEqual(0, _capi.lib.tq_batch_field(batch, b"strided", byref(info)))
             seen["strided"] = info.data
-            return real_put(client, partition, n, keys, batch, tags)
+            return real_put(client, partition, n, keys, batch, tags, meta_p)
 
-        with mock.patch.object(_capi.lib, "tq_kv_batch_put", spy):
+        with mock.patch.object(_capi.lib, "tq_kv_batch_put_meta", spy):
             tq.kv_batch_put(["a", "b", "c"], self.p, fields={
                 "tensor": tensor, "rows": rows, "blobs": blobs, "strided": strided})
         self.assertEqual(tensor.ctypes.data, seen["tensor"])
@@ -308,70 +302,19 @@ class DaemonTest(KVTests, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        controller_bin = os.environ.get("TQ_CONTROLLER_BIN")
-        storage_bin = os.environ.get("TQ_STORAGE_BIN")
-        if not controller_bin or not storage_bin:
-            raise unittest.SkipTest("TQ_CONTROLLER_BIN and TQ_STORAGE_BIN are not set")
-        cls.dir = tempfile.mkdtemp(prefix="tq-py-")
-        cls.procs = []
+        cls.cluster = Cluster()
         try:
-            port_file = os.path.join(cls.dir, "port")
-            cls.procs.append(subprocess.Popen(
-                [controller_bin, "--listen", "127.0.0.1:0", "--port-file", port_file],
-                stdout=subprocess.DEVNULL))
-            address = cls._wait_port_file(port_file)
-            storage = subprocess.Popen([storage_bin, "--controller", address, "--pool-size", "64M"],
-                                       stdout=subprocess.PIPE)
-            cls.procs.append(storage)
-            # it prints "unit N" once the controller knows it
-            ready, _, _ = select.select([storage.stdout], [], [], START_TIMEOUT)
-            line = storage.stdout.readline() if ready else b""
-            if not line.startswith(b"unit"):
-                raise RuntimeError(f"tq-storage did not register with {address}: {line!r}")
-            tq.init(address)
+            tq.init(cls.cluster.address)
         except BaseException:
-            cls._stop()
+            cls.cluster.stop()
             raise
 
     @classmethod
     def tearDownClass(cls):
         tq.close()
-        codes = cls._stop()
+        codes = cls.cluster.stop()
         if codes != [0, 0]:
             raise AssertionError(f"daemons exited with {codes} on SIGTERM, want [0, 0]")
-
-    @classmethod
-    def _wait_port_file(cls, path):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                with open(path) as f:
-                    line = f.readline().strip()
-                if ":" in line:
-                    return line
-            except FileNotFoundError:
-                pass
-            if cls.procs[0].poll() is not None:
-                break
-            time.sleep(0.01)
-        raise RuntimeError(f"tq-controller wrote no address to {path}")
-
-    @classmethod
-    def _stop(cls):
-        """SIGTERM, storage first; a bounded wait, then SIGKILL. The exit codes."""
-        codes = []
-        for p in reversed(cls.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            try:
-                codes.append(p.wait(timeout=10))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes.append(p.wait())
-            if p.stdout:
-                p.stdout.close()
-        shutil.rmtree(cls.dir, ignore_errors=True)
-        return codes
 
 
 class LifecycleTest(unittest.TestCase):
@@ -381,8 +324,9 @@ class LifecycleTest(unittest.TestCase):
         os.environ.pop("TQ_CONTROLLER", None)
         tq.init("embedded")
         try:
-            with self.assertRaisesRegex(RuntimeError, "already"):
-                tq.init()
+            client = tq.get_client()
+            tq.init()  # as TransferQueue's: the process stays on its connection
+            self.assertIs(client, tq.get_client())
             self.assertIsInstance(tq.kv_list(), dict)
         finally:
             tq.close()

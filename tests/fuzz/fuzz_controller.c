@@ -38,7 +38,7 @@
  *   t & CHUNK_REPLY: sent with the reply flag; t & CHUNK_RAW: the body bytes
  *   go out as they are, with no header; both: an "id chunk", whose frame's
  *   body is the last id the controller answered (HELLO, ALLOC, GET_META,
- *   KV_GET), then the chunk's bytes, sent once the answers so far are in
+ *   KV_GET, GET_META_ROWS), then the chunk's bytes, sent once the answers so far are in
  *
  * Every reply must be a well-formed reply frame, and the controller must keep
  * answering a fresh HELLO (checked every CHECK_EVERY inputs). Its state (units,
@@ -206,7 +206,8 @@ static void reader_reply(reader_t *rd)
     if (h->request_id >= SENTINEL_ID - 256 && h->type == TQ_MSG_UNITS)
         rd->last_sentinel = h->request_id;
     bool has_id = h->type == TQ_MSG_HELLO || h->type == TQ_MSG_ALLOC ||
-                  h->type == TQ_MSG_GET_META || h->type == TQ_MSG_KV_GET;
+                  h->type == TQ_MSG_GET_META || h->type == TQ_MSG_KV_GET ||
+                  h->type == TQ_MSG_GET_META_ROWS || h->type == TQ_MSG_COMMIT_META;
     if (status == TQ_OK && has_id && rd->head_len == 12)
         rd->last_id = get_le(rd->head + 4, 8);
 }

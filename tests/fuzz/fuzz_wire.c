@@ -54,6 +54,17 @@ static void want(const char *what, bool ok)
         fail("%s: a decoder accepted a value out of its limits", what);
 }
 
+/* A format label: at most TQ_WIRE_FORMAT_MAX bytes of [a-z0-9_.-]. */
+static void want_format(const char *what, tq_str_t s)
+{
+    touch_str(s);
+    bool ok = s.len <= TQ_WIRE_FORMAT_MAX;
+    for (uint16_t i = 0; ok && i < s.len; i++)
+        ok = (s.ptr[i] >= 'a' && s.ptr[i] <= 'z') || (s.ptr[i] >= '0' && s.ptr[i] <= '9') ||
+             s.ptr[i] == '_' || s.ptr[i] == '.' || s.ptr[i] == '-';
+    want(what, ok);
+}
+
 /* The bytes the last decode consumed, [from, r->p), equal what w re-encoded. */
 static void want_same(const char *what, const uint8_t *from, const tq_rbuf *r, tq_wbuf *w)
 {
@@ -124,8 +135,23 @@ static bool unit(tq_rbuf *r, tq_wbuf *w)
     return true;
 }
 
-/* A GET_META-shaped answer (GET_META, KV_GET): fixed part, then per field its
- * description and runs. */
+/* A row's custom meta: at most TQ_MAX_CUSTOM_META bytes, no NUL. */
+static bool custom(tq_rbuf *r, tq_wbuf *w)
+{
+    const uint8_t *from = r->p;
+    tq_blob_t text;
+    if (tq_wire_decode_custom(r, &text) != TQ_OK)
+        return false;
+    touch_blob(text);
+    want("custom meta", text.len <= TQ_MAX_CUSTOM_META &&
+                            (text.len == 0 || memchr(text.ptr, '\0', text.len) == NULL));
+    tq_wire_encode_custom(w, text.ptr, text.len);
+    want_same("custom meta", from, r, w);
+    return true;
+}
+
+/* A GET_META-shaped answer (GET_META, KV_GET, GET_META_ROWS): fixed part, then
+ * per field its description and runs, then the rows' keys and custom meta. */
 static void meta_reply(tq_rbuf *r, tq_wbuf *w)
 {
     const uint8_t *from = r->p;
@@ -143,12 +169,18 @@ static void meta_reply(tq_rbuf *r, tq_wbuf *w)
         if (tq_wire_decode_meta_field(r, m.rows, &f) != TQ_OK)
             return;
         want_name("meta field", f.name, false);
-        want("meta field", f.kind <= TQ_FIELD_BYTES && f.dtype <= TQ_DTYPE_BYTES &&
-                               f.ndim <= TQ_MAX_NDIM && f.row_bytes.count == m.rows &&
+        want("meta field", f.kind <= TQ_FIELD_BYTES &&
+                               tq_dtype_size((tq_dtype_t)f.dtype) != 0 && f.ndim <= TQ_MAX_NDIM && f.row_bytes.count == m.rows &&
                                f.row_shape.count == (f.kind == TQ_FIELD_TENSOR ? f.ndim : 0u) &&
                                f.shapes.count == (f.kind == TQ_FIELD_NESTED
                                                       ? (uint64_t)m.rows * f.ndim : 0u) &&
                                (uint64_t)f.num_runs * 20 <= (uint64_t)(r->end - r->p));
+        want_format("meta field format", f.format);
+        touch_blob(f.present);
+        want("meta field present", f.present.ptr == NULL ? f.present.len == 0
+                                                         : f.present.len == m.rows);
+        for (uint32_t k = 0; f.present.ptr != NULL && k < f.present.len; k++)
+            want("meta field present", f.present.ptr[k] <= 1);
         touch_array(f.row_shape);
         touch_array(f.shapes);
         touch_array(f.row_bytes);
@@ -158,6 +190,25 @@ static void meta_reply(tq_rbuf *r, tq_wbuf *w)
             if (!extent(r, w))
                 return;
     }
+    uint8_t what;
+    from = r->p;
+    if (tq_wire_decode_rows_info(r, &what) != TQ_OK)
+        return;
+    want("rows info", (what & ~(TQ_WIRE_ROWS_KEYS | TQ_WIRE_ROWS_CUSTOM)) == 0);
+    tq_wire_encode_rows_info(w, what);
+    want_same("rows info", from, r, w);
+    for (uint32_t i = 0; (what & TQ_WIRE_ROWS_KEYS) && i < m.rows; i++) {
+        tq_str_t key;
+        from = r->p;
+        if (tq_wire_decode_row_key(r, &key) != TQ_OK)
+            return;
+        want_name("row key", key, true);
+        tq_wire_encode_row_key(w, key);
+        want_same("row key", from, r, w);
+    }
+    for (uint32_t i = 0; (what & TQ_WIRE_ROWS_CUSTOM) && i < m.rows; i++)
+        if (!custom(r, w))
+            return;
 }
 
 /* ---- requests, as the controller reads them ---- */
@@ -208,9 +259,10 @@ static void alloc_request(tq_rbuf *r, tq_wbuf *w)
         uint64_t dims = f.kind == TQ_FIELD_TENSOR   ? f.ndim
                         : f.kind == TQ_FIELD_NESTED ? (uint64_t)m.rows * f.ndim
                                                     : m.rows;
-        want("field", f.kind <= TQ_FIELD_BYTES && f.dtype <= TQ_DTYPE_BYTES &&
+        want("field", f.kind <= TQ_FIELD_BYTES && tq_dtype_size((tq_dtype_t)f.dtype) != 0 &&
                           f.ndim <= TQ_MAX_NDIM && f.dims.count == dims &&
                           (f.kind == TQ_FIELD_BYTES) == (f.dtype == TQ_DTYPE_BYTES));
+        want_format("field format", f.format);
         touch_array(f.dims);
         tq_wire_encode_field(w, &f);
         want_same("field", from, r, w);
@@ -224,8 +276,10 @@ static void get_meta_request(tq_rbuf *r, tq_wbuf *w)
     if (tq_wire_decode_get_meta(r, &m) != TQ_OK)
         return;
     want_name("get_meta partition", m.partition, false);
-    want_name("get_meta task", m.task, false);
-    want("get_meta", m.num_fields >= 1 && m.num_fields <= TQ_WIRE_MAX_FIELDS &&
+    want_name("get_meta task", m.task, m.mode != TQ_FETCH_READY);
+    want("get_meta", m.num_fields <= TQ_WIRE_MAX_FIELDS &&
+                         (m.num_fields == 0) == (m.mode == TQ_FETCH_INSERT) &&
+                         m.mode <= TQ_FETCH_INSERT &&
                          m.batch_size >= 1 && m.batch_size <= TQ_WIRE_MAX_ROWS &&
                          m.timeout_ms >= -1);
     for (uint16_t i = 0; i < m.num_fields; i++)
@@ -296,6 +350,7 @@ static void request(uint16_t type, tq_rbuf *r, tq_wbuf *w)
     }
     case TQ_MSG_ALLOC: alloc_request(r, w); break;
     case TQ_MSG_COMMIT:
+    case TQ_MSG_COMMIT_META:
     case TQ_MSG_ABORT:
     case TQ_MSG_RELEASE:
     case TQ_MSG_RELEASE_UNREAD:
@@ -308,6 +363,49 @@ static void request(uint16_t type, tq_rbuf *r, tq_wbuf *w)
         break;
     }
     case TQ_MSG_GET_META: get_meta_request(r, w); break;
+    case TQ_MSG_GET_META_ROWS: {
+        tq_msg_meta_rows_t m;
+        if (tq_wire_decode_meta_rows(r, &m) != TQ_OK)
+            break;
+        want_name("meta_rows", m.partition, false);
+        want("meta_rows", m.count >= 1 && m.count <= TQ_WIRE_MAX_ROWS &&
+                              m.indexes.count == m.count && m.num_fields <= TQ_WIRE_MAX_FIELDS);
+        touch_array(m.indexes);
+        for (uint16_t i = 0; i < m.num_fields; i++)
+            want_name("meta_rows field", m.fields[i], false);
+        tq_wire_encode_meta_rows(w, &m);
+        want_same("meta_rows", from, r, w);
+        break;
+    }
+    case TQ_MSG_SET_CUSTOM_META: {
+        tq_msg_set_custom_t m;
+        if (tq_wire_decode_set_custom(r, &m) != TQ_OK)
+            break;
+        want_name("set_custom", m.partition, false);
+        want("set_custom", m.count >= 1 && m.count <= TQ_WIRE_MAX_ROWS &&
+                               m.indexes.count == m.count);
+        touch_array(m.indexes);
+        tq_wire_encode_set_custom(w, &m);
+        want_same("set_custom", from, r, w);
+        for (uint32_t i = 0; i < m.count; i++)
+            if (!custom(r, w))
+                break;
+        break;
+    }
+    case TQ_MSG_KV_INDEXES: {
+        tq_msg_kv_indexes_t m;
+        if (tq_wire_decode_kv_indexes(r, &m) != TQ_OK)
+            break;
+        want_name("kv_indexes", m.partition, false);
+        want("kv_indexes", m.create <= 1 && m.count >= 1 && m.count <= TQ_WIRE_MAX_ROWS);
+        tq_wire_encode_kv_indexes(w, &m);
+        want_same("kv_indexes", from, r, w);
+        for (uint32_t i = 0; i < m.count; i++)
+            if (!name(r, w, "kv_indexes key"))
+                break;
+        break;
+    }
+    case TQ_MSG_KV_KEYS:
     case TQ_MSG_CLEAR: {
         tq_msg_clear_t m;
         if (tq_wire_decode_clear(r, &m) != TQ_OK)
@@ -415,7 +513,25 @@ static void reply(uint16_t type, tq_rbuf *r, tq_wbuf *w)
         break;
     }
     case TQ_MSG_GET_META:
+    case TQ_MSG_GET_META_ROWS:
+    case TQ_MSG_COMMIT_META:
     case TQ_MSG_KV_GET: meta_reply(r, w); break;
+    case TQ_MSG_KV_INDEXES: { /* one i64 per key: as many as are there */
+        uint64_t n = (uint64_t)(r->end - r->p) / 8;
+        touch_array(tq_wire_get_array(r, n));
+        break;
+    }
+    case TQ_MSG_KV_KEYS:
+        while (!r->failed && r->p < r->end) {
+            tq_str_t key;
+            from = r->p;
+            if (tq_wire_decode_row_key(r, &key) != TQ_OK)
+                break;
+            want_name("kv_keys key", key, true);
+            tq_wire_encode_row_key(w, key);
+            want_same("kv_keys key", from, r, w);
+        }
+        break;
     case TQ_MSG_CLEAR:
     case TQ_MSG_KV_CLEAR: wire_touch_sink += tq_wire_get_u32(r); break;
     case TQ_MSG_KV_LIST: {

@@ -65,7 +65,7 @@ typedef struct {
     double      seconds;     /* the longest time a client spent inside timed calls */
     double      bytes_per_s; /* all clients' bytes over seconds */
     double      rows_per_s;
-    double      p50_us, p99_us, mean_us; /* per call, over every client's calls */
+    double      min_us, p50_us, p99_us, mean_us; /* per call, over every client's calls */
     double      ucx_bytes_per_s;         /* ucx_perftest at field_bytes; 0: not run */
     const char *target;                  /* the goal in words, or NULL */
     bool        target_met;

@@ -355,7 +355,7 @@ static void add_total(const options_t *o, const bench_result_t *put, const bench
     r->bytes_per_s = r->seconds > 0 ? bytes / r->seconds : 0;
     r->rows_per_s = r->seconds > 0 ? (put->rows_per_s * put->seconds +
                                       get->rows_per_s * get->seconds) / r->seconds : 0;
-    r->p50_us = r->p99_us = r->mean_us = 0;
+    r->min_us = r->p50_us = r->p99_us = r->mean_us = 0;
     r->ucx_bytes_per_s = 0;
     r->target = NULL;
     const double *tq = TQ_PUBLISHED_GBPS[o->base.profile];

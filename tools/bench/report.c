@@ -104,6 +104,7 @@ void bench_merge(const bench_job_t *job, const bench_sample_t *const *per_client
         at += per_client[k]->calls;
     }
     qsort(all, calls, sizeof(uint64_t), tq__cmp_u64);
+    r->min_us = (double)all[0] / 1e3;
     r->p50_us = percentile_us(all, calls, 50);
     r->p99_us = percentile_us(all, calls, 99);
     r->mean_us = (double)all_ns / 1e3 / (double)calls;
@@ -156,11 +157,12 @@ void bench_print(const bench_result_t *r, bool json)
     if (json) {
         printf("{\"op\":\"%s\",\"profile\":\"%s\",\"field_bytes\":%llu,\"rows\":%u,\"fields\":%u,"
                "\"clients\":%u,\"iters\":%u,\"seconds\":%.6f,\"bytes_per_s\":%.0f,"
-               "\"gbps\":%.3f,\"rows_per_s\":%.0f,\"p50_us\":%.2f,\"p99_us\":%.2f,"
-               "\"mean_us\":%.2f",
+               "\"gbps\":%.3f,\"rows_per_s\":%.0f,\"min_us\":%.2f,\"p50_us\":%.2f,"
+               "\"p99_us\":%.2f,\"mean_us\":%.2f",
                r->op, r->profile ? r->profile : "simple", (unsigned long long)r->field_bytes,
                r->rows, r->fields, r->clients, r->iters, r->seconds, r->bytes_per_s,
-               r->bytes_per_s * 8 / 1e9, r->rows_per_s, r->p50_us, r->p99_us, r->mean_us);
+               r->bytes_per_s * 8 / 1e9, r->rows_per_s, r->min_us, r->p50_us, r->p99_us,
+               r->mean_us);
         if (r->ucx_bytes_per_s > 0)
             printf(",\"ucx_perftest_bytes_per_s\":%.0f,\"ratio\":%.3f", r->ucx_bytes_per_s, ratio);
         if (r->target != NULL)
