@@ -1,6 +1,7 @@
 """Build the Python package tqrdma, with libtqrdma inside it or an installed one.
 
     pip install --no-build-isolation .            # from the repository or from python/
+    pip install --no-build-isolation -e .         # editable: the library lands in python/tqrdma
 
 Only setuptools and wheel are needed (Debian: python3-setuptools, python3-wheel), and
 numpy at run time (python3-numpy); --no-build-isolation keeps pip off the package index.
@@ -140,7 +141,11 @@ class BuildPy(build_py):
 
     def run(self):
         super().run()
-        pkg = os.path.join(self.build_lib, "tqrdma")
+        # An editable install (pip install -e) imports the package of the source tree:
+        # the library (or its record) goes there, git-ignored; pip install -e again
+        # rebuilds it after a change to the C code.
+        editable = getattr(self, "editable_mode", False)
+        pkg = os.path.join(HERE if editable else self.build_lib, "tqrdma")
         for stale in glob.glob(os.path.join(pkg, "libtqrdma.so*")) + \
                 [os.path.join(pkg, "_libdir.py")]:
             if os.path.exists(stale):
