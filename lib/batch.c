@@ -9,20 +9,6 @@
 #include "util/common.h"
 #include "wire.h"
 
-const char *tq__dtype_name(tq_dtype_t dtype)
-{
-    static const char *const names[] = {
-        [TQ_DTYPE_BOOL] = "bool", [TQ_DTYPE_U8] = "u8",     [TQ_DTYPE_I8] = "i8",
-        [TQ_DTYPE_I16] = "i16",   [TQ_DTYPE_I32] = "i32",   [TQ_DTYPE_I64] = "i64",
-        [TQ_DTYPE_F16] = "f16",   [TQ_DTYPE_BF16] = "bf16", [TQ_DTYPE_F32] = "f32",
-        [TQ_DTYPE_F64] = "f64",   [TQ_DTYPE_BYTES] = "bytes", [TQ_DTYPE_U16] = "u16",
-        [TQ_DTYPE_U32] = "u32",   [TQ_DTYPE_U64] = "u64",   [TQ_DTYPE_C32] = "c32",
-        [TQ_DTYPE_C64] = "c64",   [TQ_DTYPE_C128] = "c128",
-    };
-    return (unsigned)dtype < sizeof(names) / sizeof(names[0]) && names[dtype] != NULL
-               ? names[dtype] : "unknown";
-}
-
 bool tq__valid_name(const char *name)
 {
     return name != NULL && name[0] != '\0' && strlen(name) <= TQ_WIRE_NAME_MAX;

@@ -31,8 +31,6 @@ struct tq_batch {
     tq__batch_field_t *fields;
 };
 
-/* "f32", "bytes", ...; "unknown" for a value no dtype has. */
-const char *tq__dtype_name(tq_dtype_t dtype);
 
 /* Check a field name: 1..255 bytes. */
 bool tq__valid_name(const char *name);

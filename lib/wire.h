@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tq/tq.h"
+
 /*
  * Frame: a 24-byte header then a body, every integer little-endian.
  *   u32 magic | u8 version | u8 flags | u16 type | u64 request id | u32 body length | u32 zero
@@ -464,5 +466,8 @@ int  tq_wire_decode_kv_list(tq_rbuf *r, tq_msg_kv_list_t *m);
 /* A cursor: up to TQ_WIRE_CURSOR_MAX bytes, no NUL; "" allowed. */
 void tq_wire_encode_cursor(tq_wbuf *w, tq_str_t cursor);
 int  tq_wire_decode_cursor(tq_rbuf *r, tq_str_t *cursor);
+
+/* "f32", "bytes", ...; "unknown" for a value no dtype has (status.c). */
+const char *tq__dtype_name(tq_dtype_t dtype);
 
 #endif

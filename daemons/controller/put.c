@@ -117,8 +117,8 @@ static const char *schema_conflict(const tq_field_t *f, const alloc_field_t *af,
     if (f == NULL)
         return NULL;
     if (f->dtype != af->dtype)
-        snprintf(buf, CONFLICT_MAX, "field %s: dtype %d conflicts with the field's %d", f->name,
-                 (int)af->dtype, (int)f->dtype);
+        snprintf(buf, CONFLICT_MAX, "field %s: dtype %s conflicts with the field's %s", f->name,
+                 tq__dtype_name(af->dtype), tq__dtype_name(f->dtype));
     else if ((f->kind == TQ_FIELD_BYTES) != (af->kind == TQ_FIELD_BYTES))
         snprintf(buf, CONFLICT_MAX, "field %s: kind conflicts with the field's", f->name);
     else if (f->ndim != af->ndim)

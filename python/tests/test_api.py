@@ -324,3 +324,10 @@ def test_metas_and_data_outlive_close():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_a_dtype_conflict_names_both_dtypes(tq_api, partition):
+    tq_api.kv_put("a", partition, fields={"x": np.arange(3)})
+    with pytest.raises(ValueError, match="field x: dtype f32 conflicts with the field's i64"):
+        tq_api.kv_put("b", partition, fields={"x": np.arange(3, dtype=np.float32)})
+    assert list(tq_api.kv_list(partition)[partition]) == ["a"]  # nothing written
