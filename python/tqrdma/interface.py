@@ -11,7 +11,6 @@ from ctypes import byref, c_void_p
 from . import _async, _capi, _values
 from ._capi import lib
 from ._errors import ERR_INVALID, InvalidArgumentError
-from ._meta import CMeta
 from .client import TransferQueueClient, _kv_entries_dict, _name, _names
 from .metadata import KVBatchMeta
 
@@ -147,14 +146,16 @@ def _tags_c(tags):
                                                       for t in tags])
 
 
-def _put_meta(client, handle, keys, partition_id):
+def _put_meta(handle, keys, partition_id):
     """The KVBatchMeta of a keyed put's answer: every field the keys have now, merged tags
-    (the meta's pins are let go at once: a KVBatchMeta names keys, not data)."""
-    cmeta = CMeta(client, handle)
+    (the meta is let go at once: a KVBatchMeta names keys, not data)."""
     try:
-        return KVBatchMeta(keys, cmeta.custom_meta(), partition_id, cmeta.field_names())
+        fields = [lib.tq_meta_field_name(handle, i).decode()
+                  for i in range(lib.tq_meta_num_fields(handle))]
+        tags = [json.loads(lib.tq_meta_custom(handle, r)) for r in range(len(keys))]
+        return KVBatchMeta._made(list(keys), tags, partition_id, fields)
     finally:
-        cmeta.free()
+        lib.tq_meta_free(handle)
 
 
 def kv_batch_put(keys, partition_id, fields=None, tags=None, data_parser=None):
@@ -169,7 +170,7 @@ def kv_batch_put(keys, partition_id, fields=None, tags=None, data_parser=None):
         client._check(lib.tq_kv_batch_put_meta(client.handle, partition, len(keys),
                                                _capi.strings(keys), batch and batch.handle,
                                                _tags_c(tags), byref(handle)), "kv_batch_put")
-    return _put_meta(client, handle, keys, partition_id)
+    return _put_meta(handle, keys, partition_id)
 
 
 def kv_put(key, partition_id, fields=None, tag=None, data_parser=None):
@@ -265,7 +266,7 @@ async def async_kv_batch_put(keys, partition_id, fields=None, tags=None, data_pa
     await _async.wait_ok(request, "kv_batch_put")
     handle = lib.tq_request_take_meta(request.handle)
     request.free()
-    return _put_meta(client, handle, keys, partition_id)
+    return _put_meta(handle, keys, partition_id)
 
 
 async def async_kv_put(key, partition_id, fields=None, tag=None, data_parser=None):
