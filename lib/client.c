@@ -827,6 +827,17 @@ out:
     return rc;
 }
 
+int tq__check_indexes(const tq_client *c, size_t n, const int64_t *indexes)
+{
+    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
+        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
+    for (size_t i = 0; i < n; i++)
+        if (indexes[i] < 0)
+            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
+                                 (long long)indexes[i]);
+    return TQ_OK;
+}
+
 int tq__check_put(tq_client *c, const char *partition, const tq_batch *b, const int64_t *indexes)
 {
     if (c == NULL)
@@ -836,11 +847,7 @@ int tq__check_put(tq_client *c, const char *partition, const tq_batch *b, const 
         return rc;
     if (b == NULL || b->num_fields == 0)
         return tq__set_error(c, TQ_ERR_INVALID, "the batch is NULL or has no field");
-    for (uint32_t i = 0; indexes != NULL && i < b->rows; i++)
-        if (indexes[i] < 0)
-            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
-                                 (long long)indexes[i]);
-    return TQ_OK;
+    return indexes != NULL ? tq__check_indexes(c, b->rows, indexes) : TQ_OK;
 }
 
 TQ_EXPORT int tq_put(tq_client *c, const char *partition, const tq_batch *b,
@@ -1108,12 +1115,8 @@ TQ_EXPORT int tq_get_meta_rows(tq_client *c, const char *partition, size_t n,
     int rc = tq__check_name(c, partition, "partition");
     if (rc != TQ_OK)
         return rc;
-    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
-        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
-    for (size_t i = 0; i < n; i++)
-        if (indexes[i] < 0)
-            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
-                                 (long long)indexes[i]);
+    if ((rc = tq__check_indexes(c, n, indexes)) != TQ_OK)
+        return rc;
     if (fields == NULL)
         num_fields = 0;
     if (num_fields > TQ_WIRE_MAX_FIELDS)

@@ -128,6 +128,10 @@ int tq__set_error(const tq_client *c, int status, const char *fmt, ...)
 int tq__check_name(const tq_client *c, const char *name, const char *what, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* TQ_OK for 1 to TQ_WIRE_MAX_ROWS row indexes, none negative; else
+ * TQ_ERR_INVALID, the error on c naming the first bad one. */
+int tq__check_indexes(const tq_client *c, size_t n, const int64_t *indexes);
+
 /* A control connection for one call (idle or new), and giving it back (it
  * first sends the RELEASEs waiting in the client, without waiting). */
 int  tq__conn_acquire(tq_client *c, tq_ctrl_conn **cc_p);

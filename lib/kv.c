@@ -403,13 +403,11 @@ TQ_EXPORT int tq_set_custom_meta(tq_client *c, const char *partition, size_t n,
     int rc = check_partition(c, partition);
     if (rc != TQ_OK)
         return rc;
-    if (indexes == NULL || json == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
-        return tq__set_error(c, TQ_ERR_INVALID, "indexes and json: 1 to %u of each are required",
-                             TQ_WIRE_MAX_ROWS);
+    if ((rc = tq__check_indexes(c, n, indexes)) != TQ_OK)
+        return rc;
+    if (json == NULL)
+        return tq__set_error(c, TQ_ERR_INVALID, "json is NULL: one per index is required");
     for (size_t i = 0; i < n; i++) {
-        if (indexes[i] < 0)
-            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
-                                 (long long)indexes[i]);
         size_t len = json[i] ? strlen(json[i]) : 0;
         if (len > TQ_MAX_CUSTOM_META)
             return tq__set_error(c, TQ_ERR_INVALID, "the custom meta of row %lld is %zu bytes: "
@@ -487,12 +485,8 @@ TQ_EXPORT int tq_kv_keys(tq_client *c, const char *partition, size_t n, const in
     int rc = check_partition(c, partition);
     if (rc != TQ_OK)
         return rc;
-    if (indexes == NULL || n == 0 || n > TQ_WIRE_MAX_ROWS)
-        return tq__set_error(c, TQ_ERR_INVALID, "indexes: 1 to %u are required", TQ_WIRE_MAX_ROWS);
-    for (size_t i = 0; i < n; i++)
-        if (indexes[i] < 0)
-            return tq__set_error(c, TQ_ERR_INVALID, "index %lld is negative",
-                                 (long long)indexes[i]);
+    if ((rc = tq__check_indexes(c, n, indexes)) != TQ_OK)
+        return rc;
     if (keys_p == NULL)
         return tq__set_error(c, TQ_ERR_INVALID, "keys_p is NULL");
     tq_ctrl_conn *cc;
