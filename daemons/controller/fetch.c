@@ -792,16 +792,9 @@ void tq__handle_get_meta_rows(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
     if (tq_wire_decode_meta_rows(r, &m) != TQ_OK || !tq_rbuf_done(r))
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed get_meta_rows");
     char name[TQ_WIRE_NAME_MAX + 1];
-    tq_partition_t *p = tq__find_partition_str(c->ctl, m.partition);
+    tq_partition_t *p = tq__live_rows_partition(c, h, m.partition, m.indexes, m.count);
     if (p == NULL)
-        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %s",
-                               tq__name_cstr(m.partition, name));
-    for (uint32_t i = 0; i < m.count; i++) {
-        int64_t row = tq_array_i64(m.indexes, i);
-        if (row < 0 || (uint64_t)row >= p->num_slots || p->state[row] != TQ_ROW_LIVE)
-            return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "partition %s has no row %lld",
-                                   p->name, (long long)row);
-    }
+        return;
     tq_field_t *fields[TQ_WIRE_MAX_FIELDS];
     uint32_t nf = 0;
     for (uint16_t i = 0; i < m.num_fields; i++) {

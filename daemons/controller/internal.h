@@ -203,6 +203,10 @@ tq_partition_t *tq__partition_add(tq_controller *ctl, const char *name, int *sta
                                   const char **why_p);
 void            tq__partition_remove(tq_controller *ctl, tq_partition_t *p);
 tq_partition_t *tq__find_partition_str(tq_controller *ctl, tq_str_t name);
+/* The partition of a request about count live rows (indexes), or NULL once a
+ * NOT_FOUND naming the partition or the first row that is not live was answered. */
+tq_partition_t *tq__live_rows_partition(conn_t *c, const tq_wire_header_t *h, tq_str_t partition,
+                                        tq_array_t indexes, uint32_t count);
 /* Copy a decoded name into a NUL-terminated buffer of TQ_WIRE_NAME_MAX + 1. */
 const char *tq__name_cstr(tq_str_t s, char *buf);
 

@@ -431,23 +431,35 @@ err:
         tq__reply_error(c, h, status, "%s", why);
 }
 
+tq_partition_t *tq__live_rows_partition(conn_t *c, const tq_wire_header_t *h, tq_str_t partition,
+                                        tq_array_t indexes, uint32_t count)
+{
+    char name[TQ_WIRE_NAME_MAX + 1];
+    tq_partition_t *p = tq__find_partition_str(c->ctl, partition);
+    if (p == NULL) {
+        tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %s", tq__name_cstr(partition, name));
+        return NULL;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        int64_t row = tq_array_i64(indexes, i);
+        if (row < 0 || (uint64_t)row >= p->num_slots || p->state[row] != TQ_ROW_LIVE) {
+            tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "partition %s has no row %lld", p->name,
+                            (long long)row);
+            return NULL;
+        }
+    }
+    return p;
+}
+
 /* KV_KEYS: the keys of live rows ("" for a row without one). */
 void tq__handle_kv_keys(conn_t *c, const tq_wire_header_t *h, tq_rbuf *r)
 {
     tq_msg_clear_t m;
     if (tq_wire_decode_clear(r, &m) != TQ_OK || !tq_rbuf_done(r) || m.count == 0)
         return tq__reply_error(c, h, TQ_ERR_PROTOCOL, "malformed kv_keys");
-    char name[TQ_WIRE_NAME_MAX + 1];
-    tq_partition_t *p = tq__find_partition_str(c->ctl, m.partition);
+    tq_partition_t *p = tq__live_rows_partition(c, h, m.partition, m.indexes, m.count);
     if (p == NULL)
-        return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "no partition %s",
-                               tq__name_cstr(m.partition, name));
-    for (uint32_t i = 0; i < m.count; i++) {
-        int64_t row = tq_array_i64(m.indexes, i);
-        if (row < 0 || (uint64_t)row >= p->num_slots || p->state[row] != TQ_ROW_LIVE)
-            return tq__reply_error(c, h, TQ_ERR_NOT_FOUND, "partition %s has no row %lld",
-                                   p->name, (long long)row);
-    }
+        return;
     size_t off = tq__reply_begin(c, h);
     for (uint32_t i = 0; i < m.count; i++) {
         const tq_kv_key_t *k = p->row_keys[tq_array_i64(m.indexes, i)];
